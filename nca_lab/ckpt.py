@@ -1,0 +1,184 @@
+"""Orbax checkpoints of a training run: everything needed to continue it exactly.
+
+A checkpoint holds the model's variables, the optimizer state, the sample pool, the
+training PRNG key (as key data: typed keys do not serialise), the step, and JSON metadata
+(the resolved config, the W&B run id, the loss). Orbax writes each step to a temporary
+directory and renames it when complete, so a process killed mid-save leaves the previous
+checkpoint loadable.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint import checkpoint_managers
+
+from nca_lab.errors import ConfigError, require
+
+CHECKPOINTS = "checkpoints"
+
+
+def _pure(module_or_state) -> dict:
+    return nnx.to_pure_dict(nnx.state(module_or_state))
+
+
+def _shapes(tree) -> dict:
+    return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class RunCheckpointer:
+    """Saves and restores the checkpoints of one run under ``<run_dir>/checkpoints``.
+
+    Keeps the last ``keep_last`` checkpoints and, with ``keep_best``, the one of lowest loss.
+    """
+
+    def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_best: bool = True, create: bool = True):
+        """Open (and with ``create``, make) the checkpoint directory; paths are made absolute."""
+        require(keep_last > 0, f"trainer.keep_last must be positive, got {keep_last}")
+        self.directory = Path(directory).expanduser().resolve()
+        policies = [checkpoint_managers.LatestN(keep_last)]
+        if keep_best:
+            policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m["loss"], reverse=True, n=1))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=False,
+            create=create,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    @classmethod
+    def find(cls, path: str | Path) -> "RunCheckpointer":
+        """The checkpoints of ``path``: a run dir, its ``checkpoints`` dir, or one step dir in it.
+
+        Raises :class:`ConfigError` if there is no checkpoint there.
+        """
+        path = Path(path).expanduser().resolve()
+        require(path.exists(), f"no such checkpoint or run dir: {path}")
+        for candidate in (path / CHECKPOINTS, path, path.parent):
+            if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
+                found = cls(candidate, create=False)
+                if found.latest_step() is not None:
+                    return found
+        raise ConfigError(f"no checkpoint in {path}")
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or ``None``."""
+        return self.manager.latest_step()
+
+    def save(
+        self,
+        step: int,
+        *,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer,
+        pool: Any,
+        key: jax.Array,
+        metadata: dict,
+    ) -> Path:
+        """Write checkpoint ``step`` (synchronously) and return its directory."""
+        items = {
+            "model": ocp.args.StandardSave(_pure(model)),
+            "optimizer": ocp.args.StandardSave(_pure(optimizer)),
+            "rng": ocp.args.StandardSave({"key_data": jax.random.key_data(key)}),
+            "meta": ocp.args.JsonSave({**metadata, "step": int(step), "has_pool": pool is not None}),
+        }
+        if pool is not None:
+            items["pool"] = ocp.args.StandardSave(pool._asdict())
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics={"loss": float(metadata["loss"])}, force=True)
+        self.manager.wait_until_finished()
+        return self.directory / str(step)
+
+    def metadata(self, step: int | None = None) -> dict:
+        """The JSON metadata of checkpoint ``step`` (default: the latest)."""
+        step = self.latest_step() if step is None else step
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+    def restore_model(self, model: nnx.Module, step: int | None = None) -> None:
+        """Load the saved variables into ``model`` in place (a warm start, or inference)."""
+        step = self.latest_step() if step is None else step
+        restored = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))["model"]
+        _assign(model, restored, f"{self.directory / str(step)}")
+
+    def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, pool: Any, step: int | None = None):
+        """Restore a full training state in place; returns ``(step, pool, key, metadata)``.
+
+        ``pool`` is the freshly initialised pool (or ``None``): it gives the expected shapes.
+        """
+        step = self.latest_step() if step is None else step
+        where = f"{self.directory / str(step)}"
+        items = {
+            "model": ocp.args.StandardRestore(),
+            "optimizer": ocp.args.StandardRestore(),
+            "rng": ocp.args.StandardRestore(),
+            "meta": ocp.args.JsonRestore(),
+        }
+        meta = self.metadata(step)
+        require(meta["has_pool"] == (pool is not None), f"{where}: the checkpoint's task {'has' if meta['has_pool'] else 'has no'} sample pool, this config's {'has' if pool is not None else 'has none'}")
+        if pool is not None:
+            items["pool"] = ocp.args.StandardRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        _assign(model, restored["model"], where)
+        _assign(optimizer, restored["optimizer"], where)
+        if pool is not None:
+            saved = {k: np.asarray(v) for k, v in restored["pool"].items()}
+            expected = pool._asdict()
+            require(_shapes(saved) == _shapes(expected), f"{where}: pool shapes differ from this config's")
+            pool = type(pool)(**{k: jax.numpy.asarray(v) for k, v in saved.items()})
+        key = jax.random.wrap_key_data(np.asarray(restored["rng"]["key_data"]))
+        return step, pool, key, restored["meta"]
+
+
+def _align(reference, restored):
+    """``restored`` with the keys of ``reference`` (Orbax returns list indices as strings)."""
+    if not isinstance(reference, dict):
+        return restored
+    if not isinstance(restored, dict):
+        return None
+    aligned = {}
+    for key, value in reference.items():
+        match = restored.get(key, restored.get(str(key)))
+        if match is None:
+            return None
+        aligned[key] = _align(value, match)
+    return aligned if len(aligned) == len(restored) else None
+
+
+def _assign(target: nnx.Module, restored: dict, where: str) -> None:
+    """Copy a restored pure dict into ``target``, refusing any shape mismatch with one clear line."""
+    state = nnx.state(target)
+    current = nnx.to_pure_dict(state)
+    aligned = _align(current, restored)
+    if aligned is None:
+        raise ConfigError(f"{where} does not fit this config (different model structure)")
+    restored = aligned
+    if _shapes(current) != _shapes(restored):
+        mine, theirs = _shapes(current), _shapes(restored)
+        diff = sorted(set(mine.items()) ^ set(theirs.items()))
+        first = diff[0][0] if diff else "structure"
+        raise ConfigError(
+            f"{where} does not fit this config (incompatible shapes, first at {first}: "
+            f"checkpoint {theirs.get(first)}, config {mine.get(first)})"
+        )
+    restored = jax.tree.map(lambda ref, new: jax.numpy.asarray(new, dtype=ref.dtype), current, restored)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(target, state)
+
+
+def load_model(path: str | Path, step: int | None = None):
+    """The trained :class:`~nca_lab.nca.NCA` of a run dir, checkpoints dir or step dir.
+
+    The model is rebuilt from the config saved with the checkpoint, then its variables are
+    restored. Raises :class:`ConfigError` if nothing loadable is there.
+    """
+    from omegaconf import OmegaConf
+
+    from nca_lab.train.run import build_model
+
+    checkpointer = RunCheckpointer.find(path)
+    meta = checkpointer.metadata(step)
+    model = build_model(OmegaConf.create(meta["config"]), alive_threshold=meta.get("alive_threshold"))
+    checkpointer.restore_model(model, step)
+    return model

@@ -1,0 +1,1 @@
+"""Data sources: target images (emoji, files) and MNIST."""

@@ -1,0 +1,1 @@
+"""Experiment loggers: one interface, a no-op and a Weights & Biases implementation."""

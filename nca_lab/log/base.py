@@ -1,0 +1,30 @@
+"""The logger interface the trainer writes to; the base class itself logs nothing (``logger=none``)."""
+
+from pathlib import Path
+
+
+class Logger:
+    """Receives scalars, media and a final summary. Every method may be a no-op.
+
+    Scalar names are the trainer's: ``loss``, ``lr``, ``grad_norm``, ``steps_per_s`` and
+    ``eval/<metric>``; a logger may rename them for its dashboard.
+    """
+
+    run_id: str | None = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record scalars at ``step``."""
+
+    def log_media(self, paths: dict[str, Path], step: int) -> None:
+        """Record pictures (``.png``) and animations (``.gif``) written by the run."""
+
+    def finish(self, summary: dict[str, float] | None = None, *, failed: bool = False) -> None:
+        """Close the run (always called, also on failure)."""
+
+
+class NullLogger(Logger):
+    """``logger=none``: the run dir's ``metrics.jsonl`` is the only record."""
+
+    def __init__(self, **unused):
+        """Accept and ignore what the composition root passes every logger."""
+        del unused

@@ -1,0 +1,41 @@
+"""``metrics.jsonl``: one JSON object per logged step, flushed as it is written.
+
+It is the run's own record, readable without any service; a killed run keeps every line
+written before it died.
+"""
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsFile:
+    """Appends ``{"step": ..., **metrics}`` lines to ``<run_dir>/metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0):
+        """Open the file in ``run_dir`` for appending.
+
+        A resumed run drops the lines after ``resume_step`` (written after its last
+        checkpoint by the attempt that died), so every step appears once.
+        """
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if self.path.exists():
+            kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Write one line; non-finite values become ``null`` (JSON has no NaN)."""
+        clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": step, **clean}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All records of a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,116 @@
+"""Weights & Biases logging that never blocks or kills training.
+
+Online without an API key or without network, ``wandb.init`` either fails or hangs for
+minutes; this logger falls back to offline mode with one warning line (sync later with
+``wandb sync <run_dir>/wandb/offline-run-*``).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from nca_lab.errors import require
+from nca_lab.log.base import Logger
+
+MODES = ("online", "offline", "disabled")
+
+#: Dashboard names of the trainer's scalars; ``eval/...`` keys pass through.
+DASHBOARD_NAMES = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "steps_per_s": "perf/steps_per_s"}
+
+
+class WandbLogger(Logger):
+    """Logs a run to W&B: config, scalars, pictures, the rollout as video, a summary."""
+
+    def __init__(
+        self,
+        *,
+        config: dict,
+        run_dir: Path,
+        name: str,
+        project: str = "nca_lab",
+        entity: str | None = None,
+        mode: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        run_id: str | None = None,
+        init_timeout: float = 30.0,
+    ):
+        """Start (or resume, with ``run_id``) a W&B run whose files live in ``run_dir``.
+
+        Args:
+            config: the resolved config, logged as nested keys.
+            run_dir: the job's output directory.
+            name: the run name.
+            project: W&B project.
+            entity: W&B entity (user or team); ``None`` for the default.
+            mode: ``online``, ``offline`` or ``disabled``; ``None`` reads ``WANDB_MODE`` (default online).
+            group: W&B group (a sweep's name), if any.
+            tags: W&B tags.
+            run_id: resume this run id instead of starting a new run.
+            init_timeout: seconds ``wandb.init`` may take online before falling back to offline.
+        """
+        import wandb
+
+        mode = mode or os.environ.get("WANDB_MODE") or "online"
+        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
+        require(mode in MODES, f"logger.mode must be one of {MODES}, got {mode!r}")
+        self._wandb = wandb
+        kwargs = dict(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            tags=list(tags or []),
+            config=config,
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow" if run_id else None,
+            settings=wandb.Settings(init_timeout=float(init_timeout), silent=True),
+            reinit="finish_previous",
+        )
+        if mode == "online" and not _has_api_key(wandb):
+            _warn("no W&B API key: logging offline (run `wandb login`, then `wandb sync`)")
+            mode = "offline"
+        try:
+            self.run = wandb.init(mode=mode, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any failure online must not stop training
+            if mode != "online":
+                raise
+            _warn(f"W&B online init failed ({type(err).__name__}): logging offline")
+            self.run = wandb.init(mode="offline", **kwargs)
+        self.run_id = self.run.id
+        self.mode = mode
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log scalars under dashboard names (``train/...``, ``perf/...``, ``eval/...``)."""
+        self.run.log({DASHBOARD_NAMES.get(k, k): v for k, v in metrics.items()}, step=step)
+
+    def log_media(self, paths: dict[str, Path], step: int) -> None:
+        """Log PNGs as images and GIFs as videos (no moviepy needed for a file)."""
+        media = {}
+        for name, path in paths.items():
+            path = Path(path)
+            media[f"media/{name}"] = (
+                self._wandb.Video(str(path), format="gif") if path.suffix == ".gif" else self._wandb.Image(str(path))
+            )
+        self.run.log(media, step=step)
+
+    def finish(self, summary: dict[str, float] | None = None, *, failed: bool = False) -> None:
+        """Write the summary and close the run (exit code 1 if the job failed)."""
+        if summary:
+            for key, value in summary.items():
+                self.run.summary[DASHBOARD_NAMES.get(key, key)] = value
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+def _has_api_key(wandb) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return bool(wandb.Api(timeout=5).api_key)
+    except Exception:  # noqa: BLE001 - no key, no netrc, no network: all mean "no key"
+        return False
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,0 +1,120 @@
+"""The neural cellular automaton: perceive, update, alive mask, rolled out by a scan.
+
+Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
+(``CAModel.call``): ``x = update(x, perceive(x)) * (alive(x_before) & alive(x_after))``.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nca_lab.alive import alive_mask
+from nca_lab.perceive.base import Perceive
+from nca_lab.update.residual import ResidualUpdate
+
+
+class NCA(nnx.Module):
+    """A cellular automaton whose rule is a perceive followed by an update.
+
+    States are channels-last ``(..., H, W, C)``: RGB (premultiplied by alpha) in 0-2, alpha
+    in 3, hidden channels after. Every method is pure (keys in, states out), so it composes
+    with ``jit``, ``vmap``, ``grad`` and ``remat``.
+    """
+
+    def __init__(self, perceive: Perceive, update: ResidualUpdate, *, alive_threshold: float | None = 0.1):
+        """Combine a perceive and an update.
+
+        Args:
+            perceive: the perception module.
+            update: the update module, sized for ``perceive.out_features``.
+            alive_threshold: alpha above which a 3x3 neighbourhood is alive; ``None`` turns
+                alive masking off (tasks without an alpha-defined body).
+        """
+        self.perceive = perceive
+        self.update = update
+        self.alive_threshold = alive_threshold
+
+    @property
+    def num_channels(self) -> int:
+        """State channels ``C``."""
+        return self.perceive.num_channels
+
+    def step(self, state: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        """One CA step of ``state (..., H, W, C)``; ``key`` has shape ``state.shape[:-3]``.
+
+        Each grid draws its fire mask from its own key, so a sample's trajectory does not
+        depend on the batch it is in.
+        """
+        new_state = self.update(state, self.perceive(state), key)
+        if self.alive_threshold is None:
+            return new_state
+        alive = alive_mask(state, self.alive_threshold) & alive_mask(new_state, self.alive_threshold)
+        return new_state * alive.astype(new_state.dtype)
+
+    def rollout(
+        self,
+        state: jnp.ndarray,
+        key: jax.Array,
+        num_steps: int,
+        *,
+        active_steps: jax.Array | int | None = None,
+        frame_every: int = 0,
+        remat: bool = False,
+        unroll: int = 1,
+    ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+        """Run ``num_steps`` steps with ``jax.lax.scan``.
+
+        Args:
+            state: initial state ``(..., H, W, C)``.
+            key: one PRNG key per grid, shape ``state.shape[:-3]`` (a scalar key for one grid).
+            num_steps: static length of the scan.
+            active_steps: run only the first ``active_steps`` steps (may be traced, e.g. a
+                random rollout length); later steps are skipped by ``lax.cond``, so a random
+                length costs no recompile and no wasted compute.
+            frame_every: if positive, also return the state every ``frame_every`` steps
+                (``num_steps`` must be a multiple), initial state included.
+            remat: recompute each step in the backward pass instead of storing its
+                activations (memory ``O(steps * state)`` instead of ``O(steps * activations)``).
+            unroll: steps per scan iteration (``jax.lax.scan``'s ``unroll``).
+
+        Returns:
+            ``(final_state, frames)``; frames is ``(num_steps // frame_every + 1, ..., H, W, C)``
+            or ``None``.
+        """
+        batch_shape = state.shape[:-3]
+        flat_keys = jnp.reshape(key, (-1,))
+        step_keys = jax.vmap(lambda k: jax.random.split(k, num_steps))(flat_keys)
+        step_keys = jnp.swapaxes(step_keys, 0, 1).reshape(num_steps, *batch_shape)
+
+        step = jax.checkpoint(self.step) if remat else self.step
+
+        def body(carry, step_key):
+            x, i = carry
+            if active_steps is not None:
+                x = jax.lax.cond(i < active_steps, step, lambda s, _: s, x, step_key)
+            else:
+                x = step(x, step_key)
+            return (x, i + 1), None
+
+        def run(carry, keys):
+            return jax.lax.scan(body, carry, keys, unroll=min(unroll, keys.shape[0]))[0]
+
+        carry = (state, jnp.zeros((), jnp.int32))
+        if frame_every <= 0:
+            return run(carry, step_keys)[0], None
+        if num_steps % frame_every:
+            raise ValueError(f"num_steps={num_steps} is not a multiple of frame_every={frame_every}")
+        chunks = step_keys.reshape(num_steps // frame_every, frame_every, *batch_shape)
+
+        def chunk(carry, keys):
+            carry = run(carry, keys)
+            return carry, carry[0]
+
+        (final, _), frames = jax.lax.scan(chunk, carry, chunks)
+        return final, jnp.concatenate([state[None], frames])
+
+
+@nnx.jit(static_argnames=("num_steps", "frame_every"))
+def grow(model: NCA, state: jnp.ndarray, key: jax.Array, num_steps: int, frame_every: int = 0):
+    """Jitted :meth:`NCA.rollout` for evaluation and rendering: ``(final_state, frames)``."""
+    return model.rollout(state, key, num_steps, frame_every=frame_every)

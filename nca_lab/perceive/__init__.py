@@ -1,0 +1,9 @@
+"""Perceive modules: how a cell senses its 3x3 neighbourhood.
+
+One class per file; configs name them by module path (``nca_lab.perceive.sobel.SobelPerceive``),
+so a new variant is one module, one yaml in ``conf/perceive/`` and one test file.
+"""
+
+from nca_lab.perceive.base import Perceive
+
+__all__ = ["Perceive"]

@@ -1,0 +1,1 @@
+"""Tasks: the experiments an NCA is trained on (one module per task)."""

@@ -1,0 +1,75 @@
+"""The Task interface: everything the trainer needs to know about an experiment.
+
+The trainer never branches on which task it runs. A task supplies fresh samples (initial
+state and target), a per-sample loss, optional damage for a sample pool, evaluation
+metrics and what to render. Adding a task is one module here and one yaml in ``conf/task/``.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nca_lab.nca import NCA
+
+
+class Batch(NamedTuple):
+    """Initial states ``(N, H, W, C)`` and their targets ``(N, H, W, K)``."""
+
+    state: jax.Array
+    target: jax.Array
+
+
+class Rendering(NamedTuple):
+    """What a run shows: ``frames`` for ``rollout.gif`` and ``final`` for ``final.png`` (uint8 RGB)."""
+
+    frames: np.ndarray
+    final: np.ndarray
+
+
+class Task:
+    """Base class of tasks; subclasses implement the methods that raise ``NotImplementedError``.
+
+    Attributes:
+        num_channels: state channels ``C``.
+        grid_shape: ``(H, W)`` of the training grid.
+        alive_threshold: alpha threshold of the alive mask, or ``None`` for no masking.
+        pool_size: states kept in a sample pool (0: every batch starts fresh).
+        damage_n: pool samples damaged per batch (see :meth:`damage`).
+    """
+
+    num_channels: int
+    grid_shape: tuple[int, int]
+    alive_threshold: float | None = 0.1
+    pool_size: int = 0
+    damage_n: int = 0
+
+    def sample(self, key: jax.Array, n: int) -> Batch:
+        """``n`` fresh initial states and their targets (pure, jittable)."""
+        raise NotImplementedError
+
+    def loss(self, state: jax.Array, target: jax.Array) -> jax.Array:
+        """Per-sample loss ``(N,)`` of final states ``(N, H, W, C)`` (pure, differentiable)."""
+        raise NotImplementedError
+
+    def damage(self, state: jax.Array, key: jax.Array) -> jax.Array:
+        """Damage pool states before they are trained on again; the default does none."""
+        del key
+        return state
+
+    def evaluate(self, model: NCA, key: jax.Array, horizon: int) -> dict[str, float]:
+        """Evaluation metrics after ``horizon`` steps (the training rollout length).
+
+        Keys carry no ``eval/`` prefix; the trainer adds it.
+        """
+        raise NotImplementedError
+
+    def render(self, model: NCA, key: jax.Array, horizon: int) -> Rendering:
+        """A rollout to show and a final picture, for a model trained on ``horizon`` steps."""
+        raise NotImplementedError
+
+
+def rgba_mse(state: jax.Array, target: jax.Array) -> jax.Array:
+    """Per-sample mean squared error on the RGBA channels, shape ``state.shape[:-3]``."""
+    return jnp.mean(jnp.square(state[..., :4] - target[..., :4]), axis=(-3, -2, -1))

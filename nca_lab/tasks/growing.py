@@ -1,0 +1,91 @@
+"""Growing a pattern from a single cell (Growing NCA, experiment 1).
+
+Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020,
+"Experiment 1: Learning to Grow": every batch starts from the seed (one living cell), the
+loss is the RGBA mean squared error against the target after a rollout of random length.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nca_lab.data.images import load_target
+from nca_lab.errors import require
+from nca_lab.nca import NCA, grow
+from nca_lab.render import tile, to_rgb, to_uint8
+from nca_lab.tasks.base import Batch, Rendering, Task, rgba_mse
+
+
+def seed_state(grid_shape: tuple[int, int], num_channels: int) -> np.ndarray:
+    """The standard seed: zeros, except the centre cell ``(H // 2, W // 2)`` whose channels 3.. are 1."""
+    h, w = grid_shape
+    seed = np.zeros((h, w, num_channels), np.float32)
+    seed[h // 2, w // 2, 3:] = 1.0
+    return seed
+
+
+class GrowingTask(Task):
+    """Grow ``target`` (an emoji or an image path) from the seed."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        *,
+        target: str = "🦎",
+        target_size: int = 40,
+        padding: int = 16,
+        centre_on_body: bool = True,
+        alive_threshold: float = 0.1,
+        render_scale: int = 4,
+    ):
+        """Load the target and build the seed.
+
+        Args:
+            num_channels: state channels (at least 4: RGBA).
+            target: an emoji character or the path of an image file.
+            target_size: the target is thumbnailed to fit this square.
+            padding: empty cells around the target on every side.
+            centre_on_body: shift the target so the seed (centre cell) lies on it
+                (see :func:`~nca_lab.data.images.body_at_centre`).
+            alive_threshold: alpha threshold of the alive mask.
+            render_scale: pixels per cell in the rendered pictures.
+        """
+        require(int(num_channels) >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
+        require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
+        self.num_channels = int(num_channels)
+        self.target = jnp.asarray(load_target(str(target), int(target_size), int(padding), bool(centre_on_body)))
+        self.grid_shape = tuple(self.target.shape[:2])
+        self.alive_threshold = float(alive_threshold)
+        self.render_scale = int(render_scale)
+        self.seed = jnp.asarray(seed_state(self.grid_shape, self.num_channels))
+
+    def sample(self, key: jax.Array, n: int) -> Batch:
+        """``n`` seeds, all with the same target."""
+        del key
+        return Batch(
+            jnp.broadcast_to(self.seed, (n, *self.seed.shape)),
+            jnp.broadcast_to(self.target, (n, *self.target.shape)),
+        )
+
+    def loss(self, state: jax.Array, target: jax.Array) -> jax.Array:
+        """RGBA mean squared error per sample."""
+        return rgba_mse(state, target)
+
+    def evaluate(self, model: NCA, key: jax.Array, horizon: int, n: int = 8) -> dict[str, float]:
+        """MSE after ``horizon`` steps from the seed, and after twice as long (persistence)."""
+        batch = self.sample(key, n)
+        keys = jax.random.split(key, n)
+        _, frames = grow(model, batch.state, keys, 2 * horizon, frame_every=horizon)
+        return {
+            "mse": float(jnp.mean(self.loss(frames[1], batch.target))),
+            "mse_2x": float(jnp.mean(self.loss(frames[2], batch.target))),
+        }
+
+    def render(self, model: NCA, key: jax.Array, horizon: int, n: int = 4) -> Rendering:
+        """Sample 0 growing for twice the horizon; final picture: target, then ``n`` grown samples."""
+        batch = self.sample(key, n)
+        final, frames = grow(model, batch.state, jax.random.split(key, n), 2 * horizon, frame_every=1)
+        scale = self.render_scale
+        gif = to_uint8(to_rgb(np.asarray(frames[:, 0])), scale)
+        pictures = to_uint8(to_rgb(np.concatenate([self.target[None], np.asarray(final)[..., :4]])), scale)
+        return Rendering(frames=gif, final=tile(list(pictures)))

@@ -1,0 +1,1 @@
+"""Training: the jitted step, the sample pool, optimizers, the loop and the composition root."""

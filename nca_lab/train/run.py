@@ -1,0 +1,92 @@
+"""The composition root: the one place that turns a config into objects and runs them.
+
+Each config group names its class with ``_target_`` (``_partial_`` where only code knows a
+size); this module supplies those sizes, builds task, model, trainer and logger, and trains.
+"""
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import jax
+from flax import nnx
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nca_lab.errors import ConfigError, require
+from nca_lab.nca import NCA
+
+
+def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
+    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``)."""
+    channels = int(cfg.num_channels)
+    require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
+    with _config_errors():
+        rngs = nnx.Rngs(params=int(cfg.seed))
+        perceive = instantiate(cfg.perceive)(num_channels=channels, rngs=rngs)
+        update = instantiate(cfg["update"])(perception_size=perceive.out_features, num_channels=channels, rngs=rngs)
+    return NCA(perceive, update, alive_threshold=alive_threshold)
+
+
+def build(cfg: DictConfig) -> tuple:
+    """Build ``(task, model, trainer)`` from a composed config; bad settings raise :class:`ConfigError`."""
+    channels = int(cfg.num_channels)
+    require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
+    with _config_errors():
+        task = instantiate(cfg.task)(num_channels=channels)
+    model = build_model(cfg, task.alive_threshold)
+    with _config_errors():
+        trainer = instantiate(cfg.trainer)
+    return task, model, trainer
+
+
+def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
+    """Train as ``cfg`` says, writing everything into ``run_dir``; return the final metrics.
+
+    A run dir that already holds checkpoints is resumed (with the same W&B run id); one
+    that holds ``summary.json`` is complete and skipped, so re-running a sweep only runs
+    the jobs that did not finish. ``group`` names the sweep a job belongs to (its W&B group).
+    """
+    run_dir = Path(run_dir)
+    completed = run_dir / "summary.json"
+    if completed.is_file():
+        print(f"skipped {run_dir}: already completed (delete its summary.json to run it again)", file=sys.stderr)
+        return json.loads(completed.read_text(encoding="utf-8"))
+    task, model, trainer = build(cfg)
+    resumed = trainer.resume_source(run_dir)
+    run_id = resumed.metadata().get("wandb_run_id") if resumed is not None else None
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with _config_errors():
+        logger_factory = instantiate(cfg.logger)
+        extra = {"group": group} if group and cfg.logger.get("group", "") is None else {}
+        logger = logger_factory(config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra)
+    failed = True
+    try:
+        summary = trainer.fit(model, task, key=jax.random.key(int(cfg.seed)), run_dir=run_dir, logger=logger, config=config)
+        failed = False
+        return summary
+    finally:
+        logger.finish(None if failed else summary, failed=failed)
+
+
+def _default_name(run_dir: Path) -> str:
+    """``outputs/2026-11-23/10-00-00`` -> ``2026-11-23/10-00-00``: readable and unique per run."""
+    parts = Path(run_dir).resolve().parts
+    return "/".join(parts[parts.index("outputs") + 1 :]) if "outputs" in parts[:-1] else parts[-1]
+
+
+@contextmanager
+def _config_errors():
+    """Turn errors of Hydra's ``instantiate`` into one-line :class:`ConfigError`s.
+
+    A :class:`ConfigError` raised by a constructor is re-raised as is; anything else (an
+    unknown option, a wrong type) keeps the first line of Hydra's message.
+    """
+    try:
+        yield
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise ConfigError(str(exc).splitlines()[0]) from exc

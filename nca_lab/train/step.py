@@ -1,0 +1,61 @@
+"""The jitted training step: draw a batch, roll out, take one optimizer step.
+
+Reference: Mordvintsev et al., Distill 2020 (the authors' ``train_step``): a rollout of
+random length, the task loss on the final state, backpropagation through every CA step.
+"""
+
+from collections.abc import Callable
+
+import jax
+import optax
+from flax import nnx
+
+from nca_lab.nca import NCA
+from nca_lab.tasks.base import Batch, Task
+from nca_lab.train import pool as pool_ops
+
+
+def make_train_step(
+    task: Task,
+    *,
+    batch_size: int,
+    rollout_steps: tuple[int, int],
+    remat: bool = False,
+    unroll: int = 1,
+) -> Callable:
+    """Build ``train_step(model, optimizer, pool, key) -> (pool, metrics)``.
+
+    The step is pure in its arguments: the model and optimizer are updated in place by
+    ``nnx.jit``'s state propagation, ``pool`` (a :class:`~nca_lab.train.pool.Pool`, or
+    ``None`` when the task has none) is returned. The rollout length is drawn uniformly
+    from ``rollout_steps`` (inclusive) once per batch; the scan always has the maximum
+    length and skips the steps past the drawn one, so no length triggers a recompile.
+    Each sample has its own PRNG key.
+    """
+    low, high = rollout_steps
+
+    @nnx.jit
+    def train_step(model: NCA, optimizer: nnx.Optimizer, pool: pool_ops.Pool | None, key: jax.Array):
+        draw_key, prepare_key, length_key, rollout_key = jax.random.split(key, 4)
+        if pool is None:
+            batch = task.sample(draw_key, batch_size)
+        else:
+            idx, batch = pool_ops.draw(pool, draw_key, batch_size)
+            idx, batch = pool_ops.prepare(task, idx, batch, prepare_key, task.damage_n)
+        active = None if low == high else jax.random.randint(length_key, (), low, high + 1)
+        sample_keys = jax.random.split(rollout_key, batch_size)
+
+        def loss_fn(model: NCA):
+            final, _ = model.rollout(
+                batch.state, sample_keys, high, active_steps=active, remat=remat, unroll=unroll
+            )
+            return task.loss(final, batch.target).mean(), final
+
+        (loss, final), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        grad_norm = optax.global_norm(grads)
+        optimizer.update(model, grads)
+        if pool is not None:
+            pool = pool_ops.write_back(pool, idx, Batch(final, batch.target))
+        return pool, {"loss": loss, "grad_norm": grad_norm}
+
+    return train_step

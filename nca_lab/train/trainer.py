@@ -1,0 +1,282 @@
+"""The training loop: steps, logging, evaluation, checkpoints and the pictures of a run.
+
+A library class (the Flax ``train_and_evaluate`` pattern): it takes built objects, not a
+config, so a notebook can drive it as well as the Hydra app. Nothing is lost when a job
+dies: metrics are flushed line by line, checkpoints are atomic, SIGTERM/SIGINT save one
+last checkpoint, and a non-finite loss stops the run before anything poisoned is saved.
+"""
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import jax
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
+from nca_lab.errors import require
+from nca_lab.log.base import Logger, NullLogger
+from nca_lab.log.metrics_file import MetricsFile
+from nca_lab.nca import NCA
+from nca_lab.render import save_gif, save_png
+from nca_lab.tasks.base import Task
+from nca_lab.train.pool import init_pool
+from nca_lab.train.step import make_train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient stopped being finite; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGINT arrived; a checkpoint of the last completed step was saved."""
+
+
+class Trainer:
+    """Trains an :class:`~nca_lab.nca.NCA` on a :class:`~nca_lab.tasks.base.Task`."""
+
+    def __init__(
+        self,
+        *,
+        steps: int,
+        batch_size: int,
+        learning_rate: optax.ScalarOrSchedule,
+        optimizer: Callable[..., optax.GradientTransformation],
+        rollout_steps: tuple[int, int] = (64, 96),
+        remat: bool = False,
+        unroll: int = 1,
+        log_every: int = 10,
+        eval_every: int = 0,
+        render_every: int = 0,
+        checkpoint_every: int = 0,
+        keep_last: int = 3,
+        keep_best: bool = True,
+        resume: str | None = None,
+        init_from: str | None = None,
+        progress: bool = True,
+    ):
+        """Set the schedule of a run.
+
+        Args:
+            steps: optimizer steps.
+            batch_size: samples per step.
+            learning_rate: a float or an optax schedule of the step.
+            optimizer: ``optimizer(learning_rate) -> GradientTransformation``.
+            rollout_steps: ``[low, high]``, the inclusive range of rollout lengths.
+            remat: recompute CA steps in the backward pass (less memory, more compute).
+            unroll: CA steps per scan iteration.
+            log_every: steps between ``metrics.jsonl`` lines (and logger calls).
+            eval_every: steps between evaluations (0: only at the end).
+            render_every: steps between renderings of ``rollout.gif``/``final.png`` (0: only at the end).
+            checkpoint_every: steps between checkpoints (0: only at the end).
+            keep_last: checkpoints kept (the newest), besides the best by loss.
+            keep_best: also keep the checkpoint of lowest training loss.
+            resume: continue the run saved at this path (run dir or checkpoint) instead of
+                the run dir's own checkpoints (which are resumed automatically).
+            init_from: start from the weights saved at this path (optimizer and step fresh).
+            progress: show a progress bar.
+        """
+        rollout_steps = tuple(int(s) for s in rollout_steps)
+        require(int(steps) > 0, f"trainer.steps must be positive, got {steps}")
+        require(int(batch_size) > 0, f"trainer.batch_size must be positive, got {batch_size}")
+        require(
+            len(rollout_steps) == 2 and 0 < rollout_steps[0] <= rollout_steps[1],
+            f"trainer.rollout_steps must be [low, high] with 0 < low <= high, got {list(rollout_steps)}",
+        )
+        require(int(unroll) > 0, f"trainer.unroll must be positive, got {unroll}")
+        require(int(log_every) > 0, f"trainer.log_every must be positive, got {log_every}")
+        for name, value in (("eval_every", eval_every), ("render_every", render_every), ("checkpoint_every", checkpoint_every)):
+            require(int(value) >= 0, f"trainer.{name} must be >= 0, got {value}")
+        require(not (resume and init_from), "set at most one of trainer.resume and trainer.init_from")
+        self.steps = int(steps)
+        self.batch_size = int(batch_size)
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.rollout_steps = rollout_steps
+        self.remat = bool(remat)
+        self.unroll = int(unroll)
+        self.log_every = int(log_every)
+        self.eval_every = int(eval_every)
+        self.render_every = int(render_every)
+        self.checkpoint_every = int(checkpoint_every)
+        self.keep_last = int(keep_last)
+        self.keep_best = bool(keep_best)
+        self.resume = resume
+        self.init_from = init_from
+        self.progress = bool(progress)
+
+    @property
+    def horizon(self) -> int:
+        """The longest training rollout, the time scale of evaluation and rendering."""
+        return self.rollout_steps[1]
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used by optimizer step ``step`` (1-based)."""
+        lr = self.learning_rate
+        return float(lr(step - 1)) if callable(lr) else float(lr)
+
+    def resume_source(self, run_dir: Path) -> RunCheckpointer | None:
+        """Where training continues from: ``resume``, else the run dir's own checkpoints, else nowhere.
+
+        Raises :class:`~nca_lab.errors.ConfigError` if ``resume`` (or ``init_from``) holds no checkpoint.
+        """
+        if self.init_from:
+            RunCheckpointer.find(self.init_from)  # fail early, before any compile
+        if self.resume:
+            return RunCheckpointer.find(self.resume)
+        own = Path(run_dir) / CHECKPOINTS
+        if own.is_dir():
+            checkpointer = RunCheckpointer(own, create=False)
+            if checkpointer.latest_step() is not None:
+                return checkpointer
+        return None
+
+    def fit(
+        self,
+        model: NCA,
+        task: Task,
+        *,
+        key: jax.Array,
+        run_dir: Path,
+        logger: Logger | None = None,
+        config: dict | None = None,
+    ) -> dict:
+        """Train ``model`` in place, resuming if :meth:`resume_source` finds a checkpoint.
+
+        Writes ``metrics.jsonl``, ``checkpoints/``, ``rollout.gif``, ``final.png`` and, last,
+        ``summary.json`` (its presence marks a completed run). ``config`` is stored in every
+        checkpoint. Returns the final metrics.
+        """
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logger = logger or NullLogger()
+        if task.pool_size:
+            require(
+                task.pool_size >= self.batch_size,
+                f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({self.batch_size})",
+            )
+        source = self.resume_source(run_dir)
+        optimizer = nnx.Optimizer(model, self.optimizer(self.learning_rate), wrt=nnx.Param)
+        pool_key, train_key, eval_key = jax.random.split(key, 3)
+        pool = init_pool(task, pool_key, task.pool_size) if task.pool_size else None
+        start = 0
+        if source is not None:
+            start, pool, train_key, _ = source.restore(model, optimizer, pool)
+        elif self.init_from:
+            RunCheckpointer.find(self.init_from).restore_model(model)
+        checkpointer = RunCheckpointer(run_dir / CHECKPOINTS, keep_last=self.keep_last, keep_best=self.keep_best)
+        train_step = make_train_step(
+            task,
+            batch_size=self.batch_size,
+            rollout_steps=self.rollout_steps,
+            remat=self.remat,
+            unroll=self.unroll,
+        )
+        metadata = {
+            "config": config or {},
+            "alive_threshold": task.alive_threshold,
+            "wandb_run_id": logger.run_id,
+        }
+        metrics_file = MetricsFile(run_dir, resume_step=start)
+        pending: list[tuple[int, dict]] = []
+        last: dict[str, float] = {}
+        bar = tqdm(total=self.steps, initial=start, disable=not self.progress, unit="step", dynamic_ncols=True)
+
+        def flush(step: int, now: float) -> None:
+            """Fetch the pending step metrics (one device sync); stop on the first non-finite one."""
+            nonlocal last, tick, tick_step
+            for pending_step, out in pending:
+                values = {k: float(v) for k, v in out.items()}
+                if not all(map(math.isfinite, values.values())):
+                    raise TrainingDiverged(
+                        f"training diverged at step {pending_step} (loss {values['loss']}, grad_norm "
+                        f"{values['grad_norm']}); last good checkpoint: {checkpointer.latest_step() or 'none'}"
+                    )
+            pending.clear()
+            record = {**values, "lr": self.lr_at(step)}
+            if step > tick_step:
+                record["steps_per_s"] = (step - tick_step) / (now - tick)
+            tick, tick_step = now, step
+            metrics_file.write(step, record)
+            logger.log(record, step)
+            bar.set_postfix(loss=f"{record['loss']:.4g}")
+            last = record
+
+        def save(step: int) -> Path:
+            return checkpointer.save(
+                step, model=model, optimizer=optimizer, pool=pool, key=train_key, metadata={**metadata, "loss": last["loss"]}
+            )
+
+        try:
+            with _stop_signals() as stop:
+                tick, tick_step = time.perf_counter(), start
+                step = start
+                for step in range(start + 1, self.steps + 1):
+                    pool, out = train_step(model, optimizer, pool, jax.random.fold_in(train_key, step))
+                    pending.append((step, out))
+                    bar.update(1)
+                    checkpoint_due = self.checkpoint_every and step % self.checkpoint_every == 0
+                    if step % self.log_every == 0 or step == self.steps or step == start + 1 or checkpoint_due or stop.is_set():
+                        flush(step, time.perf_counter())
+                    if checkpoint_due or step == self.steps:
+                        save(step)
+                    if stop.is_set():
+                        where = save(step)
+                        raise Preempted(f"stopped by signal after step {step}; checkpoint saved to {where}")
+                    if self.eval_every and step % self.eval_every == 0 and step < self.steps:
+                        self._evaluate(model, task, eval_key, step, metrics_file, logger)
+                    if self.render_every and step % self.render_every == 0 and step < self.steps:
+                        self._render(model, task, eval_key, run_dir, step, logger)
+            bar.close()
+            evaluation = self._evaluate(model, task, eval_key, self.steps, metrics_file, logger)
+            self._render(model, task, eval_key, run_dir, self.steps, logger)
+        finally:
+            bar.close()
+            metrics_file.close()
+        summary = {"step": self.steps, "loss": last.get("loss", float("nan")), **evaluation}
+        _write_json(run_dir / "summary.json", summary)
+        return summary
+
+    def _evaluate(self, model, task, key, step, metrics_file, logger) -> dict[str, float]:
+        metrics = {f"eval/{k}": float(v) for k, v in task.evaluate(model, key, self.horizon).items()}
+        metrics_file.write(step, metrics)
+        logger.log(metrics, step)
+        return metrics
+
+    def _render(self, model, task, key, run_dir, step, logger) -> None:
+        rendering = task.render(model, key, self.horizon)
+        paths = {
+            "rollout": save_gif(rendering.frames, run_dir / "rollout.gif"),
+            "final": save_png(rendering.final, run_dir / "final.png"),
+        }
+        logger.log_media(paths, step)
+
+
+@contextmanager
+def _stop_signals():
+    """Turn SIGTERM and SIGINT into a flag checked after each step (preemption-safe stopping)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    handler = lambda signum, frame: stop.set()  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

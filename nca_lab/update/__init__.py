@@ -1,0 +1,1 @@
+"""Update modules: how a cell changes its state from its perception."""

@@ -1,0 +1,86 @@
+"""Residual per-cell MLP update with stochastic (fire-rate) cell updates.
+
+Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020, section
+"Stochastic cell update" and ``CAModel`` of the authors' notebook: ``dx = MLP(perception)``,
+last layer zero-initialised so the untrained CA does nothing, and each cell applies its
+``dx`` with probability ``fire_rate``, without the 1/p rescaling of dropout, in training and
+at inference alike.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nca_lab.errors import require
+
+
+class ResidualUpdate(nnx.Module):
+    """``state + fire_mask * step_size * MLP(perception)``, per cell.
+
+    The MLP is ``perception -> hidden (relu) ... -> C`` applied to every cell (a 1x1
+    convolution); the last layer starts at zero.
+    """
+
+    def __init__(
+        self,
+        perception_size: int,
+        num_channels: int,
+        *,
+        hidden_sizes: Sequence[int] = (128,),
+        fire_rate: float = 0.5,
+        step_size: float = 1.0,
+        zero_init: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        """Build the update.
+
+        Args:
+            perception_size: features of the perception (the perceive's ``out_features``).
+            num_channels: state channels ``C``.
+            hidden_sizes: widths of the relu hidden layers (the paper: one of 128).
+            fire_rate: probability that a cell updates at a step, in ``(0, 1]``.
+            step_size: scale of ``dx``.
+            zero_init: start the last layer at zero (the paper), making the initial CA the identity.
+            rngs: parameter initialisation stream.
+        """
+        hidden_sizes = [int(h) for h in hidden_sizes]
+        require(int(perception_size) > 0, f"perception_size must be positive, got {perception_size}")
+        require(int(num_channels) > 0, f"num_channels must be positive, got {num_channels}")
+        require(all(h > 0 for h in hidden_sizes), f"update.hidden_sizes must be positive, got {hidden_sizes}")
+        require(0.0 < fire_rate <= 1.0, f"update.fire_rate must be in (0, 1], got {fire_rate}")
+        self.fire_rate = float(fire_rate)
+        self.step_size = float(step_size)
+        sizes = [int(perception_size), *hidden_sizes]
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        last_init = nnx.initializers.zeros if zero_init else nnx.initializers.lecun_normal()
+        self.out = nnx.Linear(sizes[-1], int(num_channels), kernel_init=last_init, rngs=rngs)
+
+    def delta(self, perception: jnp.ndarray) -> jnp.ndarray:
+        """The proposed change ``step_size * MLP(perception)``, shape ``(..., H, W, C)``."""
+        h = perception
+        for layer in self.hidden:
+            h = jax.nn.relu(layer(h))
+        return self.out(h) * self.step_size
+
+    def fire_mask(self, key: jax.Array, grid_shape: tuple[int, ...]) -> jnp.ndarray:
+        """Which cells update: one ``uniform[0, 1)`` draw per cell, kept where ``<= fire_rate``.
+
+        Args:
+            key: one key per grid, shape ``grid_shape[:-2]`` (a scalar key for one grid).
+            grid_shape: ``(..., H, W)``.
+
+        Returns:
+            float32 ``(..., H, W, 1)``, shared by all channels of a cell.
+        """
+        height_width = tuple(grid_shape[-2:])
+        draws = jax.vmap(lambda k: jax.random.uniform(k, (*height_width, 1)))(jnp.reshape(key, (-1,)))
+        return (draws.reshape(*grid_shape, 1) <= self.fire_rate).astype(jnp.float32)
+
+    def __call__(self, state: jnp.ndarray, perception: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        """Updated state ``(..., H, W, C)``; ``key`` (one per grid) draws the fire mask."""
+        mask = self.fire_mask(key, state.shape[:-1])
+        return state + self.delta(perception) * mask

@@ -1,0 +1,76 @@
+"""``python -m nca_lab`` as a user runs it: outputs of a run, and one clear line for bad input."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from nca_testing import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    result = run_cli(*TINY, "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir, result
+
+
+def test_smoke_run_writes_the_run_outputs(smoke_run):
+    run_dir, result = smoke_run
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(r["loss"] > 0 and "lr" in r for r in train)
+    assert any("eval/mse" in r for r in lines)
+    with Image.open(run_dir / "rollout.gif") as gif:
+        assert 1 < gif.n_frames <= 2 * 3 + 1  # twice the horizon (GIF merges identical frames)
+    with Image.open(run_dir / "final.png") as png:
+        assert png.size[0] > png.size[1]  # target + grown samples side by side
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == 2 and "eval/mse" in summary
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert "done: loss=" in result.stdout
+
+
+def test_rerunning_a_completed_run_skips_it(smoke_run):
+    run_dir, _ = smoke_run
+    before = (run_dir / "metrics.jsonl").read_text()
+    result = run_cli(*TINY, "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0
+    assert "already completed" in result.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+BAD_INPUTS = [
+    (["task.target=notanemoji"], "unknown emoji"),
+    (["task.target=/no/such/picture.png"], "image not found"),
+    (["task.target_size=0"], "target_size must be positive"),
+    (["trainer.batch_size=0"], "batch_size must be positive"),
+    (["trainer.steps=-1"], "steps must be positive"),
+    (["num_channels=0"], "num_channels"),
+    (["update.fire_rate=0"], "fire_rate must be in (0, 1]"),
+    (["update.fire_rate=1.5"], "fire_rate must be in (0, 1]"),
+    (["trainer.rollout_steps=[10,5]"], "rollout_steps"),
+    (["perceive.mode=dilated", "perceive=learned"], "perceive.mode"),
+    (["perceive.no_such_option=1"], "no_such_option"),
+    (["trainer.resume=/no/such/run"], "no such checkpoint"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
+def test_bad_input_is_one_clear_line(overrides, message, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(*TINY, *overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_unreadable_image_is_one_clear_line(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"garbage")
+    result = run_cli(*TINY, f"task.target={bad}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot read image")

@@ -1,0 +1,91 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nca_lab.nca import NCA
+from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.tasks.growing import seed_state
+from nca_lab.update.residual import ResidualUpdate
+
+C = 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A model whose last layer is random, so rollouts change the state."""
+    update = ResidualUpdate(3 * C, C, hidden_sizes=[16], zero_init=False, rngs=nnx.Rngs(0))
+    return NCA(SobelPerceive(C), update)
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    return jnp.broadcast_to(jnp.asarray(seed_state((10, 10), C)), (3, 10, 10, C))
+
+
+def test_rollout_shapes_dtypes_finite(model, seeds):
+    keys = jax.random.split(jax.random.key(0), 3)
+    final, frames = jax.jit(lambda s, k: model.rollout(s, k, 6, frame_every=2))(seeds, keys)
+    assert final.shape == seeds.shape and final.dtype == jnp.float32
+    assert frames.shape == (4, 3, 10, 10, C)
+    assert bool(jnp.all(jnp.isfinite(frames)))
+    np.testing.assert_array_equal(frames[0], seeds)
+    np.testing.assert_array_equal(frames[-1], final)
+    assert not np.allclose(final, seeds)
+
+
+def test_rollout_without_frames_matches(model, seeds):
+    keys = jax.random.split(jax.random.key(0), 3)
+    final, frames = model.rollout(seeds, keys, 6)
+    assert frames is None
+    np.testing.assert_allclose(final, model.rollout(seeds, keys, 6, frame_every=3)[0], atol=1e-6)
+
+
+def test_active_steps_runs_only_the_first_steps(model, seeds):
+    keys = jax.random.split(jax.random.key(1), 3)
+    skipped, _ = jax.jit(lambda s, k, n: model.rollout(s, k, 9, active_steps=n))(seeds, keys, jnp.int32(6))
+    step_keys = jax.vmap(lambda k: jax.random.split(k, 9))(keys)  # the keys a 9-step rollout uses
+    state = seeds
+    for t in range(6):
+        state = model.step(state, step_keys[:, t])
+    np.testing.assert_allclose(skipped, state, atol=1e-6)
+    assert not np.allclose(state, model.step(state, step_keys[:, 6]))  # a 7th step would have changed it
+
+
+def test_remat_and_unroll_do_not_change_results_or_gradients(model, seeds):
+    keys = jax.random.split(jax.random.key(2), 3)
+
+    def loss(m, remat, unroll):
+        final, _ = m.rollout(seeds, keys, 4, remat=remat, unroll=unroll)
+        return jnp.mean(final[..., :4] ** 2)
+
+    plain, g_plain = nnx.value_and_grad(loss)(model, False, 1)
+    fast, g_fast = nnx.value_and_grad(loss)(model, True, 2)
+    np.testing.assert_allclose(plain, fast, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_plain, g_fast)
+    norms = [float(jnp.abs(leaf).sum()) for leaf in jax.tree.leaves(g_plain)]
+    assert all(n > 0 for n in norms)
+
+
+def test_a_sample_does_not_depend_on_its_batch(model, seeds):
+    keys = jax.random.split(jax.random.key(3), 3)
+    batched, _ = model.rollout(seeds, keys, 5)
+    alone, _ = model.rollout(seeds[1], keys[1], 5)
+    np.testing.assert_allclose(batched[1], alone, atol=1e-5)
+
+
+def test_alive_masking_zeroes_dead_cells(model):
+    state = jnp.zeros((10, 10, C)).at[2, 2, 3:].set(1.0).at[8, 8, :].set(0.05)
+    out = model.step(state, jax.random.key(0))
+    far = np.ones((10, 10), bool)
+    far[1:4, 1:4] = False
+    np.testing.assert_array_equal(np.asarray(out)[far], 0.0)  # incl. the cell with alpha 0.05
+
+
+def test_no_alive_masking_keeps_every_cell():
+    update = ResidualUpdate(3 * C, C, zero_init=False, fire_rate=1.0, rngs=nnx.Rngs(0))
+    model = NCA(SobelPerceive(C), update, alive_threshold=None)
+    state = jax.random.uniform(jax.random.key(1), (6, 6, C)).at[..., 3].set(0.0)  # alpha 0 everywhere
+    out = model.step(state, jax.random.key(0))
+    assert bool(jnp.all(jnp.any(out != state, axis=-1)))
