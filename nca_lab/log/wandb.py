@@ -5,7 +5,9 @@ minutes; this logger falls back to offline mode with one warning line (sync late
 ``wandb sync <run_dir>/wandb/offline-run-*``).
 """
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +17,13 @@ from nca_lab.log.base import Logger
 MODES = ("online", "offline", "disabled")
 
 #: Dashboard names of the trainer's scalars; ``eval/...`` keys pass through.
-DASHBOARD_NAMES = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "steps_per_s": "perf/steps_per_s"}
+DASHBOARD_NAMES = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "param_norm": "train/param_norm",
+    "steps_per_s": "perf/steps_per_s",
+}
 
 
 class WandbLogger(Logger):
@@ -80,6 +88,13 @@ class WandbLogger(Logger):
             self.run = wandb.init(mode="offline", **kwargs)
         self.run_id = self.run.id
         self.mode = mode
+        for name in ("config_resolved.yaml", "manifest.json"):
+            path = Path(run_dir) / name
+            if path.is_file():  # files in the run's own dir are uploaded with it
+                shutil.copy(path, Path(self.run.dir) / name)
+        manifest_path = Path(run_dir) / "manifest.json"
+        if manifest_path.is_file():
+            self.run.config.update({"manifest": json.loads(manifest_path.read_text())}, allow_val_change=True)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log scalars under dashboard names (``train/...``, ``perf/...``, ``eval/...``)."""
@@ -99,7 +114,8 @@ class WandbLogger(Logger):
         """Write the summary and close the run (exit code 1 if the job failed)."""
         if summary:
             for key, value in summary.items():
-                self.run.summary[DASHBOARD_NAMES.get(key, key)] = value
+                if key != "step":
+                    self.run.summary[DASHBOARD_NAMES.get(key, key)] = value
         self.run.finish(exit_code=1 if failed else 0)
 
 

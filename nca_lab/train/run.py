@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.errors import ConfigError, require
+from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
 
 
@@ -58,10 +59,15 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
     resumed = trainer.resume_source(run_dir)
     run_id = resumed.metadata().get("wandb_run_id") if resumed is not None else None
     config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
+    (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg.seed), indent=2) + "\n", encoding="utf-8")
     with _config_errors():
         logger_factory = instantiate(cfg.logger)
         extra = {"group": group} if group and cfg.logger.get("group", "") is None else {}
-        logger = logger_factory(config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra)
+        logger = logger_factory(
+            config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
+        )
     failed = True
     try:
         summary = trainer.fit(model, task, key=jax.random.key(int(cfg.seed)), run_dir=run_dir, logger=logger, config=config)

@@ -52,10 +52,11 @@ def make_train_step(
             return task.loss(final, batch.target).mean(), final
 
         (loss, final), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         optimizer.update(model, grads)
+        param_norm = optax.tree.norm(nnx.state(model, nnx.Param))  # catches a non-finite update
         if pool is not None:
             pool = pool_ops.write_back(pool, idx, Batch(final, batch.target))
-        return pool, {"loss": loss, "grad_norm": grad_norm}
+        return pool, {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm}
 
     return train_step

@@ -198,7 +198,8 @@ class Trainer:
                 if not all(map(math.isfinite, values.values())):
                     raise TrainingDiverged(
                         f"training diverged at step {pending_step} (loss {values['loss']}, grad_norm "
-                        f"{values['grad_norm']}); last good checkpoint: {checkpointer.latest_step() or 'none'}"
+                        f"{values['grad_norm']}, param_norm {values['param_norm']}); "
+                        f"last good checkpoint: {checkpointer.latest_step() or 'none'}"
                     )
             pending.clear()
             record = {**values, "lr": self.lr_at(step)}

@@ -1,0 +1,69 @@
+"""W&B logging read back from offline run files; never blocking or failing a run."""
+
+import pytest
+
+from nca_lab.log import wandb as wandb_logger
+from nca_testing import TINY, run_cli
+from wandb_records import read_run
+
+WANDB_TINY = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "logger.mode=offline"]
+
+
+def test_offline_run_holds_config_history_summary_and_media(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(*WANDB_TINY, "trainer.steps=3", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = read_run(run_dir)
+    assert len(run["runs"]) == 1
+    assert {"perceive", "update", "task", "trainer", "seed", "manifest"} <= set(run["config"])
+    assert run["config"]["trainer"]["steps"] == 3
+    assert run["config"]["manifest"]["seed"] == 0 and "jax" in run["config"]["manifest"]["packages"]
+    keys = set().union(*run["history"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "perf/steps_per_s", "eval/mse"} <= keys
+    assert "media/rollout/path" in keys and "media/final/path" in keys
+    assert run["summary"]["train/loss"] > 0 and "eval/mse" in run["summary"]
+    files = run["runs"][0].parent / "files"
+    assert (files / "config_resolved.yaml").is_file() and (files / "manifest.json").is_file()
+    assert any(files.glob("media/videos/**/*.gif")) and any(files.glob("media/images/**/*.png"))
+
+
+def test_falls_back_to_offline_when_online_init_fails(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    real_init = wandb.init
+
+    def failing_online_init(*args, mode=None, **kwargs):
+        if mode == "online":
+            raise TimeoutError("no network")
+        return real_init(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", failing_online_init)
+    monkeypatch.setattr(wandb_logger, "_has_api_key", lambda _: True)
+    logger = wandb_logger.WandbLogger(config={"a": 1}, run_dir=tmp_path, name="t", mode="online", init_timeout=1)
+    logger.log({"loss": 1.0}, 1)
+    logger.finish({"loss": 1.0})
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "logging offline" in err
+    assert any(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_no_api_key_means_offline_with_one_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(wandb_logger, "_has_api_key", lambda _: False)
+    logger = wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t", mode="online")
+    logger.finish()
+    assert logger.mode == "offline" and "no W&B API key" in capsys.readouterr().err
+
+
+def test_wandb_mode_environment_is_respected(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logger = wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t")
+    logger.finish()
+    assert logger.mode == "disabled" and not (tmp_path / "wandb").exists()
+
+
+def test_unknown_mode_is_a_config_error(tmp_path):
+    from nca_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="logger.mode"):
+        wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t", mode="sometimes")

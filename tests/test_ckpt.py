@@ -1,0 +1,91 @@
+"""Orbax checkpoints: full round trip, warm start, bad paths and incompatible configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nca_lab.ckpt import RunCheckpointer, load_model
+from nca_lab.errors import ConfigError
+from nca_lab.train.pool import init_pool
+from nca_lab.train.run import build
+from nca_lab.train.step import make_train_step
+from nca_testing import TINY, compose
+
+
+def trained_state(*overrides, steps=2):
+    task, model, trainer = build(compose(*TINY, *overrides))
+    optimizer = nnx.Optimizer(model, trainer.optimizer(trainer.learning_rate), wrt=nnx.Param)
+    pool = init_pool(task, jax.random.key(1), 6)
+    step = make_train_step(task, batch_size=2, rollout_steps=(2, 3))
+    for i in range(steps):
+        _, _ = step(model, optimizer, None, jax.random.key(i))
+    return task, model, optimizer, pool
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(tree))]
+
+
+def test_round_trip_of_params_optimizer_pool_rng_and_step(tmp_path):
+    _, model, optimizer, pool = trained_state()
+    key = jax.random.key(42)
+    checkpointer = RunCheckpointer(tmp_path / "checkpoints")
+    checkpointer.save(7, model=model, optimizer=optimizer, pool=pool, key=key, metadata={"loss": 0.5, "config": {"a": 1}})
+    _, fresh_model, fresh_optimizer, fresh_pool = trained_state(steps=0)
+    fresh_pool = fresh_pool._replace(state=jnp.zeros_like(fresh_pool.state))
+    step, restored_pool, restored_key, meta = RunCheckpointer.find(tmp_path).restore(fresh_model, fresh_optimizer, fresh_pool)
+    assert step == 7 and meta["config"] == {"a": 1} and meta["loss"] == 0.5
+    for a, b in zip(leaves(model) + leaves(optimizer), leaves(fresh_model) + leaves(fresh_optimizer), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(restored_pool.state, pool.state)
+    np.testing.assert_array_equal(jax.random.key_data(restored_key), jax.random.key_data(key))
+
+
+def test_keeps_the_last_k_and_the_best(tmp_path):
+    _, model, optimizer, _ = trained_state(steps=0)
+    checkpointer = RunCheckpointer(tmp_path, keep_last=2)
+    for step, loss in [(1, 0.9), (2, 0.1), (3, 0.5), (4, 0.6), (5, 0.7)]:
+        checkpointer.save(step, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": loss})
+    assert sorted(checkpointer.manager.all_steps()) == [2, 4, 5]
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    _, model, optimizer, _ = trained_state(steps=0)
+    checkpointer = RunCheckpointer(tmp_path / "checkpoints")
+    checkpointer.save(3, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0})
+    partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"  # what a kill mid-save leaves
+    (partial / "model").mkdir(parents=True)
+    (partial / "model" / "junk").write_bytes(b"\0" * 10)
+    found = RunCheckpointer.find(tmp_path)
+    assert found.latest_step() == 3
+    found.restore_model(model)
+
+
+def test_load_model_of_a_run_dir(tmp_path):
+    _, model, optimizer, _ = trained_state()
+    cfg = compose(*TINY)
+    from omegaconf import OmegaConf
+
+    RunCheckpointer(tmp_path / "checkpoints").save(
+        2, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0),
+        metadata={"loss": 0.1, "config": OmegaConf.to_container(cfg, resolve=True), "alive_threshold": 0.1},
+    )
+    loaded = load_model(tmp_path)
+    for a, b in zip(leaves(model), leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_incompatible_config_is_one_clear_error(tmp_path):
+    _, model, optimizer, _ = trained_state(steps=0)
+    RunCheckpointer(tmp_path).save(1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0})
+    _, wider, _, _ = trained_state("update.hidden_sizes=[32]", steps=0)
+    with pytest.raises(ConfigError, match="incompatible shapes"):
+        RunCheckpointer.find(tmp_path).restore_model(wider)
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
+def test_no_checkpoint_there(tmp_path, make):
+    with pytest.raises(ConfigError, match="no such checkpoint|no checkpoint in"):
+        RunCheckpointer.find(make(tmp_path))

@@ -1,0 +1,28 @@
+"""Hydra multirun: one run dir and one W&B run per job, and re-running skips finished jobs."""
+
+from nca_testing import TINY, run_cli
+from wandb_records import read_run
+
+SWEEP = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "logger.mode=offline"]
+
+
+def test_two_job_sweep_then_rerun_skips_both(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "summary.json").exists())
+    assert len(job_dirs) == 2  # named by their overrides, so a re-run finds them again
+    assert "seed=0" in job_dirs[0].name.split(",")
+    assert "seed=1" in job_dirs[1].name.split(",")
+    runs = [read_run(d) for d in job_dirs]
+    assert all(len(r["runs"]) == 1 for r in runs)
+    assert runs[0]["run_id"] != runs[1]["run_id"]
+    assert runs[0]["group"] == runs[1]["group"] == sweep_dir.name  # the sweep is the W&B group
+    assert [r["config"]["seed"] for r in runs] == [0, 1]
+    assert runs[0]["summary"]["train/loss"] != runs[1]["summary"]["train/loss"]
+
+    second = run_cli(*args)
+    assert second.returncode == 0
+    assert second.stderr.count("already completed") == 2
+    assert all(len(read_run(d)["runs"]) == 1 for d in job_dirs)  # no new W&B runs

@@ -1,0 +1,64 @@
+"""Training end to end in-process: the loss falls, runs are deterministic, NaNs stop cleanly."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca_lab.ckpt import RunCheckpointer
+from nca_lab.log.metrics_file import read_metrics
+from nca_lab.train.run import build
+from nca_lab.train.trainer import TrainingDiverged
+from nca_testing import TINY, compose
+
+
+def tiny(*overrides):
+    return build(compose(*TINY, *overrides))
+
+
+def train_losses(run_dir, *overrides):
+    task, model, trainer = tiny(*overrides)
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=run_dir)
+    return [r["loss"] for r in read_metrics(run_dir) if "loss" in r], model
+
+
+def test_a_short_training_run_lowers_the_loss(tmp_path):
+    losses, _ = train_losses(
+        tmp_path, "trainer.steps=60", "trainer.log_every=1", "trainer.batch_size=4", "trainer.rollout_steps=[8,12]",
+        "trainer.checkpoint_every=0", "trainer.render_every=0",
+    )
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_same_seed_same_run(tmp_path):
+    a, model_a = train_losses(tmp_path / "a", "trainer.steps=3", "trainer.log_every=1")
+    b, model_b = train_losses(tmp_path / "b", "trainer.steps=3", "trainer.log_every=1")
+    assert a == b
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(model_a), jax.tree.leaves(model_b))
+
+
+@pytest.mark.parametrize("gradient", ["clip", "none"])
+def test_gradient_transforms_train(tmp_path, gradient):
+    losses, _ = train_losses(tmp_path, "trainer.steps=2", "trainer.log_every=1", f"trainer.optimizer.gradient={gradient}")
+    assert all(np.isfinite(losses))
+
+
+def test_a_non_finite_update_stops_before_anything_poisoned_is_saved(tmp_path):
+    task, model, trainer = tiny("trainer.steps=6", "trainer.checkpoint_every=2", "trainer.log_every=10")
+    trainer.learning_rate = lambda count: jnp.where(count >= 3, jnp.nan, 1e-3)  # the 4th update is NaN
+    with pytest.raises(TrainingDiverged, match="diverged at step 4"):
+        trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    checkpoints = RunCheckpointer(tmp_path / "checkpoints", create=False)
+    assert checkpoints.latest_step() == 2
+    restored = build(compose(*TINY))[1]
+    checkpoints.restore_model(restored)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(restored))
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_summary_is_written_last_and_holds_eval_metrics(tmp_path):
+    train_losses(tmp_path, "trainer.steps=2")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["eval/mse"] > 0 and summary["eval/mse_2x"] > 0
