@@ -88,10 +88,11 @@ class WandbLogger(Logger):
             self.run = wandb.init(mode="offline", **kwargs)
         self.run_id = self.run.id
         self.mode = mode
+        files_dir = Path(self.run.dir)
         for name in ("config_resolved.yaml", "manifest.json"):
             path = Path(run_dir) / name
-            if path.is_file():  # files in the run's own dir are uploaded with it
-                shutil.copy(path, Path(self.run.dir) / name)
+            if path.is_file() and files_dir.is_dir():  # files in the run's own dir are uploaded with it
+                shutil.copy(path, files_dir / name)
         manifest_path = Path(run_dir) / "manifest.json"
         if manifest_path.is_file():
             self.run.config.update({"manifest": json.loads(manifest_path.read_text())}, allow_val_change=True)

@@ -67,3 +67,11 @@ def test_unknown_mode_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="logger.mode"):
         wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t", mode="sometimes")
+
+
+def test_disabled_mode_writes_nothing_and_does_not_fail(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    logger = wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t", mode="disabled")
+    logger.log({"loss": 1.0}, 1)
+    logger.finish({"loss": 1.0})
+    assert not (tmp_path / "wandb").exists()
