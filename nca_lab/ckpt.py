@@ -26,7 +26,9 @@ def _pure(module_or_state) -> dict:
 
 
 def _shapes(tree) -> dict:
-    return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 class RunCheckpointer:
@@ -56,13 +58,13 @@ class RunCheckpointer:
         Raises :class:`ConfigError` if there is no checkpoint there.
         """
         path = Path(path).expanduser().resolve()
-        require(path.exists(), f"no such checkpoint or run dir: {path}")
+        require(path.exists(), f"{path}: no such checkpoint or run dir")
         for candidate in (path / CHECKPOINTS, path, path.parent):
             if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
                 found = cls(candidate, create=False)
                 if found.latest_step() is not None:
                     return found
-        raise ConfigError(f"no checkpoint in {path}")
+        raise ConfigError(f"{path}: no checkpoint here (expected a run dir, its checkpoints/ dir or a step dir)")
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or ``None``."""
@@ -116,7 +118,10 @@ class RunCheckpointer:
             "meta": ocp.args.JsonRestore(),
         }
         meta = self.metadata(step)
-        require(meta["has_pool"] == (pool is not None), f"{where}: the checkpoint's task {'has' if meta['has_pool'] else 'has no'} sample pool, this config's {'has' if pool is not None else 'has none'}")
+        require(
+            meta["has_pool"] == (pool is not None),
+            f"{where} does not fit this config (one of them trains with a sample pool, the other without)",
+        )
         if pool is not None:
             items["pool"] = ocp.args.StandardRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))

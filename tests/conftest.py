@@ -15,6 +15,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("NCA_LAB_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["NCA_LAB_CACHE_DIR"])
 
+
 @pytest.fixture(scope="session")
 def tiny_target():
     """A 12x12 premultiplied RGBA target (8x8 emoji padded by 2)."""

@@ -11,6 +11,7 @@ from nca_lab.errors import ConfigError
 from nca_lab.train.pool import init_pool
 from nca_lab.train.run import build
 from nca_lab.train.step import make_train_step
+
 from nca_testing import TINY, compose
 
 
@@ -32,10 +33,14 @@ def test_round_trip_of_params_optimizer_pool_rng_and_step(tmp_path):
     _, model, optimizer, pool = trained_state()
     key = jax.random.key(42)
     checkpointer = RunCheckpointer(tmp_path / "checkpoints")
-    checkpointer.save(7, model=model, optimizer=optimizer, pool=pool, key=key, metadata={"loss": 0.5, "config": {"a": 1}})
+    checkpointer.save(
+        7, model=model, optimizer=optimizer, pool=pool, key=key, metadata={"loss": 0.5, "config": {"a": 1}}
+    )
     _, fresh_model, fresh_optimizer, fresh_pool = trained_state(steps=0)
     fresh_pool = fresh_pool._replace(state=jnp.zeros_like(fresh_pool.state))
-    step, restored_pool, restored_key, meta = RunCheckpointer.find(tmp_path).restore(fresh_model, fresh_optimizer, fresh_pool)
+    step, restored_pool, restored_key, meta = RunCheckpointer.find(tmp_path).restore(
+        fresh_model, fresh_optimizer, fresh_pool
+    )
     assert step == 7 and meta["config"] == {"a": 1} and meta["loss"] == 0.5
     for a, b in zip(leaves(model) + leaves(optimizer), leaves(fresh_model) + leaves(fresh_optimizer), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -47,7 +52,9 @@ def test_keeps_the_last_k_and_the_best(tmp_path):
     _, model, optimizer, _ = trained_state(steps=0)
     checkpointer = RunCheckpointer(tmp_path, keep_last=2)
     for step, loss in [(1, 0.9), (2, 0.1), (3, 0.5), (4, 0.6), (5, 0.7)]:
-        checkpointer.save(step, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": loss})
+        checkpointer.save(
+            step, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": loss}
+        )
     assert sorted(checkpointer.manager.all_steps()) == [2, 4, 5]
 
 
@@ -69,7 +76,11 @@ def test_load_model_of_a_run_dir(tmp_path):
     from omegaconf import OmegaConf
 
     RunCheckpointer(tmp_path / "checkpoints").save(
-        2, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0),
+        2,
+        model=model,
+        optimizer=optimizer,
+        pool=None,
+        key=jax.random.key(0),
         metadata={"loss": 0.1, "config": OmegaConf.to_container(cfg, resolve=True), "alive_threshold": 0.1},
     )
     loaded = load_model(tmp_path)
@@ -79,7 +90,9 @@ def test_load_model_of_a_run_dir(tmp_path):
 
 def test_incompatible_config_is_one_clear_error(tmp_path):
     _, model, optimizer, _ = trained_state(steps=0)
-    RunCheckpointer(tmp_path).save(1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0})
+    RunCheckpointer(tmp_path).save(
+        1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+    )
     _, wider, _, _ = trained_state("update.hidden_sizes=[32]", steps=0)
     with pytest.raises(ConfigError, match="incompatible shapes"):
         RunCheckpointer.find(tmp_path).restore_model(wider)
@@ -87,5 +100,5 @@ def test_incompatible_config_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
 def test_no_checkpoint_there(tmp_path, make):
-    with pytest.raises(ConfigError, match="no such checkpoint|no checkpoint in"):
+    with pytest.raises(ConfigError, match="no such checkpoint|no checkpoint here"):
         RunCheckpointer.find(make(tmp_path))

@@ -10,8 +10,21 @@ from nca_testing import REPO
 
 def test_wheel_ships_the_configs_and_runs_from_them(tmp_path):
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = tmp_path.glob("nca_lab-*.whl")
@@ -27,13 +40,21 @@ def test_wheel_ships_the_configs_and_runs_from_them(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     shown = subprocess.run(
-        [sys.executable, "-c", "import nca_lab.config as c; print(c.config_dir())"], cwd=elsewhere, env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", "import nca_lab.config as c; print(c.config_dir())"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert shown.stdout.strip() == str(site / "nca_lab" / "conf")
     composed = subprocess.run(
-        [sys.executable, "-m", "nca_lab", "--cfg", "job", "perceive=learned"], cwd=elsewhere, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "nca_lab", "--cfg", "job", "perceive=learned"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert composed.returncode == 0, composed.stderr[-2000:]
     assert "LearnedPerceive" in composed.stdout and "GrowingTask" in composed.stdout

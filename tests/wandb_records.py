@@ -52,7 +52,11 @@ def read_run(run_dir: Path) -> dict:
             elif kind == "config":
                 out["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
             elif kind == "history":
-                out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+                out["history"].append(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                )
             elif kind == "summary":
-                out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
+                out["summary"].update(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update}
+                )
     return out

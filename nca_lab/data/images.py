@@ -30,7 +30,11 @@ def emoji_path(emoji: str) -> Path:
 
 def looks_like_path(source: str) -> bool:
     """Whether ``source`` names a file rather than an emoji."""
-    return "/" in source or "\\" in source or Path(source).suffix.lower() in {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"}
+    return (
+        "/" in source
+        or "\\" in source
+        or Path(source).suffix.lower() in {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"}
+    )
 
 
 def load_rgba(source: str) -> Image.Image:

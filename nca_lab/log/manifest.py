@@ -8,7 +8,18 @@ from pathlib import Path
 
 import jax
 
-PACKAGES = ("nca_lab", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "hydra-core", "omegaconf", "numpy", "wandb")
+PACKAGES = (
+    "nca_lab",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "wandb",
+)
 
 
 def _git(*args: str) -> str | None:

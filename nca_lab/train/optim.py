@@ -42,7 +42,10 @@ def make_optimizer(
         b1: Adam's first-moment decay.
         b2: Adam's second-moment decay.
     """
-    require(gradient in GRADIENT_TRANSFORMS, f"trainer.optimizer.gradient must be one of {GRADIENT_TRANSFORMS}, got {gradient!r}")
+    require(
+        gradient in GRADIENT_TRANSFORMS,
+        f"trainer.optimizer.gradient must be one of {GRADIENT_TRANSFORMS}, got {gradient!r}",
+    )
     require(clip_norm > 0, f"trainer.optimizer.clip_norm must be positive, got {clip_norm}")
     first = {
         "normalize": normalize_per_parameter(),

@@ -70,7 +70,9 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
         )
     failed = True
     try:
-        summary = trainer.fit(model, task, key=jax.random.key(int(cfg.seed)), run_dir=run_dir, logger=logger, config=config)
+        summary = trainer.fit(
+            model, task, key=jax.random.key(int(cfg.seed)), run_dir=run_dir, logger=logger, config=config
+        )
         failed = False
         return summary
     finally:

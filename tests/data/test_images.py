@@ -9,7 +9,7 @@ from nca_lab.errors import ConfigError
 def test_emoji_target_shape_range_and_premultiplied():
     target = load_target("🦋", size=40, padding=16)
     assert target.shape == (72, 72, 4) and target.dtype == np.float32
-    assert 0.0 <= target.min() and target.max() <= 1.0
+    assert target.min() >= 0.0 and target.max() <= 1.0
     assert np.all(target[..., :3] <= target[..., 3:4] + 1e-6)  # premultiplied
     assert not target[:16].any() and not target[:, -16:].any()  # the padding is empty
 

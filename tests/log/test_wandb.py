@@ -3,6 +3,7 @@
 import pytest
 
 from nca_lab.log import wandb as wandb_logger
+
 from nca_testing import TINY, run_cli
 from wandb_records import read_run
 

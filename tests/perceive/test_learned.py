@@ -22,8 +22,12 @@ def test_depthwise_matches_a_convolution():
     x = jax.random.normal(jax.random.key(2), (1, 6, 5, c))
     kernel = perceive.kernel[...]  # (3, 3, C, M) -> HWIO with feature_group_count=C
     expected = jax.lax.conv_general_dilated(
-        x, kernel.reshape(3, 3, 1, c * m), (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c,
+        x,
+        kernel.reshape(3, 3, 1, c * m),
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
     )
     np.testing.assert_allclose(perceive(x), expected, atol=1e-5)
 
@@ -31,9 +35,12 @@ def test_depthwise_matches_a_convolution():
 def test_full_matches_a_convolution_and_has_gradients():
     perceive = LearnedPerceive(3, mode="full", features=5, init="random", use_bias=True, rngs=nnx.Rngs(3))
     x = jax.random.normal(jax.random.key(4), (2, 5, 5, 3))
-    expected = jax.lax.conv_general_dilated(
-        x, perceive.kernel[...], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    ) + perceive.bias[...]
+    expected = (
+        jax.lax.conv_general_dilated(
+            x, perceive.kernel[...], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + perceive.bias[...]
+    )
     np.testing.assert_allclose(perceive(x), expected, atol=1e-5)
     grads = nnx.grad(lambda p: jnp.sum(p(x) ** 2))(perceive)
     assert float(jnp.abs(grads["kernel"][...]).sum()) > 0

@@ -7,6 +7,7 @@ import sys
 import time
 
 from nca_lab.log.metrics_file import read_metrics
+
 from nca_testing import REPO, TINY, run_cli
 
 RUN = [*TINY, "trainer.steps=30", "trainer.rollout_steps=[16,20]", "trainer.log_every=1", "trainer.checkpoint_every=4"]
@@ -19,7 +20,10 @@ def losses(run_dir):
 def start(run_dir):
     return subprocess.Popen(
         [sys.executable, "-m", "nca_lab", *RUN, f"hydra.run.dir={run_dir}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

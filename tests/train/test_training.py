@@ -11,6 +11,7 @@ from nca_lab.ckpt import RunCheckpointer
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train.run import build
 from nca_lab.train.trainer import TrainingDiverged
+
 from nca_testing import TINY, compose
 
 
@@ -26,8 +27,13 @@ def train_losses(run_dir, *overrides):
 
 def test_a_short_training_run_lowers_the_loss(tmp_path):
     losses, _ = train_losses(
-        tmp_path, "trainer.steps=60", "trainer.log_every=1", "trainer.batch_size=4", "trainer.rollout_steps=[8,12]",
-        "trainer.checkpoint_every=0", "trainer.render_every=0",
+        tmp_path,
+        "trainer.steps=60",
+        "trainer.log_every=1",
+        "trainer.batch_size=4",
+        "trainer.rollout_steps=[8,12]",
+        "trainer.checkpoint_every=0",
+        "trainer.render_every=0",
     )
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
 
@@ -41,7 +47,9 @@ def test_same_seed_same_run(tmp_path):
 
 @pytest.mark.parametrize("gradient", ["clip", "none"])
 def test_gradient_transforms_train(tmp_path, gradient):
-    losses, _ = train_losses(tmp_path, "trainer.steps=2", "trainer.log_every=1", f"trainer.optimizer.gradient={gradient}")
+    losses, _ = train_losses(
+        tmp_path, "trainer.steps=2", "trainer.log_every=1", f"trainer.optimizer.gradient={gradient}"
+    )
     assert all(np.isfinite(losses))
 
 

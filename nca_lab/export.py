@@ -1,0 +1,78 @@
+"""``python -m nca_lab.export CHECKPOINT --format webgl8 --out FILE.json``: a model for the web demo.
+
+Writes the 8-bit format of the Growing-NCA article's WebGL demo (Mordvintsev et al.,
+Distill 2020; distillpub/post--growing-ca ``public/ca.js``), quantised exactly as the
+authors' ``pack_layer``: per-part scale ``2 * max|v|``, error at most ``scale / 510``.
+CHECKPOINT is an nca_lab run dir or checkpoint, or any model file ``nca_lab.grow`` reads
+(so a TF.js graph-model converts to webgl8 too). The file is written only once the model
+has been checked, under a temporary name first, so a failure leaves nothing behind.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from nca_lab.runtime import configure_jax_environment
+
+configure_jax_environment()
+
+from nca_lab.errors import ConfigError  # noqa: E402
+from nca_lab.interop.detect import read_model  # noqa: E402
+from nca_lab.interop.original import FIRE_RATE  # noqa: E402
+from nca_lab.interop.webgl8 import to_webgl8  # noqa: E402
+
+#: ``--format`` name -> function turning ``(model, source)`` into a JSON document.
+FORMATS = {"webgl8": to_webgl8}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m nca_lab.export", description="Export a trained NCA to the Growing-NCA web demo's format."
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="nca_lab run dir or checkpoint, or a model JSON")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="webgl8", help="output format (default webgl8)")
+    parser.add_argument("--out", required=True, metavar="FILE.json", help="file to write")
+    return parser.parse_args(argv)
+
+
+def export(checkpoint: str, out: Path, fmt: str = "webgl8") -> list[str]:
+    """Write the model at ``checkpoint`` to ``out`` in format ``fmt``; returns notes for the user.
+
+    Raises:
+        ConfigError: the model cannot be read or does not fit the format.
+    """
+    model = read_model(checkpoint)
+    document = FORMATS[fmt](model, checkpoint)
+    text = json.dumps(document)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{out}: cannot write ({err.strerror})") from err
+    fire_rate = getattr(model.update, "fire_rate", FIRE_RATE)
+    if fire_rate != FIRE_RATE:
+        return [f"the web demo updates cells at fire rate {FIRE_RATE}; this model was trained with {fire_rate}"]
+    return []
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input is one ``error: <file>: ...`` line and exit status 2, nothing written."""
+    args = parse_args(argv)
+    try:
+        notes = export(args.checkpoint, Path(args.out), args.format)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {args.out} ({args.format})")
+
+
+if __name__ == "__main__":
+    main()

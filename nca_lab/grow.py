@@ -1,0 +1,172 @@
+"""``python -m nca_lab.grow MODEL``: grow a pattern from the seed and save what it became.
+
+MODEL is an nca_lab run dir or checkpoint, or a model file the Growing-NCA authors released
+(webgl8 or TF.js graph-model JSON; the format is read from the content). The run starts
+from the standard seed, one living cell in the centre (Mordvintsev et al., "Growing Neural
+Cellular Automata", Distill 2020), and writes ``rollout.gif``, ``final.png`` and
+``final_state.npy`` (float32 ``(H, W, C)``) into ``--out``. ``--damage`` erases a disc of the
+pattern halfway through, the article's regeneration experiment.
+
+Example::
+
+    python -m nca_lab.grow tests/data/reference_models/distill_ex3_lizard.webgl8.json --damage --out /tmp/lizard
+"""
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+from nca_lab.runtime import configure_jax_environment
+
+configure_jax_environment()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nca_lab.alive import ALPHA  # noqa: E402
+from nca_lab.errors import ConfigError, require  # noqa: E402
+from nca_lab.interop.detect import read_model  # noqa: E402
+from nca_lab.nca import NCA, grow  # noqa: E402
+from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
+from nca_lab.render import save_gif, save_png, to_rgb, to_uint8  # noqa: E402
+from nca_lab.tasks.growing import seed_state  # noqa: E402
+
+#: The GIF keeps at most about this many frames (every k-th step for long runs).
+MAX_GIF_FRAMES = 200
+#: Target width of the pictures in pixels (each cell is a square of pixels).
+PICTURE_PIXELS = 320
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; malformed values exit with argparse's usage message."""
+    parser = argparse.ArgumentParser(
+        prog="python -m nca_lab.grow", description="Grow a pattern from the seed with a trained NCA."
+    )
+    parser.add_argument("model", metavar="MODEL", help="nca_lab run dir or checkpoint, webgl8 JSON or TF.js graph JSON")
+    parser.add_argument("--steps", type=int, default=200, metavar="N", help="CA steps (default 200)")
+    parser.add_argument("--size", type=int, nargs="+", default=[72], metavar=("H", "W"), help="grid H [W] (default 72)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random cell updates (default 0)")
+    parser.add_argument(
+        "--fire-rate",
+        type=float,
+        default=None,
+        metavar="P",
+        help="update probability per cell and step (default: the model's)",
+    )
+    parser.add_argument(
+        "--angle", type=float, default=None, metavar="A", help="rotate the Sobel perception by A degrees"
+    )
+    parser.add_argument("--damage", action="store_true", help="erase a disc of the pattern halfway through")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output dir (default outputs/grow/<MODEL name>)")
+    args = parser.parse_args(argv)
+    if len(args.size) > 2:
+        parser.error("--size takes H or H W")
+    if args.steps < 1 or min(args.size) < 1:
+        parser.error("--steps and --size must be positive")
+    if args.fire_rate is not None and not 0.0 < args.fire_rate <= 1.0:
+        parser.error("--fire-rate must be in (0, 1]")
+    return args
+
+
+def configure(model: NCA, source: str, *, fire_rate: float | None, angle: float | None) -> NCA:
+    """Apply the command line's fire rate and rotation (degrees) to ``model``."""
+    if fire_rate is not None:
+        require(hasattr(model.update, "fire_rate"), f"{source}: this model's update has no fire rate")
+        model.update.fire_rate = float(fire_rate)
+    if angle is not None:
+        require(
+            isinstance(model.perceive, SobelPerceive),
+            f"{source}: --angle rotates a Sobel perception; this model has {type(model.perceive).__name__}",
+        )
+        model.perceive.angle = math.radians(angle)
+    return model
+
+
+def cut_hole(state: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """Zero a disc in the middle of the living pattern of ``state (H, W, C)``.
+
+    The disc is centred on the bounding box of the cells with alpha above ``threshold``, with
+    a radius of a quarter of the box's shorter side, so it bites into the body whatever the
+    grid size; an empty grid is returned unchanged.
+    """
+    rows, cols = np.nonzero(state[..., ALPHA] > threshold)
+    if rows.size == 0:
+        return state
+    centre_r, centre_c = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    radius = max(1.0, min(np.ptp(rows), np.ptp(cols)) / 4)
+    rr, cc = np.mgrid[: state.shape[0], : state.shape[1]]
+    hole = (rr - centre_r) ** 2 + (cc - centre_c) ** 2 <= radius**2
+    return np.where(hole[..., None], 0.0, state).astype(state.dtype)
+
+
+def run_segment(model: NCA, state: np.ndarray, key: jax.Array, num_steps: int, every: int):
+    """``num_steps`` steps; returns ``(final_state, frames)`` with a frame every ``every`` steps and at the end."""
+    bulk = num_steps - num_steps % every
+    key_bulk, key_rest = jax.random.split(key)
+    frames = []
+    if bulk:
+        final, kept = grow(model, state, key_bulk, bulk, frame_every=every)
+        state = np.asarray(final)
+        frames = list(np.asarray(kept)[1:])
+    if num_steps > bulk:
+        state = np.asarray(grow(model, state, key_rest, num_steps - bulk)[0])
+        frames.append(state)
+    return state, frames
+
+
+def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool):
+    """Grow from the standard seed: ``(final_state (H, W, C), frames (T, H, W, C))``."""
+    every = math.ceil(steps / MAX_GIF_FRAMES)
+    lengths = [steps // 2, steps - steps // 2] if damage else [steps]
+    state = seed_state(size, model.num_channels)
+    frames = [state]
+    keys = jax.random.split(jax.random.key(seed), len(lengths))
+    threshold = 0.1 if model.alive_threshold is None else model.alive_threshold
+    for index, length in enumerate(lengths):
+        if index:
+            state = cut_hole(state, threshold)
+            frames.append(state)
+        if length:
+            state, segment = run_segment(model, state, keys[index], length, every)
+            frames.extend(segment)
+    return state, np.stack(frames)
+
+
+def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path]:
+    """Write ``rollout.gif``, ``final.png`` and ``final_state.npy`` into ``out``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{out}: cannot create the output dir ({err.strerror})") from err
+    scale = max(1, PICTURE_PIXELS // max(final.shape[:2]))
+    gif = save_gif(to_uint8(to_rgb(frames), scale), out / "rollout.gif")
+    png = save_png(to_uint8(to_rgb(final), scale), out / "final.png")
+    npy = out / "final_state.npy"
+    tmp = out / ".final_state.npy.tmp"
+    with open(tmp, "wb") as file:
+        np.save(file, final.astype(np.float32))
+    os.replace(tmp, npy)
+    return [gif, png, npy]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input is one ``error: <file>: ...`` line and exit status 2, nothing written."""
+    args = parse_args(argv)
+    size = (args.size[0], args.size[-1])
+    out = Path(args.out) if args.out else Path("outputs") / "grow" / Path(args.model).stem
+    try:
+        model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
+        final, frames = grow_from_seed(model, size, args.steps, args.seed, args.damage)
+        paths = write_outputs(out, final, frames)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    living = int((final[..., ALPHA] > 0.1).sum())
+    print(f"grew {args.model} for {args.steps} steps on {size[0]}x{size[1]} (seed {args.seed}): {living} living cells")
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""A model trained by nca_lab exports to webgl8 and grows from its run dir, checkpoints dir or step dir."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nca_lab import export as export_cli
+from nca_lab import grow as grow_cli
+from nca_lab.ckpt import load_model
+from nca_lab.interop import read_model
+
+from nca_testing import TINY, run_cli
+from webgl8_checks import assert_within_quantisation, dense_params
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("interop") / "run"
+    result = run_cli(*TINY, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def test_trained_run_exports_and_loads_back(tiny_run, tmp_path, capsys):
+    out = tmp_path / "trained.webgl8.json"
+    export_cli.main([str(tiny_run), "--format", "webgl8", "--out", str(out)])
+    assert capsys.readouterr().out == f"wrote {out} (webgl8)\n"
+    trained, back = load_model(tiny_run), read_model(out)
+    assert_within_quantisation(dense_params(trained), back, json.loads(out.read_text()))
+
+
+def test_trained_run_grows_from_any_of_its_paths(tiny_run, tmp_path):
+    step_dir = next(p for p in (tiny_run / "checkpoints").iterdir() if p.name.isdigit())
+    expected, _ = grow_cli.grow_from_seed(load_model(tiny_run), (12, 12), 4, seed=0, damage=False)
+    for index, source in enumerate((tiny_run, tiny_run / "checkpoints", step_dir)):
+        out = tmp_path / str(index)
+        grow_cli.main([str(source), "--steps", "4", "--size", "12", "--out", str(out)])
+        np.testing.assert_array_equal(np.load(out / "final_state.npy"), expected)
+
+
+def test_directory_without_checkpoint_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        grow_cli.main([str(empty), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(empty) in err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,187 @@
+"""``python -m nca_lab.grow`` and ``python -m nca_lab.export`` as a user runs them, bad input included."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nca_lab import export as export_cli
+from nca_lab import grow as grow_cli
+from nca_lab.interop import read_model
+
+from nca_testing import run_cli
+from original_reference import TFJS_GRAPH, WEBGL8
+from webgl8_checks import assert_within_quantisation, dense_params
+
+
+def test_grow_defaults_grow_the_lizard(tmp_path, reference_lizard):
+    out = tmp_path / "lizard"
+    result = run_cli(str(WEBGL8), "--out", str(out), module="nca_lab.grow")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "200 steps on 72x72" in result.stdout
+    final = np.load(out / "final_state.npy")
+    assert final.dtype == np.float32 and final.shape == (72, 72, 16)
+    assert np.mean((final[..., :4] - reference_lizard[200][..., :4]) ** 2) < 2e-3
+    with Image.open(out / "final.png") as png:
+        assert png.size == (288, 288)
+    with Image.open(out / "rollout.gif") as gif:
+        assert 50 < gif.n_frames <= 201  # the seed and every step (GIF merges identical frames)
+
+
+def test_grow_options(tmp_path):
+    out = tmp_path / "options"
+    options = ["--steps", "7", "--size", "20", "30", "--seed", "3", "--fire-rate", "0.7", "--angle", "45", "--damage"]
+    grow_cli.main([str(TFJS_GRAPH), *options, "--out", str(out)])
+    final = np.load(out / "final_state.npy")
+    assert final.shape == (20, 30, 16) and np.isfinite(final).all()
+    with Image.open(out / "rollout.gif") as gif:
+        assert gif.size == (300, 200)
+
+
+def test_damage_cuts_a_hole_that_regrows():
+    model = read_model(WEBGL8)
+    _, frames = grow_cli.grow_from_seed(model, (72, 72), 160, seed=0, damage=True)
+    grown, cut, healed = frames[80], frames[81], frames[-1]  # 80 steps, the cut, 80 more
+    alive = [int((f[..., 3] > 0.1).sum()) for f in (grown, cut, healed)]
+    assert alive[1] < 0.85 * alive[0] and alive[2] > 0.95 * alive[0], alive
+
+
+def test_same_seed_same_result(tmp_path):
+    finals = []
+    for name in ("a", "b"):
+        grow_cli.main([str(WEBGL8), "--steps", "6", "--size", "16", "--out", str(tmp_path / name)])
+        finals.append(np.load(tmp_path / name / "final_state.npy"))
+    np.testing.assert_array_equal(*finals)
+
+
+def test_export_writes_a_file_that_loads_back(tmp_path, capsys):
+    out = tmp_path / "sub" / "no_tail.webgl8.json"
+    export_cli.main([str(TFJS_GRAPH), "--format", "webgl8", "--out", str(out)])
+    assert capsys.readouterr().out == f"wrote {out} (webgl8)\n"
+    assert_within_quantisation(dense_params(read_model(TFJS_GRAPH)), read_model(out), json.loads(out.read_text()))
+
+
+def _edit_json(source, edit):
+    document = json.loads(source.read_text())
+    edit(document)
+    return json.dumps(document)
+
+
+def _webgl8_layer(index, **changes):
+    return lambda doc: doc[index].update({k: v(doc[index][k]) if callable(v) else v for k, v in changes.items()})
+
+
+def _graph_nodes(edit):
+    return lambda doc: edit(doc["modelTopology"]["node"])
+
+
+def _set_shape(name_end, dims):
+    def edit(nodes):
+        node = next(n for n in nodes if n["name"].endswith(name_end))
+        node["attr"]["value"]["tensor"]["tensorShape"]["dim"] = [{"size": str(d)} for d in dims]
+
+    return edit
+
+
+def _truncate_content(name_end):
+    def edit(nodes):
+        tensor = next(n for n in nodes if n["name"].endswith(name_end))["attr"]["value"]["tensor"]
+        tensor["tensorContent"] = tensor["tensorContent"][:1000]
+
+    return edit
+
+
+def _rename_op(old, new):
+    def edit(nodes):
+        for node in nodes:
+            if node["op"] == old:
+                node["op"] = new
+
+    return edit
+
+
+#: name -> (file contents, expected message after "error: <file>: ")
+BAD_INPUTS = {
+    "neither format": (json.dumps({"hello": "world"}), "neither a webgl8 model"),
+    "json list of numbers": ("[1, 2]", "neither a webgl8 model"),
+    "not json": (b"\x89PNG\r\n\x1a\n\x00\x00", "not a JSON file"),
+    "truncated json": (WEBGL8.read_text()[:5000], "not valid JSON"),
+    "truncated base64": (
+        _edit_json(WEBGL8, _webgl8_layer(1, data_b64=lambda s: s[:1000])),
+        "layer 2: data_b64 holds 750 bytes, expected (in_ch + 1) * out_ch = 2064 (truncated?)",
+    ),
+    "broken base64": (
+        _edit_json(WEBGL8, _webgl8_layer(0, data_b64=lambda s: s[:1001])),
+        "layer 1: data_b64 is not valid base64",
+    ),
+    "webgl8 wrong layer size": (
+        _edit_json(WEBGL8, _webgl8_layer(0, in_ch=32)),
+        "layer 1 is 32 -> 128, expected 48 -> 128",
+    ),
+    "webgl8 one layer": (_edit_json(WEBGL8, lambda doc: doc.pop()), "a list of 2 layers, this one has 1"),
+    "webgl8 float16": (
+        _edit_json(WEBGL8, _webgl8_layer(1, type="float16")),
+        "layer 2: type 'float16' is not supported",
+    ),
+    "graph wrong layer size": (
+        _edit_json(TFJS_GRAPH, _graph_nodes(_set_shape("conv2d_15/Conv2D/ReadVariableOp/resource", [1, 1, 128, 8]))),
+        "the layer 2 kernel has shape [1, 1, 128, 8], expected [1, 1, 128, 16]",
+    ),
+    "graph truncated tensor": (
+        _edit_json(TFJS_GRAPH, _graph_nodes(_truncate_content("conv2d_14/Conv2D/ReadVariableOp/resource"))),
+        "the layer 1 kernel's tensorContent holds 750 bytes, expected 24576 (truncated?)",
+    ),
+    "graph without perception": (
+        _edit_json(TFJS_GRAPH, _graph_nodes(_rename_op("DepthwiseConv2dNative", "Conv2D"))),
+        "the graph has no DepthwiseConv2dNative node",
+    ),
+    "graph without relu": (
+        _edit_json(TFJS_GRAPH, _graph_nodes(_rename_op("Relu", "Tanh"))),
+        "the graph has no Relu reading layer 1's BiasAdd",
+    ),
+    "graph without alive mask": (
+        _edit_json(TFJS_GRAPH, _graph_nodes(_rename_op("MaxPool", "AvgPool"))),
+        "the graph has no alive mask",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["grow", "export"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_writes_nothing(case, command, tmp_path, capsys):
+    contents, message = BAD_INPUTS[case]
+    model = tmp_path / "model.json"
+    model.write_bytes(contents if isinstance(contents, bytes) else contents.encode())
+    out = tmp_path / "out"
+    if command == "grow":
+        run, argv = grow_cli.main, [str(model), "--steps", "2", "--size", "8", "--out", str(out)]
+    else:
+        run, argv = export_cli.main, [str(model), "--format", "webgl8", "--out", str(out / "m.json")]
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {model}: "), err
+    assert message in err, err
+    assert not out.exists()
+
+
+def test_missing_model_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        grow_cli.main([str(tmp_path / "nope.json"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope.json'}: no such file or directory\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_from_a_real_process(tmp_path):
+    model = tmp_path / "m.json"
+    model.write_text(BAD_INPUTS["graph wrong layer size"][0])
+    out = tmp_path / "out" / "m.json"
+    result = run_cli(str(model), "--format", "webgl8", "--out", str(out), module="nca_lab.export")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {model}: the layer 2 kernel has shape [1, 1, 128, 8], expected [1, 1, 128, 16]"
+    ]
+    assert not out.parent.exists()
