@@ -82,10 +82,14 @@ class GrowingTask(Task):
         }
 
     def render(self, model: NCA, key: jax.Array, horizon: int, n: int = 4) -> Rendering:
-        """Sample 0 growing for twice the horizon; final picture: target, then ``n`` grown samples."""
+        """GIF: sample 0 growing for twice the horizon (does it stay?).
+
+        Final picture: the target, then ``n`` samples after ``horizon`` steps, the trained length.
+        """
         batch = self.sample(key, n)
-        final, frames = grow(model, batch.state, jax.random.split(key, n), 2 * horizon, frame_every=1)
+        _, frames = grow(model, batch.state, jax.random.split(key, n), 2 * horizon, frame_every=1)
+        frames = np.asarray(frames)
         scale = self.render_scale
-        gif = to_uint8(to_rgb(np.asarray(frames[:, 0])), scale)
-        pictures = to_uint8(to_rgb(np.concatenate([self.target[None], np.asarray(final)[..., :4]])), scale)
+        gif = to_uint8(to_rgb(frames[:, 0]), scale)
+        pictures = to_uint8(to_rgb(np.concatenate([self.target[None], frames[horizon, :, :, :, :4]])), scale)
         return Rendering(frames=gif, final=tile(list(pictures)))
