@@ -1,0 +1,132 @@
+"""Multi-head self-attention over each cell's 3x3 neighbourhood (the attention-based NCA).
+
+Reference: Tesfaldet et al., "Attention-based Neural Cellular Automata", NeurIPS 2022
+(ViTCA): every cell is a token that attends only to its Moore neighbourhood, so the rule
+stays local and can run on any grid. CAX's example (``examples/48_attention_nca``) computes
+this by flattening the grid to ``H * W`` tokens and masking a dense ``(HW) x (HW)`` attention
+matrix, which costs ``O((HW)^2)`` time and memory (27M mask entries per head on a 72x72
+grid). Here the 9 keys and values of a cell are read as shifted slices of one padded grid
+(:mod:`nca_lab.perceive.stencil`), so time and memory grow linearly with the cells and neither a
+gather nor any ``HW x HW`` array (scores or mask) is ever built.
+
+Positional information is relative: a learned vector per neighbour offset and head is added
+to that neighbour's key and to its value (Shaw et al., "Self-Attention with Relative Position
+Representations", NAACL 2018). The key term lets a head attend by direction (a head can
+learn to read "the cell to the left", which plain dot-product attention over a set cannot);
+the value term tells the output which direction its content came from, the information a
+Sobel filter provides. There are only 9 offsets whatever the grid size, so a model trained
+on one grid runs unchanged on another, and away from the border the rule is translation
+equivariant like every other NCA perceive. Absolute encodings (ViTCA's Fourier features, CAX's learned row and
+column embeddings) were left out: they tie the rule to a position on the grid, and CAX's
+learned table even fixes the largest grid.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nca_lab.errors import require
+from nca_lab.perceive.base import Perceive
+from nca_lab.perceive.stencil import OFFSETS, pad_grid, shifted
+
+
+class AttentionPerceive(Perceive):
+    """Local multi-head attention: each cell queries its 9 neighbours (itself included).
+
+    For a state ``x`` of shape ``(..., H, W, C)``:
+
+    * tokens ``e = x W_e + b_e`` (``perception_size`` features), computed on the grid padded
+      by one cell of value ``padding``;
+    * per head ``h`` and offset ``o = (dr, dc)``, with ``n = (i + dr, j + dc)``:
+      ``k_o = e_n W_k + r_k[o]``, ``v_o = e_n W_v + r_v[o]``, ``q = e_{ij} W_q``;
+    * ``a_o = softmax_o(q . k_o / sqrt(d_head))`` over the 9 offsets;
+    * perception ``= e_{ij} + (sum_o a_o v_o) W_out``, the residual form of a transformer
+      block (ViTCA's ``x + MHSA(x)``), so the update sees its own cell undiluted.
+
+    With ``padding=None`` the neighbours outside the grid are left out of the softmax (the
+    masked formulation of ViTCA and CAX) instead of being cells of a constant state.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        *,
+        perception_size: int = 48,
+        num_heads: int = 4,
+        qkv_features: int | None = None,
+        padding: float | None = 0.0,
+        neighbourhood: int = 3,
+        rngs: nnx.Rngs,
+    ):
+        """Build the perceive.
+
+        Args:
+            num_channels: state channels ``C``.
+            perception_size: features of a token and of the perception (``out_features``).
+            num_heads: attention heads; must divide ``qkv_features``.
+            qkv_features: total width of queries, keys and values (default ``perception_size``).
+            padding: the state value of the cells outside the grid (0: empty cells, as the
+                other perceives), or ``None`` to leave them out of the attention.
+            neighbourhood: side of the square neighbourhood; only the 3x3 Moore
+                neighbourhood is supported.
+            rngs: parameter initialisation stream.
+        """
+        qkv_features = perception_size if qkv_features is None else qkv_features
+        require(int(num_channels) > 0, f"num_channels must be positive, got {num_channels}")
+        require(int(perception_size) > 0, f"perceive.perception_size must be positive, got {perception_size}")
+        require(int(num_heads) > 0, f"perceive.num_heads must be positive, got {num_heads}")
+        require(int(qkv_features) > 0, f"perceive.qkv_features must be positive, got {qkv_features}")
+        require(
+            int(qkv_features) % int(num_heads) == 0,
+            f"perceive.num_heads ({num_heads}) must divide perceive.qkv_features ({qkv_features}; "
+            "it defaults to perception_size)",
+        )
+        require(
+            int(neighbourhood) == 3,
+            f"perceive.neighbourhood must be 3 (the 3x3 Moore neighbourhood), got {neighbourhood}",
+        )
+        self.num_channels = int(num_channels)
+        self.out_features = int(perception_size)
+        self.num_heads = int(num_heads)
+        self.head_size = int(qkv_features) // self.num_heads
+        self.padding = None if padding is None else float(padding)
+        qkv = int(qkv_features)
+        self.embed = nnx.Linear(self.num_channels, self.out_features, rngs=rngs)
+        self.qkv = nnx.Linear(self.out_features, 3 * qkv, use_bias=False, rngs=rngs)
+        self.out = nnx.Linear(qkv, self.out_features, use_bias=False, rngs=rngs)
+        # Unit scale, like the +-1 taps of a Sobel filter: direction matters from the first step.
+        relative_init = nnx.initializers.normal(stddev=1.0)
+        self.key_offsets = nnx.Param(relative_init(rngs.params(), (3, 3, qkv)))
+        self.value_offsets = nnx.Param(relative_init(rngs.params(), (3, 3, qkv)))
+
+    def __call__(self, state: jnp.ndarray) -> jnp.ndarray:
+        """Perception ``(..., H, W, perception_size)`` of a state ``(..., H, W, C)``."""
+        height, width = state.shape[-3], state.shape[-2]
+        tokens = self.embed(pad_grid(state, 0.0 if self.padding is None else self.padding))
+        q, k, v = jnp.split(self.qkv(tokens), 3, axis=-1)  # on the padded grid
+
+        def split_heads(x: jnp.ndarray) -> jnp.ndarray:
+            return x.reshape(*x.shape[:-1], self.num_heads, self.head_size)
+
+        q = split_heads(shifted(q, 0, 0)) * self.head_size**-0.5
+        key_offsets, value_offsets = self.key_offsets[...], self.value_offsets[...]
+        # Which neighbours lie on the grid: a trace-time constant, used only with padding=None.
+        inside = np.pad(np.ones((height, width, 1), bool), ((1, 1), (1, 1), (0, 0)))
+
+        logits = []
+        for dr, dc in OFFSETS:
+            k_o = split_heads(shifted(k, dr, dc) + key_offsets[dr + 1, dc + 1])
+            logit = jnp.sum(q * k_o, axis=-1)  # (..., H, W, heads)
+            if self.padding is None:
+                logit = jnp.where(shifted(inside, dr, dc), logit, -jnp.inf)
+            logits.append(logit)
+        weights = jax.nn.softmax(jnp.stack(logits, axis=-1), axis=-1)  # (..., H, W, heads, 9)
+
+        attended = None
+        for index, (dr, dc) in enumerate(OFFSETS):
+            v_o = split_heads(shifted(v, dr, dc) + value_offsets[dr + 1, dc + 1])
+            term = weights[..., index, None] * v_o
+            attended = term if attended is None else attended + term
+        attended = attended.reshape(*state.shape[:-1], -1)
+        return shifted(tokens, 0, 0) + self.out(attended)

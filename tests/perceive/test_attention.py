@@ -1,0 +1,185 @@
+"""Tests of the local-attention perceive, against a dense masked-attention oracle.
+
+The oracle is the common formulation (CAX's attention NCA, ViTCA): flatten the grid to
+``H * W`` tokens, compute every query-key score and mask all but the 3x3 neighbourhood.
+It is written here with NumPy in float64, independently of the shifted-slice code.
+"""
+
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hydra import compose, initialize_config_dir
+
+from nca_lab.config import config_dir
+from nca_lab.errors import ConfigError
+from nca_lab.perceive.attention import AttentionPerceive
+from nca_lab.train.run import build
+
+C = 6
+
+
+def _dense_masked(perceive: AttentionPerceive, grid: np.ndarray) -> np.ndarray:
+    """Dense ``(HW) x (HW)`` attention of a grid ``(H, W, C)`` whose off-grid neighbours are masked."""
+    height, width, _ = grid.shape
+    n, heads, size = height * width, perceive.num_heads, perceive.head_size
+    param = lambda p: np.asarray(p[...], np.float64)  # noqa: E731
+    tokens = grid.reshape(n, -1) @ param(perceive.embed.kernel) + param(perceive.embed.bias)
+    q, k, v = (t.reshape(n, heads, size) for t in np.split(tokens @ param(perceive.qkv.kernel), 3, axis=-1))
+    rel_k = param(perceive.key_offsets).reshape(9, heads, size)
+    rel_v = param(perceive.value_offsets).reshape(9, heads, size)
+
+    rows, cols = np.divmod(np.arange(n), width)
+    dr, dc = rows[None, :] - rows[:, None], cols[None, :] - cols[:, None]  # key minus query
+    mask = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
+    offset = np.where(mask, (dr + 1) * 3 + (dc + 1), 0)  # row-major 3x3 offset index, (N, N)
+
+    logits = np.einsum("ihd,jhd->hij", q, k) + np.einsum("ihd,ijhd->hij", q, rel_k[offset])
+    logits = np.where(mask, logits / math.sqrt(size), -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    attended = np.einsum("hij,jhd->ihd", weights, v) + np.einsum("hij,ijhd->ihd", weights, rel_v[offset])
+    out = tokens + attended.reshape(n, -1) @ param(perceive.out.kernel)
+    return out.reshape(height, width, -1)
+
+
+def dense_oracle(perceive: AttentionPerceive, state: np.ndarray) -> np.ndarray:
+    """The perception of one grid ``(H, W, C)`` by dense masked attention.
+
+    With a padding value, the grid is surrounded by a ring of cells of that state, the dense
+    attention runs on the larger grid, and the ring is cropped off again.
+    """
+    state = np.asarray(state, np.float64)
+    if perceive.padding is None:
+        return _dense_masked(perceive, state)
+    ring = np.pad(state, ((1, 1), (1, 1), (0, 0)), constant_values=perceive.padding)
+    return _dense_masked(perceive, ring)[1:-1, 1:-1]
+
+
+def _perceive(**kwargs) -> AttentionPerceive:
+    return AttentionPerceive(C, **{"perception_size": 16, "num_heads": 4, **kwargs}, rngs=nnx.Rngs(params=0))
+
+
+def _state(shape, seed=1) -> jnp.ndarray:
+    return jax.random.normal(jax.random.key(seed), (*shape, C))
+
+
+@pytest.mark.parametrize("grid", [(5, 7), (8, 8)])
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("padding", [0.0, 0.5, None])
+def test_matches_dense_masked_attention(grid, heads, padding):
+    perceive = _perceive(num_heads=heads, padding=padding)
+    state = _state(grid)
+    np.testing.assert_allclose(perceive(state), dense_oracle(perceive, state), rtol=1e-5, atol=1e-5)
+
+
+def test_matches_oracle_with_separate_qkv_width_and_batch_dims():
+    perceive = _perceive(perception_size=10, qkv_features=12, num_heads=3)
+    states = _state((2, 3, 5, 7))
+    out = perceive(states)
+    assert out.shape == (2, 3, 5, 7, perceive.out_features) == (2, 3, 5, 7, 10)
+    for index in np.ndindex(2, 3):
+        np.testing.assert_allclose(out[index], dense_oracle(perceive, states[index]), rtol=1e-5, atol=1e-5)
+
+
+def test_is_local():
+    """Changing one cell changes the perception of its 3x3 neighbourhood and nothing else."""
+    perceive = _perceive()
+    state = _state((9, 9))
+    changed = perceive(state.at[4, 6].add(1.0)) != perceive(state)
+    expected = np.zeros((9, 9), bool)
+    expected[3:6, 5:8] = True
+    np.testing.assert_array_equal(np.any(changed, axis=-1), expected)
+
+
+def _walk(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _walk(inner)
+
+
+@pytest.mark.parametrize("padding", [0.0, None])
+def test_builds_no_quadratic_tensor_and_no_gather(padding):
+    perceive = _perceive(padding=padding)
+    height = width = 40
+    graphdef, params = nnx.split(perceive)
+    jaxpr = jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, _state((height, width)))
+    eqns = list(_walk(jaxpr.jaxpr))
+    assert "gather" not in {e.primitive.name for e in eqns}
+    largest = max(math.prod(v.aval.shape) for e in eqns for v in e.outvars)
+    # Linear in cells: the widest array is the fused q/k/v projection of the padded grid.
+    assert largest <= (height + 2) * (width + 2) * 3 * perceive.num_heads * perceive.head_size
+    assert largest * 10 < (height * width) ** 2  # one dense score matrix per head would be (HW)^2
+
+
+def test_jit_vmap_grad():
+    perceive = _perceive(padding=None)
+    states = _state((2, 6, 5))
+    graphdef, params = nnx.split(perceive)
+    apply = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
+    jitted = jax.jit(apply)(params, states)
+    for index in range(2):
+        np.testing.assert_allclose(jitted[index], dense_oracle(perceive, states[index]), rtol=1e-5, atol=1e-5)
+    vmapped = jax.jit(jax.vmap(apply, in_axes=(None, 0)))(params, states)
+    np.testing.assert_allclose(vmapped, jitted, rtol=1e-5, atol=1e-5)
+
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(jnp.square(apply(p, states)))))(params)
+    for path, grad in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.all(np.isfinite(grad)) and np.any(grad != 0), path
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_heads": 5}, "must divide"),
+        ({"qkv_features": 30, "num_heads": 4}, "must divide"),
+        ({"neighbourhood": 5}, "3x3 Moore"),
+        ({"perception_size": 0}, "perception_size"),
+        ({"num_heads": 0}, "num_heads"),
+    ],
+)
+def test_bad_settings_raise_config_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        _perceive(**kwargs)
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=["perceive=attention", "logger=none", "task.target_size=8", "task.padding=2", *overrides],
+        )
+
+
+def test_config_builds_a_model_sized_from_the_perceive():
+    task, model, _ = build(_compose("perceive.perception_size=24", "perceive.num_heads=3"))
+    assert isinstance(model.perceive, AttentionPerceive)
+    assert model.perceive.out_features == 24 == model.update.hidden[0].in_features
+    assert task.num_channels == model.num_channels
+
+
+def test_config_rejects_heads_not_dividing():
+    with pytest.raises(ConfigError, match="must divide"):
+        build(_compose("perceive.num_heads=5"))
+
+
+def test_cli_smoke(tmp_path):
+    """Two training steps through the real entry point, with rematerialised rollouts."""
+    overrides = [
+        *("perceive=attention", "logger=none", "task.target_size=8", "task.padding=2"),
+        *("trainer.steps=2", "trainer.rollout_steps=[2,3]", "trainer.progress=false", "trainer.remat=true"),
+    ]
+    command = [sys.executable, "-m", "nca_lab", *overrides, f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done: loss=" in result.stdout
+    assert (tmp_path / "summary.json").is_file()
