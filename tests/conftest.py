@@ -25,6 +25,21 @@ def tiny_target():
 
 
 @pytest.fixture(scope="session")
-def tiny_data_overrides(tmp_path_factory) -> dict:
-    """Extra overrides per ``(group, option)`` for options that need data files to build."""
-    return {}
+def tiny_task_overrides(tmp_path_factory) -> dict:
+    """The ``task.*`` overrides that make each task option tiny (replacing those of ``TINY``).
+
+    MNIST inpainting reads IDX files: a few random 12x12 "digits" are written for it.
+    """
+    import numpy as np
+
+    from nca_lab.data.mnist import raw_dir, write_idx
+
+    root = tmp_path_factory.mktemp("mnist_tiny")
+    digits = np.random.default_rng(0).integers(0, 256, (4, 12, 12), dtype=np.uint8)
+    for split in ("train", "t10k"):
+        write_idx(raw_dir(root) / f"{split}-images-idx3-ubyte", digits)
+    grid = ["task.target_size=8", "task.padding=2"]
+    return {
+        "regenerating": [*grid, "task.pool_size=4", "task.damage_n=1"],
+        "mnist_inpainting": [f"task.data_root={root}", "task.pool_size=4", "task.eval_samples=2"],
+    }

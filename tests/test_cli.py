@@ -55,6 +55,12 @@ BAD_INPUTS = [
     (["perceive.mode=dilated", "perceive=learned"], "perceive.mode"),
     (["perceive.no_such_option=1"], "no_such_option"),
     (["trainer.resume=/no/such/run"], "no such checkpoint"),
+    (["+task.colour=red"], "unknown or missing option for task"),
+    (
+        ["task=regenerating", "task.pool_size=4", "task.damage_n=2"],
+        "damage_n (2) must be smaller than trainer.batch_size",
+    ),
+    (["task=regenerating", "task.pool_size=1"], "pool_size (1) must be at least trainer.batch_size"),
 ]
 
 

@@ -32,10 +32,12 @@ def test_default_trainer_is_the_papers_setting():
 
 
 @pytest.mark.parametrize(("group", "option"), [o for o in OPTIONS if o[0] != "logger"])
-def test_option_composes_and_builds(group, option, tiny_data_overrides):
-    cfg = compose(f"{group}={option}", *TINY, *tiny_data_overrides.get((group, option), []))
+def test_option_composes_and_builds(group, option, tiny_task_overrides):
+    task_overrides = tiny_task_overrides.get(option) if group == "task" else None
+    base = TINY if task_overrides is None else [o for o in TINY if not o.startswith("task.")]
+    cfg = compose(f"{group}={option}", *base, *(task_overrides or []))
     task, model, trainer = build(cfg)
-    state = task.sample(None, 1).state
+    state = task.sample(jax.random.key(0), 1).state
     assert state.shape[-1] == cfg.num_channels
     out = model.step(state, jax.random.split(jax.random.key(0), 1))
     assert out.shape == state.shape

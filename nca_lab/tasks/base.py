@@ -73,3 +73,9 @@ class Task:
 def rgba_mse(state: jax.Array, target: jax.Array) -> jax.Array:
     """Per-sample mean squared error on the RGBA channels, shape ``state.shape[:-3]``."""
     return jnp.mean(jnp.square(state[..., :4] - target[..., :4]), axis=(-3, -2, -1))
+
+
+def psnr(mse: jax.Array | float) -> float:
+    """Peak signal-to-noise ratio in dB of images in ``[0, 1]``: ``10 * log10(1 / mse)`` (``inf`` if exact)."""
+    mse = float(mse)
+    return float("inf") if mse == 0.0 else 10.0 * float(np.log10(1.0 / mse))

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nca_lab.errors import require
 from nca_lab.tasks.base import Batch, Task
 
 
@@ -37,7 +38,15 @@ def prepare(task: Task, idx: jax.Array, batch: Batch, key: jax.Array, damage_n: 
     """Sort by descending loss, reseed the worst sample, damage the ``damage_n`` best.
 
     Returns the reordered indices and the batch to train on.
+
+    Raises:
+        ConfigError: ``damage_n`` is not smaller than the batch (the reseeded sample would be damaged).
     """
+    n = batch.state.shape[0]
+    require(
+        0 <= damage_n < n,
+        f"task.damage_n ({damage_n}) must be smaller than trainer.batch_size ({n}): the worst sample is reseeded",
+    )
     reseed_key, damage_key = jax.random.split(key)
     order = jnp.argsort(-task.loss(batch.state, batch.target))
     idx, state, target = idx[order], batch.state[order], batch.target[order]

@@ -4,6 +4,7 @@ Each config group names its class with ``_target_`` (``_partial_`` where only co
 size); this module supplies those sizes, builds task, model, trainer and logger, and trains.
 """
 
+import inspect
 import json
 import sys
 from contextlib import contextmanager
@@ -24,10 +25,11 @@ def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``)."""
     channels = int(cfg.num_channels)
     require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
-    with _config_errors():
-        rngs = nnx.Rngs(params=int(cfg.seed))
-        perceive = instantiate(cfg.perceive)(num_channels=channels, rngs=rngs)
-        update = instantiate(cfg["update"])(perception_size=perceive.out_features, num_channels=channels, rngs=rngs)
+    rngs = nnx.Rngs(params=int(cfg.seed))
+    perceive = _construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
+    update = _construct(
+        cfg["update"], "update", perception_size=perceive.out_features, num_channels=channels, rngs=rngs
+    )
     return NCA(perceive, update, alive_threshold=alive_threshold)
 
 
@@ -35,11 +37,19 @@ def build(cfg: DictConfig) -> tuple:
     """Build ``(task, model, trainer)`` from a composed config; bad settings raise :class:`ConfigError`."""
     channels = int(cfg.num_channels)
     require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
-    with _config_errors():
-        task = instantiate(cfg.task)(num_channels=channels)
+    task = _construct(cfg.task, "task", num_channels=channels)
     model = build_model(cfg, task.alive_threshold)
     with _config_errors():
         trainer = instantiate(cfg.trainer)
+    if task.pool_size:
+        require(
+            task.pool_size >= trainer.batch_size,
+            f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({trainer.batch_size})",
+        )
+    require(
+        task.damage_n < trainer.batch_size,
+        f"task.damage_n ({task.damage_n}) must be smaller than trainer.batch_size ({trainer.batch_size})",
+    )
     return task, model, trainer
 
 
@@ -83,6 +93,22 @@ def _default_name(run_dir: Path) -> str:
     """``outputs/2026-11-23/10-00-00`` -> ``2026-11-23/10-00-00``: readable and unique per run."""
     parts = Path(run_dir).resolve().parts
     return "/".join(parts[parts.index("outputs") + 1 :]) if "outputs" in parts[:-1] else parts[-1]
+
+
+def _construct(node: DictConfig, group: str, **supplied):
+    """Instantiate a ``_partial_`` config node with the sizes only code knows.
+
+    The arguments are bound against the constructor first, so an unknown option (say
+    ``+task.colour=red``) is one line naming the group, not a ``TypeError`` traceback.
+    """
+    with _config_errors():
+        factory = instantiate(node)
+    try:
+        inspect.signature(factory.func).bind(*factory.args, **factory.keywords, **supplied)
+    except TypeError as err:
+        raise ConfigError(f"unknown or missing option for {group}: {err}") from None
+    with _config_errors():
+        return factory(**supplied)
 
 
 @contextmanager

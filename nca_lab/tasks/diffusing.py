@@ -1,0 +1,151 @@
+"""Denoising with an NCA (the "diffusing NCA"): restore a target from a noised copy of it.
+
+Reference: CAX's "Diffusing Neural Cellular Automata" example (Faldor and Cully,
+``maxencefaldor/cax`` ``examples/43_diffusing_nca.ipynb``), after the forward process of
+denoising diffusion models (Ho et al., NeurIPS 2020): the NCA starts from
+``(1 - a) * target + a * noise`` with one ``a ~ U[0, 1]`` per sample and hidden channels at
+zero, runs without a seed or an alive mask, and is scored on the RGBA of its final state.
+At ``a = 1`` nothing of the target is left and the NCA must generate it. CAX draws standard
+normal noise and clips the mix to [0, 1]; here the default noise is uniform in [0, 1] (so the
+mix stays in [0, 1] without clipping), and ``noise="normal"`` gives unclipped standard normal
+noise.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nca_lab.data.images import load_target
+from nca_lab.errors import require
+from nca_lab.nca import NCA, grow
+from nca_lab.render import tile, to_rgb, to_uint8
+from nca_lab.tasks.base import Batch, Rendering, Task, psnr, rgba_mse
+
+NOISES = ("uniform", "normal")
+
+
+def corrupt(target: jax.Array, a: jax.Array, noise: jax.Array) -> jax.Array:
+    """``(1 - a) * target + a * noise``; ``a`` broadcasts against ``target`` (``a = 0``: the target)."""
+    return (1.0 - a) * target + a * noise
+
+
+@partial(jax.jit, static_argnames=("num_channels", "noise"))
+def noisy_states(key: jax.Array, target: jax.Array, a: jax.Array, num_channels: int, noise: str) -> jax.Array:
+    """States ``(N, H, W, C)``: RGBA ``corrupt(target, a, noise)`` for levels ``a (N,)``, hidden channels zero.
+
+    ``noise`` is ``"uniform"`` (each value uniform in [0, 1]) or ``"normal"`` (standard normal).
+    """
+    shape = (a.shape[0], *target.shape)
+    draw = jax.random.uniform if noise == "uniform" else jax.random.normal
+    rgba = corrupt(target, a[:, None, None, None], draw(key, shape))
+    hidden = jnp.zeros((*shape[:-1], num_channels - 4), rgba.dtype)
+    return jnp.concatenate([rgba, hidden], axis=-1)
+
+
+class DiffusingTask(Task):
+    """Restore ``target`` (an emoji or an image path) from ``(1 - a) * target + a * noise``."""
+
+    alive_threshold = None
+
+    def __init__(
+        self,
+        num_channels: int,
+        *,
+        target: str = "🦎",
+        target_size: int = 40,
+        padding: int = 8,
+        noise: str = "uniform",
+        noise_range: tuple[float, float] = (0.0, 1.0),
+        eval_levels: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+        render_scale: int = 4,
+    ):
+        """Load the target and set the noise.
+
+        Args:
+            num_channels: state channels (at least 4: RGBA).
+            target: an emoji character or the path of an image file.
+            target_size: the target is thumbnailed to fit this square.
+            padding: empty cells around the target on every side.
+            noise: ``"uniform"`` (each RGBA value uniform in [0, 1], the range of images) or
+                ``"normal"`` (standard normal, as in diffusion models).
+            noise_range: ``[low, high]``; each training sample draws ``a`` uniformly from it.
+            eval_levels: the fixed ``a`` at which evaluation reports PSNR.
+            render_scale: pixels per cell in the rendered pictures.
+        """
+        low_high = tuple(float(v) for v in noise_range)
+        levels = tuple(float(v) for v in eval_levels)
+        require(int(num_channels) >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
+        require(noise in NOISES, f"task.noise must be one of {NOISES}, got {noise!r}")
+        require(
+            len(low_high) == 2 and 0.0 <= low_high[0] <= low_high[1] <= 1.0,
+            f"task.noise_range must be [low, high] with 0 <= low <= high <= 1, got {list(low_high)}",
+        )
+        require(
+            len(levels) > 0 and all(0.0 < a <= 1.0 for a in levels),
+            f"task.eval_levels must be noise levels in (0, 1], got {list(levels)}",
+        )
+        require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
+        self.num_channels = int(num_channels)
+        self.target = jnp.asarray(load_target(str(target), int(target_size), int(padding), False))
+        self.grid_shape = tuple(self.target.shape[:2])
+        self.noise = noise
+        self.noise_range = low_high
+        self.eval_levels = levels
+        self.render_scale = int(render_scale)
+
+    def noisy_states(self, key: jax.Array, a: jax.Array) -> jax.Array:
+        """States ``(N, H, W, C)`` whose RGBA is the target corrupted at levels ``a (N,)``, hidden zero."""
+        return noisy_states(key, self.target, a, self.num_channels, self.noise)
+
+    def sample(self, key: jax.Array, n: int) -> Batch:
+        """``n`` noised targets, each at its own level ``a ~ U[noise_range]``."""
+        level_key, noise_key = jax.random.split(key)
+        a = jax.random.uniform(level_key, (n,), minval=self.noise_range[0], maxval=self.noise_range[1])
+        return Batch(self.noisy_states(noise_key, a), jnp.broadcast_to(self.target, (n, *self.target.shape)))
+
+    def loss(self, state: jax.Array, target: jax.Array) -> jax.Array:
+        """RGBA mean squared error per sample."""
+        return rgba_mse(state, target)
+
+    def _levels(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+        """The levels ``(L * n,)`` and states of ``n`` noisy samples per evaluation level, level-major."""
+        a = np.repeat(np.asarray(self.eval_levels, np.float32), n)
+        return a, self.noisy_states(key, a)
+
+    def evaluate(self, model: NCA, key: jax.Array, horizon: int, n: int = 8) -> dict[str, float]:
+        """PSNR against the clean target at each level of ``eval_levels``, and of the noisy input.
+
+        For each level ``a``, ``n`` noisy copies run ``horizon`` steps; ``psnr_a<100a>`` is
+        the PSNR of their RGBA (clipped to [0, 1], as shown) over all pixels and samples, and
+        ``psnr_input_a<100a>`` the PSNR of the noisy inputs themselves (the do-nothing baseline).
+        """
+        noise_key, rollout_key = jax.random.split(key)
+        a, noisy = self._levels(noise_key, n)
+        restored, _ = grow(model, noisy, jax.random.split(rollout_key, a.shape[0]), horizon)
+        target = np.asarray(self.target)
+        shown = {"psnr": np.asarray(restored)[..., :4], "psnr_input": np.asarray(noisy)[..., :4]}
+        metrics = {}
+        for i, level in enumerate(self.eval_levels):
+            for prefix, states in shown.items():
+                error = np.clip(states[i * n : (i + 1) * n], 0.0, 1.0) - target
+                metrics[f"{prefix}_a{round(100 * level)}"] = psnr(np.mean(np.square(error)))
+        return metrics
+
+    def render(self, model: NCA, key: jax.Array, horizon: int) -> Rendering:
+        """GIF: one sample per evaluation level, side by side, for twice the horizon.
+
+        Final picture: top row the target and the noisy inputs, bottom row the target and
+        the states after ``horizon`` steps.
+        """
+        noise_key, rollout_key = jax.random.split(key)
+        a, noisy = self._levels(noise_key, 1)
+        _, frames = grow(model, noisy, jax.random.split(rollout_key, a.shape[0]), 2 * horizon, frame_every=1)
+        scale = self.render_scale
+        frames = to_uint8(to_rgb(np.asarray(frames)), scale)
+        gif = np.stack([tile(list(f)) for f in frames])
+        target = to_uint8(to_rgb(np.asarray(self.target)), scale)
+        columns = len(self.eval_levels) + 1
+        final = tile([target, *frames[0], target, *frames[horizon]], columns=columns)
+        return Rendering(frames=gif, final=final)

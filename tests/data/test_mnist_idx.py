@@ -1,0 +1,109 @@
+"""The IDX reader and writer, and finding MNIST in torchvision's layout; all on generated files."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from nca_lab.data.mnist import load_mnist_images, raw_dir, read_idx, write_idx
+from nca_lab.errors import ConfigError
+
+DIGITS = np.arange(3 * 5 * 4, dtype=np.uint8).reshape(3, 5, 4)
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_roundtrip_plain_and_gzip(tmp_path, name):
+    path = write_idx(tmp_path / name, DIGITS)
+    raw = path.read_bytes()
+    assert (raw[:2] == b"\x1f\x8b") == name.endswith(".gz")
+    plain = gzip.decompress(raw) if name.endswith(".gz") else raw
+    assert plain[:4] == bytes([0, 0, 0x08, 3]) and plain[4:16] == bytes([0, 0, 0, 3, 0, 0, 0, 5, 0, 0, 0, 4])
+    out = read_idx(path)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, DIGITS)
+
+
+@pytest.mark.parametrize(
+    "array", [np.array([7, -3, 1000], np.int16), np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)]
+)
+def test_roundtrip_other_types_is_big_endian_on_disk(tmp_path, array):
+    path = write_idx(tmp_path / "x-idx", array)
+    raw = path.read_bytes()
+    header = 4 + 4 * array.ndim
+    assert raw[header:] == array.astype(array.dtype.newbyteorder(">")).tobytes()
+    np.testing.assert_array_equal(read_idx(path), array)
+
+
+def test_the_writer_refuses_types_idx_cannot_hold(tmp_path):
+    with pytest.raises(ConfigError, match="cannot store dtype int64"):
+        write_idx(tmp_path / "x", np.zeros(3, np.int64))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not an IDX file"),
+        (b"\x1f\x8c\x08\x03" + bytes(12), "not an IDX file"),  # not gzip either
+        (bytes([0, 1, 8, 3]) + bytes(12), "not an IDX file"),
+        (bytes([0, 0, 0x42, 1, 0, 0, 0, 1, 0]), "not an IDX file"),  # unknown type code
+        (bytes([0, 0, 8, 3, 0, 0, 0, 2]), "truncated.*header"),
+    ],
+)
+def test_wrong_magic_or_header_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as err:
+        read_idx(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_truncated_and_overlong_data_are_errors(tmp_path, compressed):
+    good = write_idx(tmp_path / "good", DIGITS).read_bytes()
+    for name, data, message in [("short", good[:-1], "truncated"), ("long", good + b"\x00", "too long")]:
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(data) if compressed else data)
+        with pytest.raises(ConfigError, match=f"{message}: {len(data)} bytes, shape \\(3, 5, 4\\) needs 76"):
+            read_idx(path)
+
+
+def test_a_cut_gzip_stream_is_an_error(tmp_path):
+    raw = write_idx(tmp_path / "x.gz", DIGITS).read_bytes()
+    (tmp_path / "cut.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ConfigError, match="corrupt gzip file"):
+        read_idx(tmp_path / "cut.gz")
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="IDX file not found"):
+        read_idx(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    ("split", "name"), [("train", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte.gz")]
+)
+def test_load_finds_torchvision_layout(tmp_path, split, name):
+    write_idx(raw_dir(tmp_path) / name, DIGITS)
+    np.testing.assert_array_equal(load_mnist_images(tmp_path, split), DIGITS)
+
+
+def test_load_prefers_the_extracted_file(tmp_path):
+    write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte", DIGITS)
+    write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte.gz", DIGITS[:1])
+    assert load_mnist_images(tmp_path, "train").shape == DIGITS.shape
+
+
+def test_load_errors_say_what_is_missing_and_how_to_get_it(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        load_mnist_images(tmp_path / "absent", "train")
+    assert "task.download=true" in str(err.value)
+    with pytest.raises(ConfigError, match="MNIST test images not found in .*MNIST/raw"):
+        load_mnist_images(tmp_path, "test")
+    with pytest.raises(ConfigError, match="split must be train or test"):
+        load_mnist_images(tmp_path, "valid")
+
+
+def test_load_rejects_files_that_are_not_images(tmp_path):
+    write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte", np.arange(10, dtype=np.uint8))  # a labels file
+    with pytest.raises(ConfigError, match=r"should hold uint8 images \(N, H, W\)"):
+        load_mnist_images(tmp_path, "train")

@@ -1,0 +1,92 @@
+"""The diffusing (denoising) task: the corruption, PSNR evaluation, config, and the CLI."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca_lab.errors import ConfigError
+from nca_lab.tasks.base import psnr
+from nca_lab.tasks.diffusing import DiffusingTask, corrupt
+from nca_lab.train.run import build
+
+from nca_testing import compose
+
+TASK = "diffusing"
+LEVELS = ("a25", "a50", "a75", "a100")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return DiffusingTask(6, target_size=8, padding=2)
+
+
+def test_cli_smoke_run(smoke_runs):
+    run = smoke_runs(TASK)
+    assert [r["step"] for r in run.metrics if "loss" in r] == [1, 2]
+    evaluation = [r for r in run.metrics if any(k.startswith("eval/") for k in r)][-1]
+    assert {k for k in evaluation if k != "step"} == {f"eval/{p}_{a}" for p in ("psnr", "psnr_input") for a in LEVELS}
+    assert run.gif_frames > 1
+    assert run.png_size == (5 * 48 + 4 * 2, 2 * 48 + 2)  # target + 4 levels; inputs above outputs
+
+
+def test_corruption_at_zero_is_the_identity(task):
+    target = task.target
+    noise = jax.random.uniform(jax.random.key(0), target.shape)
+    np.testing.assert_array_equal(np.asarray(corrupt(target, 0.0, noise)), np.asarray(target))
+    np.testing.assert_array_equal(np.asarray(corrupt(target, 1.0, noise)), np.asarray(noise))
+    states = np.asarray(task.noisy_states(jax.random.key(1), jnp.array([0.0, 0.0])))
+    np.testing.assert_array_equal(states[..., :4], np.broadcast_to(np.asarray(target), (2, *target.shape)))
+    assert np.all(states[..., 4:] == 0.0)
+
+
+def test_samples_mix_target_and_noise_at_a_random_level():
+    task = DiffusingTask(6, target_size=8, padding=2, noise_range=(0.25, 0.25))
+    batch = task.sample(jax.random.key(0), 3)
+    noise = (np.asarray(batch.state)[..., :4] - 0.75 * np.asarray(task.target)) / 0.25
+    assert noise.min() >= -1e-5 and noise.max() <= 1.0 + 1e-5 and noise.std() > 0.2  # uniform noise in [0, 1]
+    assert len({float(np.asarray(batch.state)[i, 0, 0, 0]) for i in range(3)}) == 3  # fresh noise per sample
+    np.testing.assert_array_equal(np.asarray(batch.target[1]), np.asarray(task.target))
+
+
+def test_normal_noise_is_standard_normal():
+    task = DiffusingTask(4, target_size=8, padding=2, noise="normal")
+    pure = np.asarray(task.noisy_states(jax.random.key(0), jnp.ones(64)))
+    assert abs(pure.mean()) < 0.05 and abs(pure.std() - 1.0) < 0.05
+
+
+def test_psnr():
+    assert psnr(0.01) == pytest.approx(20.0)
+    assert psnr(1.0) == pytest.approx(0.0)
+    assert psnr(0.0) == float("inf")
+
+
+def test_evaluation_of_an_identity_nca_matches_the_noisy_input(task, tiny_nca):
+    metrics = task.evaluate(tiny_nca(6, None), jax.random.key(0), horizon=3, n=2)
+    for level in LEVELS:
+        assert metrics[f"psnr_{level}"] == pytest.approx(metrics[f"psnr_input_{level}"], abs=1e-4)
+    inputs = [metrics[f"psnr_input_{level}"] for level in LEVELS]
+    assert inputs == sorted(inputs, reverse=True)  # more noise, lower PSNR
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"noise": "salt"}, "task.noise"),
+        ({"noise_range": (0.8, 0.2)}, "noise_range"),
+        ({"noise_range": (0.0, 1.5)}, "noise_range"),
+        ({"eval_levels": (0.0,)}, "eval_levels"),
+        ({"eval_levels": ()}, "eval_levels"),
+        ({"render_scale": 0}, "render_scale"),
+    ],
+)
+def test_bad_settings_are_config_errors(option, message):
+    with pytest.raises(ConfigError, match=message):
+        DiffusingTask(6, target_size=8, padding=2, **option)
+
+
+def test_quick_preset_builds_without_alive_masking():
+    task, model, _ = build(compose("experiment=quick_diffusing"))
+    assert isinstance(task, DiffusingTask)
+    assert task.alive_threshold is None and model.alive_threshold is None
+    assert task.pool_size == 0

@@ -1,0 +1,93 @@
+"""The regenerating task: circle damage, grow-damage-recover evaluation, config, and the CLI."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from nca_lab.errors import ConfigError
+from nca_lab.tasks.damage import circle_masks
+from nca_lab.tasks.regenerating import RegeneratingTask
+from nca_lab.train.run import build
+
+from nca_testing import compose
+
+TASK = "regenerating"
+EVAL_KEYS = {"mse", "mse_damaged", "mse_recovered", "mse_2x", "mse_5x", "mse_10x"}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return RegeneratingTask(6, target_size=8, padding=2, pool_size=8, damage_n=2)
+
+
+def test_cli_smoke_run(smoke_runs):
+    run = smoke_runs(TASK)
+    assert [r["step"] for r in run.metrics if "loss" in r] == [1, 2]
+    evaluation = [r for r in run.metrics if any(k.startswith("eval/") for k in r)]
+    assert {k.removeprefix("eval/") for k in evaluation[-1] if k != "step"} == EVAL_KEYS
+    assert run.gif_frames > 3  # grow, damage, recover
+    assert run.png_size == (4 * 48 + 3 * 2, 3 * 48 + 2 * 2)  # rows of target, grown, damaged, recovered
+
+
+def test_circle_masks_have_the_requested_radius():
+    masks = np.asarray(circle_masks(jax.random.key(0), 64, (64, 64), radius=(0.5, 0.5)))
+    assert masks.shape == (64, 64, 64, 1)
+    area = masks.sum(axis=(1, 2, 3))
+    assert np.all(np.abs(area - math.pi * 16**2) < 0.1 * math.pi * 16**2)  # radius 0.5 of a half-grid of 32
+    rows, cols = np.nonzero(masks[0, ..., 0])
+    assert abs(rows.mean() - 31.5) <= 17 and abs(cols.mean() - 31.5) <= 17  # centre within the middle half
+
+
+def test_more_circles_damage_more():
+    one = np.asarray(circle_masks(jax.random.key(0), 256, (32, 32), circles=1)).mean()
+    three = np.asarray(circle_masks(jax.random.key(0), 256, (32, 32), circles=3)).mean()
+    assert three > 2 * one > 0
+
+
+def test_damage_zeroes_cells_inside_circles_only(task):
+    state = jax.random.uniform(jax.random.key(0), (8, *task.grid_shape, 6), minval=0.1, maxval=1.0)
+    damaged = np.asarray(task.damage(state, jax.random.key(1)))
+    zeroed = np.all(damaged == 0.0, axis=-1)
+    assert zeroed.any()
+    np.testing.assert_array_equal(damaged[~zeroed], np.asarray(state)[~zeroed])
+
+
+def test_evaluation_of_an_identity_nca(task, tiny_nca):
+    model = tiny_nca(6, task.alive_threshold)
+    metrics = task.evaluate(model, jax.random.key(0), horizon=3, n=4)
+    assert set(metrics) == EVAL_KEYS
+    seed_mse = float(np.mean(task.loss(task.sample(None, 1).state, task.target[None])))
+    # The identity keeps the seed for ever and never regrows a damaged one.
+    for name in ("mse", "mse_2x", "mse_5x", "mse_10x"):
+        assert metrics[name] == pytest.approx(seed_mse, rel=1e-6)
+    assert metrics["mse_recovered"] == pytest.approx(metrics["mse_damaged"], rel=1e-6)
+
+
+def test_render_shows_grow_damage_recover(task, tiny_nca):
+    rendering = task.render(tiny_nca(6, task.alive_threshold), jax.random.key(0), horizon=3, n=2)
+    assert rendering.frames.shape == (4 + 10 + 3, 48, 48, 3)
+    assert rendering.final.shape == (2 * 48 + 2, 4 * 48 + 3 * 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"pool_size": 0}, "pool_size"),
+        ({"damage_n": -1}, "damage_n"),
+        ({"damage_radius": (0.4, 0.1)}, "damage_radius"),
+        ({"damage_radius": (0.1,)}, "damage_radius"),
+        ({"damage_circles": 0}, "damage_circles"),
+    ],
+)
+def test_bad_settings_are_config_errors(option, message):
+    with pytest.raises(ConfigError, match=message):
+        RegeneratingTask(6, target_size=8, padding=2, **option)
+
+
+def test_quick_preset_builds_a_consistent_run():
+    task, model, trainer = build(compose("experiment=quick_regenerating"))
+    assert isinstance(task, RegeneratingTask)
+    assert task.damage_n < trainer.batch_size <= task.pool_size
+    assert model.alive_threshold == task.alive_threshold == 0.1
