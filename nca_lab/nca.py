@@ -10,6 +10,7 @@ from flax import nnx
 
 from nca_lab.alive import alive_mask
 from nca_lab.perceive.base import Perceive
+from nca_lab.step_vjp import residual_step
 from nca_lab.update.residual import ResidualUpdate
 
 
@@ -21,7 +22,14 @@ class NCA(nnx.Module):
     with ``jit``, ``vmap``, ``grad`` and ``remat``.
     """
 
-    def __init__(self, perceive: Perceive, update: ResidualUpdate, *, alive_threshold: float | None = 0.1):
+    def __init__(
+        self,
+        perceive: Perceive,
+        update: ResidualUpdate,
+        *,
+        alive_threshold: float | None = 0.1,
+        manual_vjp: bool = True,
+    ):
         """Combine a perceive and an update.
 
         Args:
@@ -29,15 +37,25 @@ class NCA(nnx.Module):
             update: the update module, sized for ``perceive.out_features``.
             alive_threshold: alpha above which a 3x3 neighbourhood is alive; ``None`` turns
                 alive masking off (tasks without an alpha-defined body).
+            manual_vjp: differentiate each step with the rematerialising hand-written VJP
+                of :mod:`nca_lab.step_vjp` (same results, less time and memory) instead of
+                autodiff, the reference path. Only a :class:`ResidualUpdate` has one; other
+                updates always use autodiff.
         """
         self.perceive = perceive
         self.update = update
         self.alive_threshold = alive_threshold
+        self.manual_vjp = bool(manual_vjp)
 
     @property
     def num_channels(self) -> int:
         """State channels ``C``."""
         return self.perceive.num_channels
+
+    @property
+    def uses_manual_vjp(self) -> bool:
+        """Whether :meth:`step` is differentiated by :func:`~nca_lab.step_vjp.residual_step`."""
+        return self.manual_vjp and type(self.update) is ResidualUpdate
 
     def step(self, state: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """One CA step of ``state (..., H, W, C)``; ``key`` has shape ``state.shape[:-3]``.
@@ -45,6 +63,9 @@ class NCA(nnx.Module):
         Each grid draws its fire mask from its own key, so a sample's trajectory does not
         depend on the batch it is in.
         """
+        if self.uses_manual_vjp:
+            fire = self.update.fire_mask(key, state.shape[:-1])
+            return residual_step(self.perceive, self.update, self.alive_threshold, state, fire)
         new_state = self.update(state, self.perceive(state), key)
         if self.alive_threshold is None:
             return new_state
@@ -75,6 +96,7 @@ class NCA(nnx.Module):
                 (``num_steps`` must be a multiple), initial state included.
             remat: recompute each step in the backward pass instead of storing its
                 activations (memory ``O(steps * state)`` instead of ``O(steps * activations)``).
+                Implied by the manual VJP (:attr:`uses_manual_vjp`), which always recomputes.
             unroll: steps per scan iteration (``jax.lax.scan``'s ``unroll``).
 
         Returns:
@@ -86,7 +108,7 @@ class NCA(nnx.Module):
         step_keys = jax.vmap(lambda k: jax.random.split(k, num_steps))(flat_keys)
         step_keys = jnp.swapaxes(step_keys, 0, 1).reshape(num_steps, *batch_shape)
 
-        step = jax.checkpoint(self.step) if remat else self.step
+        step = jax.checkpoint(self.step) if remat and not self.uses_manual_vjp else self.step
 
         def body(carry, step_key):
             x, i = carry

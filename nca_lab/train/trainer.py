@@ -28,6 +28,7 @@ from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
 from nca_lab.render import save_gif, save_png
 from nca_lab.tasks.base import Task
+from nca_lab.train import parallel
 from nca_lab.train.pool import init_pool
 from nca_lab.train.step import make_train_step
 
@@ -62,6 +63,7 @@ class Trainer:
         resume: str | None = None,
         init_from: str | None = None,
         progress: bool = True,
+        data_parallel: bool = False,
     ):
         """Set the schedule of a run.
 
@@ -83,6 +85,10 @@ class Trainer:
                 the run dir's own checkpoints (which are resumed automatically).
             init_from: start from the weights saved at this path (optimizer and step fresh).
             progress: show a progress bar.
+            data_parallel: split the batch and the pool across all devices and replicate the
+                parameters (:mod:`nca_lab.train.parallel`); the batch and pool sizes must be
+                multiples of the device count. The losses equal a single device's up to the
+                order of the gradient sum.
         """
         rollout_steps = tuple(int(s) for s in rollout_steps)
         require(int(steps) > 0, f"trainer.steps must be positive, got {steps}")
@@ -112,6 +118,7 @@ class Trainer:
         self.resume = resume
         self.init_from = init_from
         self.progress = bool(progress)
+        self.data_parallel = bool(data_parallel)
 
     @property
     def horizon(self) -> int:
@@ -173,12 +180,19 @@ class Trainer:
         elif self.init_from:
             RunCheckpointer.find(self.init_from).restore_model(model)
         checkpointer = RunCheckpointer(run_dir / CHECKPOINTS, keep_last=self.keep_last, keep_best=self.keep_best)
+        mesh = parallel.data_mesh() if self.data_parallel else None
+        if mesh is not None:
+            if pool is not None:
+                parallel.check_divisible(mesh, **{"task.pool_size": task.pool_size})
+                pool = parallel.place(pool, mesh)
+            parallel.replicate(mesh, model, optimizer)
         train_step = make_train_step(
             task,
             batch_size=self.batch_size,
             rollout_steps=self.rollout_steps,
             remat=self.remat,
             unroll=self.unroll,
+            mesh=mesh,
         )
         metadata = {
             "config": config or {},

@@ -5,6 +5,12 @@ Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020,
 last layer zero-initialised so the untrained CA does nothing, and each cell applies its
 ``dx`` with probability ``fire_rate``, without the 1/p rescaling of dropout, in training and
 at inference alike.
+
+:meth:`ResidualUpdate.delta_vjp` is the MLP's backward pass written out by hand, for the
+rematerialising step of :mod:`nca_lab.step_vjp`: weight gradients as ``a^T g`` contractions
+over cells, read from the activations in their natural ``(cells, features)`` layout. Autodiff
+of the same MLP emits each weight gradient as a dot followed by a transpose, and XLA:CPU then
+materialises a transposed copy of every ``(cells, 128)`` cotangent before an Eigen dot.
 """
 
 from collections.abc import Sequence
@@ -80,7 +86,38 @@ class ResidualUpdate(nnx.Module):
         draws = jax.vmap(lambda k: jax.random.uniform(k, (*height_width, 1)))(jnp.reshape(key, (-1,)))
         return (draws.reshape(*grid_shape, 1) <= self.fire_rate).astype(jnp.float32)
 
+    def apply(self, state: jnp.ndarray, perception: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        """``state + delta(perception) * mask`` for a given fire ``mask (..., H, W, 1)``."""
+        return state + self.delta(perception) * mask
+
     def __call__(self, state: jnp.ndarray, perception: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """Updated state ``(..., H, W, C)``; ``key`` (one per grid) draws the fire mask."""
-        mask = self.fire_mask(key, state.shape[:-1])
-        return state + self.delta(perception) * mask
+        return self.apply(state, perception, self.fire_mask(key, state.shape[:-1]))
+
+    def delta_vjp(self, perception: jnp.ndarray, cotangent: jnp.ndarray) -> tuple[nnx.State, jnp.ndarray]:
+        """The backward pass of :meth:`delta`: gradients of ``<delta(perception), cotangent>``.
+
+        Recomputes the hidden activations from ``perception`` (nothing is stored between the
+        forward and the backward pass) and returns ``(param_grads, perception_grad)``, where
+        ``param_grads`` has the structure of ``nnx.state(self, nnx.Param)``. Equal to
+        ``jax.vjp(ResidualUpdate.delta)`` up to float32 rounding (tested).
+        """
+        layers = [*self.hidden, self.out]
+        inputs = [perception]
+        for layer in self.hidden:
+            inputs.append(jax.nn.relu(layer(inputs[-1])))
+        grad = cotangent * self.step_size
+        grads = []
+        for index in reversed(range(len(layers))):
+            layer, x = layers[index], inputs[index]
+            flat_x, flat_g = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+            grads.append((jnp.einsum("nk,nm->km", flat_x, flat_g), jnp.sum(flat_g, axis=0)))
+            grad = grad @ layer.kernel[...].T
+            if index > 0:  # through the relu that produced x (relu' = 0 at 0, as jax.nn.relu)
+                grad = jnp.where(x > 0, grad, 0.0)
+        graph, params, rest = nnx.split(self, nnx.Param, ...)
+        zeros = nnx.merge(graph, jax.tree.map(jnp.zeros_like, params), rest)
+        for layer, (kernel_grad, bias_grad) in zip(reversed([*zeros.hidden, zeros.out]), grads, strict=True):
+            layer.kernel.set_value(kernel_grad)
+            layer.bias.set_value(bias_grad)
+        return nnx.state(zeros, nnx.Param), grad

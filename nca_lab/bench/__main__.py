@@ -1,0 +1,99 @@
+"""``python -m nca_lab.bench``: time nca_lab (and CAX) on issue 7's suites, print a table.
+
+    python -m nca_lab.bench                                  # every suite, nca_lab only
+    python -m nca_lab.bench --suite growing --peer cax --json bench.json
+    python -m nca_lab.bench --suite growing rollout --steps 16 --repeats 30
+
+On a CPU, rollouts are 8 CA steps long unless ``--steps`` says otherwise (full-length
+rollouts take minutes per step there); the table and the records say how long they were.
+"""
+
+import argparse
+import sys
+
+import jax
+
+from nca_lab.bench import nca_lab_impl
+from nca_lab.bench.measure import measure
+from nca_lab.bench.report import device, record, table, versions, write_json
+from nca_lab.bench.suites import CPU_STEPS, SUITES, cases
+
+
+def _budget_bytes(fraction: float = 0.75) -> float:
+    """A memory budget: part of the accelerator's memory, or of the machine's available RAM."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return fraction * stats["bytes_limit"]
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return fraction * info["MemAvailable"]
+    except (OSError, KeyError):
+        return float("inf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m nca_lab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", nargs="+", default=list(SUITES), metavar="NAME", help=f"of {', '.join(SUITES)}")
+    parser.add_argument("--peer", choices=["cax"], help="also run CAX on every case (the 'bench' extra)")
+    parser.add_argument("--steps", type=int, help=f"CA steps per rollout (default: the suite's; {CPU_STEPS} on CPU)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation (default 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation (default 2)")
+    parser.add_argument("--memory-budget-gb", type=float, help="skip plans above this (default: 75%% of memory)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="time an implementation fewer times (at least 3) if its steps would take longer",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps <= 0:
+        parser.error("--steps must be positive")
+
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times must be cold
+    on_cpu = jax.default_backend() == "cpu"
+    steps = args.steps or (CPU_STEPS if on_cpu else None)
+    try:
+        selected = cases(args.suite, steps)
+    except ValueError as exc:
+        parser.error(str(exc))
+    builders = {"nca_lab": nca_lab_impl.build}
+    if args.peer == "cax":
+        from nca_lab.bench import cax_impl
+
+        builders["cax"] = cax_impl.build
+    budget = args.memory_budget_gb * 2**30 if args.memory_budget_gb else _budget_bytes()
+    env = {"device": device(), "versions": versions()}
+    print(f"device: {env['device']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
+    if on_cpu and args.steps is None:
+        print(f"CPU: rollouts shortened to {CPU_STEPS} CA steps (the suites' own lengths: --steps N)")
+
+    records = []
+    for case in selected:
+        print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
+        workloads, failed = {}, {}
+        for impl, build in builders.items():
+            try:
+                workloads[impl] = build(case)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
+                failed[impl] = f"{type(exc).__name__}: {exc}"[:200]
+        results = measure(
+            workloads, repeats=args.repeats, warmup=args.warmup, memory_budget=budget, max_seconds=args.max_seconds
+        )
+        for impl, work in workloads.items():
+            records.append(record(case, impl, work.note, results[impl], env))
+        for impl, reason in failed.items():
+            print(f"  {impl}: could not build: {reason}", file=sys.stderr)
+        del workloads, results
+    print()
+    print(table(records))
+    if args.json:
+        write_json(records, args.json)
+        print(f"\nwrote {len(records)} records to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The nca_lab side of a benchmark case, built from the library's own modules.
+
+A training case is what ``python -m nca_lab`` runs for the corresponding config:
+:func:`~nca_lab.train.step.make_train_step` with the task, the sample pool and an optax
+chain of global-norm clipping and Adam. The growing suites use the regenerating task with
+``damage_n=0`` (Growing NCA's experiment 2: a pool, no damage), the setting of CAX's growing
+example; the rollout length is fixed at the case's ``steps`` (the trainer draws it from a
+range, which a benchmark should not).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nca_lab.bench.measure import Workload
+from nca_lab.bench.suites import TARGET_SIZE, Case
+from nca_lab.nca import NCA, grow
+from nca_lab.perceive.attention import AttentionPerceive
+from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.tasks.diffusing import DiffusingTask
+from nca_lab.tasks.regenerating import RegeneratingTask
+from nca_lab.train.optim import make_optimizer
+from nca_lab.train.pool import init_pool
+from nca_lab.train.step import make_train_step
+from nca_lab.update.residual import ResidualUpdate
+
+LEARNING_RATE = 2e-3
+
+
+def build_model(case: Case, alive_threshold: float | None, seed: int = 0) -> NCA:
+    """The NCA of ``case``: Sobel or local-attention perceive, residual MLP update."""
+    rngs = nnx.Rngs(params=seed)
+    if case.perceive == "attention":
+        perceive = AttentionPerceive(case.channels, perception_size=48, num_heads=4, rngs=rngs)
+    else:
+        perceive = SobelPerceive(case.channels)
+    update = ResidualUpdate(perceive.out_features, case.channels, hidden_sizes=[case.hidden], rngs=rngs)
+    return NCA(perceive, update, alive_threshold=alive_threshold)
+
+
+def build_task(case: Case):
+    """The task of ``case`` on its grid."""
+    if case.task == "diffusing":
+        return DiffusingTask(case.channels, target_size=TARGET_SIZE, padding=case.padding)
+    return RegeneratingTask(
+        case.channels, target_size=TARGET_SIZE, padding=case.padding, pool_size=max(case.pool, case.batch), damage_n=0
+    )
+
+
+def build(case: Case, seed: int = 0) -> Workload:
+    """The nca_lab workload of ``case``."""
+    task = build_task(case)
+    model = build_model(case, task.alive_threshold, seed)
+    key = jax.random.key(seed)
+    if case.kind == "rollout":
+        batch = task.sample(key, case.batch)
+        state = jnp.asarray(batch.state)
+        keys = jax.random.split(key, case.batch)
+        return Workload(
+            call=lambda i: grow(model, state, keys, case.steps)[0],
+            lower=lambda: grow.lower(model, state, keys, case.steps),
+            note="nca_lab.nca.grow",
+        )
+    optimizer = nnx.Optimizer(model, make_optimizer(LEARNING_RATE, gradient="clip"), wrt=nnx.Param)
+    train_step = make_train_step(task, batch_size=case.batch, rollout_steps=(case.steps, case.steps))
+    carry = {"pool": init_pool(task, key, task.pool_size) if task.pool_size else None}
+
+    def call(i: int):
+        carry["pool"], metrics = train_step(model, optimizer, carry["pool"], jax.random.fold_in(key, i))
+        return carry["pool"], metrics
+
+    vjp = "manual VJP" if model.uses_manual_vjp else "autodiff"
+    return Workload(
+        call=call,
+        lower=lambda: train_step.lower(model, optimizer, carry["pool"], key),
+        note=f"make_train_step, {vjp}" + (f", pool {task.pool_size}" if task.pool_size else ""),
+    )

@@ -1,0 +1,105 @@
+"""The benchmark's records, table and environment description."""
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+import jax
+
+from nca_lab.bench.measure import Measurement, summary
+from nca_lab.bench.suites import Case
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "nca_lab", "cax")
+
+
+def versions() -> dict[str, str]:
+    """Python and the installed versions of the packages that matter (``None`` if absent)."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def device() -> str:
+    """The device the run used, e.g. ``"gpu: NVIDIA H100 80GB HBM3"`` or ``"cpu: <model>, 2 cores"``."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.platform}: {dev.device_kind} x{jax.device_count()}"
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}, {os.cpu_count()} cores"
+
+
+def record(case: Case, impl: str, note: str, measurement: Measurement, env: dict) -> dict:
+    """One JSON record: the fields issue 7 asks for, plus the case's sizes and status."""
+    times = summary(measurement)
+    peak, source = measurement.peak
+    median_s = times["median_ms"] / 1e3
+    return {
+        "suite": case.suite,
+        "case": case.name,
+        "impl": impl,
+        "note": note,
+        "kind": case.kind,
+        "batch": case.batch,
+        "grid": case.grid,
+        "steps": case.steps,
+        "channels": case.channels,
+        "hidden": case.hidden,
+        "status": measurement.status,
+        "reason": measurement.reason,
+        "repeats": len(measurement.times),
+        **times,
+        "compile_s": measurement.compile_s,
+        "peak_bytes": peak,
+        "peak_source": source,
+        "xla_plan_bytes": measurement.plan_bytes,
+        "cell_steps_per_s": case.cell_steps / median_s if median_s > 0 else float("nan"),
+        **env,
+    }
+
+
+def write_json(records: list[dict], path: Path) -> None:
+    """Write ``records`` as a JSON list (NaN as ``null``)."""
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records]
+    Path(path).write_text(json.dumps(clean, indent=2) + "\n", encoding="utf-8")
+
+
+def table(records: list[dict]) -> str:
+    """A markdown table, with each peer's time divided by nca_lab's on the same case."""
+    columns = ["suite", "case", "impl", "steps", "n", "median ms", "min ms", "max ms", "compile s", "peak MiB"]
+    columns += ["Mcell-steps/s", "peer/nca_lab", "how"]
+    head = "| " + " | ".join(columns) + " |"
+    lines = [head, "|" + "|".join(["---"] * len(columns)) + "|"]
+    ours = {(r["suite"], r["case"]): r for r in records if r["impl"] == "nca_lab"}
+    for r in records:
+        ok = r["status"] == "ok"
+        base = ours.get((r["suite"], r["case"]))
+        ratio = ""
+        if ok and r["impl"] != "nca_lab" and base and base["status"] == "ok":
+            ratio = f"{r['median_ms'] / base['median_ms']:.2f}x"
+        peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] is not None else "-"
+        if ok:
+            timing = [f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}"]
+            rate = f"{r['cell_steps_per_s'] / 1e6:.1f}"
+        else:
+            timing, rate = [r["status"], "", ""], ""
+        how = r["note"] + (f"; {r['reason']}" if r["reason"] else "")
+        compile_s = f"{r['compile_s']:.1f}" if not math.isnan(r["compile_s"]) else "-"
+        lines.append(
+            f"| {r['suite']} | {r['case']} | {r['impl']} | {r['steps']} | {r['repeats']} | {' | '.join(timing)} "
+            f"| {compile_s} | {peak} | {rate} | {ratio} | {how} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The benchmark harness: suite selection, the table, and one real (tiny) run of the CLI.
+
+Nothing here is timed: the harness's numbers are for ``python -m nca_lab.bench``.
+"""
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from nca_lab.bench.report import table
+from nca_lab.bench.suites import SUITES, cases
+
+from nca_testing import run_cli
+
+FIELDS = {
+    "suite",
+    "impl",
+    "median_ms",
+    "min_ms",
+    "max_ms",
+    "compile_s",
+    "peak_bytes",
+    "cell_steps_per_s",
+    "device",
+    "versions",
+}
+
+
+def test_suites_and_step_override():
+    assert set(SUITES) == {"growing", "diffusing", "scaled", "rollout", "attention"}
+    growing = cases(["growing"], None)[0]
+    assert (growing.batch, growing.grid, growing.steps, growing.channels, growing.hidden) == (8, 72, 96, 16, 128)
+    assert growing.padding == 16 and growing.pool == 1024
+    rollouts = cases(["rollout"], 4)
+    assert [c.batch for c in rollouts] == [8, 256] and all(c.steps == 4 for c in rollouts)
+    with pytest.raises(ValueError, match="unknown suite"):
+        cases(["nope"], None)
+
+
+def test_table_divides_the_peer_by_nca_lab():
+    base = {
+        "suite": "growing",
+        "case": "8x72x72",
+        "steps": 8,
+        "repeats": 20,
+        "status": "ok",
+        "reason": "",
+        "min_ms": 1.0,
+        "max_ms": 3.0,
+        "compile_s": 1.0,
+        "peak_bytes": 2**20,
+        "cell_steps_per_s": 1e6,
+        "note": "",
+    }
+    rows = table(
+        [
+            {**base, "impl": "nca_lab", "median_ms": 10.0},
+            {**base, "impl": "cax", "median_ms": 250.0},
+            {**base, "impl": "cax", "median_ms": math.nan, "status": "too_big", "reason": "plans 90 GiB"},
+        ]
+    )
+    lines = rows.splitlines()
+    assert lines[0].startswith("| suite | case | impl |") and len(lines) == 5
+    assert "| 25.00x |" in lines[3]
+    assert "too_big" in lines[4] and "plans 90 GiB" in lines[4]
+
+
+def test_cli_writes_one_record_per_implementation(tmp_path):
+    peer = importlib.util.find_spec("cax") is not None
+    out = tmp_path / "bench.json"
+    args = ["--suite", "growing", "--steps", "1", "--repeats", "1", "--warmup", "1", "--json", str(out)]
+    result = run_cli(*args, *(["--peer", "cax"] if peer else []), module="nca_lab.bench")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| growing | 8x72x72 | nca_lab | 1 | 1 |" in result.stdout
+    records = json.loads(out.read_text())
+    assert [r["impl"] for r in records] == (["nca_lab", "cax"] if peer else ["nca_lab"])
+    for record in records:
+        assert set(record) >= FIELDS and record["status"] == "ok", record
+        assert record["min_ms"] <= record["median_ms"] <= record["max_ms"]
+        assert record["cell_steps_per_s"] > 0 and record["peak_bytes"] > 0 and record["compile_s"] > 0
+        assert record["versions"]["jax"] and record["device"].startswith("cpu")

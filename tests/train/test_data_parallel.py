@@ -1,0 +1,83 @@
+"""Data parallelism on 4 forced CPU devices gives the losses of 1 device.
+
+Runs in a subprocess: ``--xla_force_host_platform_device_count`` must be set before JAX
+starts, and the other tests keep their single device.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from nca_testing import REPO
+
+SCRIPT = r"""
+import json, sys
+import jax
+from flax import nnx
+from nca_testing import TINY, compose
+from nca_lab.errors import ConfigError
+from nca_lab.log.metrics_file import read_metrics
+from nca_lab.train import parallel
+from nca_lab.train.pool import init_pool
+from nca_lab.train.run import build
+from nca_lab.train.step import make_train_step
+
+OVERRIDES = [*TINY, "task=regenerating", "task.pool_size=16", "task.damage_n=1", "trainer.batch_size=4",
+             "trainer.rollout_steps=[2,4]", "trainer.steps=3", "trainer.log_every=1", "trainer.render_every=0"]
+out = {"devices": jax.device_count()}
+
+def steps(mesh):
+    task, model, trainer = build(compose(*OVERRIDES))
+    optimizer = nnx.Optimizer(model, trainer.optimizer(trainer.learning_rate), wrt=nnx.Param)
+    pool = init_pool(task, jax.random.key(0), task.pool_size)
+    if mesh is not None:
+        pool = parallel.place(pool, mesh)
+        parallel.replicate(mesh, model, optimizer)
+    step = make_train_step(task, batch_size=4, rollout_steps=(2, 4), mesh=mesh)
+    losses = []
+    for i in range(3):
+        pool, metrics = step(model, optimizer, pool, jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+    return losses, mesh is not None and pool.state.sharding.is_equivalent_to(parallel.batch_sharding(mesh), 4)
+
+mesh = parallel.data_mesh()
+out["single"], _ = steps(None)
+out["sharded"], out["pool_stays_split"] = steps(mesh)
+
+def fit(run_dir, data_parallel):
+    task, model, trainer = build(compose(*OVERRIDES, f"trainer.data_parallel={data_parallel}"))
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=run_dir)
+    return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+
+out["fit_single"] = fit(sys.argv[1] + "/single", False)
+out["fit_parallel"] = fit(sys.argv[1] + "/parallel", True)
+try:
+    make_train_step(build(compose(*OVERRIDES))[0], batch_size=3, rollout_steps=(2, 2), mesh=mesh)
+except ConfigError as exc:
+    out["error"] = str(exc)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_four_devices_give_the_losses_of_one(tmp_path):
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
+    assert out["devices"] == 4
+    assert out["pool_stays_split"]
+    assert len(out["sharded"]) == 3
+    for single, sharded in zip(out["single"], out["sharded"], strict=True):
+        assert abs(single - sharded) <= 1e-6 * abs(single)
+    assert len(out["fit_parallel"]) == 3
+    for single, sharded in zip(out["fit_single"], out["fit_parallel"], strict=True):
+        assert abs(single - sharded) <= 1e-6 * abs(single)
+    assert "multiple of the number of devices (4)" in out["error"]
