@@ -59,7 +59,5 @@ class SobelPerceive(Perceive):
         """Perception ``(..., H, W, 3C)`` of a state ``(..., H, W, C)``."""
         identity, grad_x, grad_y = sobel_kernels(self.angle)
         del identity  # the centre tap alone: the state itself
-        filtered = jnp.stack(
-            [state, correlate3x3(state, grad_x), correlate3x3(state, grad_y)], axis=-1
-        )
+        filtered = jnp.stack([state, correlate3x3(state, grad_x), correlate3x3(state, grad_y)], axis=-1)
         return filtered.reshape(*state.shape[:-1], self.out_features)

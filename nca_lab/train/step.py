@@ -65,9 +65,7 @@ def make_train_step(
         sample_keys = jax.random.split(rollout_key, batch_size)
 
         def loss_fn(model: NCA):
-            final, _ = model.rollout(
-                batch.state, sample_keys, high, active_steps=active, remat=remat, unroll=unroll
-            )
+            final, _ = model.rollout(batch.state, sample_keys, high, active_steps=active, remat=remat, unroll=unroll)
             return task.loss(final, batch.target).mean(), final
 
         (loss, final), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)

@@ -99,7 +99,8 @@ class Trainer:
         )
         require(int(unroll) > 0, f"trainer.unroll must be positive, got {unroll}")
         require(int(log_every) > 0, f"trainer.log_every must be positive, got {log_every}")
-        for name, value in (("eval_every", eval_every), ("render_every", render_every), ("checkpoint_every", checkpoint_every)):
+        cadences = {"eval_every": eval_every, "render_every": render_every, "checkpoint_every": checkpoint_every}
+        for name, value in cadences.items():
             require(int(value) >= 0, f"trainer.{name} must be >= 0, got {value}")
         require(not (resume and init_from), "set at most one of trainer.resume and trainer.init_from")
         self.steps = int(steps)
@@ -226,8 +227,9 @@ class Trainer:
             last = record
 
         def save(step: int) -> Path:
+            metadata_now = {**metadata, "loss": last["loss"]}
             return checkpointer.save(
-                step, model=model, optimizer=optimizer, pool=pool, key=train_key, metadata={**metadata, "loss": last["loss"]}
+                step, model=model, optimizer=optimizer, pool=pool, key=train_key, metadata=metadata_now
             )
 
         try:
@@ -239,7 +241,8 @@ class Trainer:
                     pending.append((step, out))
                     bar.update(1)
                     checkpoint_due = self.checkpoint_every and step % self.checkpoint_every == 0
-                    if step % self.log_every == 0 or step == self.steps or step == start + 1 or checkpoint_due or stop.is_set():
+                    due = step % self.log_every == 0 or step in (start + 1, self.steps)
+                    if due or checkpoint_due or stop.is_set():
                         flush(step, time.perf_counter())
                     if checkpoint_due or step == self.steps:
                         save(step)

@@ -59,9 +59,7 @@ class ResidualUpdate(nnx.Module):
         self.fire_rate = float(fire_rate)
         self.step_size = float(step_size)
         sizes = [int(perception_size), *hidden_sizes]
-        self.hidden = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-        )
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
         last_init = nnx.initializers.zeros if zero_init else nnx.initializers.lecun_normal()
         self.out = nnx.Linear(sizes[-1], int(num_channels), kernel_init=last_init, rngs=rngs)
 
