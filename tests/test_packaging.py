@@ -58,3 +58,10 @@ def test_wheel_ships_the_configs_and_runs_from_them(tmp_path):
     )
     assert composed.returncode == 0, composed.stderr[-2000:]
     assert "LearnedPerceive" in composed.stdout and "GrowingTask" in composed.stdout
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    test_command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line)
+    ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci_lines

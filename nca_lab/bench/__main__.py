@@ -1,7 +1,8 @@
-"""``python -m nca_lab.bench``: time nca_lab (and CAX) on issue 7's suites, print a table.
+"""``python -m nca_lab.bench``: time nca_lab (and its peers) on issue 7's suites, print a table.
 
     python -m nca_lab.bench                                  # every suite, nca_lab only
     python -m nca_lab.bench --suite growing --peer cax --json bench.json
+    python -m nca_lab.bench --suite growing diffusing --peer cax torch
     python -m nca_lab.bench --suite growing rollout --steps 16 --repeats 30
 
 On a CPU, rollouts are 8 CA steps long unless ``--steps`` says otherwise (full-length
@@ -9,6 +10,7 @@ rollouts take minutes per step there); the table and the records say how long th
 """
 
 import argparse
+import importlib
 import sys
 
 import jax
@@ -17,6 +19,9 @@ from nca_lab.bench import nca_lab_impl
 from nca_lab.bench.measure import measure
 from nca_lab.bench.report import device, record, table, versions, write_json
 from nca_lab.bench.suites import CPU_STEPS, SUITES, cases
+
+#: Peer implementations by ``--peer`` name; imported only when asked for (optional packages).
+PEERS = {"cax": "nca_lab.bench.cax_impl", "torch": "nca_lab.bench.torch_impl"}
 
 
 def _budget_bytes(fraction: float = 0.75) -> float:
@@ -36,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m nca_lab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--suite", nargs="+", default=list(SUITES), metavar="NAME", help=f"of {', '.join(SUITES)}")
-    parser.add_argument("--peer", choices=["cax"], help="also run CAX on every case (the 'bench' extra)")
+    parser.add_argument(
+        "--peer",
+        nargs="+",
+        choices=list(PEERS),
+        default=[],
+        help="also run CAX (the 'bench' extra) and/or a plain eager PyTorch NCA (pip install torch)",
+    )
     parser.add_argument("--steps", type=int, help=f"CA steps per rollout (default: the suite's; {CPU_STEPS} on CPU)")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation (default 2)")
@@ -59,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     builders = {"nca_lab": nca_lab_impl.build}
-    if args.peer == "cax":
-        from nca_lab.bench import cax_impl
-
-        builders["cax"] = cax_impl.build
+    for peer in args.peer:
+        try:
+            builders[peer] = importlib.import_module(PEERS[peer]).build
+        except ImportError as exc:
+            parser.error(str(exc))
     budget = args.memory_budget_gb * 2**30 if args.memory_budget_gb else _budget_bytes()
     env = {"device": device(), "versions": versions()}
     print(f"device: {env['device']}")

@@ -1,10 +1,10 @@
 """Timing and memory of benchmark workloads, several implementations in one process.
 
-Each implementation is compiled ahead of time first (``lower().compile()``, which the
+Each JAX implementation is compiled ahead of time first (``lower().compile()``, which the
 following jitted calls reuse), so the compile time is measured alone and a plan that does
-not fit in memory is refused before it runs. The timed calls of the implementations of a
-case are interleaved (one step of each in turn): on a shared machine, load from other
-processes then slows all of them alike. Every call is synchronised
+not fit in memory is refused before it runs; an eager one (the PyTorch peer) has neither.
+The timed calls of the implementations of a case are interleaved (one step of each in
+turn): on a shared machine, load from other processes then slows all of them alike. Every call is synchronised
 (``jax.block_until_ready``).
 
 Peak memory: on CPU the growth of the process's peak resident set during the first call
@@ -32,12 +32,13 @@ class Workload:
     Attributes:
         call: ``call(i)`` runs benchmarked step ``i`` (threading any state, such as a pool,
             from one call to the next) and returns what to synchronise on.
-        lower: ``lower()`` returns the ``jax.stages.Lowered`` of the jitted step.
+        lower: ``lower()`` returns the ``jax.stages.Lowered`` of the jitted step; ``None``
+            for an eager implementation (nothing to compile: ``compile_s`` is 0).
         note: how this implementation runs the case (shown in the table).
     """
 
     call: Callable[[int], Any]
-    lower: Callable[[], Any]
+    lower: Callable[[], Any] | None
     note: str = ""
 
 
@@ -115,16 +116,18 @@ def measure(
     running: dict[str, Workload] = {}
     counts: dict[str, int] = {}
     for name, work in workloads.items():
-        log(f"  {name}: compiling")
-        try:
-            tick = time.perf_counter()
-            compiled = work.lower().compile()
-            compile_s = time.perf_counter() - tick
-        except Exception as exc:  # noqa: BLE001 - one failing implementation must not stop the run
-            results[name] = Measurement([], float("nan"), None, None, "failed", _first_line(exc))
-            continue
-        planned = plan_bytes(compiled)
-        del compiled
+        planned, compile_s = None, 0.0
+        if work.lower is not None:
+            log(f"  {name}: compiling")
+            try:
+                tick = time.perf_counter()
+                compiled = work.lower().compile()
+                compile_s = time.perf_counter() - tick
+            except Exception as exc:  # noqa: BLE001 - one failing implementation must not stop the run
+                results[name] = Measurement([], float("nan"), None, None, "failed", _first_line(exc))
+                continue
+            planned = plan_bytes(compiled)
+            del compiled
         results[name] = Measurement([], compile_s, planned, None)
         if planned is not None and planned > memory_budget:
             results[name].status = "too_big"

@@ -12,7 +12,7 @@ import jax
 from nca_lab.bench.measure import Measurement, summary
 from nca_lab.bench.suites import Case
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "nca_lab", "cax")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "nca_lab", "cax", "torch")
 
 
 def versions() -> dict[str, str]:

@@ -6,9 +6,11 @@ Nothing here is timed: the harness's numbers are for ``python -m nca_lab.bench``
 import importlib.util
 import json
 import math
+import sys
 
 import pytest
 
+from nca_lab.bench.__main__ import main as bench_main
 from nca_lab.bench.report import table
 from nca_lab.bench.suites import SUITES, cases
 
@@ -68,16 +70,26 @@ def test_table_divides_the_peer_by_nca_lab():
 
 
 def test_cli_writes_one_record_per_implementation(tmp_path):
-    peer = importlib.util.find_spec("cax") is not None
+    peers = [name for name in ("cax", "torch") if importlib.util.find_spec(name) is not None]
     out = tmp_path / "bench.json"
     args = ["--suite", "growing", "--steps", "1", "--repeats", "1", "--warmup", "1", "--json", str(out)]
-    result = run_cli(*args, *(["--peer", "cax"] if peer else []), module="nca_lab.bench")
+    result = run_cli(*args, *(["--peer", *peers] if peers else []), module="nca_lab.bench")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| growing | 8x72x72 | nca_lab | 1 | 1 |" in result.stdout
     records = json.loads(out.read_text())
-    assert [r["impl"] for r in records] == (["nca_lab", "cax"] if peer else ["nca_lab"])
+    assert [r["impl"] for r in records] == ["nca_lab", *peers]
     for record in records:
         assert set(record) >= FIELDS and record["status"] == "ok", record
         assert record["min_ms"] <= record["median_ms"] <= record["max_ms"]
-        assert record["cell_steps_per_s"] > 0 and record["peak_bytes"] > 0 and record["compile_s"] > 0
+        assert record["cell_steps_per_s"] > 0 and record["peak_bytes"] > 0
+        assert record["compile_s"] > 0 if record["impl"] != "torch" else record["compile_s"] == 0
         assert record["versions"]["jax"] and record["device"].startswith("cpu")
+
+
+def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    monkeypatch.delitem(sys.modules, "nca_lab.bench.torch_impl", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--suite", "growing", "--steps", "1", "--peer", "torch"])
+    assert exit_info.value.code == 2
+    assert "the PyTorch peer needs PyTorch: pip install torch" in capsys.readouterr().err
