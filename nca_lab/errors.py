@@ -1,4 +1,6 @@
-"""The one exception type nca_lab reports to users as a single line."""
+"""The one exception type nca_lab reports to users as a single line, and that line."""
+
+import re
 
 
 class ConfigError(ValueError):
@@ -13,3 +15,19 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message)
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message as one line: Hydra's and OmegaConf's span several, with a cause."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    lines = []
+    for line in str(err).splitlines():
+        if line.startswith("Config search path"):
+            break
+        if line.strip() and not re.fullmatch(r"\s*(\^|full_key:.*|object_type=.*)", line):
+            lines.append(line.strip())
+    cause = err.__cause__
+    if cause is not None and str(cause).strip() and str(cause) not in str(err):
+        lines.append(f"({one_line(cause)})")
+    return " ".join(lines)

@@ -61,6 +61,10 @@ BAD_INPUTS = [
         "damage_n (2) must be smaller than trainer.batch_size",
     ),
     (["task=regenerating", "task.pool_size=1"], "pool_size (1) must be at least trainer.batch_size"),
+    (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
+    (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive': attention learned sobel"),
+    (["task.target=a=b"], "mismatched input"),
+    (["trainer.steps=abc"], "invalid literal for int()"),
 ]
 
 
@@ -68,10 +72,25 @@ BAD_INPUTS = [
 def test_bad_input_is_one_clear_line(overrides, message, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(*TINY, *overrides, f"hydra.run.dir={run_dir}")
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: ") and message in result.stderr
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {blocker / 'run'}: Not a directory"
+    assert blocker.read_text() == "not a directory"
+
+
+def test_hydra_full_error_keeps_hydras_full_report(tmp_path):
+    result = run_cli(*TINY, "trainer.bogus=1", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "Key 'bogus' is not in struct" in result.stderr
 
 
 def test_unreadable_image_is_one_clear_line(tmp_path):

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nca_lab.errors import ConfigError, require
+from nca_lab.errors import ConfigError, one_line, require
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
 
@@ -123,4 +123,4 @@ def _config_errors():
     except InstantiationException as exc:
         if isinstance(exc.__cause__, ConfigError):
             raise exc.__cause__ from None
-        raise ConfigError(str(exc).splitlines()[0]) from exc
+        raise ConfigError(one_line(exc)) from exc
