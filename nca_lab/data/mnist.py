@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nca_lab.errors import ConfigError, require
+from nca_lab.errors import ConfigError, one_line, require
 
 #: IDX type codes and their (big-endian) NumPy types.
 IDX_TYPES = {
@@ -101,8 +101,7 @@ def _download(root: Path) -> None:
         for train in (True, False):
             MNIST(str(root), train=train, download=True)
     except Exception as err:  # network and archive errors of any kind become one line
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"MNIST download into {root} failed: {first}") from err
+        raise ConfigError(f"MNIST download into {root} failed: {one_line(err) or type(err).__name__}") from err
 
 
 def load_mnist_images(root: str | Path, split: str, *, download: bool = False) -> np.ndarray:

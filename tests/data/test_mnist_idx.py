@@ -1,6 +1,8 @@
 """The IDX reader and writer, and finding MNIST in torchvision's layout; all on generated files."""
 
 import gzip
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -107,3 +109,20 @@ def test_load_rejects_files_that_are_not_images(tmp_path):
     write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte", np.arange(10, dtype=np.uint8))  # a labels file
     with pytest.raises(ConfigError, match=r"should hold uint8 images \(N, H, W\)"):
         load_mnist_images(tmp_path, "train")
+
+
+def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
+    class FailingMNIST:  # stands in for torchvision's MNIST: the network is unreachable
+        def __init__(self, root, train, download):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...: no route")
+
+    torchvision = types.ModuleType("torchvision")
+    torchvision.datasets = types.SimpleNamespace(MNIST=FailingMNIST)
+    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", torchvision.datasets)
+    with pytest.raises(ConfigError) as err:
+        load_mnist_images(tmp_path, "train", download=True)
+    assert str(err.value) == (
+        f"MNIST download into {tmp_path} failed: "
+        "Error downloading train-images-idx3-ubyte.gz: Tried https://...: no route"
+    )
