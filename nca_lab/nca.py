@@ -9,6 +9,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nca_lab.alive import alive_mask
+from nca_lab.errors import require
+from nca_lab.kernels.fused_residual_step import can_fuse, fused_residual_step
+from nca_lab.kernels.sobel_mlp_step import FlatLayout
 from nca_lab.perceive.base import Perceive
 from nca_lab.step_vjp import residual_step
 from nca_lab.update.residual import ResidualUpdate
@@ -29,6 +32,7 @@ class NCA(nnx.Module):
         *,
         alive_threshold: float | None = 0.1,
         manual_vjp: bool = True,
+        kernel: str = "xla",
     ):
         """Combine a perceive and an update.
 
@@ -41,11 +45,23 @@ class NCA(nnx.Module):
                 of :mod:`nca_lab.step_vjp` (same results, less time and memory) instead of
                 autodiff, the reference path. Only a :class:`ResidualUpdate` has one; other
                 updates always use autodiff.
+            kernel: how a rollout runs each step: ``"xla"`` (the default, every device) or
+                ``"pallas"``: the fused GPU kernels of :mod:`nca_lab.kernels.sobel_mlp_step` for a
+                Sobel perceive with a one-hidden-layer residual update (interpreted, hence
+                slow, off a GPU). Same function, same random draws; on an H200 not yet faster
+                than XLA (``experiments/bench``), so opt-in.
         """
+        require(kernel in ("xla", "pallas"), f"kernel must be xla or pallas, got {kernel!r}")
+        require(
+            kernel != "pallas" or can_fuse(perceive, update, alive_threshold),
+            "kernel=pallas needs the sobel perceive, a residual update with one hidden layer and "
+            "channel and hidden sizes in multiples of 16",
+        )
         self.perceive = perceive
         self.update = update
         self.alive_threshold = alive_threshold
         self.manual_vjp = bool(manual_vjp)
+        self.kernel = kernel
 
     @property
     def num_channels(self) -> int:
@@ -56,6 +72,11 @@ class NCA(nnx.Module):
     def uses_manual_vjp(self) -> bool:
         """Whether :meth:`step` is differentiated by :func:`~nca_lab.step_vjp.residual_step`."""
         return self.manual_vjp and type(self.update) is ResidualUpdate
+
+    @property
+    def uses_fused_kernel(self) -> bool:
+        """Whether rollouts step with the fused Pallas kernels (see ``kernel``)."""
+        return self.kernel == "pallas"
 
     def step(self, state: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """One CA step of ``state (..., H, W, C)``; ``key`` has shape ``state.shape[:-3]``.
@@ -109,6 +130,9 @@ class NCA(nnx.Module):
         step_keys = jnp.swapaxes(step_keys, 0, 1).reshape(num_steps, *batch_shape)
 
         step = jax.checkpoint(self.step) if remat and not self.uses_manual_vjp else self.step
+        to_grid = None
+        if self.uses_fused_kernel:
+            state, step, to_grid = self._flat_rollout_parts(state)
 
         def body(carry, step_key):
             x, i = carry
@@ -123,20 +147,40 @@ class NCA(nnx.Module):
 
         carry = (state, jnp.zeros((), jnp.int32))
         if frame_every <= 0:
-            return run(carry, step_keys)[0], None
+            final = run(carry, step_keys)[0]
+            return (final if to_grid is None else to_grid(final)), None
         if num_steps % frame_every:
             raise ValueError(f"num_steps={num_steps} is not a multiple of frame_every={frame_every}")
         chunks = step_keys.reshape(num_steps // frame_every, frame_every, *batch_shape)
 
         def chunk(carry, keys):
             carry = run(carry, keys)
-            return carry, carry[0]
+            return carry, carry[0] if to_grid is None else to_grid(carry[0])
 
         (final, _), frames = jax.lax.scan(chunk, carry, chunks)
-        return final, jnp.concatenate([state[None], frames])
+        first = state if to_grid is None else to_grid(state)
+        return (final if to_grid is None else to_grid(final)), jnp.concatenate([first[None], frames])
+
+    def _flat_rollout_parts(self, state: jnp.ndarray):
+        """``(flat_state, flat_step, to_grid)`` for a rollout in the fused kernels' flat layout."""
+        *batch_shape, height, width, channels = state.shape
+        layout = FlatLayout(height, width)
+        interpret = jax.default_backend() != "gpu"
+
+        def to_grid(flat):
+            return layout.from_flat(flat).reshape(*batch_shape, height, width, channels)
+
+        def flat_step(flat, key):
+            fire = self.update.fire_mask(key, (*batch_shape, height, width)).reshape(-1, height, width, 1)
+            fire = layout.to_flat(fire)[..., 0]
+            return fused_residual_step(
+                self.perceive, self.update, self.alive_threshold, layout, flat, fire, interpret=interpret
+            )
+
+        return layout.to_flat(state.reshape(-1, height, width, channels)), flat_step, to_grid
 
 
-@nnx.jit(static_argnames=("num_steps", "frame_every"))
-def grow(model: NCA, state: jnp.ndarray, key: jax.Array, num_steps: int, frame_every: int = 0):
+@nnx.jit(static_argnames=("num_steps", "frame_every", "unroll"))
+def grow(model: NCA, state: jnp.ndarray, key: jax.Array, num_steps: int, frame_every: int = 0, unroll: int = 1):
     """Jitted :meth:`NCA.rollout` for evaluation and rendering: ``(final_state, frames)``."""
-    return model.rollout(state, key, num_steps, frame_every=frame_every)
+    return model.rollout(state, key, num_steps, frame_every=frame_every, unroll=unroll)

@@ -74,12 +74,36 @@ def residual_step(
 
     def step_bwd(residuals, grad_out):
         perceive_params, update_params, x, fire, alive = residuals
-        perception, perceive_vjp = jax.vjp(perceive_fn, perceive_params, x)
-        grad_new = grad_out if alive is None else grad_out * alive.astype(grad_out.dtype)
-        update = nnx.merge(update_graph, update_params, update_rest)
-        update_grads, grad_perception = update.delta_vjp(perception, grad_new * fire)
-        perceive_grads, grad_x = perceive_vjp(grad_perception)
-        return perceive_grads, update_grads, grad_new + grad_x, jnp.zeros_like(fire)
+        grads = step_backward(
+            perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out
+        )
+        return *grads, jnp.zeros_like(fire)
 
     step.defvjp(step_fwd, step_bwd)
     return step(perceive_params, update_params, state, fire)
+
+
+def step_backward(perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out):
+    """The backward pass of one residual step, recomputing perception and hidden activations.
+
+    Shared by :func:`residual_step` and the fused GPU step
+    (:mod:`nca_lab.kernels.sobel_mlp_step`), whose forward pass saves the same residuals.
+
+    Args:
+        perceive_fn: ``perceive_fn(perceive_params, x) -> perception``.
+        update_graph, update_rest: the ``nnx.split`` of the :class:`ResidualUpdate` but its params.
+        perceive_params, update_params: the parameters the gradients are taken for.
+        x: the step's input state ``(..., H, W, C)``.
+        fire: its fire mask ``(..., H, W, 1)``.
+        alive: the boolean alive mask the step applied, ``(..., H, W, 1)``, or ``None``.
+        grad_out: cotangent of the step's output.
+
+    Returns:
+        ``(perceive_grads, update_grads, grad_x)``.
+    """
+    perception, perceive_vjp = jax.vjp(perceive_fn, perceive_params, x)
+    grad_new = grad_out if alive is None else grad_out * alive.astype(grad_out.dtype)
+    update = nnx.merge(update_graph, update_params, update_rest)
+    update_grads, grad_perception = update.delta_vjp(perception, grad_new * fire)
+    perceive_grads, grad_x = perceive_vjp(grad_perception)
+    return perceive_grads, update_grads, grad_new + grad_x

@@ -65,6 +65,7 @@ BAD_INPUTS = [
     (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive': attention learned sobel"),
     (["task.target=a=b"], "mismatched input"),
     (["trainer.steps=abc"], "invalid literal for int()"),
+    (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
 ]
 
 

@@ -10,6 +10,7 @@ rollouts take minutes per step there); the table and the records say how long th
 """
 
 import argparse
+import functools
 import importlib
 import sys
 
@@ -57,10 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="time an implementation fewer times (at least 3) if its steps would take longer",
     )
+    parser.add_argument(
+        "--kernel",
+        choices=["xla", "pallas"],
+        default="xla",
+        help="nca_lab's step: xla (default) or pallas, the fused kernels (interpreted off a GPU)",
+    )
+    parser.add_argument("--unroll", type=int, default=1, help="nca_lab's CA steps per scan iteration (default 1)")
     parser.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps <= 0:
         parser.error("--steps must be positive")
+    if args.unroll <= 0:
+        parser.error("--unroll must be positive")
 
     jax.config.update("jax_enable_compilation_cache", False)  # compile times must be cold
     on_cpu = jax.default_backend() == "cpu"
@@ -69,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         selected = cases(args.suite, steps)
     except ValueError as exc:
         parser.error(str(exc))
-    builders = {"nca_lab": nca_lab_impl.build}
+    builders = {"nca_lab": functools.partial(nca_lab_impl.build, kernel=args.kernel, unroll=args.unroll)}
     for peer in args.peer:
         try:
             builders[peer] = importlib.import_module(PEERS[peer]).build

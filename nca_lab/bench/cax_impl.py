@@ -2,19 +2,33 @@
 
 The systems, losses and train steps follow CAX's example notebooks at the release that runs
 here (``maxencefaldor/cax`` ``examples/40_growing_nca.ipynb``, ``43_diffusing_nca.ipynb`` and
-``48_attention_nca.ipynb``, CAX 0.3.x API): a ``ComplexSystem`` subclass whose ``_step`` is
-CAX's ``ConvPerceive`` (depthwise identity + Sobel kernels) and ``NCAUpdate`` (alive mask,
-cell dropout), rolled out by CAX's ``nnx.scan`` inside ``nnx.jit`` and vmapped over the
-batch with ``nnx.split_rngs``; CAX's ``Pool``; ``optax.chain(clip_by_global_norm,
-adam)`` on the update's parameters; the growing loss on a random intermediate state
-collected with ``sow``, as the example does. Only the sizes change per case, and the target
-is nca_lab's bundled emoji (CAX's ``get_emoji`` downloads it). The attention peer is the
-example's ``ViTPerceive``: ``nnx.MultiHeadAttention`` over all ``H * W`` cells with a dense
-``(HW) x (HW)`` Moore-neighbourhood mask. ``peer_remat`` cases wrap ``_step`` in
-``nnx.remat``, the one change, without which CAX does not fit in memory.
+``48_attention_nca.ipynb``): a ``ComplexSystem`` subclass whose ``_step`` is CAX's
+``ConvPerceive`` (depthwise identity + Sobel kernels) and ``NCAUpdate`` (alive mask, cell
+dropout), rolled out by CAX's ``nnx.scan`` inside ``nnx.jit`` and vmapped over the batch
+with ``nnx.split_rngs``; CAX's ``Pool``; ``optax.chain(clip_by_global_norm, adam)`` on the
+update's parameters; the growing loss on a random intermediate state, as the example does.
+Only the sizes change per case, and the target is nca_lab's bundled emoji (CAX's
+``get_emoji`` downloads it). The attention peer is the example's ``ViTPerceive``:
+``nnx.MultiHeadAttention`` over all ``H * W`` cells with a dense ``(HW) x (HW)``
+Moore-neighbourhood mask. ``peer_remat`` cases rematerialise each step, without which CAX
+does not fit in memory.
+
+Two CAX APIs are supported, told apart by ``ComplexSystem.__call__``'s keywords:
+
+- CAX 0.3.x (0.3.3, what pip resolves on Python 3.11): kernels take ``ndim=``; the growing
+  loss collects the intermediate states with ``sow`` (``nnx.Intermediate``, popped after the
+  vmapped rollout); CAX has no remat of its own, so ``peer_remat`` wraps ``_step`` in
+  ``nnx.remat``, the one change to the example.
+- CAX 0.4.x (0.4.4, Python >= 3.12): kernels take ``num_dims=``; ``__call__(...,
+  return_states=True)`` returns ``(final_state, states)`` with the per-step states stacked
+  and ``_step`` no longer sows; ``peer_remat`` sets CAX's own ``ComplexSystem.remat``, which
+  wraps the scan body in ``nnx.remat``. ``Pool`` is an ``nnx.Pytree`` whose ``update``
+  returns the pool it updated; it is used the same way.
 
 Requires the ``bench`` extra (``pip install 'nca_lab[bench]'``).
 """
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +47,12 @@ try:
     from cax.nn.pool import Pool
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the CAX peer needs CAX: pip install 'nca_lab[bench]' (or pip install cax)") from exc
+
+_CALL_KEYWORDS = inspect.signature(ComplexSystem.__call__).parameters
+CAX_04 = "return_states" in _CALL_KEYWORDS
+"""CAX 0.4.x API (``return_states``, ``num_dims``, ``ComplexSystem.remat``); else 0.3.x (``sow``, ``ndim``)."""
+if not CAX_04 and "sow" not in _CALL_KEYWORDS:  # pragma: no cover - an unknown CAX release
+    raise ImportError(f"the CAX peer supports CAX 0.3.x and 0.4.x; ComplexSystem.__call__ takes {list(_CALL_KEYWORDS)}")
 
 LEARNING_RATE = 2e-3
 
@@ -56,16 +76,17 @@ class SobelNCA(ComplexSystem):
             zeros_init=True,
             rngs=rngs,
         )
-        kernel = jnp.concatenate([identity_kernel(ndim=2), grad_kernel(ndim=2)], axis=-1)
+        dims = {"num_dims": 2} if CAX_04 else {"ndim": 2}
+        kernel = jnp.concatenate([identity_kernel(**dims), grad_kernel(**dims)], axis=-1)
         kernel = jnp.expand_dims(jnp.concatenate([kernel] * channel_size, axis=-1), axis=-2)
         self.perceive.conv.kernel = nnx.Param(kernel)
-        self.remat = remat
+        self.remat = remat  # CAX 0.4's own ComplexSystem.remat; this _step's on 0.3
 
     def _transition(self, state, input=None):
         return self.update(state, self.perceive(state), input)
 
     def _step(self, state, input=None, *, sow: bool = False):
-        if self.remat:
+        if self.remat and not CAX_04:
             next_state = nnx.remat(lambda cs, s: cs._transition(s, input))(self, state)
         else:
             next_state = self._transition(state, input)
@@ -193,11 +214,19 @@ def build(case: Case, seed: int = 0) -> Workload:
 
         @nnx.jit
         def loss_fn(cs, state, key):
-            state_axes = nnx.StateAxes({nnx.RngState: 0, nnx.Intermediate: 0, ...: None})
-            nnx.split_rngs(splits=batch_size)(
-                nnx.vmap(lambda cs, state: cs(state, num_steps=num_steps, sow=True), in_axes=(state_axes, 0))
-            )(cs, state)
-            state = nnx.pop(cs, nnx.Intermediate).state.value[0]
+            if CAX_04:
+                state_axes = nnx.StateAxes({nnx.RngState: 0, ...: None})
+                _, state = nnx.split_rngs(splits=batch_size)(
+                    nnx.vmap(
+                        lambda cs, state: cs(state, num_steps=num_steps, return_states=True), in_axes=(state_axes, 0)
+                    )
+                )(cs, state)
+            else:
+                state_axes = nnx.StateAxes({nnx.RngState: 0, nnx.Intermediate: 0, ...: None})
+                nnx.split_rngs(splits=batch_size)(
+                    nnx.vmap(lambda cs, state: cs(state, num_steps=num_steps, sow=True), in_axes=(state_axes, 0))
+                )(cs, state)
+                state = nnx.pop(cs, nnx.Intermediate).state.value[0]
             idx = jax.random.randint(key, (batch_size,), num_steps // 2, num_steps)
             state = state[jnp.arange(batch_size), idx]
             return mse(state), state

@@ -27,7 +27,7 @@ from nca_lab.update.residual import ResidualUpdate
 LEARNING_RATE = 2e-3
 
 
-def build_model(case: Case, alive_threshold: float | None, seed: int = 0) -> NCA:
+def build_model(case: Case, alive_threshold: float | None, seed: int = 0, kernel: str = "xla") -> NCA:
     """The NCA of ``case``: Sobel or local-attention perceive, residual MLP update."""
     rngs = nnx.Rngs(params=seed)
     if case.perceive == "attention":
@@ -35,7 +35,7 @@ def build_model(case: Case, alive_threshold: float | None, seed: int = 0) -> NCA
     else:
         perceive = SobelPerceive(case.channels)
     update = ResidualUpdate(perceive.out_features, case.channels, hidden_sizes=[case.hidden], rngs=rngs)
-    return NCA(perceive, update, alive_threshold=alive_threshold)
+    return NCA(perceive, update, alive_threshold=alive_threshold, kernel=kernel)
 
 
 def build_task(case: Case):
@@ -47,22 +47,23 @@ def build_task(case: Case):
     )
 
 
-def build(case: Case, seed: int = 0) -> Workload:
-    """The nca_lab workload of ``case``."""
+def build(case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1) -> Workload:
+    """The nca_lab workload of ``case``; ``kernel`` and ``unroll`` as in :class:`~nca_lab.nca.NCA`'s rollout."""
     task = build_task(case)
-    model = build_model(case, task.alive_threshold, seed)
+    model = build_model(case, task.alive_threshold, seed, kernel if case.perceive == "sobel" else "xla")
+    path = ("Pallas fused step" if model.uses_fused_kernel else "XLA") + (f", unroll {unroll}" if unroll > 1 else "")
     key = jax.random.key(seed)
     if case.kind == "rollout":
         batch = task.sample(key, case.batch)
         state = jnp.asarray(batch.state)
         keys = jax.random.split(key, case.batch)
         return Workload(
-            call=lambda i: grow(model, state, keys, case.steps)[0],
-            lower=lambda: grow.lower(model, state, keys, case.steps),
-            note="nca_lab.nca.grow",
+            call=lambda i: grow(model, state, keys, case.steps, unroll=unroll)[0],
+            lower=lambda: grow.lower(model, state, keys, case.steps, unroll=unroll),
+            note=f"nca_lab.nca.grow, {path}",
         )
     optimizer = nnx.Optimizer(model, make_optimizer(LEARNING_RATE, gradient="clip"), wrt=nnx.Param)
-    train_step = make_train_step(task, batch_size=case.batch, rollout_steps=(case.steps, case.steps))
+    train_step = make_train_step(task, batch_size=case.batch, rollout_steps=(case.steps, case.steps), unroll=unroll)
     carry = {"pool": init_pool(task, key, task.pool_size) if task.pool_size else None}
 
     def call(i: int):
@@ -73,5 +74,5 @@ def build(case: Case, seed: int = 0) -> Workload:
     return Workload(
         call=call,
         lower=lambda: train_step.lower(model, optimizer, carry["pool"], key),
-        note=f"make_train_step, {vjp}" + (f", pool {task.pool_size}" if task.pool_size else ""),
+        note=f"make_train_step, {path}, {vjp}" + (f", pool {task.pool_size}" if task.pool_size else ""),
     )

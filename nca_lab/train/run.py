@@ -22,7 +22,7 @@ from nca_lab.nca import NCA
 
 
 def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
-    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``)."""
+    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``)."""
     channels = int(cfg.num_channels)
     require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
     rngs = nnx.Rngs(params=int(cfg.seed))
@@ -30,7 +30,7 @@ def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     update = _construct(
         cfg["update"], "update", perception_size=perceive.out_features, num_channels=channels, rngs=rngs
     )
-    return NCA(perceive, update, alive_threshold=alive_threshold)
+    return NCA(perceive, update, alive_threshold=alive_threshold, kernel=str(cfg.kernel))
 
 
 def build(cfg: DictConfig) -> tuple:

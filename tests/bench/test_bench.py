@@ -76,6 +76,7 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
     result = run_cli(*args, *(["--peer", *peers] if peers else []), module="nca_lab.bench")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| growing | 8x72x72 | nca_lab | 1 | 1 |" in result.stdout
+    assert "make_train_step, XLA, manual VJP, pool 1024" in result.stdout  # how nca_lab ran
     records = json.loads(out.read_text())
     assert [r["impl"] for r in records] == ["nca_lab", *peers]
     for record in records:
@@ -93,3 +94,11 @@ def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch
         bench_main(["--suite", "growing", "--steps", "1", "--peer", "torch"])
     assert exit_info.value.code == 2
     assert "the PyTorch peer needs PyTorch: pip install torch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--unroll", "0"], ["--steps", "0"], ["--kernel", "cuda"]])
+def test_bad_options_are_refused(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--suite", "growing", *flag])
+    assert exit_info.value.code == 2
+    assert flag[0] in capsys.readouterr().err

@@ -1,0 +1,216 @@
+"""One Growing-NCA step (Sobel perceive, one-hidden-layer residual MLP, alive mask) as two Pallas kernels.
+
+On a GPU the plain XLA step runs ~20 small kernels per CA step (the stencil, two matmuls,
+bias and relu, the fire and alive masks: issue 7's H100 profile), each a pass over device
+memory, while the arithmetic of a whole 8 x 72x72 step takes microseconds. Here a step is
+two kernels: the first reads each cell's 3x3 neighbourhood, computes the identity and Sobel
+features, both dense layers, the fire mask and the pre-update alive mask in registers and
+writes the updated cell; the second applies the post-update alive mask (which needs the
+neighbours' new alpha, hence a second pass). Hidden activations never reach device memory.
+
+Layout. A ``(B, H, W, C)`` state is zero-padded by one cell, flattened per sample to
+``(H + 2) * (W + 2)`` cells and given margins of ``W + 3`` cells before and enough after
+(:class:`FlatLayout`), so that every neighbour of a computed cell is ``cell + offset`` for a
+constant ``offset``: a kernel loads each of the 9 neighbour tiles as one contiguous block,
+without masks or gathers. Cells outside the grid are written as zero; the margins are never
+written and never used (their contents are undefined). A rollout converts once at each end.
+
+The fire mask is drawn outside the kernel by the same ``jax.random`` call as the reference
+step (:meth:`~nca_lab.update.residual.ResidualUpdate.fire_mask`), so both paths make the
+same random draws and compute the same function (``tests/perf/test_fused_step.py`` checks
+them against each other in Pallas' interpreter on the CPU).
+
+Measured on an H200 (2026-11-30, ``experiments/bench/h200_2026-11-30``): the kernels agree
+with the XLA path there to ~2e-5 relative (TF32 dots, Pallas' default for float32; IEEE
+float32 dots in Triton were 50x slower). A forward rollout of 256 x 72x72 x 96 steps took
+58.8 ms against XLA's 72.3 ms; at batch 8 (3.9 vs 4.0 ms) and in the growing train step,
+whose backward pass stays in XLA (16.7 vs 16.4 ms), nothing is gained. bf16 dots cut the
+bare kernels' time from 57 to 40 ms. Hence opt-in; a fused backward pass is the next step.
+
+Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
+(``CAModel``); the fusion is the one issue 7's H100 study calls for.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from nca_lab.alive import ALPHA
+from nca_lab.perceive.sobel import sobel_kernels
+
+#: Cells per program; Triton needs power-of-two block shapes.
+BLOCK = 128
+#: Warps per program.
+NUM_WARPS = 4
+#: ``precision`` of the kernels' dots (``None``: Pallas' default for float32 on Triton, TF32).
+DOT_PRECISION = None
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where the cells of an ``H x W`` grid live in the padded, flattened layout."""
+
+    height: int
+    width: int
+    block: int = BLOCK
+
+    @property
+    def row(self) -> int:
+        """Cells per padded row."""
+        return self.width + 2
+
+    @property
+    def margin(self) -> int:
+        """Cells before the padded grid: the furthest neighbour offset."""
+        return self.width + 3
+
+    @property
+    def num_blocks(self) -> int:
+        """Programs per sample: they cover the padded grid."""
+        return pl.cdiv((self.height + 2) * self.row, self.block)
+
+    @property
+    def length(self) -> int:
+        """Flat cells per sample, margins included."""
+        return 2 * self.margin + self.num_blocks * self.block
+
+    def offsets(self) -> list[int]:
+        """Flat offsets of the 3x3 neighbours, row-major as :data:`~nca_lab.perceive.stencil.OFFSETS`."""
+        return [dr * self.row + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+
+    def to_flat(self, x: jnp.ndarray) -> jnp.ndarray:
+        """``(B, H, W, C)`` -> ``(B, length, C)``."""
+        b, h, w, c = x.shape
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, (h + 2) * (w + 2), c)
+        tail = self.length - self.margin - padded.shape[1]
+        return jnp.pad(padded, ((0, 0), (self.margin, tail), (0, 0)))
+
+    def from_flat(self, flat: jnp.ndarray) -> jnp.ndarray:
+        """``(B, length, C)`` -> ``(B, H, W, C)``."""
+        h, w = self.height, self.width
+        grid = flat[:, self.margin : self.margin + (h + 2) * (w + 2)]
+        return grid.reshape(flat.shape[0], h + 2, w + 2, flat.shape[2])[:, 1:-1, 1:-1]
+
+
+def supports(num_channels: int, hidden: int) -> bool:
+    """Whether the kernels take these sizes (Triton's dots want multiples of 16)."""
+    return num_channels % 16 == 0 and hidden % 16 == 0 and num_channels >= 16
+
+
+def _inside(layout: FlatLayout, start) -> jnp.ndarray:
+    """Boolean ``(block,)``: which cells of the block starting at flat ``start`` are in the grid."""
+    padded = start - layout.margin + jax.lax.broadcasted_iota(jnp.int32, (layout.block,), 0)
+    r, c = padded // layout.row, padded % layout.row
+    return (r >= 1) & (r <= layout.height) & (c >= 1) & (c <= layout.width)
+
+
+def _alpha(tile: jnp.ndarray) -> jnp.ndarray:
+    """Channel :data:`ALPHA` of a ``(block, C)`` tile (a masked sum: Triton cannot index a column)."""
+    pick = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 1) == ALPHA
+    return jnp.sum(jnp.where(pick, tile, 0.0), axis=1)
+
+
+def _update_kernel(
+    x_ref,
+    fire_ref,
+    w_id_ref,
+    w_gx_ref,
+    w_gy_ref,
+    b1_ref,
+    w2_ref,
+    b2_ref,
+    out_ref,
+    pre_ref,
+    alpha_ref,
+    *,
+    layout,
+    taps,
+    step_size,
+):
+    """New (not yet alive-masked) cells of one block, their alpha, and the pre-update 3x3 alpha max."""
+    b, j = pl.program_id(0), pl.program_id(1)
+    start = layout.margin + j * layout.block
+    tiles = [x_ref[b, pl.ds(start + off, layout.block), :] for off in layout.offsets()]
+    centre = tiles[4]
+    grad_x = grad_y = None
+    for tile, (kx, ky) in zip(tiles, taps, strict=True):
+        if kx:
+            grad_x = kx * tile if grad_x is None else grad_x + kx * tile
+        if ky:
+            grad_y = ky * tile if grad_y is None else grad_y + ky * tile
+
+    def dot(a, w_ref):
+        return jnp.dot(a, w_ref[...], precision=DOT_PRECISION, preferred_element_type=jnp.float32)
+
+    hidden = dot(centre, w_id_ref) + dot(grad_x, w_gx_ref) + dot(grad_y, w_gy_ref) + b1_ref[...][None, :]
+    delta = (dot(jnp.maximum(hidden, 0.0), w2_ref) + b2_ref[...][None, :]) * step_size
+    fire = fire_ref[b, pl.ds(start, layout.block)]
+    new = jnp.where(_inside(layout, start)[:, None], centre + delta * fire[:, None], 0.0)
+    out_ref[b, pl.ds(start, layout.block), :] = new
+    alpha_ref[b, pl.ds(start, layout.block)] = _alpha(new)
+    pre_ref[b, pl.ds(start, layout.block)] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
+
+
+def _alive_kernel(new_ref, pre_ref, alpha_ref, out_ref, keep_ref, *, layout, threshold):
+    """``new * (alive(before) & alive(after))`` for one block, and that mask; zero outside the grid."""
+    b, j = pl.program_id(0), pl.program_id(1)
+    start = layout.margin + j * layout.block
+    after = functools.reduce(jnp.maximum, [alpha_ref[b, pl.ds(start + off, layout.block)] for off in layout.offsets()])
+    keep = _inside(layout, start) & (pre_ref[b, pl.ds(start, layout.block)] > threshold) & (after > threshold)
+    out_ref[b, pl.ds(start, layout.block), :] = jnp.where(keep[:, None], new_ref[b, pl.ds(start, layout.block), :], 0.0)
+    keep_ref[b, pl.ds(start, layout.block)] = keep.astype(keep_ref.dtype)
+
+
+def fused_step(
+    flat: jnp.ndarray,
+    fire: jnp.ndarray,
+    params: dict,
+    layout: FlatLayout,
+    *,
+    angle: float,
+    step_size: float,
+    alive_threshold: float | None,
+    interpret: bool = False,
+    num_warps: int | None = None,
+) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+    """One CA step in the flat layout (forward only).
+
+    Args:
+        flat: state ``(B, layout.length, C)`` from :meth:`FlatLayout.to_flat`.
+        fire: fire mask ``(B, layout.length)`` in the same layout (0/1 floats).
+        params: ``w1 (3C, hidden)`` rows ordered ``channel * 3 + filter``, ``b1 (hidden,)``,
+            ``w2 (hidden, C)``, ``b2 (C,)``.
+        layout: the grid's :class:`FlatLayout`.
+        angle: rotation of the Sobel pair (:func:`~nca_lab.perceive.sobel.sobel_kernels`).
+        step_size: scale of the MLP's output.
+        alive_threshold: alive-mask threshold (>= 0: the zero padding then never counts as
+            alive, as the reference's ``-inf`` padding), or ``None`` for no masking.
+        interpret: run Pallas' interpreter (CPU) instead of compiling a GPU kernel.
+        num_warps: warps per program (default :data:`NUM_WARPS`).
+
+    Returns:
+        ``(next_state, alive)``: the next state ``(B, layout.length, C)`` and the alive mask
+        ``(B, layout.length)`` that was applied (``None`` without masking).
+    """
+    batch, length, _ = flat.shape
+    _, grad_x, grad_y = sobel_kernels(angle)
+    taps = [(float(grad_x[dr + 1][dc + 1]), float(grad_y[dr + 1][dc + 1])) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    w1 = params["w1"]
+    compiler = None if interpret else plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS)
+    call = functools.partial(
+        pl.pallas_call, grid=(batch, layout.num_blocks), interpret=interpret, compiler_params=compiler
+    )
+    state_shape = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
+    flag_shape = jax.ShapeDtypeStruct((batch, length), flat.dtype)
+    new, pre, alpha = call(
+        functools.partial(_update_kernel, layout=layout, taps=taps, step_size=float(step_size)),
+        out_shape=(state_shape, flag_shape, flag_shape),
+    )(flat, fire, w1[0::3], w1[1::3], w1[2::3], params["b1"], params["w2"], params["b2"])
+    if alive_threshold is None:
+        return new, None
+    kernel = functools.partial(_alive_kernel, layout=layout, threshold=float(alive_threshold))
+    return call(kernel, out_shape=(state_shape, flag_shape))(new, pre, alpha)

@@ -1,0 +1,129 @@
+"""The fused Pallas step equals the XLA path: ``NCA(kernel="pallas")`` against ``kernel="xla"``
+with the same weights and the same random draws, run here by Pallas' interpreter (the GPU
+compiles the same kernels; experiments/gpu/fused_check.py compares them there). States,
+frames and gradients must agree to float32 rounding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nca_lab.errors import ConfigError
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, fused_step
+from nca_lab.nca import NCA
+from nca_lab.perceive.learned import LearnedPerceive
+from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.step_vjp import residual_step
+from nca_lab.update.residual import ResidualUpdate
+
+C, HIDDEN = 16, 16
+
+
+def update(hidden=(HIDDEN,), channels=C):
+    return ResidualUpdate(3 * channels, channels, hidden_sizes=hidden, step_size=0.7, zero_init=False, rngs=nnx.Rngs(1))
+
+
+def state(batch=2, height=7, width=9):
+    """Random cells, about half of them dead (alpha below the threshold) so both masks matter."""
+    x = jax.random.uniform(jax.random.key(0), (batch, height, width, C))
+    return x * (jax.random.uniform(jax.random.key(1), (batch, height, width, 1)) > 0.5)
+
+
+def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_flat_layout_round_trip_and_neighbour_offsets():
+    layout = FlatLayout(5, 6, block=8)
+    x = jax.random.normal(jax.random.key(2), (3, 5, 6, 2))
+    flat = layout.to_flat(x)
+    assert flat.shape == (3, layout.length, 2) and layout.num_blocks * layout.block >= 7 * 8
+    np.testing.assert_array_equal(layout.from_flat(flat), x)
+    centre = layout.margin + 2 * layout.row + 3  # padded (2, 3) = grid cell (1, 2)
+    for (dr, dc), offset in zip([(r, c) for r in (-1, 0, 1) for c in (-1, 0, 1)], layout.offsets(), strict=True):
+        np.testing.assert_array_equal(flat[:, centre + offset], x[:, 1 + dr, 2 + dc])
+
+
+@pytest.mark.parametrize("alive_threshold", [0.1, None], ids=["alive", "no_alive"])
+def test_one_step_equals_the_xla_step(alive_threshold):
+    perceive, upd, x = SobelPerceive(C, angle=0.4), update(), state()
+    fire = (jax.random.uniform(jax.random.key(3), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32)
+    want = residual_step(perceive, upd, alive_threshold, x, fire)
+    layout = FlatLayout(7, 9, block=16)
+    weights = {"w1": upd.hidden[0].kernel[...], "b1": upd.hidden[0].bias[...]}
+    weights |= {"w2": upd.out.kernel[...], "b2": upd.out.bias[...]}
+    out, alive = fused_step(
+        layout.to_flat(x),
+        layout.to_flat(fire)[..., 0],
+        weights,
+        layout,
+        angle=0.4,
+        step_size=0.7,
+        alive_threshold=alive_threshold,
+        interpret=True,
+    )
+    close(layout.from_flat(out), want)
+    assert (alive is None) == (alive_threshold is None)
+    assert float(jnp.abs(want - x).max()) > 0.01  # the step changed the state
+    if alive_threshold is not None:
+        assert bool((want == 0).all(axis=-1).any())  # and some cells died
+
+
+@nnx.jit(static_argnames=("steps",))
+def value_and_grads(model, x, keys, steps, active):
+    def loss(model, x):
+        final, _ = model.rollout(x, keys, steps, active_steps=active)
+        return jnp.mean(jnp.square(final[..., :4] - 0.3)) + 0.1 * jnp.mean(final[..., 4:] ** 2), final
+
+    (value, final), (grads, x_grad) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(model, x)
+    return value, final, nnx.state(grads, nnx.Param), x_grad
+
+
+def test_rollout_and_gradients_equal_the_xla_path():
+    perceive, upd = SobelPerceive(C), update()
+    fused = NCA(perceive, upd, kernel="pallas")
+    reference = NCA(perceive, upd, kernel="xla")
+    assert fused.uses_fused_kernel and not reference.uses_fused_kernel
+    x, keys = state(), jax.random.split(jax.random.key(4), 2)
+    v_f, f_f, g_f, x_f = value_and_grads(fused, x, keys, 4, jnp.int32(3))
+    v_r, f_r, g_r, x_r = value_and_grads(reference, x, keys, 4, jnp.int32(3))
+    close(f_f, f_r)
+    np.testing.assert_allclose(v_f, v_r, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_r), strict=True):
+        assert float(jnp.abs(b).max()) > 0
+        close(a, b)
+    close(x_f, x_r)
+
+
+def test_frames_without_alive_mask_equal_the_xla_path():
+    perceive, upd = SobelPerceive(C), update()
+    x, keys = state(batch=1), jax.random.split(jax.random.key(5), 1)
+    frames = {
+        kernel: NCA(perceive, upd, alive_threshold=None, kernel=kernel).rollout(x, keys, 4, frame_every=2)
+        for kernel in ("pallas", "xla")
+    }
+    assert frames["pallas"][1].shape == (3, 1, 7, 9, C)
+    close(frames["pallas"][0], frames["xla"][0])
+    close(frames["pallas"][1], frames["xla"][1])
+
+
+@pytest.mark.parametrize(
+    ("perceive", "upd", "threshold"),
+    [
+        (lambda: LearnedPerceive(C, rngs=nnx.Rngs(0)), lambda: update(), 0.1),
+        (lambda: SobelPerceive(C), lambda: update(hidden=(16, 16)), 0.1),
+        (lambda: SobelPerceive(12), lambda: update(channels=12), 0.1),
+        (lambda: SobelPerceive(C), lambda: update(hidden=(24,)), 0.1),
+        (lambda: SobelPerceive(C), lambda: update(), -0.5),
+    ],
+    ids=["learned", "two_hidden", "channels_12", "hidden_24", "negative_threshold"],
+)
+def test_pallas_refuses_what_the_kernels_do_not_compute(perceive, upd, threshold):
+    with pytest.raises(ConfigError, match="kernel=pallas needs"):
+        NCA(perceive(), upd(), alive_threshold=threshold, kernel="pallas")
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ConfigError, match="kernel must be xla or pallas"):
+        NCA(SobelPerceive(C), update(), kernel="cuda")
