@@ -48,8 +48,10 @@ class NCA(nnx.Module):
             kernel: how a rollout runs each step: ``"xla"`` (the default, every device) or
                 ``"pallas"``: the fused GPU kernels of :mod:`nca_lab.kernels.sobel_mlp_step` for a
                 Sobel perceive with a one-hidden-layer residual update (interpreted, hence
-                slow, off a GPU). Same function, same random draws; on an H200 not yet faster
-                than XLA (``experiments/bench``), so opt-in.
+                slow, off a GPU), differentiated by the rematerialising backward pass of
+                :mod:`nca_lab.step_vjp` whatever ``manual_vjp`` says. Same function, same
+                random draws; on an H200 faster than XLA only for large forward rollouts
+                (1.23x at 256 x 72x72, ``experiments/bench``), so opt-in.
         """
         require(kernel in ("xla", "pallas"), f"kernel must be xla or pallas, got {kernel!r}")
         require(
@@ -130,9 +132,9 @@ class NCA(nnx.Module):
         step_keys = jnp.swapaxes(step_keys, 0, 1).reshape(num_steps, *batch_shape)
 
         step = jax.checkpoint(self.step) if remat and not self.uses_manual_vjp else self.step
-        to_grid = None
+        start, to_grid = state, lambda x: x
         if self.uses_fused_kernel:
-            state, step, to_grid = self._flat_rollout_parts(state)
+            start, step, to_grid = self._flat_rollout_parts(state)
 
         def body(carry, step_key):
             x, i = carry
@@ -145,21 +147,19 @@ class NCA(nnx.Module):
         def run(carry, keys):
             return jax.lax.scan(body, carry, keys, unroll=min(unroll, keys.shape[0]))[0]
 
-        carry = (state, jnp.zeros((), jnp.int32))
+        carry = (start, jnp.zeros((), jnp.int32))
         if frame_every <= 0:
-            final = run(carry, step_keys)[0]
-            return (final if to_grid is None else to_grid(final)), None
+            return to_grid(run(carry, step_keys)[0]), None
         if num_steps % frame_every:
             raise ValueError(f"num_steps={num_steps} is not a multiple of frame_every={frame_every}")
         chunks = step_keys.reshape(num_steps // frame_every, frame_every, *batch_shape)
 
         def chunk(carry, keys):
             carry = run(carry, keys)
-            return carry, carry[0] if to_grid is None else to_grid(carry[0])
+            return carry, to_grid(carry[0])
 
         (final, _), frames = jax.lax.scan(chunk, carry, chunks)
-        first = state if to_grid is None else to_grid(state)
-        return (final if to_grid is None else to_grid(final)), jnp.concatenate([first[None], frames])
+        return to_grid(final), jnp.concatenate([state[None], frames])
 
     def _flat_rollout_parts(self, state: jnp.ndarray):
         """``(flat_state, flat_step, to_grid)`` for a rollout in the fused kernels' flat layout."""

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from nca_lab.alive import ALPHA
 from nca_lab.perceive.sobel import sobel_kernels
@@ -200,7 +199,11 @@ def fused_step(
     _, grad_x, grad_y = sobel_kernels(angle)
     taps = [(float(grad_x[dr + 1][dc + 1]), float(grad_y[dr + 1][dc + 1])) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
     w1 = params["w1"]
-    compiler = None if interpret else plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS)
+    compiler = None
+    if not interpret:  # the Triton backend is imported only where it compiles
+        from jax.experimental.pallas import triton as plgpu
+
+        compiler = plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS)
     call = functools.partial(
         pl.pallas_call, grid=(batch, layout.num_blocks), interpret=interpret, compiler_params=compiler
     )
