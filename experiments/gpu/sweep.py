@@ -38,7 +38,7 @@ def report(label, result):
 def cases():
     growing = SUITES["growing"][0]
     rollout8, rollout256 = SUITES["rollout"]
-    return [(growing, (1,)), (rollout8, (1,)), (rollout256, (1,))]
+    return [growing, rollout8, rollout256]
 
 
 def bare_kernels(batch=256, grid=72, steps=96):
@@ -54,16 +54,23 @@ def bare_kernels(batch=256, grid=72, steps=96):
     variants = [(128, 4, None), (256, 8, None), (128, 4, jax.lax.Precision.HIGHEST)]
     variants.append((128, 4, jax.lax.DotAlgorithmPreset.BF16_BF16_F32))
     for block, warps, precision in variants:
-        sobel_mlp_step.DOT_PRECISION = precision
         layout = sobel_mlp_step.FlatLayout(grid, grid, block=block)
         flat = layout.to_flat(x)
         fire = jnp.ones(flat.shape[:2], flat.dtype)
 
         @jax.jit
-        def run(flat, layout=layout, fire=fire, warps=warps):
+        def run(flat, layout=layout, fire=fire, warps=warps, precision=precision):
             def body(f, _):
                 out = sobel_mlp_step.fused_step(
-                    f, fire, weights, layout, angle=0.0, step_size=1.0, alive_threshold=0.1, num_warps=warps
+                    f,
+                    fire,
+                    weights,
+                    layout,
+                    angle=0.0,
+                    step_size=1.0,
+                    alive_threshold=0.1,
+                    num_warps=warps,
+                    precision=precision,
                 )
                 return out[0], None
 
@@ -71,15 +78,13 @@ def bare_kernels(batch=256, grid=72, steps=96):
 
         label = f"bare kernels {batch}x{grid}x{grid} x{steps}, block {block}, warps {warps}, {precision}"
         report(label, timed(lambda i, flat=flat: run(flat)))
-    sobel_mlp_step.DOT_PRECISION = None
 
 
 if __name__ == "__main__":
     print(jax.devices(), flush=True)
-    for case, unrolls in cases():
+    for case in cases():
         for kernel in ("xla", "pallas"):
-            for unroll in unrolls:
-                work = nca_lab_impl.build(case, kernel=kernel, unroll=unroll)
-                report(f"{case.suite} {case.name} x{case.steps} {kernel} unroll {unroll}", timed(work.call))
-                del work
+            work = nca_lab_impl.build(case, kernel=kernel)
+            report(f"{case.suite} {case.name} x{case.steps} {kernel} unroll 1", timed(work.call))
+            del work
     bare_kernels()

@@ -45,8 +45,6 @@ from nca_lab.perceive.sobel import sobel_kernels
 BLOCK = 128
 #: Warps per program.
 NUM_WARPS = 4
-#: ``precision`` of the kernels' dots (``None``: Pallas' default for float32 on Triton, TF32).
-DOT_PRECISION = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +127,7 @@ def _update_kernel(
     layout,
     taps,
     step_size,
+    precision,
 ):
     """New (not yet alive-masked) cells of one block, their alpha, and the pre-update 3x3 alpha max."""
     b, j = pl.program_id(0), pl.program_id(1)
@@ -143,7 +142,7 @@ def _update_kernel(
             grad_y = ky * tile if grad_y is None else grad_y + ky * tile
 
     def dot(a, w_ref):
-        return jnp.dot(a, w_ref[...], precision=DOT_PRECISION, preferred_element_type=jnp.float32)
+        return jnp.dot(a, w_ref[...], precision=precision, preferred_element_type=jnp.float32)
 
     hidden = dot(centre, w_id_ref) + dot(grad_x, w_gx_ref) + dot(grad_y, w_gy_ref) + b1_ref[...][None, :]
     delta = (dot(jnp.maximum(hidden, 0.0), w2_ref) + b2_ref[...][None, :]) * step_size
@@ -175,6 +174,7 @@ def fused_step(
     alive_threshold: float | None,
     interpret: bool = False,
     num_warps: int | None = None,
+    precision=None,
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """One CA step in the flat layout (forward only).
 
@@ -190,6 +190,7 @@ def fused_step(
             alive, as the reference's ``-inf`` padding), or ``None`` for no masking.
         interpret: run Pallas' interpreter (CPU) instead of compiling a GPU kernel.
         num_warps: warps per program (default :data:`NUM_WARPS`).
+        precision: ``precision`` of the dots (``None``: Pallas' default for float32 on Triton, TF32).
 
     Returns:
         ``(next_state, alive)``: the next state ``(B, layout.length, C)`` and the alive mask
@@ -210,7 +211,7 @@ def fused_step(
     state_shape = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
     flag_shape = jax.ShapeDtypeStruct((batch, length), flat.dtype)
     new, pre, alpha = call(
-        functools.partial(_update_kernel, layout=layout, taps=taps, step_size=float(step_size)),
+        functools.partial(_update_kernel, layout=layout, taps=taps, step_size=float(step_size), precision=precision),
         out_shape=(state_shape, flag_shape, flag_shape),
     )(flat, fire, w1[0::3], w1[1::3], w1[2::3], params["b1"], params["w2"], params["b2"])
     if alive_threshold is None:
