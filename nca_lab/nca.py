@@ -46,12 +46,12 @@ class NCA(nnx.Module):
                 autodiff, the reference path. Only a :class:`ResidualUpdate` has one; other
                 updates always use autodiff.
             kernel: how a rollout runs each step: ``"xla"`` (the default, every device) or
-                ``"pallas"``: the fused GPU kernels of :mod:`nca_lab.kernels.sobel_mlp_step` for a
-                Sobel perceive with a one-hidden-layer residual update (interpreted, hence
-                slow, off a GPU), differentiated by the rematerialising backward pass of
-                :mod:`nca_lab.step_vjp` whatever ``manual_vjp`` says. Same function, same
-                random draws; on an H200 faster than XLA only for large forward rollouts
-                (1.23x at 256 x 72x72, ``experiments/bench``), so opt-in.
+                ``"pallas"``: the fused GPU kernels of :mod:`nca_lab.kernels` for a Sobel
+                perceive with a one-hidden-layer residual update (interpreted, hence slow,
+                off a GPU), forward and rematerialising backward, whatever ``manual_vjp``
+                says. Same function, same random draws; on an H200 the forward kernels beat
+                XLA only for large rollouts (1.23x at 256 x 72x72, ``experiments/bench``),
+                and the fused backward has not yet been timed on a GPU, so opt-in.
         """
         require(kernel in ("xla", "pallas"), f"kernel must be xla or pallas, got {kernel!r}")
         require(

@@ -86,9 +86,6 @@ def residual_step(
 def step_backward(perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out):
     """The backward pass of one residual step, recomputing perception and hidden activations.
 
-    Shared by :func:`residual_step` and the fused GPU step
-    (:mod:`nca_lab.kernels.sobel_mlp_step`), whose forward pass saves the same residuals.
-
     Args:
         perceive_fn: ``perceive_fn(perceive_params, x) -> perception``.
         update_graph, update_rest: the ``nnx.split`` of the :class:`ResidualUpdate` but its params.

@@ -1,18 +1,19 @@
-"""The differentiable fused step: Pallas kernels forward, the rematerialising backward of :mod:`nca_lab.step_vjp`.
+"""The differentiable fused step: Pallas kernels forward and backward.
 
 The forward pass is :func:`~nca_lab.kernels.sobel_mlp_step.fused_step` in the flat layout
-and saves what the XLA path's custom VJP saves (input state, fire mask, alive mask); the
-backward pass converts those to the grid layout and runs the very same
-:func:`~nca_lab.step_vjp.step_backward`, so both paths give the same gradients.
+and saves what the XLA path's custom VJP (:mod:`nca_lab.step_vjp`) saves: input state, fire
+mask, alive mask. The backward pass,
+:func:`~nca_lab.kernels.sobel_mlp_backward.fused_step_backward`, recomputes the step from
+those, as the XLA path's does, and gives its gradients (``tests/perf/test_fused_step.py``).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nca_lab.kernels.sobel_mlp_backward import fused_step_backward
 from nca_lab.kernels.sobel_mlp_step import FlatLayout, fused_step, supports
 from nca_lab.perceive.sobel import SobelPerceive
-from nca_lab.step_vjp import step_backward
 from nca_lab.update.residual import ResidualUpdate
 
 
@@ -27,6 +28,12 @@ def can_fuse(perceive, update, alive_threshold: float | None) -> bool:
     )
 
 
+def _weights(update: ResidualUpdate) -> dict:
+    """The kernels' ``w1, b1, w2, b2`` of a one-hidden-layer update."""
+    hidden, out = update.hidden[0], update.out
+    return {"w1": hidden.kernel[...], "b1": hidden.bias[...], "w2": out.kernel[...], "b2": out.bias[...]}
+
+
 def fused_residual_step(
     perceive: SobelPerceive,
     update: ResidualUpdate,
@@ -37,51 +44,34 @@ def fused_residual_step(
     *,
     interpret: bool = False,
 ) -> jnp.ndarray:
-    """``NCA.step`` in the flat layout for a given fire mask ``(B, layout.length)``; differentiable."""
-    perceive_graph, perceive_params, perceive_rest = nnx.split(perceive, nnx.Param, ...)
-    update_graph, update_params, update_rest = nnx.split(update, nnx.Param, ...)
+    """``NCA.step`` in the flat layout for a given fire mask ``(B, layout.length)``; differentiable.
 
-    def perceive_fn(params, x):
-        return nnx.merge(perceive_graph, params, perceive_rest)(x)
+    The Sobel perceive has no parameters, so gradients flow to the update and the state only.
+    """
+    update_graph, update_params, update_rest = nnx.split(update, nnx.Param, ...)
+    kernel_args = {"angle": perceive.angle, "step_size": update.step_size, "interpret": interpret}
+
+    def merged(update_params) -> ResidualUpdate:
+        return nnx.merge(update_graph, update_params, update_rest)
 
     def forward(update_params, flat, fire):
-        update = nnx.merge(update_graph, update_params, update_rest)
-        hidden, out = update.hidden[0], update.out
-        weights = {"w1": hidden.kernel[...], "b1": hidden.bias[...], "w2": out.kernel[...], "b2": out.bias[...]}
-        return fused_step(
-            flat,
-            fire,
-            weights,
-            layout,
-            angle=perceive.angle,
-            step_size=update.step_size,
-            alive_threshold=alive_threshold,
-            interpret=interpret,
-        )
+        weights = _weights(merged(update_params))
+        return fused_step(flat, fire, weights, layout, alive_threshold=alive_threshold, **kernel_args)
 
     @jax.custom_vjp
-    def step(perceive_params, update_params, flat, fire):
+    def step(update_params, flat, fire):
         return forward(update_params, flat, fire)[0]
 
-    def step_fwd(perceive_params, update_params, flat, fire):
+    def step_fwd(update_params, flat, fire):
         out, alive = forward(update_params, flat, fire)
-        return out, (perceive_params, update_params, flat, fire, alive)
+        return out, (update_params, flat, fire, alive)
 
     def step_bwd(residuals, grad_out):
-        perceive_params, update_params, flat, fire, alive = residuals
-        grid = layout.from_flat
-        perceive_grads, update_grads, grad_x = step_backward(
-            perceive_fn,
-            update_graph,
-            update_rest,
-            perceive_params,
-            update_params,
-            grid(flat),
-            grid(fire[..., None]),
-            None if alive is None else grid(alive[..., None]) > 0,
-            grid(grad_out),
-        )
-        return perceive_grads, update_grads, layout.to_flat(grad_x), jnp.zeros_like(fire)
+        update_params, flat, fire, alive = residuals
+        update = merged(update_params)
+        grads, grad_flat = fused_step_backward(flat, fire, alive, grad_out, _weights(update), layout, **kernel_args)
+        update_grads = update.param_grads([(grads["w1"], grads["b1"]), (grads["w2"], grads["b2"])])
+        return update_grads, grad_flat, jnp.zeros_like(fire)
 
     step.defvjp(step_fwd, step_bwd)
-    return step(perceive_params, update_params, flat, fire)
+    return step(update_params, flat, fire)

@@ -24,8 +24,9 @@ Measured on an H200 (2026-11-30, ``experiments/bench/h200_2026-11-30``): the ker
 with the XLA path there to ~2e-5 relative (TF32 dots, Pallas' default for float32; IEEE
 float32 dots in Triton were 50x slower). A forward rollout of 256 x 72x72 x 96 steps took
 58.8 ms against XLA's 72.3 ms; at batch 8 (3.9 vs 4.0 ms) and in the growing train step,
-whose backward pass stays in XLA (16.7 vs 16.4 ms), nothing is gained. bf16 dots cut the
-bare kernels' time from 57 to 40 ms. Hence opt-in; a fused backward pass is the next step.
+whose backward pass was then XLA's (16.7 vs 16.4 ms), nothing is gained. bf16 dots cut the
+bare kernels' time from 57 to 40 ms. Hence opt-in. The backward pass has since been fused
+too (:mod:`nca_lab.kernels.sobel_mlp_backward`); it has not yet run on a GPU.
 
 Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
 (``CAModel``); the fusion is the one issue 7's H100 study calls for.
@@ -98,7 +99,7 @@ def supports(num_channels: int, hidden: int) -> bool:
     return num_channels % 16 == 0 and hidden % 16 == 0 and num_channels >= 16
 
 
-def _inside(layout: FlatLayout, start) -> jnp.ndarray:
+def inside_grid(layout: FlatLayout, start) -> jnp.ndarray:
     """Boolean ``(block,)``: which cells of the block starting at flat ``start`` are in the grid."""
     padded = start - layout.margin + jax.lax.broadcasted_iota(jnp.int32, (layout.block,), 0)
     r, c = padded // layout.row, padded % layout.row
@@ -109,6 +110,38 @@ def _alpha(tile: jnp.ndarray) -> jnp.ndarray:
     """Channel :data:`ALPHA` of a ``(block, C)`` tile (a masked sum: Triton cannot index a column)."""
     pick = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 1) == ALPHA
     return jnp.sum(jnp.where(pick, tile, 0.0), axis=1)
+
+
+def sobel_taps(angle: float) -> list[tuple[float, float]]:
+    """``(grad_x, grad_y)`` weights of the 9 neighbours, in :meth:`FlatLayout.offsets` order."""
+    _, grad_x, grad_y = sobel_kernels(angle)
+    return [(float(grad_x[dr + 1][dc + 1]), float(grad_y[dr + 1][dc + 1])) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+
+
+def perception(tiles: list, taps: list[tuple[float, float]]) -> tuple:
+    """``(identity, grad_x, grad_y)`` features of a block from its 9 neighbour tiles (zero taps skipped)."""
+    grad_x = grad_y = None
+    for tile, (kx, ky) in zip(tiles, taps, strict=True):
+        if kx:
+            grad_x = kx * tile if grad_x is None else grad_x + kx * tile
+        if ky:
+            grad_y = ky * tile if grad_y is None else grad_y + ky * tile
+    return tiles[4], grad_x, grad_y
+
+
+def split_w1(w1: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The first layer's rows for the identity, grad_x and grad_y features (rows are ``channel * 3 + filter``)."""
+    return w1[0::3], w1[1::3], w1[2::3]
+
+
+def pallas_call(grid: tuple[int, ...], *, interpret: bool, num_warps: int | None):
+    """``pl.pallas_call`` over ``grid``, compiled by Triton with ``num_warps`` (default :data:`NUM_WARPS`)."""
+    compiler = None
+    if not interpret:  # the Triton backend is imported only where it compiles
+        from jax.experimental.pallas import triton as plgpu
+
+        compiler = plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS)
+    return functools.partial(pl.pallas_call, grid=grid, interpret=interpret, compiler_params=compiler)
 
 
 def _update_kernel(
@@ -133,13 +166,7 @@ def _update_kernel(
     b, j = pl.program_id(0), pl.program_id(1)
     start = layout.margin + j * layout.block
     tiles = [x_ref[b, pl.ds(start + off, layout.block), :] for off in layout.offsets()]
-    centre = tiles[4]
-    grad_x = grad_y = None
-    for tile, (kx, ky) in zip(tiles, taps, strict=True):
-        if kx:
-            grad_x = kx * tile if grad_x is None else grad_x + kx * tile
-        if ky:
-            grad_y = ky * tile if grad_y is None else grad_y + ky * tile
+    centre, grad_x, grad_y = perception(tiles, taps)
 
     def dot(a, w_ref):
         return jnp.dot(a, w_ref[...], precision=precision, preferred_element_type=jnp.float32)
@@ -147,7 +174,7 @@ def _update_kernel(
     hidden = dot(centre, w_id_ref) + dot(grad_x, w_gx_ref) + dot(grad_y, w_gy_ref) + b1_ref[...][None, :]
     delta = (dot(jnp.maximum(hidden, 0.0), w2_ref) + b2_ref[...][None, :]) * step_size
     fire = fire_ref[b, pl.ds(start, layout.block)]
-    new = jnp.where(_inside(layout, start)[:, None], centre + delta * fire[:, None], 0.0)
+    new = jnp.where(inside_grid(layout, start)[:, None], centre + delta * fire[:, None], 0.0)
     out_ref[b, pl.ds(start, layout.block), :] = new
     alpha_ref[b, pl.ds(start, layout.block)] = _alpha(new)
     pre_ref[b, pl.ds(start, layout.block)] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
@@ -158,7 +185,7 @@ def _alive_kernel(new_ref, pre_ref, alpha_ref, out_ref, keep_ref, *, layout, thr
     b, j = pl.program_id(0), pl.program_id(1)
     start = layout.margin + j * layout.block
     after = functools.reduce(jnp.maximum, [alpha_ref[b, pl.ds(start + off, layout.block)] for off in layout.offsets()])
-    keep = _inside(layout, start) & (pre_ref[b, pl.ds(start, layout.block)] > threshold) & (after > threshold)
+    keep = inside_grid(layout, start) & (pre_ref[b, pl.ds(start, layout.block)] > threshold) & (after > threshold)
     out_ref[b, pl.ds(start, layout.block), :] = jnp.where(keep[:, None], new_ref[b, pl.ds(start, layout.block), :], 0.0)
     keep_ref[b, pl.ds(start, layout.block)] = keep.astype(keep_ref.dtype)
 
@@ -197,23 +224,14 @@ def fused_step(
         ``(B, layout.length)`` that was applied (``None`` without masking).
     """
     batch, length, _ = flat.shape
-    _, grad_x, grad_y = sobel_kernels(angle)
-    taps = [(float(grad_x[dr + 1][dc + 1]), float(grad_y[dr + 1][dc + 1])) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
-    w1 = params["w1"]
-    compiler = None
-    if not interpret:  # the Triton backend is imported only where it compiles
-        from jax.experimental.pallas import triton as plgpu
-
-        compiler = plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS)
-    call = functools.partial(
-        pl.pallas_call, grid=(batch, layout.num_blocks), interpret=interpret, compiler_params=compiler
-    )
+    taps = sobel_taps(angle)
+    call = pallas_call((batch, layout.num_blocks), interpret=interpret, num_warps=num_warps)
     state_shape = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
     flag_shape = jax.ShapeDtypeStruct((batch, length), flat.dtype)
     new, pre, alpha = call(
         functools.partial(_update_kernel, layout=layout, taps=taps, step_size=float(step_size), precision=precision),
         out_shape=(state_shape, flag_shape, flag_shape),
-    )(flat, fire, w1[0::3], w1[1::3], w1[2::3], params["b1"], params["w2"], params["b2"])
+    )(flat, fire, *split_w1(params["w1"]), params["b1"], params["w2"], params["b2"])
     if alive_threshold is None:
         return new, None
     kernel = functools.partial(_alive_kernel, layout=layout, threshold=float(alive_threshold))

@@ -113,9 +113,13 @@ class ResidualUpdate(nnx.Module):
             grad = grad @ layer.kernel[...].T
             if index > 0:  # through the relu that produced x (relu' = 0 at 0, as jax.nn.relu)
                 grad = jnp.where(x > 0, grad, 0.0)
+        return self.param_grads(grads[::-1]), grad
+
+    def param_grads(self, layer_grads: Sequence[tuple[jnp.ndarray, jnp.ndarray]]) -> nnx.State:
+        """``(kernel_grad, bias_grad)`` per layer, first to last, as a state shaped like the parameters."""
         graph, params, rest = nnx.split(self, nnx.Param, ...)
         zeros = nnx.merge(graph, jax.tree.map(jnp.zeros_like, params), rest)
-        for layer, (kernel_grad, bias_grad) in zip(reversed([*zeros.hidden, zeros.out]), grads, strict=True):
+        for layer, (kernel_grad, bias_grad) in zip([*zeros.hidden, zeros.out], layer_grads, strict=True):
             layer.kernel.set_value(kernel_grad)
             layer.bias.set_value(bias_grad)
-        return nnx.state(zeros, nnx.Param), grad
+        return nnx.state(zeros, nnx.Param)

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from nca_lab.errors import ConfigError
+from nca_lab.kernels.fused_residual_step import fused_residual_step
 from nca_lab.kernels.sobel_mlp_step import FlatLayout, fused_step
 from nca_lab.nca import NCA
 from nca_lab.perceive.learned import LearnedPerceive
@@ -68,6 +69,37 @@ def test_one_step_equals_the_xla_step(alive_threshold):
     assert float(jnp.abs(want - x).max()) > 0.01  # the step changed the state
     if alive_threshold is not None:
         assert bool((want == 0).all(axis=-1).any())  # and some cells died
+
+
+@pytest.mark.parametrize("alive_threshold", [0.1, None], ids=["alive", "no_alive"])
+def test_one_step_gradients_equal_the_xla_step(alive_threshold):
+    """Every parameter's and the state's cotangent, rotated Sobel taps (all 8 neighbours weigh in)."""
+    perceive, upd, x = SobelPerceive(C, angle=0.4), update(), state()
+    fire = (jax.random.uniform(jax.random.key(3), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32)
+    grad_out = jax.random.normal(jax.random.key(6), x.shape)
+    layout = FlatLayout(7, 9, block=16)
+
+    def reference(params, x):
+        return residual_step(perceive, nnx.merge(graph, params, rest), alive_threshold, x, fire)
+
+    def fused(params, x):
+        step = fused_residual_step(
+            perceive,
+            nnx.merge(graph, params, rest),
+            alive_threshold,
+            layout,
+            layout.to_flat(x),
+            layout.to_flat(fire)[..., 0],
+            interpret=True,
+        )
+        return layout.from_flat(step)
+
+    graph, params, rest = nnx.split(upd, nnx.Param, ...)
+    want = jax.vjp(reference, params, x)[1](grad_out)
+    got = jax.vjp(fused, params, x)[1](grad_out)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert float(jnp.abs(b).max()) > 0
+        close(a, b)
 
 
 @nnx.jit(static_argnames=("steps",))
