@@ -4,10 +4,13 @@ Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
 (``CAModel.call``): ``x = update(x, perceive(x)) * (alive(x_before) & alive(x_after))``.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nca_lab.active_cells import MIN_CELLS
 from nca_lab.alive import alive_mask
 from nca_lab.errors import require
 from nca_lab.kernels.fused_residual_step import can_fuse, fused_residual_step
@@ -33,6 +36,7 @@ class NCA(nnx.Module):
         alive_threshold: float | None = 0.1,
         manual_vjp: bool = True,
         kernel: str = "xla",
+        compact_cells: bool | str = "auto",
     ):
         """Combine a perceive and an update.
 
@@ -52,8 +56,15 @@ class NCA(nnx.Module):
                 says. Same function, same random draws; on an H200 the forward kernels beat
                 XLA only for large rollouts (1.23x at 256 x 72x72, ``experiments/bench``),
                 and the fused backward has not yet been timed on a GPU, so opt-in.
+            compact_cells: run the update MLP only on the cells whose update can matter
+                (:mod:`nca_lab.active_cells`; same results), on the XLA path with the manual
+                VJP. ``"auto"``: on a CPU, for steps of at least
+                :data:`~nca_lab.active_cells.MIN_CELLS` cells; ``True`` or ``False`` force it.
         """
         require(kernel in ("xla", "pallas"), f"kernel must be xla or pallas, got {kernel!r}")
+        require(
+            compact_cells in ("auto", True, False), f"compact_cells must be auto, true or false, got {compact_cells!r}"
+        )
         require(
             kernel != "pallas" or can_fuse(perceive, update, alive_threshold),
             "kernel=pallas needs the sobel perceive, a residual update with one hidden layer and "
@@ -64,6 +75,7 @@ class NCA(nnx.Module):
         self.alive_threshold = alive_threshold
         self.manual_vjp = bool(manual_vjp)
         self.kernel = kernel
+        self.compact_cells = compact_cells
 
     @property
     def num_channels(self) -> int:
@@ -80,6 +92,12 @@ class NCA(nnx.Module):
         """Whether rollouts step with the fused Pallas kernels (see ``kernel``)."""
         return self.kernel == "pallas"
 
+    def compacts(self, num_cells: int) -> bool:
+        """Whether a step over ``num_cells`` cells runs the MLP on active cells only (``compact_cells``)."""
+        if self.uses_fused_kernel or not self.uses_manual_vjp or self.compact_cells is False:
+            return False
+        return self.compact_cells is True or (jax.default_backend() == "cpu" and num_cells >= MIN_CELLS)
+
     def step(self, state: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """One CA step of ``state (..., H, W, C)``; ``key`` has shape ``state.shape[:-3]``.
 
@@ -88,7 +106,8 @@ class NCA(nnx.Module):
         """
         if self.uses_manual_vjp:
             fire = self.update.fire_mask(key, state.shape[:-1])
-            return residual_step(self.perceive, self.update, self.alive_threshold, state, fire)
+            compact = self.compacts(math.prod(state.shape[:-1]))
+            return residual_step(self.perceive, self.update, self.alive_threshold, state, fire, compact=compact)
         new_state = self.update(state, self.perceive(state), key)
         if self.alive_threshold is None:
             return new_state

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nca_lab.active_cells import near_alive, on_cells
 from nca_lab.alive import alive_mask
 from nca_lab.perceive.base import Perceive
 from nca_lab.update.residual import ResidualUpdate
@@ -37,6 +38,8 @@ def residual_step(
     alive_threshold: float | None,
     state: jnp.ndarray,
     fire: jnp.ndarray,
+    *,
+    compact: bool = False,
 ) -> jnp.ndarray:
     """``NCA.step`` for a given fire mask, differentiated by a rematerialising custom VJP.
 
@@ -46,6 +49,8 @@ def residual_step(
         alive_threshold: alive-mask threshold, or ``None`` for no masking.
         state: ``(..., H, W, C)``.
         fire: the fire mask ``(..., H, W, 1)`` of ``update.fire_mask`` (no gradient flows to it).
+        compact: run the MLP, forward and backward, on the active cells only
+            (:mod:`nca_lab.active_cells`); the same function.
 
     Returns:
         The next state, identical to the autodiff path's.
@@ -58,7 +63,17 @@ def residual_step(
 
     def forward(perceive_params, update_params, x, fire):
         update = nnx.merge(update_graph, update_params, update_rest)
-        new = update.apply(x, perceive_fn(perceive_params, x), fire)
+        perception = perceive_fn(perceive_params, x)
+        if compact:
+            active = fire > 0
+            if alive_threshold is not None:
+                active = active & near_alive(x, alive_threshold)
+            (delta,), _ = on_cells(
+                active.reshape(-1), lambda p: ((update.delta(p),), None), [perception.reshape(-1, perception.shape[-1])]
+            )
+            new = x + delta.reshape(x.shape)
+        else:
+            new = update.apply(x, perception, fire)
         if alive_threshold is None:
             return new, None
         alive = alive_mask(x, alive_threshold) & alive_mask(new, alive_threshold)
@@ -75,7 +90,7 @@ def residual_step(
     def step_bwd(residuals, grad_out):
         perceive_params, update_params, x, fire, alive = residuals
         grads = step_backward(
-            perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out
+            perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out, compact
         )
         return *grads, jnp.zeros_like(fire)
 
@@ -83,7 +98,9 @@ def residual_step(
     return step(perceive_params, update_params, state, fire)
 
 
-def step_backward(perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out):
+def step_backward(
+    perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out, compact=False
+):
     """The backward pass of one residual step, recomputing perception and hidden activations.
 
     Args:
@@ -94,6 +111,7 @@ def step_backward(perceive_fn, update_graph, update_rest, perceive_params, updat
         fire: its fire mask ``(..., H, W, 1)``.
         alive: the boolean alive mask the step applied, ``(..., H, W, 1)``, or ``None``.
         grad_out: cotangent of the step's output.
+        compact: run the MLP's backward pass on the cells that fired and stayed alive only.
 
     Returns:
         ``(perceive_grads, update_grads, grad_x)``.
@@ -101,6 +119,21 @@ def step_backward(perceive_fn, update_graph, update_rest, perceive_params, updat
     perception, perceive_vjp = jax.vjp(perceive_fn, perceive_params, x)
     grad_new = grad_out if alive is None else grad_out * alive.astype(grad_out.dtype)
     update = nnx.merge(update_graph, update_params, update_rest)
-    update_grads, grad_perception = update.delta_vjp(perception, grad_new * fire)
+    if compact:
+        active = fire > 0 if alive is None else (fire > 0) & alive
+        features, channels = perception.shape[-1], x.shape[-1]
+
+        def perception_rows_and_grads(perception_rows, cotangent_rows):
+            param_grads, grad_rows = update.delta_vjp(perception_rows, cotangent_rows)
+            return (grad_rows,), param_grads
+
+        (grad_perception,), update_grads = on_cells(
+            active.reshape(-1),
+            perception_rows_and_grads,
+            [perception.reshape(-1, features), (grad_new * fire).reshape(-1, channels)],
+        )
+        grad_perception = grad_perception.reshape(perception.shape)
+    else:
+        update_grads, grad_perception = update.delta_vjp(perception, grad_new * fire)
     perceive_grads, grad_x = perceive_vjp(grad_perception)
     return perceive_grads, update_grads, grad_new + grad_x

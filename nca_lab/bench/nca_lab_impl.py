@@ -52,6 +52,8 @@ def build(case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1) -> Wo
     task = build_task(case)
     model = build_model(case, task.alive_threshold, seed, kernel if case.perceive == "sobel" else "xla")
     path = ("Pallas fused step" if model.uses_fused_kernel else "XLA") + (f", unroll {unroll}" if unroll > 1 else "")
+    if model.compacts(case.batch * case.grid * case.grid):
+        path += ", active cells"
     key = jax.random.key(seed)
     if case.kind == "rollout":
         batch = task.sample(key, case.batch)

@@ -22,7 +22,7 @@ from nca_lab.nca import NCA
 
 
 def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
-    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``)."""
+    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``, ``compact_cells``)."""
     channels = int(cfg.num_channels)
     require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
     rngs = nnx.Rngs(params=int(cfg.seed))
@@ -30,7 +30,9 @@ def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     update = _construct(
         cfg["update"], "update", perception_size=perceive.out_features, num_channels=channels, rngs=rngs
     )
-    return NCA(perceive, update, alive_threshold=alive_threshold, kernel=str(cfg.kernel))
+    return NCA(
+        perceive, update, alive_threshold=alive_threshold, kernel=str(cfg.kernel), compact_cells=cfg.compact_cells
+    )
 
 
 def build(cfg: DictConfig) -> tuple:

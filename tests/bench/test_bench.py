@@ -76,7 +76,7 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
     result = run_cli(*args, *(["--peer", *peers] if peers else []), module="nca_lab.bench")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| growing | 8x72x72 | nca_lab | 1 | 1 |" in result.stdout
-    assert "make_train_step, XLA, manual VJP, pool 1024" in result.stdout  # how nca_lab ran
+    assert "make_train_step, XLA, active cells, manual VJP, pool 1024" in result.stdout  # how nca_lab ran
     records = json.loads(out.read_text())
     assert [r["impl"] for r in records] == ["nca_lab", *peers]
     for record in records:

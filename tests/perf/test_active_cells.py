@@ -1,0 +1,105 @@
+"""The sparse CPU path equals the dense one: the MLP run on active cells only
+(``NCA(compact_cells=True)``, :mod:`nca_lab.active_cells`) against every cell
+(``compact_cells=False``), same weights and random draws. States, losses and gradients must
+agree to float32 rounding, in every capacity tier."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nca_lab.active_cells import MIN_CELLS, near_alive, on_cells
+from nca_lab.alive import alive_mask
+from nca_lab.errors import ConfigError
+from nca_lab.nca import NCA
+from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.update.residual import ResidualUpdate
+
+C = 8
+
+
+def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.2, 0.5, 0.9, 1.0])
+def test_on_cells_equals_the_dense_function_in_every_tier(density):
+    n, k = 400, 3
+    active = jax.random.uniform(jax.random.key(0), (n,)) < density
+    rows = jax.random.normal(jax.random.key(1), (n, k))
+    weights = jax.random.normal(jax.random.key(2), (k, 5))
+
+    def fn(x):  # a row output, and a sum over rows that vanishes for zero rows
+        return (jnp.tanh(x @ weights),), jnp.sum(x**2, axis=0)
+
+    (out,), total = on_cells(active, fn, [rows])
+    (dense,), _ = fn(rows)
+    np.testing.assert_allclose(out, jnp.where(active[:, None], dense, 0.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(total, jnp.sum(jnp.where(active[:, None], rows, 0.0) ** 2, axis=0), rtol=1e-5)
+
+
+def test_near_alive_is_the_dilated_alive_mask():
+    x = jnp.zeros((1, 9, 9, 4)).at[0, 4, 4, 3].set(1.0)  # one alive cell: alive 3x3, near-alive 5x5
+    assert int(alive_mask(x, 0.1).sum()) == 9
+    near = near_alive(x, 0.1)[0, ..., 0]
+    assert int(near.sum()) == 25 and bool(near[2:7, 2:7].all())
+
+
+def models(alive_threshold=0.1, fire_rate=0.5):
+    perceive = SobelPerceive(C)
+    update = ResidualUpdate(
+        perceive.out_features, C, hidden_sizes=(16,), fire_rate=fire_rate, zero_init=False, rngs=nnx.Rngs(1)
+    )
+    return [NCA(perceive, update, alive_threshold=alive_threshold, compact_cells=flag) for flag in (True, False)]
+
+
+def body(batch=2, grid=16, radius=3):
+    """A square living body of side ``2 * radius`` with random cells; dead cells elsewhere."""
+    x = jax.random.uniform(jax.random.key(3), (batch, grid, grid, C))
+    inside = jnp.abs(jnp.arange(grid) - grid // 2 + 0.5) < radius
+    return x * (inside[:, None] & inside[None, :])[None, :, :, None]
+
+
+@nnx.jit(static_argnames=("steps",))
+def value_and_grads(model, state, keys, steps):
+    def loss(model, state):
+        final, _ = model.rollout(state, keys, steps)
+        return jnp.mean(jnp.square(final[..., :4] - 0.3)) + 0.1 * jnp.mean(final[..., 4:] ** 2), final
+
+    (value, final), (grads, state_grad) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(model, state)
+    return value, final, nnx.state(grads, nnx.Param), state_grad
+
+
+@pytest.mark.parametrize(
+    ("alive_threshold", "radius", "fire_rate"),
+    [(0.1, 3, 0.5), (0.1, 6, 0.5), (None, 8, 0.5), (None, 8, 1.0)],
+    ids=["small_body", "large_body", "no_alive_mask", "all_fire"],
+)
+def test_rollout_and_gradients_equal_the_dense_path(alive_threshold, radius, fire_rate):
+    compact, dense = models(alive_threshold, fire_rate)
+    assert compact.compacts(16) and not dense.compacts(10**6)
+    state, keys = body(radius=radius), jax.random.split(jax.random.key(4), 2)
+    v_c, f_c, g_c, s_c = value_and_grads(compact, state, keys, 6)
+    v_d, f_d, g_d, s_d = value_and_grads(dense, state, keys, 6)
+    close(f_c, f_d)
+    np.testing.assert_allclose(v_c, v_d, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_d), strict=True):
+        assert float(jnp.abs(b).max()) > 0
+        close(a, b)
+    close(s_c, s_d)
+    if alive_threshold is not None:  # the alive mask did zero cells the compact path skipped
+        assert bool((f_d == 0).all(axis=-1).any())
+
+
+def test_auto_is_on_for_large_cpu_steps_only():
+    model = NCA(SobelPerceive(C), ResidualUpdate(3 * C, C, rngs=nnx.Rngs(0)))
+    assert model.compact_cells == "auto" and jax.default_backend() == "cpu"
+    assert model.compacts(MIN_CELLS) and not model.compacts(MIN_CELLS - 1)
+    reference = NCA(SobelPerceive(C), ResidualUpdate(3 * C, C, rngs=nnx.Rngs(0)), manual_vjp=False)
+    assert not reference.compacts(MIN_CELLS)  # autodiff, the reference path, is always dense
+
+
+def test_bad_setting_is_refused():
+    with pytest.raises(ConfigError, match="compact_cells must be auto, true or false"):
+        NCA(SobelPerceive(C), ResidualUpdate(3 * C, C, rngs=nnx.Rngs(0)), compact_cells="sometimes")
