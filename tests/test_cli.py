@@ -66,6 +66,7 @@ BAD_INPUTS = [
     (["task.target=a=b"], "mismatched input"),
     (["trainer.steps=abc"], "invalid literal for int()"),
     (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
+    (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
 ]
 
 
