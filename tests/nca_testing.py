@@ -1,9 +1,15 @@
-"""Test helpers shared by every test file: config composition, tiny overrides, the real CLI."""
+"""Test helpers shared by every test file: config composition, tiny overrides, the real CLI,
+and the comparison of a fast rollout path with its reference."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,3 +46,37 @@ def run_cli(*args: str, module: str = "nca_lab", cwd: Path | None = None, timeou
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@nnx.jit(static_argnames=("steps", "remat", "unroll"))
+def rollout_value_and_grads(model, state, keys, steps, **rollout_kw):
+    """Loss, final state, parameter gradients and initial-state gradient of a rollout."""
+
+    def loss(model, state):
+        final, _ = model.rollout(state, keys, steps, **rollout_kw)
+        return jnp.mean(jnp.square(final[..., :4] - 0.3)) + 0.1 * jnp.mean(final[..., 4:] ** 2), final
+
+    (value, final), (param_grads, state_grad) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(model, state)
+    return value, final, nnx.state(param_grads, nnx.Param), state_grad
+
+
+def assert_rollouts_agree(got, want, *, rtol: float = 1e-5, exact_states: bool = False):
+    """Two :func:`rollout_value_and_grads` results agree: the losses to 1e-6, the final states
+    (bit for bit with ``exact_states``), and every gradient, each non-zero in ``want``, to
+    ``rtol`` (absolute tolerance a tenth of that times the gradient's largest entry)."""
+
+    def close(a, b):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=0.1 * rtol * float(jnp.max(jnp.abs(b))))
+
+    (v_got, f_got, g_got, s_got), (v_want, f_want, g_want, s_want) = got, want
+    if exact_states:
+        np.testing.assert_array_equal(f_got, f_want)
+    else:
+        close(f_got, f_want)
+    np.testing.assert_allclose(v_got, v_want, rtol=1e-6)
+    leaves_got, leaves_want = jax.tree.leaves(g_got), jax.tree.leaves(g_want)
+    assert len(leaves_got) == len(leaves_want) > 0
+    for a, b in zip(leaves_got, leaves_want, strict=True):
+        assert float(jnp.max(jnp.abs(b))) > 0  # every parameter gets a gradient
+        close(a, b)
+    close(s_got, s_want)
