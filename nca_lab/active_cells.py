@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from nca_lab.alive import alive_mask
 from nca_lab.perceive.stencil import neighbours
 
 #: Gather capacities, as fractions of all cells. 9/16 holds a fire rate of 0.5 with no alive
@@ -35,15 +34,14 @@ TIERS: tuple[float, ...] = (1 / 8, 1 / 4, 9 / 16, 1.0)
 MIN_CELLS = 4096
 
 
-def near_alive(state: jnp.ndarray, threshold: float) -> jnp.ndarray:
+def near_alive(alive_before: jnp.ndarray) -> jnp.ndarray:
     """Boolean ``(..., H, W, 1)``: some cell of the 3x3 neighbourhood is alive before the step.
 
-    Elsewhere the alive mask zeroes the cell and its neighbours after the step, whatever the
-    cell's update.
+    ``alive_before`` is :func:`~nca_lab.alive.alive_mask` of the step's input state. Elsewhere
+    the alive mask zeroes the cell and its neighbours after the step, whatever the cell's update.
     """
-    alive = alive_mask(state, threshold).astype(state.dtype)
     dilated = None
-    for _, nb in neighbours(alive):
+    for _, nb in neighbours(alive_before.astype(jnp.float32)):
         dilated = nb if dilated is None else jnp.maximum(dilated, nb)
     return dilated > 0
 

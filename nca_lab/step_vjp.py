@@ -64,10 +64,9 @@ def residual_step(
     def forward(perceive_params, update_params, x, fire):
         update = nnx.merge(update_graph, update_params, update_rest)
         perception = perceive_fn(perceive_params, x)
+        alive_before = None if alive_threshold is None else alive_mask(x, alive_threshold)
         if compact:
-            active = fire > 0
-            if alive_threshold is not None:
-                active = active & near_alive(x, alive_threshold)
+            active = fire > 0 if alive_before is None else (fire > 0) & near_alive(alive_before)
             (delta,), _ = on_cells(
                 active.reshape(-1), lambda p: ((update.delta(p),), None), [perception.reshape(-1, perception.shape[-1])]
             )
@@ -76,7 +75,7 @@ def residual_step(
             new = update.apply(x, perception, fire)
         if alive_threshold is None:
             return new, None
-        alive = alive_mask(x, alive_threshold) & alive_mask(new, alive_threshold)
+        alive = alive_before & alive_mask(new, alive_threshold)
         return new * alive.astype(new.dtype), alive
 
     @jax.custom_vjp

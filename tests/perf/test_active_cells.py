@@ -40,7 +40,7 @@ def test_on_cells_equals_the_dense_function_in_every_tier(density):
 def test_near_alive_is_the_dilated_alive_mask():
     x = jnp.zeros((1, 9, 9, 4)).at[0, 4, 4, 3].set(1.0)  # one alive cell: alive 3x3, near-alive 5x5
     assert int(alive_mask(x, 0.1).sum()) == 9
-    near = near_alive(x, 0.1)[0, ..., 0]
+    near = near_alive(alive_mask(x, 0.1))[0, ..., 0]
     assert int(near.sum()) == 25 and bool(near[2:7, 2:7].all())
 
 
