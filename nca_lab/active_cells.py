@@ -8,15 +8,17 @@ alive mask whatever it computes, and so are those neighbours, so its update chan
 carry a cotangent. On a CPU the MLP's matmuls are most of a train step, and early in
 training, or for a body covering a third of the grid, a fifth of the cells or fewer are active.
 
-:func:`on_cells` gathers the active cells, runs the MLP on them and scatters the results
-back. Shapes must be static under ``jit``, so the gather has a fixed capacity: the smallest
-of a few :data:`TIERS` (fractions of the cells) that holds the active count, chosen at run
-time by ``lax.switch``. The arithmetic per cell is unchanged, so results equal the dense
-step's up to the order of float32 sums over cells (``tests/perf/test_active_cells.py``). On
-a GPU, where the dense step is bound by kernel launches rather than arithmetic, it is off by
-default (``NCA(compact_cells="auto")``). Under ``vmap`` the ``lax.switch`` runs every tier, so
-a caller that vmaps the step over samples should turn it off (nca_lab's own rollouts step
-whole batches).
+:func:`on_cells` gathers the active cells, a chunk of :data:`CHUNK_CELLS` at a time, runs
+the MLP on each chunk and scatters the results back. Shapes must be static under ``jit``, so
+the chunk size is fixed and the number of chunks, the active count rounded up, is a
+``fori_loop``'s run-time trip count: one compiled MLP body, work in proportion to the active
+cells. A chunk's hidden activations fit a core's L2 cache: on a 2-core EPYC this beat
+gathering all active cells into one call (``experiments/bench/README.md``). The
+arithmetic per cell is unchanged, so results equal the dense step's up to the order of
+float32 sums over cells (``tests/perf/test_active_cells.py``). On a GPU, where the dense step
+is bound by kernel launches rather than arithmetic, it is off by default
+(``NCA(compact_cells="auto")``). Under ``vmap`` the loop runs, for every sample, as many chunks
+as the busiest sample needs (nca_lab's own rollouts step whole batches).
 """
 
 from collections.abc import Callable, Sequence
@@ -26,11 +28,11 @@ import jax.numpy as jnp
 
 from nca_lab.perceive.stencil import neighbours
 
-#: Gather capacities, as fractions of all cells. 9/16 holds a fire rate of 0.5 with no alive
-#: mask (the active count is within a few standard deviations of half the cells).
-TIERS: tuple[float, ...] = (1 / 8, 1 / 4, 9 / 16, 1.0)
-#: Below this many cells per step the dense step is used: gathers and the extra compiled
-#: branches would cost more than they save (and tests' tiny grids compile once, not per tier).
+#: Cells per chunk: 1024 rows of 128 hidden floats (512 KiB) stay in a 1 MiB L2 cache. Chunks
+#: of 256 to 1024 cells timed alike on the growing train step; 2048 was 15% slower.
+CHUNK_CELLS = 1024
+#: Below this many cells per step the dense step is used: the gathers and the loop would cost
+#: more than they save.
 MIN_CELLS = 4096
 
 
@@ -46,39 +48,39 @@ def near_alive(alive_before: jnp.ndarray) -> jnp.ndarray:
     return dilated > 0
 
 
-def on_cells(
-    active: jnp.ndarray,
-    fn: Callable,
-    rows: Sequence[jnp.ndarray],
-    *,
-    tiers: Sequence[float] = TIERS,
-):
-    """``fn`` applied to the active rows only.
+def on_cells(active: jnp.ndarray, fn: Callable, rows: Sequence[jnp.ndarray], *, chunk: int = CHUNK_CELLS):
+    """``fn`` applied to the active rows only, ``chunk`` rows at a time.
 
     Args:
         active: boolean ``(N,)``, the cells to compute.
         fn: ``fn(*gathered_rows) -> (row_outputs, reductions)``: ``row_outputs`` a tuple of
             ``(n, d)`` arrays, one row per gathered cell; ``reductions`` any pytree of sums over
-            the rows, which must vanish for all-zero rows (the gather's padding), as gradients
-            with a zero cotangent do.
+            the rows, which must vanish for all-zero rows (the last chunk's padding), as
+            gradients with a zero cotangent do.
         rows: ``(N, k)`` arrays, one row per cell.
-        tiers: gather capacities as fractions of ``N``.
+        chunk: rows per call of ``fn``.
 
     Returns:
         ``(row_outputs, reductions)``: each row output ``(N, d)``, zero at inactive cells.
     """
     n = active.shape[0]
-    capacities = sorted({max(1, min(n, round(t * n))) for t in tiers} | {n})
+    chunk = min(n, chunk)
+    index = jnp.nonzero(active, size=-(-n // chunk) * chunk, fill_value=n)[0]  # padding n: dropped
+    rows = list(rows)
+    out_shapes, sum_shapes = jax.eval_shape(
+        lambda picked: fn(*picked), [jax.ShapeDtypeStruct((chunk, r.shape[-1]), r.dtype) for r in rows]
+    )
 
-    def gathered(capacity: int):
-        def run(rows):
-            index = jnp.nonzero(active, size=capacity, fill_value=n)[0]
-            picked = [jnp.take(r, index, axis=0, mode="fill", fill_value=0) for r in rows]
-            outputs, reductions = fn(*picked)
-            scattered = tuple(jnp.zeros((n, o.shape[-1]), o.dtype).at[index].set(o, mode="drop") for o in outputs)
-            return scattered, reductions
+    def add_chunk(i, carry):
+        outputs, sums = carry
+        cells = jax.lax.dynamic_slice_in_dim(index, i * chunk, chunk)
+        chunk_outputs, chunk_sums = fn(*(jnp.take(r, cells, axis=0, mode="fill", fill_value=0) for r in rows))
+        outputs = tuple(o.at[cells].set(c, mode="drop") for o, c in zip(outputs, chunk_outputs, strict=True))
+        return outputs, jax.tree.map(jnp.add, sums, chunk_sums)
 
-        return run
-
-    tier = jnp.searchsorted(jnp.asarray(capacities), jnp.sum(active))
-    return jax.lax.switch(tier, [gathered(c) for c in capacities], list(rows))
+    zeros = (
+        tuple(jnp.zeros((n, s.shape[-1]), s.dtype) for s in out_shapes),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sum_shapes),
+    )
+    num_chunks = -(-jnp.sum(active, dtype=jnp.int32) // chunk)
+    return jax.lax.fori_loop(0, num_chunks, add_chunk, zeros)
