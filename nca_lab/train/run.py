@@ -40,7 +40,6 @@ def build(cfg: DictConfig) -> tuple:
     channels = int(cfg.num_channels)
     require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
     task = _construct(cfg.task, "task", num_channels=channels)
-    model = build_model(cfg, task.alive_threshold)
     with _config_errors():
         trainer = instantiate(cfg.trainer)
     if task.pool_size:
@@ -52,7 +51,7 @@ def build(cfg: DictConfig) -> tuple:
         task.damage_n < trainer.batch_size,
         f"task.damage_n ({task.damage_n}) must be smaller than trainer.batch_size ({trainer.batch_size})",
     )
-    return task, model, trainer
+    return task, build_model(cfg, task.alive_threshold), trainer  # the model last: initialising it compiles
 
 
 def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
