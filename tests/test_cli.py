@@ -5,7 +5,10 @@ import json
 import pytest
 from PIL import Image
 
-from nca_testing import TINY, run_cli
+from nca_lab.errors import ConfigError
+from nca_lab.train.run import build
+
+from nca_testing import TINY, compose, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,10 @@ def test_rerunning_a_completed_run_skips_it(smoke_run):
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
-BAD_INPUTS = [
+#: Mistakes nca_lab's own checks catch while building the run (``train.run.build``): each is a
+#: one-line ConfigError, which ``python -m nca_lab`` prints as ``error: ...`` with exit status 2.
+#: Checked in-process; two of them also go through the command (``BAD_INPUTS``).
+BAD_SETTINGS = [
     (["task.target=notanemoji"], "unknown emoji"),
     (["task.target=/no/such/picture.png"], "image not found"),
     (["task.target_size=0"], "target_size must be positive"),
@@ -53,21 +59,35 @@ BAD_INPUTS = [
     (["update.fire_rate=1.5"], "fire_rate must be in (0, 1]"),
     (["trainer.rollout_steps=[10,5]"], "rollout_steps"),
     (["perceive.mode=dilated", "perceive=learned"], "perceive.mode"),
-    (["perceive.no_such_option=1"], "no_such_option"),
-    (["trainer.resume=/no/such/run"], "no such checkpoint"),
     (["+task.colour=red"], "unknown or missing option for task"),
     (
         ["task=regenerating", "task.pool_size=4", "task.damage_n=2"],
         "damage_n (2) must be smaller than trainer.batch_size",
     ),
     (["task=regenerating", "task.pool_size=1"], "pool_size (1) must be at least trainer.batch_size"),
-    (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
-    (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive': attention learned sobel"),
-    (["task.target=a=b"], "mismatched input"),
     (["trainer.steps=abc"], "invalid literal for int()"),
     (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
     (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
 ]
+
+#: Through the command: Hydra's errors, a missing checkpoint (found when training starts), and
+#: one build error each from the task and the model.
+BAD_INPUTS = [
+    BAD_SETTINGS[0],
+    BAD_SETTINGS[6],
+    (["perceive.no_such_option=1"], "no_such_option"),
+    (["trainer.resume=/no/such/run"], "no such checkpoint"),
+    (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
+    (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive': attention learned sobel"),
+    (["task.target=a=b"], "mismatched input"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS)
+def test_bad_setting_is_a_one_line_config_error(overrides, message):
+    with pytest.raises(ConfigError) as raised:
+        build(compose(*TINY, *overrides))
+    assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
