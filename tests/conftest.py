@@ -14,6 +14,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("NCA_LAB_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["NCA_LAB_CACHE_DIR"])
+# Tiny grids: XLA:CPU's compile time, not run time, is the suite's cost, and LLVM's lowest
+# optimisation level about halves it (tests/perf/test_step_vjp.py + test_attention.py, cold
+# cache, one worker: 163 -> 90 s). Results are checked against each other, not timed.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ print("RESULT " + json.dumps(out))
 def test_four_devices_give_the_losses_of_one(tmp_path):
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": " ".join(["--xla_force_host_platform_device_count=4", os.environ.get("XLA_FLAGS", "")]),
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
     }
