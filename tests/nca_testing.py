@@ -60,23 +60,29 @@ def rollout_value_and_grads(model, state, keys, steps, **rollout_kw):
     return value, final, nnx.state(param_grads, nnx.Param), state_grad
 
 
+def assert_close(a, b, *, rtol: float = 1e-5):
+    """``a`` equals ``b`` to ``rtol``, with an absolute tolerance a tenth of that times ``b``'s largest entry."""
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=0.1 * rtol * float(jnp.max(jnp.abs(b))))
+
+
+def assert_gradients_agree(got, want, *, rtol: float = 1e-5):
+    """Two gradient pytrees agree leaf by leaf (:func:`assert_close`), and every leaf of ``want`` is non-zero."""
+    leaves_got, leaves_want = jax.tree.leaves(got), jax.tree.leaves(want)
+    assert len(leaves_got) == len(leaves_want) > 0
+    for a, b in zip(leaves_got, leaves_want, strict=True):
+        assert float(jnp.max(jnp.abs(b))) > 0  # every parameter gets a gradient
+        assert_close(a, b, rtol=rtol)
+
+
 def assert_rollouts_agree(got, want, *, rtol: float = 1e-5, exact_states: bool = False):
     """Two :func:`rollout_value_and_grads` results agree: the losses to 1e-6, the final states
     (bit for bit with ``exact_states``), and every gradient, each non-zero in ``want``, to
-    ``rtol`` (absolute tolerance a tenth of that times the gradient's largest entry)."""
-
-    def close(a, b):
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=0.1 * rtol * float(jnp.max(jnp.abs(b))))
-
+    ``rtol`` (:func:`assert_close`)."""
     (v_got, f_got, g_got, s_got), (v_want, f_want, g_want, s_want) = got, want
     if exact_states:
         np.testing.assert_array_equal(f_got, f_want)
     else:
-        close(f_got, f_want)
+        assert_close(f_got, f_want, rtol=rtol)
     np.testing.assert_allclose(v_got, v_want, rtol=1e-6)
-    leaves_got, leaves_want = jax.tree.leaves(g_got), jax.tree.leaves(g_want)
-    assert len(leaves_got) == len(leaves_want) > 0
-    for a, b in zip(leaves_got, leaves_want, strict=True):
-        assert float(jnp.max(jnp.abs(b))) > 0  # every parameter gets a gradient
-        close(a, b)
-    close(s_got, s_want)
+    assert_gradients_agree(g_got, g_want, rtol=rtol)
+    assert_close(s_got, s_want, rtol=rtol)
