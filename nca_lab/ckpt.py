@@ -50,25 +50,37 @@ class RunCheckpointer:
             create=create,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.selected_step: int | None = None
 
     @classmethod
     def find(cls, path: str | Path) -> "RunCheckpointer":
         """The checkpoints of ``path``: a run dir, its ``checkpoints`` dir, or one step dir in it.
 
-        Raises :class:`ConfigError` if there is no checkpoint there.
+        Given a step dir, that step (not the newest) is the one :meth:`metadata`,
+        :meth:`restore_model` and :meth:`restore` read by default. Raises
+        :class:`ConfigError` if there is no checkpoint there.
         """
         path = Path(path).expanduser().resolve()
         require(path.exists(), f"{path}: no such checkpoint or run dir")
-        for candidate in (path / CHECKPOINTS, path, path.parent):
+        for candidate in (path / CHECKPOINTS, path):
             if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
                 found = cls(candidate, create=False)
                 if found.latest_step() is not None:
                     return found
+        if path.name.isdigit() and path.parent.is_dir():
+            found = cls(path.parent, create=False)
+            if int(path.name) in found.manager.all_steps():
+                found.selected_step = int(path.name)
+                return found
         raise ConfigError(f"{path}: no checkpoint here (expected a run dir, its checkpoints/ dir or a step dir)")
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or ``None``."""
         return self.manager.latest_step()
+
+    def default_step(self) -> int | None:
+        """The step read when none is given: the step dir :meth:`find` was given, else the newest."""
+        return self.latest_step() if self.selected_step is None else self.selected_step
 
     def save(
         self,
@@ -94,13 +106,13 @@ class RunCheckpointer:
         return self.directory / str(step)
 
     def metadata(self, step: int | None = None) -> dict:
-        """The JSON metadata of checkpoint ``step`` (default: the latest)."""
-        step = self.latest_step() if step is None else step
+        """The JSON metadata of checkpoint ``step`` (default: :meth:`default_step`)."""
+        step = self.default_step() if step is None else step
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def restore_model(self, model: nnx.Module, step: int | None = None) -> None:
         """Load the saved variables into ``model`` in place (a warm start, or inference)."""
-        step = self.latest_step() if step is None else step
+        step = self.default_step() if step is None else step
         restored = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))["model"]
         _assign(model, restored, f"{self.directory / str(step)}")
 
@@ -109,7 +121,7 @@ class RunCheckpointer:
 
         ``pool`` is the freshly initialised pool (or ``None``): it gives the expected shapes.
         """
-        step = self.latest_step() if step is None else step
+        step = self.default_step() if step is None else step
         where = f"{self.directory / str(step)}"
         items = {
             "model": ocp.args.StandardRestore(),
@@ -176,7 +188,9 @@ def load_model(path: str | Path, step: int | None = None):
     """The trained :class:`~nca_lab.nca.NCA` of a run dir, checkpoints dir or step dir.
 
     The model is rebuilt from the config saved with the checkpoint, then its variables are
-    restored. Raises :class:`ConfigError` if nothing loadable is there.
+    restored. How steps execute follows this machine, not the training one: the fused
+    kernels (``kernel=pallas``) only on a GPU, where they compile (elsewhere they would run
+    interpreted, for tests). Raises :class:`ConfigError` if nothing loadable is there.
     """
     from omegaconf import OmegaConf
 
@@ -184,6 +198,9 @@ def load_model(path: str | Path, step: int | None = None):
 
     checkpointer = RunCheckpointer.find(path)
     meta = checkpointer.metadata(step)
-    model = build_model(OmegaConf.create(meta["config"]), alive_threshold=meta.get("alive_threshold"))
+    config = OmegaConf.merge({"kernel": "xla", "compact_cells": "auto"}, meta["config"])  # keys added later
+    if jax.default_backend() != "gpu":
+        config.kernel = "xla"
+    model = build_model(config, alive_threshold=meta.get("alive_threshold"))
     checkpointer.restore_model(model, step)
     return model

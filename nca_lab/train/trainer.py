@@ -81,8 +81,8 @@ class Trainer:
             checkpoint_every: steps between checkpoints (0: only at the end).
             keep_last: checkpoints kept (the newest), besides the best by loss.
             keep_best: also keep the checkpoint of lowest training loss.
-            resume: continue the run saved at this path (run dir or checkpoint) instead of
-                the run dir's own checkpoints (which are resumed automatically).
+            resume: continue the run saved at this path (run dir or checkpoint) when the run
+                dir has no checkpoints of its own (those are resumed automatically).
             init_from: start from the weights saved at this path (optimizer and step fresh).
             progress: show a progress bar.
             data_parallel: split the batch and the pool across all devices and replicate the
@@ -132,19 +132,22 @@ class Trainer:
         return float(lr(step - 1)) if callable(lr) else float(lr)
 
     def resume_source(self, run_dir: Path) -> RunCheckpointer | None:
-        """Where training continues from: ``resume``, else the run dir's own checkpoints, else nowhere.
+        """Where training continues from: the run dir's own checkpoints, else ``resume``, else nowhere.
 
-        Raises :class:`~nca_lab.errors.ConfigError` if ``resume`` (or ``init_from``) holds no checkpoint.
+        The run dir's own checkpoints come first: they are newer than anything ``resume``
+        points at, so a requeued job that was started with ``resume`` continues where it
+        stopped instead of starting over. Raises :class:`~nca_lab.errors.ConfigError` if
+        ``resume`` (or ``init_from``) holds no checkpoint.
         """
         if self.init_from:
             RunCheckpointer.find(self.init_from)  # fail early, before any compile
-        if self.resume:
-            return RunCheckpointer.find(self.resume)
         own = Path(run_dir) / CHECKPOINTS
         if own.is_dir():
             checkpointer = RunCheckpointer(own, create=False)
             if checkpointer.latest_step() is not None:
                 return checkpointer
+        if self.resume:
+            return RunCheckpointer.find(self.resume)
         return None
 
     def fit(
@@ -175,9 +178,10 @@ class Trainer:
         optimizer = nnx.Optimizer(model, self.optimizer(self.learning_rate), wrt=nnx.Param)
         pool_key, train_key, eval_key = jax.random.split(key, 3)
         pool = init_pool(task, pool_key, task.pool_size) if task.pool_size else None
-        start = 0
+        start, last = 0, {}
         if source is not None:
-            start, pool, train_key, _ = source.restore(model, optimizer, pool)
+            start, pool, train_key, saved = source.restore(model, optimizer, pool)
+            last = {"loss": saved["loss"]}  # what summary.json reports if the run had no step left
         elif self.init_from:
             RunCheckpointer.find(self.init_from).restore_model(model)
         checkpointer = RunCheckpointer(run_dir / CHECKPOINTS, keep_last=self.keep_last, keep_best=self.keep_best)
@@ -202,12 +206,16 @@ class Trainer:
         }
         metrics_file = MetricsFile(run_dir, resume_step=start)
         pending: list[tuple[int, dict]] = []
-        last: dict[str, float] = {}
         bar = tqdm(total=self.steps, initial=start, disable=not self.progress, unit="step", dynamic_ncols=True)
 
-        def flush(step: int, now: float) -> None:
-            """Fetch the pending step metrics (one device sync); stop on the first non-finite one."""
+        def flush(step: int, now: float, *, write: bool = True) -> None:
+            """Fetch the pending step metrics (one device sync); stop on the first non-finite one.
+
+            With ``write``, the last step's metrics also go to ``metrics.jsonl`` and the logger.
+            """
             nonlocal last, tick, tick_step
+            if not pending:
+                return
             for pending_step, out in pending:
                 values = {k: float(v) for k, v in out.items()}
                 if not all(map(math.isfinite, values.values())):
@@ -218,13 +226,15 @@ class Trainer:
                     )
             pending.clear()
             record = {**values, "lr": self.lr_at(step)}
+            last = record
+            if not write:
+                return
             if step > tick_step:
                 record["steps_per_s"] = (step - tick_step) / (now - tick)
             tick, tick_step = now, step
             metrics_file.write(step, record)
             logger.log(record, step)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
-            last = record
 
         def save(step: int) -> Path:
             metadata_now = {**metadata, "loss": last["loss"]}
@@ -240,26 +250,28 @@ class Trainer:
                     pool, out = train_step(model, optimizer, pool, jax.random.fold_in(train_key, step))
                     pending.append((step, out))
                     bar.update(1)
-                    checkpoint_due = self.checkpoint_every and step % self.checkpoint_every == 0
-                    due = step % self.log_every == 0 or step in (start + 1, self.steps)
-                    if due or checkpoint_due or stop.is_set():
+                    checkpoint_due = step == self.steps or (self.checkpoint_every and step % self.checkpoint_every == 0)
+                    if checkpoint_due or step % self.log_every == 0 or step == 1:
                         flush(step, time.perf_counter())
-                    if checkpoint_due or step == self.steps:
-                        save(step)
-                    if stop.is_set():
-                        where = save(step)
-                        raise Preempted(f"stopped by signal after step {step}; checkpoint saved to {where}")
                     if self.eval_every and step % self.eval_every == 0 and step < self.steps:
                         self._evaluate(model, task, eval_key, step, metrics_file, logger)
                     if self.render_every and step % self.render_every == 0 and step < self.steps:
                         self._render(model, task, eval_key, run_dir, step, logger)
+                    # Checkpoint after this step's evaluation, so a resumed run logs exactly what
+                    # an uninterrupted one does; a stop between log steps writes no extra line.
+                    stopping = stop.is_set()
+                    if checkpoint_due or stopping:
+                        flush(step, time.perf_counter(), write=False)
+                        where = save(step)
+                    if stopping:
+                        raise Preempted(f"stopped by signal after step {step}; checkpoint saved to {where}")
             bar.close()
             evaluation = self._evaluate(model, task, eval_key, self.steps, metrics_file, logger)
             self._render(model, task, eval_key, run_dir, self.steps, logger)
         finally:
             bar.close()
             metrics_file.close()
-        summary = {"step": self.steps, "loss": last.get("loss", float("nan")), **evaluation}
+        summary = {"step": self.steps, "loss": last["loss"], **evaluation}
         _write_json(run_dir / "summary.json", summary)
         return summary
 

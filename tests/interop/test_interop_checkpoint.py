@@ -2,12 +2,14 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from nca_lab import export as export_cli
 from nca_lab import grow as grow_cli
-from nca_lab.ckpt import load_model
+from nca_lab.ckpt import RunCheckpointer, load_model
 from nca_lab.interop import read_model
 
 from nca_testing import TINY, run_cli
@@ -17,7 +19,7 @@ from webgl8_checks import assert_within_quantisation, dense_params
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("interop") / "run"
-    result = run_cli(*TINY, f"hydra.run.dir={run_dir}")
+    result = run_cli(*TINY, "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}")  # steps 1 and 2
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
 
@@ -31,12 +33,43 @@ def test_trained_run_exports_and_loads_back(tiny_run, tmp_path, capsys):
 
 
 def test_trained_run_grows_from_any_of_its_paths(tiny_run, tmp_path):
-    step_dir = next(p for p in (tiny_run / "checkpoints").iterdir() if p.name.isdigit())
+    step_dir = tiny_run / "checkpoints" / "2"
     expected, _ = grow_cli.grow_from_seed(load_model(tiny_run), (12, 12), 4, seed=0, damage=False)
     for index, source in enumerate((tiny_run, tiny_run / "checkpoints", step_dir)):
         out = tmp_path / str(index)
         grow_cli.main([str(source), "--steps", "4", "--size", "12", "--out", str(out)])
         np.testing.assert_array_equal(np.load(out / "final_state.npy"), expected)
+
+
+def params(model):
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def test_a_step_dir_loads_that_step_not_the_newest(tiny_run):
+    older = load_model(tiny_run / "checkpoints" / "1")
+    newest = load_model(tiny_run)
+    assert RunCheckpointer.find(tiny_run / "checkpoints" / "1").metadata()["step"] == 1
+    assert any(not np.array_equal(a, b) for a, b in zip(params(older), params(newest), strict=True))
+    explicit = load_model(tiny_run, step=1)
+    jax.tree.map(np.testing.assert_array_equal, params(older), params(explicit))
+
+
+@pytest.mark.parametrize("saved", ["trained_with_pallas", "saved_before_kernel_option"])
+def test_loading_for_inference_runs_the_portable_step_on_a_cpu(tiny_run, monkeypatch, saved):
+    metadata = RunCheckpointer.metadata
+
+    def edited(self, step=None):
+        meta = metadata(self, step)
+        if saved == "trained_with_pallas":
+            meta["config"]["kernel"] = "pallas"
+        else:
+            del meta["config"]["kernel"], meta["config"]["compact_cells"]
+        return meta
+
+    monkeypatch.setattr(RunCheckpointer, "metadata", edited)
+    model = load_model(tiny_run)
+    assert model.kernel == "xla" and model.compact_cells == "auto"
+    jax.tree.map(np.testing.assert_array_equal, params(model), params(load_model(tiny_run / "checkpoints" / "2")))
 
 
 def test_directory_without_checkpoint_is_one_line(tmp_path, capsys):

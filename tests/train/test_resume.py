@@ -1,14 +1,22 @@
 """Preemption and crashes lose nothing: a run stopped by SIGTERM or killed by SIGKILL and then
-resumed logs exactly the losses of an uninterrupted run (CPU, same seed and config)."""
+resumed logs exactly what an uninterrupted run logs (CPU, same seed and config)."""
 
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
+import jax
+import pytest
+
+from nca_lab.ckpt import RunCheckpointer
 from nca_lab.log.metrics_file import read_metrics
+from nca_lab.train import trainer as trainer_module
+from nca_lab.train.run import build
+from nca_lab.train.trainer import Preempted
 
-from nca_testing import REPO, TINY, run_cli
+from nca_testing import REPO, TINY, compose, run_cli
 
 RUN = [*TINY, "trainer.steps=30", "trainer.rollout_steps=[16,20]", "trainer.log_every=1", "trainer.checkpoint_every=4"]
 
@@ -61,3 +69,75 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert losses(run_dir) == losses(reference)
     assert sorted(losses(run_dir)) == list(range(1, 31))
+
+
+# In-process: SIGTERM arrives during chosen train steps, through the handler fit installs;
+# every log line (not only the losses) must equal the uninterrupted run's.
+
+SCHEDULE = [*TINY, "trainer.steps=8", "trainer.log_every=3", "trainer.eval_every=4", "trainer.checkpoint_every=2"]
+
+
+@contextmanager
+def sigterm_during(monkeypatch, steps):
+    """Deliver SIGTERM to the running fit (its installed handler) while the train step of each of ``steps`` runs."""
+    make = trainer_module.make_train_step
+
+    def make_interrupted(*args, **kwargs):
+        step_fn, calls = make(*args, **kwargs), []
+
+        def interrupted(model, optimizer, pool, key):
+            calls.append(None)
+            if len(calls) in steps:
+                signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+            return step_fn(model, optimizer, pool, key)
+
+        return interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "make_train_step", make_interrupted)
+        yield
+
+
+def fit(run_dir, *overrides):
+    task, model, trainer = build(compose(*SCHEDULE, *overrides))
+    return trainer.fit(model, task, key=jax.random.key(0), run_dir=run_dir)
+
+
+def logged(run_dir):
+    """metrics.jsonl without the wall-clock field."""
+    return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in read_metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    return fit(run_dir), logged(run_dir)
+
+
+@pytest.mark.parametrize("stopped_in", [2, 5], ids=["checkpoint_step", "between_log_steps"])
+def test_a_stop_saves_once_and_the_resumed_log_equals_the_uninterrupted_one(
+    tmp_path, monkeypatch, uninterrupted, stopped_in
+):
+    with sigterm_during(monkeypatch, {stopped_in}), pytest.raises(Preempted, match=f"after step {stopped_in};"):
+        fit(tmp_path)
+    assert RunCheckpointer(tmp_path / "checkpoints", create=False).latest_step() == stopped_in
+    summary = fit(tmp_path)
+    assert (summary, logged(tmp_path)) == uninterrupted
+
+
+def test_a_run_dir_resumes_its_own_checkpoints_before_trainer_resume(tmp_path, monkeypatch):
+    fit(tmp_path / "first", "trainer.steps=4")
+    reference = tmp_path / "reference"
+    fit(reference, f"trainer.resume={tmp_path / 'first'}")
+    run_dir = tmp_path / "continued"
+    with sigterm_during(monkeypatch, {2}), pytest.raises(Preempted, match="after step 6;"):
+        fit(run_dir, f"trainer.resume={tmp_path / 'first'}")
+    summary = fit(run_dir, f"trainer.resume={tmp_path / 'first'}")  # the requeued job: from step 6, not 4
+    assert summary == fit(tmp_path / "reference_again", f"trainer.resume={tmp_path / 'first'}")
+    assert logged(run_dir) == logged(reference)
+
+
+def test_a_run_killed_after_its_last_checkpoint_reports_the_saved_loss(tmp_path, uninterrupted):
+    fit(tmp_path)
+    (tmp_path / "summary.json").unlink()  # as if killed during the final evaluation
+    assert fit(tmp_path) == uninterrupted[0]
