@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from nca_lab.errors import ConfigError
+from nca_lab.perceive.base import Perceive
 from nca_lab.train.run import build
 
 from nca_testing import TINY, compose, run_cli
@@ -45,6 +46,16 @@ def test_rerunning_a_completed_run_skips_it(smoke_run):
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
+class MisSizedPerceive(Perceive):
+    """A new perceive that declares twice the features it computes."""
+
+    def __init__(self, num_channels: int, *, angle: float = 0.0, rngs=None):
+        self.num_channels, self.out_features = num_channels, 2 * num_channels
+
+    def __call__(self, state):
+        return state
+
+
 #: Mistakes nca_lab's own checks catch while building the run (``train.run.build``): each is a
 #: one-line ConfigError, which ``python -m nca_lab`` prints as ``error: ...`` with exit status 2.
 #: Checked in-process; two of them also go through the command (``BAD_INPUTS``).
@@ -60,6 +71,12 @@ BAD_SETTINGS = [
     (["trainer.rollout_steps=[10,5]"], "rollout_steps"),
     (["perceive.mode=dilated", "perceive=learned"], "perceive.mode"),
     (["+task.colour=red"], "unknown or missing option for task"),
+    (["+perceive.colour=red"], "unknown or missing option for perceive: got an unexpected keyword argument 'colour'"),
+    (["+update.colour=red"], "unknown or missing option for update: got an unexpected keyword argument 'colour'"),
+    (
+        ["perceive._target_=test_cli.MisSizedPerceive"],
+        "MisSizedPerceive.out_features is 32, but its perception has 16 features",
+    ),
     (
         ["task=regenerating", "task.pool_size=4", "task.damage_n=2"],
         "damage_n (2) must be smaller than trainer.batch_size",
@@ -78,7 +95,7 @@ BAD_INPUTS = [
     (["perceive.no_such_option=1"], "no_such_option"),
     (["trainer.resume=/no/such/run"], "no such checkpoint"),
     (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
-    (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive': attention learned sobel"),
+    (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive':"),
     (["task.target=a=b"], "mismatched input"),
 ]
 

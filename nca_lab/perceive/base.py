@@ -7,9 +7,15 @@ from flax import nnx
 class Perceive(nnx.Module):
     """Maps a state ``(..., H, W, C)`` to a perception ``(..., H, W, out_features)``.
 
-    Subclasses set ``num_channels`` and ``out_features`` in ``__init__`` (the update reads
-    ``out_features`` to size its first layer) and implement ``__call__``. A perceive is a
-    pure function of the state: no randomness, no mutation.
+    Subclasses take ``__init__(self, num_channels, *, <options>, rngs)`` (the composition
+    root passes ``num_channels`` and ``rngs`` by keyword; accept ``rngs`` even without
+    parameters), set ``num_channels`` and ``out_features`` there (the update reads
+    ``out_features`` to size its first layer; the app checks it against the output) and
+    implement ``__call__``. The yaml in ``conf/perceive/`` names the class with ``_target_``
+    and sets ``_partial_: true``, so the options come from the config and the rest from code.
+    A perceive is a pure function of the state: no randomness, no mutation. Any perceive
+    works with the manual step VJP and active cells (its own backward is ``jax.vjp``'s);
+    ``kernel=pallas`` is Sobel only.
     """
 
     num_channels: int

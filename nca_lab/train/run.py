@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -28,11 +29,22 @@ def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     rngs = nnx.Rngs(params=int(cfg.seed))
     perceive = _construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
     update = _construct(
-        cfg["update"], "update", perception_size=perceive.out_features, num_channels=channels, rngs=rngs
+        cfg["update"], "update", perception_size=_perception_size(perceive, channels), num_channels=channels, rngs=rngs
     )
     return NCA(
         perceive, update, alive_threshold=alive_threshold, kernel=str(cfg.kernel), compact_cells=cfg.compact_cells
     )
+
+
+def _perception_size(perceive, channels: int) -> int:
+    """The perceive's declared ``out_features``, checked against what it computes (a new
+    perceive that gets it wrong stops here with one line, not deep inside the update's matmul)."""
+    name = type(perceive).__name__
+    declared = getattr(perceive, "out_features", None)
+    require(declared is not None, f"{name} must set out_features (see nca_lab.perceive.base.Perceive)")
+    computed = jax.eval_shape(perceive, jax.ShapeDtypeStruct((1, 3, 3, channels), jnp.float32)).shape[-1]
+    require(computed == declared, f"{name}.out_features is {declared}, but its perception has {computed} features")
+    return declared
 
 
 def build(cfg: DictConfig) -> tuple:
@@ -104,8 +116,12 @@ def _construct(node: DictConfig, group: str, **supplied):
     """
     with _config_errors():
         factory = instantiate(node)
+    target = factory.func
     try:
-        inspect.signature(factory.func).bind(*factory.args, **factory.keywords, **supplied)
+        if inspect.isclass(target):  # the constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)
+            inspect.signature(target.__init__).bind(None, *factory.args, **factory.keywords, **supplied)
+        else:
+            inspect.signature(target).bind(*factory.args, **factory.keywords, **supplied)
     except TypeError as err:
         raise ConfigError(f"unknown or missing option for {group}: {err}") from None
     with _config_errors():
