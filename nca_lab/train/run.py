@@ -9,6 +9,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +23,25 @@ from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
 
 
+class SeedKeys(NamedTuple):
+    """The two independent PRNG streams of a seed."""
+
+    init: jax.Array  #: the model's initial weights
+    run: jax.Array  #: the pool, the training steps and the evaluation
+
+
+def seed_keys(seed: int) -> SeedKeys:
+    """Split ``seed`` into independent streams: ``nnx.Rngs(params=key)`` folds in 0, 1, ...,
+    as ``split(key, n)`` does, so a shared key would draw the first weights from the very
+    bits of the pool and training keys."""
+    return SeedKeys(*jax.random.split(jax.random.key(seed)))
+
+
 def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``, ``compact_cells``)."""
     channels = int(cfg.num_channels)
     require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
-    rngs = nnx.Rngs(params=int(cfg.seed))
+    rngs = nnx.Rngs(params=seed_keys(int(cfg.seed)).init)
     perceive = _construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
     update = _construct(
         cfg["update"], "update", perception_size=_perception_size(perceive, channels), num_channels=channels, rngs=rngs
@@ -94,7 +109,7 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
     failed = True
     try:
         summary = trainer.fit(
-            model, task, key=jax.random.key(int(cfg.seed)), run_dir=run_dir, logger=logger, config=config
+            model, task, key=seed_keys(int(cfg.seed)).run, run_dir=run_dir, logger=logger, config=config
         )
         failed = False
         return summary

@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from nca_lab.ckpt import RunCheckpointer
 from nca_lab.log.metrics_file import read_metrics
-from nca_lab.train.run import build
+from nca_lab.train.run import build, seed_keys
 from nca_lab.train.trainer import TrainingDiverged
 
 from nca_testing import TINY, compose
@@ -70,3 +71,12 @@ def test_summary_is_written_last_and_holds_eval_metrics(tmp_path):
     train_losses(tmp_path, "trainer.steps=2")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 2 and summary["eval/mse"] > 0 and summary["eval/mse_2x"] > 0
+
+
+def test_a_seeds_weight_keys_share_no_bits_with_its_training_keys():
+    keys = seed_keys(0)
+    params = nnx.Rngs(params=keys.init)
+    weight_keys = {bytes(np.asarray(jax.random.key_data(params.params()))) for _ in range(8)}
+    run_keys = jax.random.key_data(jax.random.split(keys.run, 8))
+    assert weight_keys.isdisjoint(bytes(np.asarray(k)) for k in run_keys)
+    assert len(weight_keys) == 8
