@@ -83,6 +83,9 @@ BAD_SETTINGS = [
     ),
     (["task=regenerating", "task.pool_size=1"], "pool_size (1) must be at least trainer.batch_size"),
     (["trainer.steps=abc"], "invalid literal for int()"),
+    (["trainer.optimizer.gradient=sgd"], "trainer.optimizer.gradient must be one of"),
+    (["trainer.optimizer.clip_norm=0"], "trainer.optimizer.clip_norm must be positive"),
+    (["trainer.keep_last=0"], "trainer.keep_last must be positive"),
     (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
     (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
 ]

@@ -64,20 +64,10 @@ def _perception_size(perceive, channels: int) -> int:
 
 def build(cfg: DictConfig) -> tuple:
     """Build ``(task, model, trainer)`` from a composed config; bad settings raise :class:`ConfigError`."""
-    channels = int(cfg.num_channels)
-    require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
-    task = _construct(cfg.task, "task", num_channels=channels)
+    task = _construct(cfg.task, "task", num_channels=int(cfg.num_channels))
     with _config_errors():
         trainer = instantiate(cfg.trainer)
-    if task.pool_size:
-        require(
-            task.pool_size >= trainer.batch_size,
-            f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({trainer.batch_size})",
-        )
-    require(
-        task.damage_n < trainer.batch_size,
-        f"task.damage_n ({task.damage_n}) must be smaller than trainer.batch_size ({trainer.batch_size})",
-    )
+    trainer.check(task)
     return task, build_model(cfg, task.alive_threshold), trainer  # the model last: initialising it compiles
 
 

@@ -103,6 +103,8 @@ class Trainer:
         for name, value in cadences.items():
             require(int(value) >= 0, f"trainer.{name} must be >= 0, got {value}")
         require(not (resume and init_from), "set at most one of trainer.resume and trainer.init_from")
+        require(int(keep_last) > 0, f"trainer.keep_last must be positive, got {keep_last}")
+        optimizer(learning_rate)  # its settings are checked when it is built: now, before any compile
         self.steps = int(steps)
         self.batch_size = int(batch_size)
         self.learning_rate = learning_rate
@@ -120,6 +122,26 @@ class Trainer:
         self.init_from = init_from
         self.progress = bool(progress)
         self.data_parallel = bool(data_parallel)
+
+    def check(self, task: Task) -> None:
+        """Raise :class:`~nca_lab.errors.ConfigError` unless ``task`` can be trained on this schedule.
+
+        :meth:`fit` calls it; the app calls it before building the model, whose initialisation compiles.
+        """
+        if task.pool_size:
+            require(
+                task.pool_size >= self.batch_size,
+                f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({self.batch_size})",
+            )
+        require(
+            task.damage_n < self.batch_size,
+            f"task.damage_n ({task.damage_n}) must be smaller than trainer.batch_size ({self.batch_size})",
+        )
+        if self.data_parallel:
+            sizes = {"trainer.batch_size": self.batch_size}
+            if task.pool_size:
+                sizes["task.pool_size"] = task.pool_size
+            parallel.check_divisible(parallel.data_mesh(), **sizes)
 
     @property
     def horizon(self) -> int:
@@ -169,11 +191,7 @@ class Trainer:
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         logger = logger or NullLogger()
-        if task.pool_size:
-            require(
-                task.pool_size >= self.batch_size,
-                f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({self.batch_size})",
-            )
+        self.check(task)
         source = self.resume_source(run_dir)
         optimizer = nnx.Optimizer(model, self.optimizer(self.learning_rate), wrt=nnx.Param)
         pool_key, train_key, eval_key = jax.random.split(key, 3)
@@ -188,7 +206,6 @@ class Trainer:
         mesh = parallel.data_mesh() if self.data_parallel else None
         if mesh is not None:
             if pool is not None:
-                parallel.check_divisible(mesh, **{"task.pool_size": task.pool_size})
                 pool = parallel.place(pool, mesh)
             parallel.replicate(mesh, model, optimizer)
         train_step = make_train_step(

@@ -56,6 +56,10 @@ try:
     make_train_step(build(compose(*OVERRIDES))[0], batch_size=3, rollout_steps=(2, 2), mesh=mesh)
 except ConfigError as exc:
     out["error"] = str(exc)
+try:  # the app's build stops before the model (whose initialisation compiles) is made
+    build(compose(*OVERRIDES, "trainer.data_parallel=true", "trainer.batch_size=6"))
+except ConfigError as exc:
+    out["build_error"] = str(exc)
 print("RESULT " + json.dumps(out))
 """
 
@@ -81,3 +85,7 @@ def test_four_devices_give_the_losses_of_one(tmp_path):
     for single, sharded in zip(out["fit_single"], out["fit_parallel"], strict=True):
         assert abs(single - sharded) <= 1e-6 * abs(single)
     assert "multiple of the number of devices (4)" in out["error"]
+    assert (
+        out["build_error"]
+        == "trainer.batch_size (6) must be a multiple of the number of devices (4) for data parallelism"
+    )
