@@ -70,6 +70,10 @@ class NCA(nnx.Module):
             "kernel=pallas needs the sobel perceive, a residual update with one hidden layer and "
             "channel and hidden sizes in multiples of 16",
         )
+        require(
+            compact_cells is not True or (kernel == "xla" and manual_vjp and type(update) is ResidualUpdate),
+            "compact_cells=true needs kernel=xla and the residual update (its manual step VJP)",
+        )
         self.perceive = perceive
         self.update = update
         self.alive_threshold = alive_threshold

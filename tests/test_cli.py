@@ -88,6 +88,8 @@ BAD_SETTINGS = [
     (["trainer.keep_last=0"], "trainer.keep_last must be positive"),
     (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
     (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
+    (["compact_cells=true", "kernel=pallas"], "compact_cells=true needs kernel=xla"),
+    (["perceive=learned", "perceive.features=48"], "perceive.features does not apply to mode=depthwise, got 48"),
 ]
 
 #: Through the command: Hydra's errors, a missing checkpoint (found when training starts), and

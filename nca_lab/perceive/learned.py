@@ -29,7 +29,7 @@ class LearnedPerceive(Perceive):
         num_channels: int,
         *,
         mode: str = "depthwise",
-        channel_multiplier: int = 3,
+        channel_multiplier: int | None = None,
         features: int | None = None,
         init: str = "sobel",
         use_bias: bool = False,
@@ -40,8 +40,8 @@ class LearnedPerceive(Perceive):
         Args:
             num_channels: state channels ``C``.
             mode: ``"depthwise"`` (each channel filtered on its own) or ``"full"``.
-            channel_multiplier: filters per channel in depthwise mode.
-            features: output features in full mode (default ``3 * C``).
+            channel_multiplier: filters per channel, depthwise mode only (default 3).
+            features: output features, full mode only (default ``3 * C``).
             init: ``"sobel"`` starts from identity/Sobel-x/Sobel-y (needs 3 filters per
                 channel), ``"random"`` from a scaled normal.
             use_bias: add a learned bias per output feature.
@@ -52,10 +52,13 @@ class LearnedPerceive(Perceive):
         require(init in ("sobel", "random"), f"perceive.init must be sobel or random, got {init!r}")
         self.num_channels = c = int(num_channels)
         self.mode = mode
+        unused = ("features", features) if mode == "depthwise" else ("channel_multiplier", channel_multiplier)
+        require(unused[1] is None, f"perceive.{unused[0]} does not apply to mode={mode}, got {unused[1]}")
         if mode == "depthwise":
-            require(channel_multiplier > 0, f"channel_multiplier must be positive, got {channel_multiplier}")
-            self.out_features = c * int(channel_multiplier)
-            shape = (3, 3, c, int(channel_multiplier))
+            multiplier = 3 if channel_multiplier is None else int(channel_multiplier)
+            require(multiplier > 0, f"perceive.channel_multiplier must be positive, got {channel_multiplier}")
+            self.out_features = c * multiplier
+            shape = (3, 3, c, multiplier)
         else:
             self.out_features = int(features) if features is not None else 3 * c
             require(self.out_features > 0, f"perceive.features must be positive, got {features}")

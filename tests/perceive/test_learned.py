@@ -51,3 +51,7 @@ def test_bad_settings():
         LearnedPerceive(4, mode="dilated", rngs=nnx.Rngs(0))
     with pytest.raises(ConfigError, match="init=sobel"):
         LearnedPerceive(4, channel_multiplier=2, init="sobel", rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="perceive.features does not apply to mode=depthwise, got 12"):
+        LearnedPerceive(4, features=12, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="perceive.channel_multiplier does not apply to mode=full, got 3"):
+        LearnedPerceive(4, mode="full", channel_multiplier=3, rngs=nnx.Rngs(0))
