@@ -56,7 +56,6 @@ class AttentionPerceive(Perceive):
         num_heads: int = 4,
         qkv_features: int | None = None,
         padding: float | None = 0.0,
-        neighbourhood: int = 3,
         rngs: nnx.Rngs,
     ):
         """Build the perceive.
@@ -68,8 +67,6 @@ class AttentionPerceive(Perceive):
             qkv_features: total width of queries, keys and values (default ``perception_size``).
             padding: the state value of the cells outside the grid (0: empty cells, as the
                 other perceives), or ``None`` to leave them out of the attention.
-            neighbourhood: side of the square neighbourhood; only the 3x3 Moore
-                neighbourhood is supported.
             rngs: parameter initialisation stream.
         """
         qkv_features = perception_size if qkv_features is None else qkv_features
@@ -81,10 +78,6 @@ class AttentionPerceive(Perceive):
             int(qkv_features) % int(num_heads) == 0,
             f"perceive.num_heads ({num_heads}) must divide perceive.qkv_features ({qkv_features}; "
             "it defaults to perception_size)",
-        )
-        require(
-            int(neighbourhood) == 3,
-            f"perceive.neighbourhood must be 3 (the 3x3 Moore neighbourhood), got {neighbourhood}",
         )
         self.num_channels = int(num_channels)
         self.out_features = int(perception_size)

@@ -33,14 +33,12 @@ class Task:
 
     Attributes:
         num_channels: state channels ``C``.
-        grid_shape: ``(H, W)`` of the training grid.
         alive_threshold: alpha threshold of the alive mask, or ``None`` for no masking.
         pool_size: states kept in a sample pool (0: every batch starts fresh).
         damage_n: pool samples damaged per batch (see :meth:`damage`).
     """
 
     num_channels: int
-    grid_shape: tuple[int, int]
     alive_threshold: float | None = 0.1
     pool_size: int = 0
     damage_n: int = 0

@@ -73,7 +73,8 @@ class Trainer:
             learning_rate: a float or an optax schedule of the step.
             optimizer: ``optimizer(learning_rate) -> GradientTransformation``.
             rollout_steps: ``[low, high]``, the inclusive range of rollout lengths.
-            remat: recompute CA steps in the backward pass (less memory, more compute).
+            remat: recompute CA steps in the backward pass (less memory, more compute); implied
+                by the residual update's manual step VJP, so it matters for other updates only.
             unroll: CA steps per scan iteration.
             log_every: steps between ``metrics.jsonl`` lines (and logger calls).
             eval_every: steps between evaluations (0: only at the end).

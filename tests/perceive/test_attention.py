@@ -142,7 +142,6 @@ def test_jit_vmap_grad():
     [
         ({"num_heads": 5}, "must divide"),
         ({"qkv_features": 30, "num_heads": 4}, "must divide"),
-        ({"neighbourhood": 5}, "3x3 Moore"),
         ({"perception_size": 0}, "perception_size"),
         ({"num_heads": 0}, "num_heads"),
     ],
