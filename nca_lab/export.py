@@ -10,7 +10,6 @@ has been checked, under a temporary name first, so a failure leaves nothing behi
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from nca_lab.runtime import configure_jax_environment
 
 configure_jax_environment()
 
+from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.errors import ConfigError  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.interop.original import FIRE_RATE  # noqa: E402
@@ -47,13 +47,11 @@ def export(checkpoint: str, out: Path, fmt: str = "webgl8") -> list[str]:
     model = read_model(checkpoint)
     document = FORMATS[fmt](model, checkpoint)
     text = json.dumps(document)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"{out}: cannot write ({err.strerror})") from err
     fire_rate = getattr(model.update, "fire_rate", FIRE_RATE)
     if fire_rate != FIRE_RATE:

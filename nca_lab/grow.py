@@ -14,7 +14,6 @@ Example::
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nca_lab.alive import ALPHA  # noqa: E402
+from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.errors import ConfigError, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
@@ -144,10 +144,8 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     gif = save_gif(to_uint8(to_rgb(frames), scale), out / "rollout.gif")
     png = save_png(to_uint8(to_rgb(final), scale), out / "final.png")
     npy = out / "final_state.npy"
-    tmp = out / ".final_state.npy.tmp"
-    with open(tmp, "wb") as file:
+    with atomic_path(npy) as tmp, open(tmp, "wb") as file:
         np.save(file, final.astype(np.float32))
-    os.replace(tmp, npy)
     return [gif, png, npy]
 
 

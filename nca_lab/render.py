@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nca_lab.atomic import atomic_path
+
 
 def to_rgb(state: np.ndarray) -> np.ndarray:
     """RGB in [0, 1] of a premultiplied state ``(..., H, W, C>=4)`` composited over white.
@@ -47,19 +49,17 @@ def tile(images: Sequence[np.ndarray], columns: int | None = None, gap: int = 2)
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 ``(H, W, 3)`` image as PNG, atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
     return path
 
 
 def save_gif(frames: Sequence[np.ndarray] | np.ndarray, path: str | os.PathLike, fps: int = 20) -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as a looping GIF, atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     pictures = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
-    pictures[0].save(
-        tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=max(1, round(1000 / fps)), loop=0
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pictures[0].save(
+            tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=max(1, round(1000 / fps)), loop=0
+        )
     return path

@@ -1,11 +1,12 @@
 """The nca_lab side of a benchmark case, built from the library's own modules.
 
-A training case is what ``python -m nca_lab`` runs for the corresponding config:
-:func:`~nca_lab.train.step.make_train_step` with the task, the sample pool and an optax
-chain of global-norm clipping and Adam. The growing suites use the regenerating task with
-``damage_n=0`` (Growing NCA's experiment 2: a pool, no damage), the setting of CAX's growing
-example; the rollout length is fixed at the case's ``steps`` (the trainer draws it from a
-range, which a benchmark should not).
+A training case is what ``python -m nca_lab trainer.optimizer.gradient=clip`` runs for the
+corresponding config: :func:`~nca_lab.train.step.make_train_step` with the task, the sample
+pool and an optax chain of global-norm clipping and Adam (issue 7's setting and CAX's
+examples; the app's default normalises each parameter's gradient instead). The growing
+suites use the regenerating task with ``damage_n=0`` (Growing NCA's experiment 2: a pool, no
+damage), the setting of CAX's growing example; the rollout length is fixed at the case's
+``steps`` (the trainer draws it from a range, which a benchmark should not).
 """
 
 import jax

@@ -6,8 +6,8 @@ from pathlib import Path
 class Logger:
     """Receives scalars, media and a final summary. Every method may be a no-op.
 
-    Scalar names are the trainer's: ``loss``, ``lr``, ``grad_norm``, ``steps_per_s`` and
-    ``eval/<metric>``; a logger may rename them for its dashboard.
+    Scalar names are the trainer's: ``loss``, ``lr``, ``grad_norm``, ``param_norm``,
+    ``steps_per_s`` and ``eval/<metric>``; a logger may rename them for its dashboard.
     """
 
     run_id: str | None = None

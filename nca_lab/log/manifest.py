@@ -22,14 +22,26 @@ PACKAGES = (
 )
 
 
-def _git(*args: str) -> str | None:
+#: The directory holding the ``nca_lab`` package: a git checkout's root when installed with ``-e``.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+
+def _git(*args: str, cwd: Path = PACKAGE_PARENT) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
+
+
+def checkout(package_parent: Path = PACKAGE_PARENT) -> Path | None:
+    """The git checkout nca_lab runs from, or ``None`` for an installed wheel.
+
+    Only a repository whose root holds the package counts: a wheel in a virtualenv inside
+    some other repository must not report that repository's commit as nca_lab's.
+    """
+    top = _git("rev-parse", "--show-toplevel", cwd=package_parent)
+    return package_parent if top and Path(top).resolve() == package_parent.resolve() else None
 
 
 def _version(name: str) -> str | None:
@@ -41,8 +53,9 @@ def _version(name: str) -> str | None:
 
 def manifest(seed: int) -> dict:
     """Git SHA and dirty flag (when run from a checkout), package versions, seed, host and devices."""
-    sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if sha else None
+    root = checkout()
+    sha = _git("rev-parse", "HEAD", cwd=root) if root else None
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=root) if sha else None
     return {
         "git_sha": sha,
         "git_dirty": bool(status) if status is not None else None,

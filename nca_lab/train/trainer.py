@@ -8,7 +8,6 @@ last checkpoint, and a non-finite loss stops the run before anything poisoned is
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from nca_lab.atomic import atomic_path
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
 from nca_lab.errors import require
 from nca_lab.log.base import Logger, NullLogger
@@ -34,7 +34,7 @@ from nca_lab.train.step import make_train_step
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient stopped being finite; the last good checkpoint is kept."""
+    """The loss, the gradient or the parameters stopped being finite; the last good checkpoint is kept."""
 
 
 class Preempted(RuntimeError):
@@ -325,6 +325,5 @@ def _stop_signals():
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

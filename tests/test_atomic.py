@@ -1,0 +1,26 @@
+"""Results appear whole or not at all: ``atomic_path`` replaces the file only when writing completes."""
+
+import pytest
+
+from nca_lab.atomic import atomic_path
+
+
+def test_a_completed_write_replaces_the_file(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+    with atomic_path(path) as tmp:
+        assert tmp.parent == path.parent and tmp != path
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # nothing visible until the block completes
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "final.png"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["final.png"]
