@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from nca_testing import REPO, TINY
 
@@ -78,7 +78,8 @@ class SmokeRun(NamedTuple):
     run_dir: Path
     stdout: str
     metrics: list[dict]
-    gif_frames: int
+    gif_frames: int  #: after the GIF writer merged identical consecutive frames
+    gif_ms: int  #: the GIF's running time: merged frames add their durations
     png_size: tuple[int, int]
 
 
@@ -115,7 +116,9 @@ def smoke_runs(request, tmp_path_factory, mnist_root):
             assert proc.returncode == 0, stderr[-3000:]
             lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
             with Image.open(run_dir / "rollout.gif") as gif, Image.open(run_dir / "final.png") as png:
-                results[task] = SmokeRun(run_dir, stdout, [json.loads(line) for line in lines], gif.n_frames, png.size)
+                gif_ms = sum(frame.info["duration"] for frame in ImageSequence.Iterator(gif))
+                metrics = [json.loads(line) for line in lines]
+                results[task] = SmokeRun(run_dir, stdout, metrics, gif.n_frames, gif_ms, png.size)
         return results[task]
 
     yield result

@@ -8,7 +8,7 @@ import pytest
 
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.damage import circle_masks
-from nca_lab.tasks.regenerating import RegeneratingTask
+from nca_lab.tasks.regenerating import DAMAGE_HOLD_FRAMES, RegeneratingTask
 from nca_lab.train.run import build
 
 from nca_testing import compose
@@ -27,7 +27,9 @@ def test_cli_smoke_run(smoke_runs):
     assert [r["step"] for r in run.metrics if "loss" in r] == [1, 2]
     evaluation = [r for r in run.metrics if any(k.startswith("eval/") for k in r)]
     assert {k.removeprefix("eval/") for k in evaluation[-1] if k != "step"} == EVAL_KEYS
-    assert run.gif_frames > 3  # grow, damage, recover
+    assert run.gif_frames > 1
+    horizon = 3  # TINY's rollout_steps=[2,3]
+    assert run.gif_ms == (horizon + 1 + DAMAGE_HOLD_FRAMES + horizon) * 50  # grow, hold the damage, recover
     assert run.png_size == (4 * 48 + 3 * 2, 3 * 48 + 2 * 2)  # rows of target, grown, damaged, recovered
 
 
