@@ -1,9 +1,16 @@
 """``python -m nca_lab [overrides]``: train an NCA as the Hydra config says.
 
 Kept short (the Flax examples' ``main.py``): set JAX's environment before JAX loads, then
-hand the composed config to :func:`nca_lab.train.run.run`. Every mistake a user can make on
-the command line ends as one ``error:`` line and exit status 2: nca_lab's own checks, and
-Hydra's (an unknown or unparsable override, a missing option, a run dir that cannot be made).
+hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
+
+* 2: a mistake on the command line, as one ``error:`` line: nca_lab's own checks and Hydra's
+  (an unknown or unparsable override, a missing option, a run dir that cannot be made).
+* 1: a run that failed: training diverged or a file could not be read or written while it
+  ran (one ``error:`` line), or a job of a sweep failed.
+* 143: stopped by SIGTERM or SIGINT after saving a checkpoint (a sweep stops there too).
+
+In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
+the other jobs; the command then exits 1.
 """
 
 import os
@@ -25,22 +32,30 @@ from nca_lab.config import config_dir  # noqa: E402
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 
 
+class JobFailed(Exception):
+    """A job of a sweep failed (its ``error:`` line is printed); raised, not exited, so that
+    Hydra's launcher goes on with the other jobs and reports the failure at the end."""
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Train one job (Hydra calls this once per job of a multirun)."""
     from nca_lab.train.run import run
     from nca_lab.train.trainer import Preempted, TrainingDiverged
 
+    hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        hydra_cfg = HydraConfig.get()
-        group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
-        summary = run(cfg, hydra_cfg.runtime.output_dir, group=group)
-    except (ConfigError, TrainingDiverged) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        summary = run(cfg, hydra_cfg.runtime.output_dir, group=Path(hydra_cfg.sweep.dir).name if sweep else None)
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(143)
+    except (ConfigError, TrainingDiverged, OSError) as err:
+        where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
+        print(f"error: {where}{one_line(err) if isinstance(err, OSError) else err}", file=sys.stderr)
+        if sweep:
+            raise JobFailed(str(err)) from err
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
 
 
@@ -59,6 +74,11 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except JobFailed:
+        if full_report:
+            raise
+        print("error: a job of the sweep failed (its error line is above); the other jobs ran", file=sys.stderr)
+        sys.exit(1)
     except USER_ERRORS as err:
         if full_report:
             raise

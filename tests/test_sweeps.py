@@ -26,3 +26,23 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert second.returncode == 0
     assert second.stderr.count("already completed") == 2
     assert all(len(read_run(d)["runs"]) == 1 for d in job_dirs)  # no new W&B runs
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("-m", "update.fire_rate=1.5,0.5", *TINY, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 1
+    assert "fire_rate must be in (0, 1], got 1.5" in result.stderr
+    assert result.stderr.strip().endswith(
+        "error: a job of the sweep failed (its error line is above); the other jobs ran"
+    )
+    finished = [p.name for p in sweep_dir.iterdir() if (p / "summary.json").exists()]
+    assert len(finished) == 1 and "update.fire_rate=0.5" in finished[0].split(",")
+
+
+def test_a_run_that_diverges_exits_1_with_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(*TINY, "trainer.learning_rate.init_value=1e38", "trainer.log_every=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: training diverged at step ") and result.stderr.count("\n") == 1
+    assert not (run_dir / "summary.json").exists()
