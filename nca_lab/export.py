@@ -10,6 +10,7 @@ has been checked, under a temporary name first, so a failure leaves nothing behi
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -53,10 +54,22 @@ def export(checkpoint: str, out: Path, fmt: str = "webgl8") -> list[str]:
             tmp.write_text(text)
     except OSError as err:
         raise ConfigError(f"{out}: cannot write ({err.strerror})") from err
+    return demo_differences(model)
+
+
+def demo_differences(model) -> list[str]:
+    """What the web demo runs differently from ``model``: settings the format does not store."""
+    notes = []
     fire_rate = getattr(model.update, "fire_rate", FIRE_RATE)
     if fire_rate != FIRE_RATE:
-        return [f"the web demo updates cells at fire rate {FIRE_RATE}; this model was trained with {fire_rate}"]
-    return []
+        notes.append(f"the web demo updates cells at fire rate {FIRE_RATE}; this model was trained with {fire_rate}")
+    angle = getattr(model.perceive, "angle", 0.0)
+    if angle:
+        notes.append(
+            f"this model perceives at angle {angle:g} rad ({math.degrees(angle):.4g} degrees); "
+            "the web demo starts at 0: set its rotation to match"
+        )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,15 +12,22 @@ from pathlib import Path
 class MetricsFile:
     """Appends ``{"step": ..., **metrics}`` lines to ``<run_dir>/metrics.jsonl``."""
 
-    def __init__(self, run_dir: Path, resume_step: int = 0):
+    def __init__(self, run_dir: Path, resume_step: int = 0, *, redo_evaluation: bool = False):
         """Open the file in ``run_dir`` for appending.
 
         A resumed run drops the lines after ``resume_step`` (written after its last
-        checkpoint by the attempt that died), so every step appears once.
+        checkpoint by the attempt that died), so every step appears once; with
+        ``redo_evaluation`` also the evaluation lines of ``resume_step`` itself (the final
+        evaluation follows the final checkpoint, and a run resumed there evaluates again).
         """
         self.path = Path(run_dir) / "metrics.jsonl"
         if self.path.exists():
-            kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
+            kept = [
+                r
+                for r in read_metrics(run_dir)
+                if r["step"] < resume_step
+                or (r["step"] == resume_step and not (redo_evaluation and any(k.startswith("eval/") for k in r)))
+            ]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         self._file = self.path.open("a", encoding="utf-8")
 

@@ -85,7 +85,8 @@ class WandbLogger(Logger):
             if mode != "online":
                 raise
             _warn(f"W&B online init failed ({type(err).__name__}): logging offline")
-            self.run = wandb.init(mode="offline", **kwargs)
+            mode = "offline"
+            self.run = wandb.init(mode=mode, **kwargs)
         self.run_id = self.run.id
         self.mode = mode
         files_dir = Path(self.run.dir)

@@ -222,7 +222,7 @@ class Trainer:
             "alive_threshold": task.alive_threshold,
             "wandb_run_id": logger.run_id,
         }
-        metrics_file = MetricsFile(run_dir, resume_step=start)
+        metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps)
         pending: list[tuple[int, dict]] = []
         bar = tqdm(total=self.steps, initial=start, disable=not self.progress, unit="step", dynamic_ncols=True)
 

@@ -1,6 +1,7 @@
 """``python -m nca_lab.grow`` and ``python -m nca_lab.export`` as a user runs them, bad input included."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 from nca_lab import export as export_cli
 from nca_lab import grow as grow_cli
 from nca_lab.interop import read_model
+from nca_lab.perceive.sobel import SobelPerceive
 
 from nca_testing import run_cli
 from original_reference import TFJS_GRAPH, WEBGL8
@@ -60,6 +62,21 @@ def test_export_writes_a_file_that_loads_back(tmp_path, capsys):
     export_cli.main([str(TFJS_GRAPH), "--format", "webgl8", "--out", str(out)])
     assert capsys.readouterr().out == f"wrote {out} (webgl8)\n"
     assert_within_quantisation(dense_params(read_model(TFJS_GRAPH)), read_model(out), json.loads(out.read_text()))
+
+
+def test_export_notes_what_the_demo_runs_differently(tmp_path, capsys, monkeypatch):
+    trained = read_model(TFJS_GRAPH)
+    trained.update.fire_rate = 0.75
+    trained.perceive = SobelPerceive(trained.num_channels, angle=math.pi / 4)
+    monkeypatch.setattr(export_cli, "read_model", lambda source: trained)
+    out = tmp_path / "rotated.webgl8.json"
+    export_cli.main(["trained-run", "--out", str(out)])
+    assert capsys.readouterr().out.splitlines() == [
+        "note: the web demo updates cells at fire rate 0.5; this model was trained with 0.75",
+        "note: this model perceives at angle 0.785398 rad (45 degrees); "
+        "the web demo starts at 0: set its rotation to match",
+        f"wrote {out} (webgl8)",
+    ]
 
 
 def _edit_json(source, edit):

@@ -41,6 +41,7 @@ def test_falls_back_to_offline_when_online_init_fails(tmp_path, monkeypatch, cap
     monkeypatch.setattr(wandb, "init", failing_online_init)
     monkeypatch.setattr(wandb_logger, "_has_api_key", lambda _: True)
     logger = wandb_logger.WandbLogger(config={"a": 1}, run_dir=tmp_path, name="t", mode="online", init_timeout=1)
+    assert logger.mode == "offline"
     logger.log({"loss": 1.0}, 1)
     logger.finish({"loss": 1.0})
     err = capsys.readouterr().err
