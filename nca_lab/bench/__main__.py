@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         selected = cases(args.suite, steps)
     except ValueError as exc:
         parser.error(str(exc))
+    if "torch" in args.peer and not on_cpu:
+        parser.error("--peer torch is an eager PyTorch NCA on the CPU: compare with it on a CPU machine")
     builders = {"nca_lab": functools.partial(nca_lab_impl.build, kernel=args.kernel, unroll=args.unroll)}
     for peer in args.peer:
         try:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if on_cpu and args.steps is None:
         print(f"CPU: rollouts shortened to {CPU_STEPS} CA steps (the suites' own lengths: --steps N)")
 
-    records = []
+    records, nca_lab_failed = [], []
     for case in selected:
         print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
         workloads, failed = {}, {}
@@ -108,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record(case, impl, work.note, results[impl], env))
         for impl, reason in failed.items():
             print(f"  {impl}: could not build: {reason}", file=sys.stderr)
+        if "nca_lab" in failed or results.get("nca_lab") is not None and results["nca_lab"].status == "failed":
+            nca_lab_failed.append(f"{case.suite} {case.name}")
         del workloads, results
     print()
     print(table(records))
     if args.json:
         write_json(records, args.json)
         print(f"\nwrote {len(records)} records to {args.json}")
+    if nca_lab_failed:
+        print(f"error: nca_lab failed on {', '.join(nca_lab_failed)} (see the table)", file=sys.stderr)
+        return 1
     return 0
 
 

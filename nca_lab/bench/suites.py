@@ -23,7 +23,7 @@ class Case:
         name: what distinguishes it within the suite (batch and grid).
         kind: ``"train"`` (sample, rollout, backward, optimizer step) or ``"rollout"`` (forward only).
         task: ``"growing"`` (seed to target, a sample pool if ``pool`` > 0) or ``"diffusing"``
-            (denoise a noisy target, no alive mask).
+            (denoise a noisy target; no alive mask in nca_lab and PyTorch, CAX's example keeps it).
         perceive: ``"sobel"`` or ``"attention"``.
         batch: samples per step.
         grid: side of the square grid.

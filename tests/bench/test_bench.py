@@ -103,3 +103,22 @@ def test_bad_options_are_refused(flag, capsys):
         bench_main(["--suite", "growing", *flag])
     assert exit_info.value.code == 2
     assert flag[0] in capsys.readouterr().err
+
+
+def test_the_torch_peer_is_refused_off_a_cpu(monkeypatch, capsys):
+    monkeypatch.setattr("jax.default_backend", lambda: "gpu")
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--suite", "growing", "--peer", "torch"])
+    assert exit_info.value.code == 2
+    assert "--peer torch is an eager PyTorch NCA on the CPU" in capsys.readouterr().err
+
+
+def test_the_command_fails_when_nca_lab_cannot_run_a_case(monkeypatch, capsys):
+    def broken(case, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr("nca_lab.bench.nca_lab_impl.build", broken)
+    assert bench_main(["--suite", "growing", "--steps", "1", "--repeats", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "nca_lab: could not build: RuntimeError: no such kernel" in err
+    assert "error: nca_lab failed on growing 8x72x72" in err

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca_lab.data.mnist import load_mnist_images
+from nca_lab.data.mnist import load_mnist_images, raw_dir, write_idx
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.mnist_inpainting import (
     MnistInpaintingTask,
@@ -109,6 +109,16 @@ def test_evaluation_scores_hidden_pixels_only(task, tiny_nca, mnist_root):
     assert 0.8 * mean_square < metrics["mse_masked_input"] < 1.2 * mean_square
     assert metrics["mse_neighbour_fill"] < metrics["mse_masked_input"]
     assert metrics["psnr"] == pytest.approx(10 * np.log10(1 / metrics["mse"]))
+
+
+def test_evaluation_reads_the_test_split(tmp_path, tiny_nca):
+    train = np.random.default_rng(0).integers(1, 256, (16, 12, 12), dtype=np.uint8)
+    write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte", train)
+    write_idx(raw_dir(tmp_path) / "t10k-images-idx3-ubyte", np.zeros((8, 12, 12), np.uint8))
+    task = MnistInpaintingTask(6, data_root=str(tmp_path), pool_size=8, eval_samples=8)
+    metrics = task.evaluate(tiny_nca(6, None), jax.random.key(0), horizon=2)
+    assert metrics["mse_masked_input"] == 0.0 and metrics["mse"] == 0.0  # blank test digits: nothing to get wrong
+    assert float(np.mean(np.asarray(task.sample(jax.random.key(0), 4).target) ** 2)) > 0  # training draws train
 
 
 def test_sample_draws_train_digits_inside_jit(task, mnist_root):

@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -65,6 +66,14 @@ def test_evaluation_of_an_identity_nca(task, tiny_nca):
     for name in ("mse", "mse_2x", "mse_5x", "mse_10x"):
         assert metrics[name] == pytest.approx(seed_mse, rel=1e-6)
     assert metrics["mse_recovered"] == pytest.approx(metrics["mse_damaged"], rel=1e-6)
+
+
+def test_evaluation_damages_the_grown_state_and_recovers_from_the_damaged_one(task, tiny_nca, monkeypatch):
+    monkeypatch.setattr(task, "damage", lambda state, key: jnp.ones_like(state))  # damage the whole grid
+    metrics = task.evaluate(tiny_nca(6, task.alive_threshold), jax.random.key(0), horizon=3, n=4)
+    damaged_mse = float(np.mean(task.loss(jnp.ones((1, *task.target.shape[:2], 6)), task.target[None])))
+    assert metrics["mse_damaged"] == pytest.approx(damaged_mse, rel=1e-6) and damaged_mse > 2 * metrics["mse"]
+    assert metrics["mse_recovered"] == pytest.approx(damaged_mse, rel=1e-6)  # the identity keeps the damage
 
 
 def test_render_shows_grow_damage_recover(task, tiny_nca):

@@ -1,0 +1,64 @@
+"""``measure``: warm-up calls untimed, implementations interleaved, one failure isolated, plans
+over the memory budget not run, ``max_seconds`` trimming the timed calls (no timing asserted)."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from nca_lab.bench.measure import Workload, measure
+
+
+def recording(log, name, fail_at=None, seconds=0.0):
+    def call(i):
+        log.append((name, i))
+        if i == fail_at:
+            raise RuntimeError(f"{name} broke at {i}")
+        time.sleep(seconds)
+        return i
+
+    return Workload(call=call, lower=None, note=name)
+
+
+def test_warm_up_calls_are_untimed_and_implementations_interleave():
+    log = []
+    results = measure(
+        {"a": recording(log, "a"), "b": recording(log, "b")},
+        repeats=3,
+        warmup=2,
+        memory_budget=float("inf"),
+        log=lambda _: None,
+    )
+    assert log == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3), ("a", 4), ("b", 4)]
+    assert all(len(r.times) == 3 and r.status == "ok" and r.compile_s == 0 for r in results.values())
+
+
+def test_one_failing_implementation_does_not_stop_the_others():
+    log = []
+    workloads = {"a": recording(log, "a"), "b": recording(log, "b", fail_at=3)}
+    results = measure(workloads, repeats=4, warmup=1, memory_budget=float("inf"), log=lambda _: None)
+    assert (results["b"].status, results["b"].reason) == ("failed", "RuntimeError: b broke at 3")
+    assert len(results["b"].times) == 2 and len(results["a"].times) == 4 and results["a"].status == "ok"
+
+
+def test_a_plan_over_the_memory_budget_is_compiled_but_never_run():
+    calls = []
+    step = jax.jit(lambda x: x * 2)
+    x = jnp.ones((256, 256))
+    work = Workload(call=lambda i: calls.append(i) or step(x), lower=lambda: step.lower(x), note="jit")
+    result = measure({"big": work}, repeats=3, warmup=1, memory_budget=1024, log=lambda _: None)["big"]
+    assert result.status == "too_big" and result.plan_bytes > 1024 and result.compile_s > 0
+    assert calls == [] and result.times == []
+
+
+def test_max_seconds_trims_slow_implementations_to_at_least_three_calls():
+    log = []
+    results = measure(
+        {"slow": recording(log, "slow", seconds=0.05), "fast": recording(log, "fast")},
+        repeats=10,
+        warmup=1,
+        max_seconds=0.1,
+        memory_budget=float("inf"),
+        log=lambda _: None,
+    )
+    assert len(results["slow"].times) == 3 and len(results["fast"].times) == 10
