@@ -53,9 +53,15 @@ def test_logger_options_instantiate(option, tmp_path):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_composes(experiment):
-    cfg = compose(f"experiment={experiment}")
-    assert cfg.trainer.steps > 0
+def test_experiment_builds_a_short_run_of_its_task(experiment, tiny_task_overrides):
+    data = [o for o in tiny_task_overrides["mnist_inpainting"] if o.startswith("task.data_root=")]
+    cfg = compose(f"experiment={experiment}", "logger=none", *(data if "mnist" in experiment else []))
+    task_name = experiment.split("_", 1)[1]  # quick_<task>, ablation_<task>
+    assert cfg.task._target_.startswith(f"nca_lab.tasks.{task_name}.")
+    task, model, trainer = build(cfg)
+    assert 0 < trainer.steps < 8000 and trainer.steps == cfg.trainer.steps  # a preset, not the paper's run
+    state = task.sample(jax.random.key(0), 2).state
+    assert model.step(state, jax.random.split(jax.random.key(0), 2)).shape == state.shape
 
 
 def test_conf_is_the_one_source_of_truth():

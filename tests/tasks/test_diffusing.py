@@ -40,7 +40,16 @@ def test_corruption_at_zero_is_the_identity(task):
     assert np.all(states[..., 4:] == 0.0)
 
 
-def test_samples_mix_target_and_noise_at_a_random_level():
+def test_each_sample_draws_its_own_level_from_the_range():
+    task = DiffusingTask(6, target_size=8, padding=2, noise_range=(0.1, 0.9))
+    state = np.asarray(task.sample(jax.random.key(0), 32).state)[..., :4]
+    background = np.all(np.asarray(task.target) == 0, axis=-1)  # there the state is a * uniform noise
+    levels = 2 * state[:, background].mean(axis=(1, 2))
+    assert np.all((levels > 0.05) & (levels < 0.95))
+    assert levels.min() < 0.3 and levels.max() > 0.7
+
+
+def test_samples_mix_target_and_fresh_noise_at_the_drawn_level():
     task = DiffusingTask(6, target_size=8, padding=2, noise_range=(0.25, 0.25))
     batch = task.sample(jax.random.key(0), 3)
     noise = (np.asarray(batch.state)[..., :4] - 0.75 * np.asarray(task.target)) / 0.25
