@@ -9,7 +9,8 @@ with ``nnx.split_rngs``; CAX's ``Pool``; ``optax.chain(clip_by_global_norm, adam
 update's parameters; the growing loss on a random intermediate state, as the example does.
 The diffusing example, like the growing one, uses ``NCAUpdate``, so CAX's diffusing step also
 masks alive cells (two 3x3 max-pools per CA step), which nca_lab's diffusing task does not:
-the peer follows the example, and the table's ratio includes that difference.
+the peer follows the example, and the table's ratio includes that difference. As in the
+examples, the jitted train step does not donate the pool it updates (nca_lab's does).
 Only the sizes change per case, and the target is nca_lab's bundled emoji (CAX's
 ``get_emoji`` downloads it). The attention peer is the example's ``ViTPerceive``:
 ``nnx.MultiHeadAttention`` over all ``H * W`` cells with a dense ``(HW) x (HW)``
