@@ -182,25 +182,3 @@ def _assign(target: nnx.Module, restored: dict, where: str) -> None:
     restored = jax.tree.map(lambda ref, new: jax.numpy.asarray(new, dtype=ref.dtype), current, restored)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(target, state)
-
-
-def load_model(path: str | Path, step: int | None = None):
-    """The trained :class:`~nca_lab.nca.NCA` of a run dir, checkpoints dir or step dir.
-
-    The model is rebuilt from the config saved with the checkpoint, then its variables are
-    restored. How steps execute follows this machine, not the training one: the fused
-    kernels (``kernel=pallas``) only on a GPU, where they compile (elsewhere they would run
-    interpreted, for tests). Raises :class:`ConfigError` if nothing loadable is there.
-    """
-    from omegaconf import OmegaConf
-
-    from nca_lab.train.run import build_model
-
-    checkpointer = RunCheckpointer.find(path)
-    meta = checkpointer.metadata(step)
-    config = OmegaConf.merge({"kernel": "xla", "compact_cells": "auto"}, meta["config"])  # keys added later
-    if jax.default_backend() != "gpu":
-        config.kernel = "xla"
-    model = build_model(config, alive_threshold=meta.get("alive_threshold"))
-    checkpointer.restore_model(model, step)
-    return model

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nca_lab.ckpt import RunCheckpointer, load_model
+from nca_lab.ckpt import RunCheckpointer
 from nca_lab.errors import ConfigError
 from nca_lab.train.pool import init_pool
-from nca_lab.train.run import build
+from nca_lab.train.run import build, load_model
 from nca_lab.train.step import make_train_step
 
 from nca_testing import TINY, compose

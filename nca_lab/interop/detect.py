@@ -27,7 +27,7 @@ def read_model(path: str | os.PathLike) -> NCA:
     """
     path = Path(path)
     if path.is_dir():
-        from nca_lab.ckpt import load_model
+        from nca_lab.train.run import load_model
 
         return load_model(path)
     require(path.is_file(), f"{path}: no such file or directory")

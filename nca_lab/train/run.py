@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import atomic_path
+from nca_lab.ckpt import RunCheckpointer
 from nca_lab.errors import ConfigError, one_line, require
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
@@ -61,6 +62,24 @@ def _perception_size(perceive, channels: int) -> int:
     computed = jax.eval_shape(perceive, jax.ShapeDtypeStruct((1, 3, 3, channels), jnp.float32)).shape[-1]
     require(computed == declared, f"{name}.out_features is {declared}, but its perception has {computed} features")
     return declared
+
+
+def load_model(path: str | Path, step: int | None = None):
+    """The trained :class:`~nca_lab.nca.NCA` of a run dir, checkpoints dir or step dir.
+
+    The model is rebuilt from the config saved with the checkpoint, then its variables are
+    restored. How steps execute follows this machine, not the training one: the fused
+    kernels (``kernel=pallas``) only on a GPU, where they compile (elsewhere they would run
+    interpreted, for tests). Raises :class:`ConfigError` if nothing loadable is there.
+    """
+    checkpointer = RunCheckpointer.find(path)
+    meta = checkpointer.metadata(step)
+    config = OmegaConf.merge({"kernel": "xla", "compact_cells": "auto"}, meta["config"])  # keys added later
+    if jax.default_backend() != "gpu":
+        config.kernel = "xla"
+    model = build_model(config, alive_threshold=meta.get("alive_threshold"))
+    checkpointer.restore_model(model, step)
+    return model
 
 
 def build(cfg: DictConfig) -> tuple:

@@ -9,8 +9,9 @@ from flax import nnx
 
 from nca_lab import export as export_cli
 from nca_lab import grow as grow_cli
-from nca_lab.ckpt import RunCheckpointer, load_model
+from nca_lab.ckpt import RunCheckpointer
 from nca_lab.interop import read_model
+from nca_lab.train.run import load_model
 
 from nca_testing import TINY, run_cli
 from webgl8_checks import assert_within_quantisation, dense_params
