@@ -17,6 +17,7 @@ from nca_lab.kernels.fused_residual_step import can_fuse, fused_residual_step
 from nca_lab.kernels.sobel_mlp_step import FlatLayout
 from nca_lab.perceive.base import Perceive
 from nca_lab.step_vjp import residual_step
+from nca_lab.update.base import Update
 from nca_lab.update.residual import ResidualUpdate
 
 
@@ -31,7 +32,7 @@ class NCA(nnx.Module):
     def __init__(
         self,
         perceive: Perceive,
-        update: ResidualUpdate,
+        update: Update,
         *,
         alive_threshold: float | None = 0.1,
         manual_vjp: bool = True,

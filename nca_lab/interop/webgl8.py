@@ -87,9 +87,13 @@ def to_webgl8(model: NCA, source: str) -> list[dict]:
         f"{type(perceive).__name__} of {perceive.num_channels} channels",
     )
     require(
-        isinstance(update, ResidualUpdate) and [layer.out_features for layer in update.hidden] == [HIDDEN],
+        type(update) is ResidualUpdate,
+        f"{source}: the web demo runs the residual update; this model has {type(update).__name__}",
+    )
+    require(
+        [layer.out_features for layer in update.hidden] == [HIDDEN],
         f"{source}: the web demo runs one hidden layer of {HIDDEN}; this model has "
-        f"{[layer.out_features for layer in getattr(update, 'hidden', [])]}",
+        f"{[layer.out_features for layer in update.hidden]}",
     )
     require(
         model.alive_threshold is not None and np.float32(model.alive_threshold) == np.float32(ALIVE_THRESHOLD),

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nca_lab.errors import require
+from nca_lab.update.base import Update
 
 
-class ResidualUpdate(nnx.Module):
+class ResidualUpdate(Update):
     """``state + fire_mask * step_size * MLP(perception)``, per cell.
 
     The MLP is ``perception -> hidden (relu) ... -> C`` applied to every cell (a 1x1

@@ -4,6 +4,7 @@ import base64
 import json
 import re
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -82,10 +83,18 @@ def test_untrained_model_exports_its_zero_last_layer():
     assert not np.asarray(back.update.out.kernel[...]).any() and not np.asarray(back.update.out.bias[...]).any()
 
 
+class GatedUpdate(ResidualUpdate):
+    """A researcher's variant built on the residual update (its own step, not the demo's)."""
+
+    def __call__(self, state, perception, key):
+        return state + jax.nn.sigmoid(self.delta(perception)) * self.fire_mask(key, state.shape[:-1])
+
+
 def other_models() -> dict[str, tuple[NCA, str]]:
     rngs = nnx.Rngs(params=0)
     learned = LearnedPerceive(16, rngs=rngs)
     return {
+        "another update": (NCA(SobelPerceive(16), GatedUpdate(48, 16, rngs=rngs)), "this model has GatedUpdate"),
         "learned perceive": (NCA(learned, ResidualUpdate(48, 16, rngs=rngs)), "LearnedPerceive of 16 channels"),
         "12 channels": (NCA(SobelPerceive(12), ResidualUpdate(36, 12, rngs=rngs)), "SobelPerceive of 12 channels"),
         "hidden 64": (NCA(SobelPerceive(16), ResidualUpdate(48, 16, hidden_sizes=[64], rngs=rngs)), "has [64]"),
