@@ -8,6 +8,7 @@ from PIL import Image
 from nca_lab.errors import ConfigError
 from nca_lab.perceive.base import Perceive
 from nca_lab.train.run import build
+from nca_lab.update.residual import ResidualUpdate
 
 from nca_testing import TINY, compose, run_cli
 
@@ -54,6 +55,21 @@ class MisSizedPerceive(Perceive):
 
     def __call__(self, state):
         return state
+
+
+class AutodiffUpdate(ResidualUpdate):
+    """A researcher's own update (a subclass is not the residual update the fast paths are for)."""
+
+
+def test_an_update_without_the_fast_paths_is_noted_once(capsys):
+    _, model, _ = build(compose(*TINY, "update._target_=test_cli.AutodiffUpdate"))
+    assert not model.uses_manual_vjp and not model.compacts(10**6)
+    assert capsys.readouterr().err == (
+        "note: AutodiffUpdate trains by autodiff of its step, on every cell; the manual step VJP and "
+        "active cells are the residual update's (trainer.remat=true saves memory)\n"
+    )
+    build(compose(*TINY))
+    assert capsys.readouterr().err == ""  # the residual update: no note
 
 
 #: Mistakes nca_lab's own checks catch while building the run (``train.run.build``): each is a

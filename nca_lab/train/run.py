@@ -88,7 +88,14 @@ def build(cfg: DictConfig) -> tuple:
     with _config_errors():
         trainer = instantiate(cfg.trainer)
     trainer.check(task)
-    return task, build_model(cfg, task.alive_threshold), trainer  # the model last: initialising it compiles
+    model = build_model(cfg, task.alive_threshold)  # the model last: initialising it compiles
+    if not model.uses_manual_vjp:
+        print(
+            f"note: {type(model.update).__name__} trains by autodiff of its step, on every cell; the manual "
+            "step VJP and active cells are the residual update's (trainer.remat=true saves memory)",
+            file=sys.stderr,
+        )
+    return task, model, trainer
 
 
 def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
