@@ -18,7 +18,7 @@ from nca_lab.runtime import configure_jax_environment
 
 configure_jax_environment()
 
-from nca_lab.atomic import atomic_path  # noqa: E402
+from nca_lab.atomic import write_text_atomically  # noqa: E402
 from nca_lab.errors import ConfigError  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.interop.original import FIRE_RATE  # noqa: E402
@@ -50,8 +50,7 @@ def export(checkpoint: str, out: Path, fmt: str = "webgl8") -> list[str]:
     text = json.dumps(document)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp:
-            tmp.write_text(text)
+        write_text_atomically(out, text)
     except OSError as err:
         raise ConfigError(f"{out}: cannot write ({err.strerror})") from err
     return demo_differences(model)

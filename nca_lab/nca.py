@@ -71,16 +71,16 @@ class NCA(nnx.Module):
             "kernel=pallas needs the sobel perceive, a residual update with one hidden layer and "
             "channel and hidden sizes in multiples of 16",
         )
-        require(
-            compact_cells is not True or (kernel == "xla" and manual_vjp and type(update) is ResidualUpdate),
-            "compact_cells=true needs kernel=xla and the residual update (its manual step VJP)",
-        )
         self.perceive = perceive
         self.update = update
         self.alive_threshold = alive_threshold
         self.manual_vjp = bool(manual_vjp)
         self.kernel = kernel
         self.compact_cells = compact_cells
+        require(
+            compact_cells is not True or self.can_compact,
+            "compact_cells=true needs kernel=xla and the residual update (its manual step VJP)",
+        )
 
     @property
     def num_channels(self) -> int:
@@ -97,9 +97,14 @@ class NCA(nnx.Module):
         """Whether rollouts step with the fused Pallas kernels (see ``kernel``)."""
         return self.kernel == "pallas"
 
+    @property
+    def can_compact(self) -> bool:
+        """Whether steps can run the MLP on active cells only: the XLA path with the manual VJP."""
+        return not self.uses_fused_kernel and self.uses_manual_vjp
+
     def compacts(self, num_cells: int) -> bool:
         """Whether a step over ``num_cells`` cells runs the MLP on active cells only (``compact_cells``)."""
-        if self.uses_fused_kernel or not self.uses_manual_vjp or self.compact_cells is False:
+        if not self.can_compact or self.compact_cells is False:
             return False
         return self.compact_cells is True or (jax.default_backend() == "cpu" and num_cells >= MIN_CELLS)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nca_lab.atomic import atomic_path
+from nca_lab.atomic import atomic_path, write_text_atomically
 
 
 def test_a_completed_write_replaces_the_file(tmp_path):
@@ -24,3 +24,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["final.png"]
+
+
+def test_text_is_written_whole_as_utf8(tmp_path):
+    path = write_text_atomically(tmp_path / "config_resolved.yaml", "target: 🦎\n")
+    assert path.read_bytes() == "target: 🦎\n".encode() and [p.name for p in tmp_path.iterdir()] == [path.name]

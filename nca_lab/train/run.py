@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nca_lab.atomic import atomic_path
+from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import RunCheckpointer
 from nca_lab.errors import ConfigError, one_line, require
 from nca_lab.log.manifest import manifest
@@ -115,10 +115,8 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
     run_id = resumed.metadata().get("wandb_run_id") if resumed is not None else None
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / "config_resolved.yaml") as tmp:
-        tmp.write_text(OmegaConf.to_yaml(config), encoding="utf-8")
-    with atomic_path(run_dir / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest(cfg.seed), indent=2) + "\n", encoding="utf-8")
+    write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
+    write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
     with _config_errors():
         logger_factory = instantiate(cfg.logger)
         extra = {"group": group} if group and cfg.logger.get("group", "") is None else {}

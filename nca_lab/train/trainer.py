@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from nca_lab.atomic import atomic_path
+from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
 from nca_lab.errors import require
 from nca_lab.log.base import Logger, NullLogger
@@ -290,7 +290,7 @@ class Trainer:
             bar.close()
             metrics_file.close()
         summary = {"step": self.steps, "loss": last["loss"], **evaluation}
-        _write_json(run_dir / "summary.json", summary)
+        write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _evaluate(self, model, task, key, step, metrics_file, logger) -> dict[str, float]:
@@ -322,8 +322,3 @@ def _stop_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
