@@ -160,18 +160,16 @@ class Trainer:
         The run dir's own checkpoints come first: they are newer than anything ``resume``
         points at, so a requeued job that was started with ``resume`` continues where it
         stopped instead of starting over. Raises :class:`~nca_lab.errors.ConfigError` if
-        ``resume`` (or ``init_from``) holds no checkpoint.
+        ``resume`` (or ``init_from``) holds no checkpoint, even when the run dir's own win.
         """
-        if self.init_from:
-            RunCheckpointer.find(self.init_from)  # fail early, before any compile
+        other = self.resume or self.init_from  # at most one is set
+        found = RunCheckpointer.find(other) if other else None  # a bad path fails here, before any compile
         own = Path(run_dir) / CHECKPOINTS
         if own.is_dir():
             checkpointer = RunCheckpointer(own, create=False)
             if checkpointer.latest_step() is not None:
                 return checkpointer
-        if self.resume:
-            return RunCheckpointer.find(self.resume)
-        return None
+        return found if self.resume else None
 
     def fit(
         self,

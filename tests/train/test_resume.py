@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from nca_lab.ckpt import RunCheckpointer
+from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train import trainer as trainer_module
 from nca_lab.train.run import build
@@ -140,3 +141,10 @@ def test_a_run_killed_after_its_last_checkpoint_reports_the_saved_loss_and_evalu
     fit(tmp_path)
     (tmp_path / "summary.json").unlink()  # as if killed after the final evaluation, before the summary
     assert (fit(tmp_path), logged(tmp_path)) == uninterrupted
+
+
+def test_a_bad_resume_path_is_refused_even_when_the_run_dir_has_checkpoints(tmp_path):
+    fit(tmp_path, "trainer.steps=2")
+    (tmp_path / "summary.json").unlink()
+    with pytest.raises(ConfigError, match="no/such/run: no such checkpoint or run dir"):
+        fit(tmp_path, "trainer.resume=/no/such/run")
