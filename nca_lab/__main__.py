@@ -14,6 +14,7 @@ the other jobs; the command then exits 1.
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,6 +64,22 @@ def main(cfg: DictConfig) -> None:
 USER_ERRORS = (ConfigCompositionException, OverrideParseException, OmegaConfBaseException, OSError)
 
 
+_OVERRIDE = re.compile(r"([~+]{0,2}[\w.@/-]+)=(.*)", re.DOTALL)
+
+
+def quote_non_ascii(arg: str) -> str:
+    """``task.target=🦋`` as Hydra can parse it: ``task.target='🦋'``.
+
+    Hydra's override grammar has no unquoted non-ASCII characters, so the most natural way
+    to pick an emoji target was a parse error. Each comma-separated value (a sweep's choices)
+    that has one is quoted; arguments already using quotes, lists or functions are left alone.
+    """
+    match = _OVERRIDE.fullmatch(arg)
+    if not match or arg.isascii() or any(c in match[2] for c in "'\"[]{}()"):
+        return arg
+    return f"{match[1]}=" + ",".join(v if v.isascii() else f"'{v}'" for v in match[2].split(","))
+
+
 def cli() -> None:
     """The command: :func:`main`, with Hydra's errors reported as one line.
 
@@ -72,6 +89,7 @@ def cli() -> None:
     """
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])
     try:
         main()
     except JobFailed:

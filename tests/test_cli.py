@@ -159,3 +159,27 @@ def test_unreadable_image_is_one_clear_line(tmp_path):
     result = run_cli(*TINY, f"task.target={bad}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot read image")
+
+
+@pytest.mark.parametrize(
+    ("arg", "parsed"),
+    [
+        ("task.target=🦋", "task.target='🦋'"),
+        ("task.target=🦋,🦎,heart.png", "task.target='🦋','🦎',heart.png"),  # a sweep's choices
+        ("task.target=bilder/größe.png", "task.target='bilder/größe.png'"),
+        ("+task.target='🦋'", "+task.target='🦋'"),  # already quoted
+        ("task.target=choice(🦋,🦎)", "task.target=choice(🦋,🦎)"),  # the grammar's own forms are left alone
+        ("trainer.steps=5", "trainer.steps=5"),
+        ("-m", "-m"),
+    ],
+)
+def test_non_ascii_override_values_are_quoted_for_hydra(arg, parsed):
+    from nca_lab.__main__ import quote_non_ascii
+
+    assert quote_non_ascii(arg) == parsed
+
+
+def test_the_readme_emoji_override_parses():
+    result = run_cli("perceive=learned", "trainer.steps=500", "task.target=🦋", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "target: 🦋" in result.stdout and "steps: 500" in result.stdout

@@ -112,8 +112,12 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
         return json.loads(completed.read_text(encoding="utf-8"))
     task, model, trainer = build(cfg)
     resumed = trainer.resume_source(run_dir)
-    run_id = resumed.metadata().get("wandb_run_id") if resumed is not None else None
     config = OmegaConf.to_container(cfg, resolve=True)
+    run_id = None
+    if resumed is not None:
+        saved = resumed.metadata()
+        _require_same_run(saved.get("config", {}), config, resumed.directory / str(resumed.default_step()))
+        run_id = saved.get("wandb_run_id")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
@@ -132,6 +136,44 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
         return summary
     finally:
         logger.finish(None if failed else summary, failed=failed)
+
+
+#: The settings that say what a checkpoint is a run of. Resuming under others would continue
+#: that run while the run dir's config says something else; trainer, logger and execution
+#: settings (steps, learning rate, kernel) may change on resume, as may these task settings,
+#: which only say where data is and how results are evaluated and shown.
+RUN_DEFINING = ("seed", "num_channels", "perceive", "update", "task")
+FREE_ON_RESUME = ("task.data_root", "task.download", "task.eval_samples", "task.eval_levels", "task.render_scale")
+
+
+def _require_same_run(saved: dict, config: dict, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` under a config whose :data:`RUN_DEFINING` settings differ.
+
+    Settings only one of the two configs has (options added to nca_lab since the checkpoint
+    was saved) are not compared.
+    """
+    changes = [
+        f"{key}: {old!r} -> {new!r}"
+        for key, old, new in _differences(
+            {k: saved[k] for k in RUN_DEFINING if k in saved}, {k: config[k] for k in RUN_DEFINING if k in config}
+        )
+        if key not in FREE_ON_RESUME
+    ]
+    more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+    require(
+        not changes,
+        f"{checkpoint} was trained with other settings ({'; '.join(changes[:3])}{more}): resume it with its own, "
+        f"or train a new run dir from its weights with trainer.init_from={checkpoint}",
+    )
+
+
+def _differences(saved, current, key: str = ""):
+    """``(key, saved, current)`` for each setting both nested dicts have and that differs."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for name in sorted(saved.keys() & current.keys()):
+            yield from _differences(saved[name], current[name], f"{key}.{name}" if key else name)
+    elif saved != current:
+        yield key, saved, current
 
 
 def _default_name(run_dir: Path) -> str:

@@ -148,3 +148,24 @@ def test_a_bad_resume_path_is_refused_even_when_the_run_dir_has_checkpoints(tmp_
     (tmp_path / "summary.json").unlink()
     with pytest.raises(ConfigError, match="no/such/run: no such checkpoint or run dir"):
         fit(tmp_path, "trainer.resume=/no/such/run")
+
+
+def test_a_run_dir_is_not_resumed_under_other_model_or_task_settings(tmp_path):
+    run_dir = tmp_path / "run"
+    first = [*TINY, "trainer.steps=2", f"hydra.run.dir={run_dir}"]
+    assert run_cli(*first).returncode == 0
+    (run_dir / "summary.json").unlink()  # as if it had stopped before its end
+    config_before = (run_dir / "config_resolved.yaml").read_text()
+
+    refused = run_cli(*first, "task.target=🦋", "update.fire_rate=0.25", "trainer.steps=3")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir / 'checkpoints' / '2'} was trained with other settings (task.target: '🦎' -> '🦋'; "
+        "update.fire_rate: 0.5 -> 0.25): resume it with its own, or train a new run dir from its weights with "
+        f"trainer.init_from={run_dir / 'checkpoints' / '2'}"
+    )
+    assert (run_dir / "config_resolved.yaml").read_text() == config_before  # the record still says what ran
+
+    resumed = run_cli(*first, "trainer.steps=3", "task.render_scale=2")  # trainer and display settings may change
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert max(losses(run_dir)) == 3
