@@ -7,7 +7,8 @@ hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
   (an unknown or unparsable override, a missing option, a run dir that cannot be made).
 * 1: a run that failed: training diverged or a file could not be read or written while it
   ran (one ``error:`` line), or a job of a sweep failed.
-* 143: stopped by SIGTERM or SIGINT after saving a checkpoint (a sweep stops there too).
+* 143: stopped by SIGTERM or SIGINT: during training after saving a checkpoint; before the
+  first step or in the final evaluation at once, with nothing to save (a sweep stops there too).
 
 In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
 the other jobs; the command then exits 1.
@@ -15,6 +16,7 @@ the other jobs; the command then exits 1.
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -90,8 +92,13 @@ def cli() -> None:
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])
+    # Outside the training steps (whose own handler saves first), SIGTERM stops as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         main()
+    except KeyboardInterrupt:
+        print("stopped: by a signal outside the training steps (nothing to save)", file=sys.stderr)
+        sys.exit(143)
     except JobFailed:
         if full_report:
             raise

@@ -1,6 +1,10 @@
 """Hydra multirun: one run dir and one W&B run per job, and re-running skips finished jobs."""
 
-from nca_testing import TINY, run_cli
+import signal
+import subprocess
+import sys
+
+from nca_testing import REPO, TINY, run_cli
 from wandb_records import read_run
 
 SWEEP = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "logger.mode=offline"]
@@ -46,3 +50,23 @@ def test_a_run_that_diverges_exits_1_with_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: training diverged at step ") and result.stderr.count("\n") == 1
     assert not (run_dir / "summary.json").exists()
+
+
+def test_a_signal_while_a_job_builds_stops_the_sweep_with_one_line(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nca_lab", "-m", "update.fire_rate=1.5,0.5", "perceive=attention", *TINY,
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = []
+    for line in process.stderr:  # the first job fails at once; the second then builds its model
+        seen.append(line)
+        if "fire_rate must be in (0, 1]" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, "".join(seen) + rest
+    assert rest.strip().splitlines()[-1] == "stopped: by a signal outside the training steps (nothing to save)"
+    assert "Traceback" not in rest
+    assert not list(sweep_dir.glob("*/checkpoints/*"))  # it stopped before its first step

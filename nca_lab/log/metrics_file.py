@@ -1,4 +1,4 @@
-"""``metrics.jsonl``: one JSON object per logged step, flushed as it is written.
+"""``metrics.jsonl``: one JSON line per logged step (evaluations on their own), flushed as written.
 
 It is the run's own record, readable without any service; a killed run keeps every line
 written before it died.

@@ -163,7 +163,7 @@ class Trainer:
         ``resume`` (or ``init_from``) holds no checkpoint, even when the run dir's own win.
         """
         other = self.resume or self.init_from  # at most one is set
-        found = RunCheckpointer.find(other) if other else None  # a bad path fails here, before any compile
+        found = RunCheckpointer.find(other) if other else None  # a bad path fails here, before any training step
         own = Path(run_dir) / CHECKPOINTS
         if own.is_dir():
             checkpointer = RunCheckpointer(own, create=False)
