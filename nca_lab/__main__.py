@@ -11,7 +11,7 @@ hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
   first step or in the final evaluation at once, with nothing to save (a sweep stops there too).
 
 In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
-the other jobs; the command then exits 1.
+the other jobs; the command then exits 1 with one line naming the first failed job.
 """
 
 import os
@@ -55,9 +55,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(143)
     except (ConfigError, TrainingDiverged, OSError) as err:
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
-        print(f"error: {where}{one_line(err) if isinstance(err, OSError) else err}", file=sys.stderr)
+        message = f"{where}{one_line(err) if isinstance(err, OSError) else err}"
+        print(f"error: {message}", file=sys.stderr)
         if sweep:
-            raise JobFailed(str(err)) from err
+            raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
 
@@ -99,10 +100,10 @@ def cli() -> None:
     except KeyboardInterrupt:
         print("stopped: by a signal outside the training steps (nothing to save)", file=sys.stderr)
         sys.exit(143)
-    except JobFailed:
+    except JobFailed as failed:  # Hydra re-raises the first failed job's (from its process, for submitit)
         if full_report:
             raise
-        print("error: a job of the sweep failed (its error line is above); the other jobs ran", file=sys.stderr)
+        print(f"error: the sweep's other jobs ran; the first that failed: {failed}", file=sys.stderr)
         sys.exit(1)
     except USER_ERRORS as err:
         if full_report:

@@ -4,6 +4,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from nca_testing import REPO, TINY, run_cli
 from wandb_records import read_run
 
@@ -32,13 +34,16 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert all(len(read_run(d)["runs"]) == 1 for d in job_dirs)  # no new W&B runs
 
 
-def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=local"]], ids=["basic", "submitit_local"])
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path, launcher):
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("-m", "update.fire_rate=1.5,0.5", *TINY, f"hydra.sweep.dir={sweep_dir}")
+    result = run_cli("-m", *launcher, "update.fire_rate=1.5,0.5", *TINY, f"hydra.sweep.dir={sweep_dir}")
     assert result.returncode == 1
     assert "fire_rate must be in (0, 1], got 1.5" in result.stderr
-    assert result.stderr.strip().endswith(
-        "error: a job of the sweep failed (its error line is above); the other jobs ran"
+    failed_dir = next(p for p in sweep_dir.iterdir() if "update.fire_rate=1.5" in p.name.split(","))
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the sweep's other jobs ran; the first that failed: {failed_dir}: "
+        "update.fire_rate must be in (0, 1], got 1.5"
     )
     finished = [p.name for p in sweep_dir.iterdir() if (p / "summary.json").exists()]
     assert len(finished) == 1 and "update.fire_rate=0.5" in finished[0].split(",")
