@@ -41,15 +41,23 @@ class RunCheckpointer:
         """Open (and with ``create``, make) the checkpoint directory; paths are made absolute."""
         require(keep_last > 0, f"trainer.keep_last must be positive, got {keep_last}")
         self.directory = Path(directory).expanduser().resolve()
+        loss = lambda metrics: metrics["loss"]  # noqa: E731
         policies = [checkpoint_managers.LatestN(keep_last)]
         if keep_best:
-            policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m["loss"], reverse=True, n=1))
+            policies.append(checkpoint_managers.BestN(get_metric_fn=loss, reverse=True, n=1))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=loss,  # writes each step's loss to disk, so a reopened manager (a resumed run) keeps the best
+            best_mode="min",
             enable_async_checkpointing=False,
             create=create,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Without OCDBT: Orbax finds OCDBT's per-process files with a glob of the step dir, so a
+        # run dir named with ``[`` (a sweep job's ``trainer.rollout_steps=[16,24]``) saved
+        # checkpoints it could not read. Checkpoints written with OCDBT still load.
+        handlers = {item: ocp.StandardCheckpointHandler(use_ocdbt=False) for item in ("model", "optimizer", "rng")}
+        handlers.update(pool=ocp.StandardCheckpointHandler(use_ocdbt=False), meta=ocp.JsonCheckpointHandler())
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self.selected_step: int | None = None
 
     @classmethod

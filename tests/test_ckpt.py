@@ -29,7 +29,11 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(tree))]
 
 
-def test_round_trip_of_params_optimizer_pool_rng_and_step(tmp_path):
+# A sweep job's run dir is named by its overrides: brackets from list values (Orbax's OCDBT
+# format found its files with a glob, so such checkpoints saved but did not load).
+@pytest.mark.parametrize("run_dir", ["run", "seed=0,trainer.rollout_steps=[16,24]"])
+def test_round_trip_of_params_optimizer_pool_rng_and_step(tmp_path, run_dir):
+    tmp_path = tmp_path / run_dir
     _, model, optimizer, pool = trained_state()
     key = jax.random.key(42)
     checkpointer = RunCheckpointer(tmp_path / "checkpoints")
@@ -48,14 +52,22 @@ def test_round_trip_of_params_optimizer_pool_rng_and_step(tmp_path):
     np.testing.assert_array_equal(jax.random.key_data(restored_key), jax.random.key_data(key))
 
 
-def test_keeps_the_last_k_and_the_best(tmp_path):
+def test_keeps_the_last_k_and_the_best_also_across_a_resume(tmp_path):
     _, model, optimizer, _ = trained_state(steps=0)
-    checkpointer = RunCheckpointer(tmp_path, keep_last=2)
-    for step, loss in [(1, 0.9), (2, 0.1), (3, 0.5), (4, 0.6), (5, 0.7)]:
+
+    def save(checkpointer, step, loss):
         checkpointer.save(
             step, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": loss}
         )
+
+    checkpointer = RunCheckpointer(tmp_path, keep_last=2)
+    for step, loss in [(1, 0.9), (2, 0.1), (3, 0.5), (4, 0.6), (5, 0.7)]:
+        save(checkpointer, step, loss)
     assert sorted(checkpointer.manager.all_steps()) == [2, 4, 5]
+    resumed = RunCheckpointer(tmp_path, keep_last=2)  # a new process: the losses come from disk
+    for step, loss in [(6, 0.8), (7, 0.05)]:
+        save(resumed, step, loss)
+    assert sorted(resumed.manager.all_steps()) == [6, 7]
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path):
