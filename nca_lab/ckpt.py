@@ -55,8 +55,9 @@ class RunCheckpointer:
         # Without OCDBT: Orbax finds OCDBT's per-process files with a glob of the step dir, so a
         # run dir named with ``[`` (a sweep job's ``trainer.rollout_steps=[16,24]``) saved
         # checkpoints it could not read. Checkpoints written with OCDBT still load.
-        handlers = {item: ocp.StandardCheckpointHandler(use_ocdbt=False) for item in ("model", "optimizer", "rng")}
-        handlers.update(pool=ocp.StandardCheckpointHandler(use_ocdbt=False), meta=ocp.JsonCheckpointHandler())
+        arrays = ("model", "optimizer", "rng", "pool")
+        handlers = {item: ocp.StandardCheckpointHandler(use_ocdbt=False) for item in arrays}
+        handlers["meta"] = ocp.JsonCheckpointHandler()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self.selected_step: int | None = None
 
