@@ -53,7 +53,9 @@ def test_a_run_that_diverges_exits_1_with_one_line(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(*TINY, "trainer.learning_rate.init_value=1e38", "trainer.log_every=1", f"hydra.run.dir={run_dir}")
     assert result.returncode == 1
-    assert result.stderr.startswith("error: training diverged at step ") and result.stderr.count("\n") == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"training in {run_dir}" and lines[1].startswith("error: training diverged at step ")
+    assert len(lines) == 2
     assert not (run_dir / "summary.json").exists()
 
 

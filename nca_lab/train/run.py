@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
-from nca_lab.ckpt import RunCheckpointer
+from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
 from nca_lab.errors import ConfigError, one_line, require
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
@@ -103,21 +103,34 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
 
     A run dir that already holds checkpoints is resumed (with the same W&B run id); one
     that holds ``summary.json`` is complete and skipped, so re-running a sweep only runs
-    the jobs that did not finish. ``group`` names the sweep a job belongs to (its W&B group).
+    the jobs that did not finish. Either only under the run's own :data:`RUN_DEFINING`
+    settings. ``group`` names the sweep a job belongs to (its W&B group).
     """
     run_dir = Path(run_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
     completed = run_dir / "summary.json"
     if completed.is_file():
-        print(f"skipped {run_dir}: already completed (delete its summary.json to run it again)", file=sys.stderr)
-        return json.loads(completed.read_text(encoding="utf-8"))
+        return _completed(run_dir, config)
     task, model, trainer = build(cfg)
     resumed = trainer.resume_source(run_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
     run_id = None
     if resumed is not None:
         saved = resumed.metadata()
-        _require_same_run(saved.get("config", {}), config, resumed.directory / str(resumed.default_step()))
-        run_id = saved.get("wandb_run_id")
+        checkpoint = resumed.directory / str(resumed.default_step())
+        changes = _setting_changes(saved.get("config", {}), config)
+        require(
+            not changes,
+            f"{checkpoint} was trained with other settings ({changes}): resume it with its own, "
+            f"or train a new run dir from its weights with trainer.init_from={checkpoint}",
+        )
+        if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
+            run_id = saved.get("wandb_run_id")
+    if resumed is not None:
+        print(f"training in {run_dir}, resuming {checkpoint}", file=sys.stderr)
+    elif trainer.init_from:
+        print(f"training in {run_dir}, from the weights of {trainer.init_from}", file=sys.stderr)
+    else:
+        print(f"training in {run_dir}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
@@ -146,11 +159,11 @@ RUN_DEFINING = ("seed", "num_channels", "perceive", "update", "task")
 FREE_ON_RESUME = ("task.data_root", "task.download", "task.eval_samples", "task.eval_levels", "task.render_scale")
 
 
-def _require_same_run(saved: dict, config: dict, checkpoint: Path) -> None:
-    """Refuse to resume ``checkpoint`` under a config whose :data:`RUN_DEFINING` settings differ.
+def _setting_changes(saved: dict, config: dict) -> str:
+    """The :data:`RUN_DEFINING` settings in which ``config`` differs from ``saved``, as text ("" if none).
 
-    Settings only one of the two configs has (options added to nca_lab since the checkpoint
-    was saved) are not compared.
+    Settings only one of the two configs has (options added to nca_lab since ``saved`` was
+    written) are not compared.
     """
     changes = [
         f"{key}: {old!r} -> {new!r}"
@@ -160,11 +173,24 @@ def _require_same_run(saved: dict, config: dict, checkpoint: Path) -> None:
         if key not in FREE_ON_RESUME
     ]
     more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return "; ".join(changes[:3]) + more
+
+
+def _completed(run_dir: Path, config: dict) -> dict:
+    """The summary of the completed run in ``run_dir``, if ``config`` asks for that run."""
+    saved_config = run_dir / "config_resolved.yaml"
+    saved = OmegaConf.to_container(OmegaConf.load(saved_config)) if saved_config.is_file() else {}
+    changes = _setting_changes(saved, config)
     require(
         not changes,
-        f"{checkpoint} was trained with other settings ({'; '.join(changes[:3])}{more}): resume it with its own, "
-        f"or train a new run dir from its weights with trainer.init_from={checkpoint}",
+        f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir "
+        f"(trainer.init_from={run_dir} starts from its weights)",
     )
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    more = config["trainer"]["steps"] > summary["step"]
+    hint = f"to train on to step {config['trainer']['steps']}" if more else "to run it again"
+    print(f"skipped {run_dir}: already completed (delete its summary.json {hint})", file=sys.stderr)
+    return summary
 
 
 def _differences(saved, current, key: str = ""):

@@ -160,16 +160,25 @@ class Trainer:
         The run dir's own checkpoints come first: they are newer than anything ``resume``
         points at, so a requeued job that was started with ``resume`` continues where it
         stopped instead of starting over. Raises :class:`~nca_lab.errors.ConfigError` if
-        ``resume`` (or ``init_from``) holds no checkpoint, even when the run dir's own win.
+        ``resume`` (or ``init_from``) holds no checkpoint, even when the run dir's own win,
+        or if the checkpoint is past ``steps``.
         """
         other = self.resume or self.init_from  # at most one is set
-        found = RunCheckpointer.find(other) if other else None  # a bad path fails here, before any training step
+        other_run = RunCheckpointer.find(other) if other else None  # a bad path fails here, before any training step
         own = Path(run_dir) / CHECKPOINTS
-        if own.is_dir():
-            checkpointer = RunCheckpointer(own, create=False)
-            if checkpointer.latest_step() is not None:
-                return checkpointer
-        return found if self.resume else None
+        own_run = RunCheckpointer(own, create=False) if own.is_dir() else None
+        if own_run is not None and own_run.latest_step() is not None:
+            found = own_run
+        else:
+            found = other_run if self.resume else None
+        if found is not None:
+            step = found.default_step()
+            require(
+                step <= self.steps,
+                f"{found.directory / str(step)} is at step {step}, past trainer.steps={self.steps}: "
+                f"set trainer.steps to at least {step} to continue it",
+            )
+        return found
 
     def fit(
         self,

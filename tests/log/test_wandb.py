@@ -77,3 +77,24 @@ def test_disabled_mode_writes_nothing_and_does_not_fail(tmp_path):
     logger.log({"loss": 1.0}, 1)
     logger.finish({"loss": 1.0})
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_run_resumes_its_own_w_and_b_run_and_one_resumed_elsewhere_gets_a_new_one(tmp_path):
+    from nca_lab.train.run import run
+
+    from nca_testing import compose
+    from wandb_records import records
+
+    def run_ids(run_dir):
+        return [
+            r.run.run_id for f in read_run(run_dir)["runs"] for r in records(f) if r.WhichOneof("record_type") == "run"
+        ]
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    run(compose(*WANDB_TINY, "trainer.steps=2"), first)
+    (first / "summary.json").unlink()  # as if stopped before its end
+    run(compose(*WANDB_TINY, "trainer.steps=3"), first)
+    run(compose(*WANDB_TINY, "trainer.steps=4", f"trainer.resume={first}"), second)
+    (first_id,) = set(run_ids(first))  # two starts, one W&B run
+    assert len(run_ids(first)) == 2
+    assert run_ids(second) and first_id not in run_ids(second)  # its own run dir, its own W&B run

@@ -14,7 +14,7 @@ from nca_lab.ckpt import RunCheckpointer
 from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train import trainer as trainer_module
-from nca_lab.train.run import build
+from nca_lab.train.run import build, run
 from nca_lab.train.trainer import Preempted
 
 from nca_testing import REPO, TINY, compose, run_cli
@@ -150,22 +150,35 @@ def test_a_bad_resume_path_is_refused_even_when_the_run_dir_has_checkpoints(tmp_
         fit(tmp_path, "trainer.resume=/no/such/run")
 
 
-def test_a_run_dir_is_not_resumed_under_other_model_or_task_settings(tmp_path):
-    run_dir = tmp_path / "run"
-    first = [*TINY, "trainer.steps=2", f"hydra.run.dir={run_dir}"]
-    assert run_cli(*first).returncode == 0
-    (run_dir / "summary.json").unlink()  # as if it had stopped before its end
-    config_before = (run_dir / "config_resolved.yaml").read_text()
+def run_app(run_dir, *overrides):
+    """What ``python -m nca_lab`` runs for one job (in-process)."""
+    return run(compose(*SCHEDULE, *overrides), run_dir)
 
-    refused = run_cli(*first, "task.target=🦋", "update.fire_rate=0.25", "trainer.steps=3")
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip().splitlines()[-1] == (
-        f"error: {run_dir / 'checkpoints' / '2'} was trained with other settings (task.target: '🦎' -> '🦋'; "
-        "update.fire_rate: 0.5 -> 0.25): resume it with its own, or train a new run dir from its weights with "
-        f"trainer.init_from={run_dir / 'checkpoints' / '2'}"
+
+def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_path, capsys):
+    run_app(tmp_path, "trainer.steps=2")
+    config_before = (tmp_path / "config_resolved.yaml").read_text()
+    checkpoint = tmp_path / "checkpoints" / "2"
+    changed = ("task.target_size=7", "update.fire_rate=0.25")
+    with pytest.raises(ConfigError) as completed:
+        run_app(tmp_path, *changed)
+    assert str(completed.value) == (
+        f"{tmp_path} holds a completed run with other settings (task.target_size: 8 -> 7; update.fire_rate: "
+        f"0.5 -> 0.25): give this one another run dir (trainer.init_from={tmp_path} starts from its weights)"
     )
-    assert (run_dir / "config_resolved.yaml").read_text() == config_before  # the record still says what ran
+    assert run_app(tmp_path, "trainer.steps=3")["step"] == 2  # skipped, saying how to train on
+    assert "delete its summary.json to train on to step 3" in capsys.readouterr().err
 
-    resumed = run_cli(*first, "trainer.steps=3", "task.render_scale=2")  # trainer and display settings may change
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert max(losses(run_dir)) == 3
+    (tmp_path / "summary.json").unlink()  # as if it had stopped before its end
+    with pytest.raises(ConfigError) as resumed:
+        run_app(tmp_path, *changed, "trainer.steps=3")
+    assert str(resumed.value) == (
+        f"{checkpoint} was trained with other settings (task.target_size: 8 -> 7; update.fire_rate: 0.5 -> 0.25): "
+        f"resume it with its own, or train a new run dir from its weights with trainer.init_from={checkpoint}"
+    )
+    assert (tmp_path / "config_resolved.yaml").read_text() == config_before  # the record still says what ran
+    with pytest.raises(ConfigError, match=f"{checkpoint} is at step 2, past trainer.steps=1: set trainer.steps to"):
+        run_app(tmp_path, "trainer.steps=1")
+
+    assert run_app(tmp_path, "trainer.steps=3", "task.render_scale=2")["step"] == 3  # trainer and display may change
+    assert f"training in {tmp_path}, resuming {checkpoint}" in capsys.readouterr().err
