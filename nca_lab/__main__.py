@@ -83,6 +83,19 @@ def quote_non_ascii(arg: str) -> str:
     return f"{match[1]}=" + ",".join(v if v.isascii() else f"'{v}'" for v in match[2].split(","))
 
 
+STOPPED_OUTSIDE_TRAINING = "stopped: by a signal outside the training steps (nothing to save)"
+
+
+def _stop_now(signum, frame) -> None:
+    """SIGTERM while the model is built or evaluated: there is nothing to save, so exit at once.
+
+    Not by raising: an exception raised in a signal handler can land in a garbage-collection
+    callback, where Python prints and ignores it, and the job would run on.
+    """
+    os.write(2, f"{STOPPED_OUTSIDE_TRAINING}\n".encode())
+    os._exit(143)
+
+
 def cli() -> None:
     """The command: :func:`main`, with Hydra's errors reported as one line.
 
@@ -93,12 +106,11 @@ def cli() -> None:
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])
-    # Outside the training steps (whose own handler saves first), SIGTERM stops as Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_now)  # the training steps install their own, which saves first
     try:
         main()
     except KeyboardInterrupt:
-        print("stopped: by a signal outside the training steps (nothing to save)", file=sys.stderr)
+        print(STOPPED_OUTSIDE_TRAINING, file=sys.stderr)
         sys.exit(143)
     except JobFailed as failed:  # Hydra re-raises the first failed job's (from its process, for submitit)
         if full_report:

@@ -289,7 +289,7 @@ class Trainer:
                         flush(step, time.perf_counter(), write=False)
                         where = save(step)
                     if stopping:
-                        raise Preempted(f"stopped by signal after step {step}; checkpoint saved to {where}")
+                        raise Preempted(f"by a signal after step {step}; checkpoint saved to {where}")
             bar.close()
             evaluation = self._evaluate(model, task, eval_key, self.steps, metrics_file, logger)
             self._render(model, task, eval_key, run_dir, self.steps, logger)
