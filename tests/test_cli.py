@@ -84,6 +84,7 @@ BAD_SETTINGS = [
     (["num_channels=0"], "num_channels"),
     (["update.fire_rate=0"], "fire_rate must be in (0, 1]"),
     (["update.fire_rate=1.5"], "fire_rate must be in (0, 1]"),
+    (["trainer.rollout_steps=5.5"], "rollout_steps must be [low, high] with 0 < low <= high, or one length, got 5.5"),
     (["trainer.rollout_steps=[10,5]"], "rollout_steps"),
     (["perceive.mode=dilated", "perceive=learned"], "perceive.mode"),
     (["+task.colour=red"], "unknown or missing option for task"),
@@ -119,6 +120,10 @@ BAD_INPUTS = [
     (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive':"),
     (["task.target=a=b"], "mismatched input"),
 ]
+
+
+def test_one_rollout_length_is_a_fixed_length():
+    assert build(compose(*TINY, "trainer.rollout_steps=5"))[2].rollout_steps == (5, 5)
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS)

@@ -11,7 +11,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,7 +72,8 @@ class Trainer:
             batch_size: samples per step.
             learning_rate: a float or an optax schedule of the step.
             optimizer: ``optimizer(learning_rate) -> GradientTransformation``.
-            rollout_steps: ``[low, high]``, the inclusive range of rollout lengths.
+            rollout_steps: ``[low, high]``, the inclusive range of rollout lengths; one number
+                is a fixed length.
             remat: recompute CA steps in the backward pass (less memory, more compute); implied
                 by the residual update's manual step VJP, so it matters for other updates only.
             unroll: CA steps per scan iteration.
@@ -91,12 +92,16 @@ class Trainer:
                 multiples of the device count. The losses equal a single device's up to the
                 order of the gradient sum.
         """
-        rollout_steps = tuple(int(s) for s in rollout_steps)
+        fixed = isinstance(rollout_steps, str) or not isinstance(rollout_steps, Iterable)
+        given = rollout_steps if fixed else list(rollout_steps)
+        rollout_steps = (rollout_steps, rollout_steps) if fixed else tuple(rollout_steps)
         require(int(steps) > 0, f"trainer.steps must be positive, got {steps}")
         require(int(batch_size) > 0, f"trainer.batch_size must be positive, got {batch_size}")
         require(
-            len(rollout_steps) == 2 and 0 < rollout_steps[0] <= rollout_steps[1],
-            f"trainer.rollout_steps must be [low, high] with 0 < low <= high, got {list(rollout_steps)}",
+            len(rollout_steps) == 2
+            and all(isinstance(s, int) for s in rollout_steps)
+            and 0 < rollout_steps[0] <= rollout_steps[1],
+            f"trainer.rollout_steps must be [low, high] with 0 < low <= high, or one length, got {given!r}",
         )
         require(int(unroll) > 0, f"trainer.unroll must be positive, got {unroll}")
         require(int(log_every) > 0, f"trainer.log_every must be positive, got {log_every}")
