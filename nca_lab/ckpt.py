@@ -157,8 +157,17 @@ class RunCheckpointer:
         return step, pool, key, restored["meta"]
 
 
+def _names(tree) -> set[str]:
+    """The dotted names of ``tree``'s leaves (``update.hidden.0.kernel``)."""
+    return {
+        ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        for path, _ in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
 def _align(reference, restored):
-    """``restored`` with the keys of ``reference`` (Orbax returns list indices as strings)."""
+    """``restored`` with the keys of ``reference`` (Orbax returns list indices as strings), or
+    ``None`` if their structures differ anywhere."""
     if not isinstance(reference, dict):
         return restored
     if not isinstance(restored, dict):
@@ -166,9 +175,9 @@ def _align(reference, restored):
     aligned = {}
     for key, value in reference.items():
         match = restored.get(key, restored.get(str(key)))
-        if match is None:
+        aligned[key] = None if match is None else _align(value, match)
+        if aligned[key] is None:
             return None
-        aligned[key] = _align(value, match)
     return aligned if len(aligned) == len(restored) else None
 
 
@@ -178,7 +187,13 @@ def _assign(target: nnx.Module, restored: dict, where: str) -> None:
     current = nnx.to_pure_dict(state)
     aligned = _align(current, restored)
     if aligned is None:
-        raise ConfigError(f"{where} does not fit this config (different model structure)")
+        mine, theirs = _names(current), _names(restored)
+        only = [
+            f"{min(names)} only in {side}"
+            for names, side in ((mine - theirs, "this config"), (theirs - mine, "the checkpoint"))
+            if names
+        ]
+        raise ConfigError(f"{where} does not fit this config (different model structure: {'; '.join(only)})")
     restored = aligned
     if _shapes(current) != _shapes(restored):
         mine, theirs = _shapes(current), _shapes(restored)

@@ -108,6 +108,9 @@ def test_incompatible_config_is_one_clear_error(tmp_path):
     _, wider, _, _ = trained_state("update.hidden_sizes=[32]", steps=0)
     with pytest.raises(ConfigError, match="incompatible shapes"):
         RunCheckpointer.find(tmp_path).restore_model(wider)
+    _, deeper, _, _ = trained_state("update.hidden_sizes=[32,32]", steps=0)
+    with pytest.raises(ConfigError, match=r"different model structure: update\.hidden\.1\.bias only in this config\)"):
+        RunCheckpointer.find(tmp_path).restore_model(deeper)
 
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])

@@ -119,7 +119,10 @@ def load_mnist_images(root: str | Path, split: str, *, download: bool = False) -
     root = Path(root).expanduser()
     if _find(root, split) is None and download:
         _download(root)
-    require(root.is_dir(), f"MNIST root task.data_root={str(root)!r} does not exist: create it and {HOW_TO_GET}")
+    require(
+        root.is_dir(),
+        f"MNIST root task.data_root={str(root)!r} does not exist: create {raw_dir(root)} and {HOW_TO_GET}",
+    )
     path = _find(root, split)
     require(path is not None, f"MNIST {split} images not found in {raw_dir(root)}: {HOW_TO_GET}")
     images = read_idx(path)

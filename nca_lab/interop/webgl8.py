@@ -97,7 +97,8 @@ def to_webgl8(model: NCA, source: str) -> list[dict]:
     )
     require(
         model.alive_threshold is not None and np.float32(model.alive_threshold) == np.float32(ALIVE_THRESHOLD),
-        f"{source}: the web demo masks cells at alpha {ALIVE_THRESHOLD}; this model uses {model.alive_threshold}",
+        f"{source}: the web demo masks cells at alpha {ALIVE_THRESHOLD}; this model "
+        + ("has no alive masking" if model.alive_threshold is None else f"uses {model.alive_threshold}"),
     )
     hidden, out = update.hidden[0], update.out
     w1, b1 = np.asarray(hidden.kernel[...], np.float32), np.asarray(hidden.bias[...], np.float32)

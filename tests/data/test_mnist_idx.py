@@ -96,7 +96,7 @@ def test_load_prefers_the_extracted_file(tmp_path):
 
 
 def test_load_errors_say_what_is_missing_and_how_to_get_it(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist") as err:
+    with pytest.raises(ConfigError, match="does not exist: create .*absent/MNIST/raw and copy") as err:
         load_mnist_images(tmp_path / "absent", "train")
     assert "task.download=true" in str(err.value)
     with pytest.raises(ConfigError, match="MNIST test images not found in .*MNIST/raw"):

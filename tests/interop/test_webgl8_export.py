@@ -100,7 +100,7 @@ def other_models() -> dict[str, tuple[NCA, str]]:
         "hidden 64": (NCA(SobelPerceive(16), ResidualUpdate(48, 16, hidden_sizes=[64], rngs=rngs)), "has [64]"),
         "no alive mask": (
             NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=rngs), alive_threshold=None),
-            "this model uses None",
+            "this model has no alive masking",
         ),
     }
 
