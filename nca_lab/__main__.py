@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import sys
-from pathlib import Path
 
 from nca_lab.runtime import configure_jax_environment
 
@@ -49,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = run(cfg, hydra_cfg.runtime.output_dir, group=Path(hydra_cfg.sweep.dir).name if sweep else None)
+        summary = run(cfg, hydra_cfg.runtime.output_dir, sweep_dir=hydra_cfg.sweep.dir if sweep else None)
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(143)

@@ -13,7 +13,7 @@ SWEEP = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "log
 
 
 def test_two_job_sweep_then_rerun_skips_both(tmp_path):
-    sweep_dir = tmp_path / "sweep"
+    sweep_dir = tmp_path / "outputs" / "multirun" / "2026-11-30" / "10-00-00"  # as Hydra names it
     args = ["-m", "seed=0,1", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -24,7 +24,7 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     runs = [read_run(d) for d in job_dirs]
     assert all(len(r["runs"]) == 1 for r in runs)
     assert runs[0]["run_id"] != runs[1]["run_id"]
-    assert runs[0]["group"] == runs[1]["group"] == sweep_dir.name  # the sweep is the W&B group
+    assert runs[0]["group"] == runs[1]["group"] == "multirun/2026-11-30/10-00-00"  # the sweep is the W&B group
     assert [r["config"]["seed"] for r in runs] == [0, 1]
     assert runs[0]["summary"]["train/loss"] != runs[1]["summary"]["train/loss"]
 

@@ -98,13 +98,14 @@ def build(cfg: DictConfig) -> tuple:
     return task, model, trainer
 
 
-def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
+def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dict:
     """Train as ``cfg`` says, writing everything into ``run_dir``; return the final metrics.
 
     A run dir that already holds checkpoints is resumed (with the same W&B run id); one
     that holds ``summary.json`` is complete and skipped, so re-running a sweep only runs
     the jobs that did not finish. Either only under the run's own :data:`RUN_DEFINING`
-    settings. ``group`` names the sweep a job belongs to (its W&B group).
+    settings. A job of the sweep in ``sweep_dir`` is in the W&B group named like a run
+    (:func:`_default_name`): ``multirun/2026-11-23/10-00-00``, unique across days.
     """
     run_dir = Path(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -136,7 +137,8 @@ def run(cfg: DictConfig, run_dir: Path, *, group: str | None = None) -> dict:
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
     with _config_errors():
         logger_factory = instantiate(cfg.logger)
-        extra = {"group": group} if group and cfg.logger.get("group", "") is None else {}
+        in_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None
+        extra = {"group": _default_name(sweep_dir)} if in_sweep else {}
         logger = logger_factory(
             config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
         )
@@ -203,7 +205,7 @@ def _differences(saved, current, key: str = ""):
 
 
 def _default_name(run_dir: Path) -> str:
-    """``outputs/2026-11-23/10-00-00`` -> ``2026-11-23/10-00-00``: readable and unique per run."""
+    """``outputs/2026-11-23/10-00-00`` -> ``2026-11-23/10-00-00``: readable and unique per run (else the dir's name)."""
     parts = Path(run_dir).resolve().parts
     return "/".join(parts[parts.index("outputs") + 1 :]) if "outputs" in parts[:-1] else parts[-1]
 
