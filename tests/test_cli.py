@@ -188,3 +188,10 @@ def test_the_readme_emoji_override_parses():
     result = run_cli("perceive=learned", "trainer.steps=500", "task.target=🦋", "--cfg", "job")
     assert result.returncode == 0, result.stderr
     assert "target: 🦋" in result.stdout and "steps: 500" in result.stdout
+
+
+def test_help_names_the_command_and_lists_the_groups():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("python -m nca_lab [overrides]: train a Neural Cellular Automaton")
+    assert "perceive: attention, learned, sobel" in result.stdout and "__main__" not in result.stdout
