@@ -5,7 +5,9 @@ MODEL is an nca_lab run dir or checkpoint, or a model file the Growing-NCA autho
 from the standard seed, one living cell in the centre (Mordvintsev et al., "Growing Neural
 Cellular Automata", Distill 2020), and writes ``rollout.gif``, ``final.png`` and
 ``final_state.npy`` (float32 ``(H, W, C)``) into ``--out``. ``--damage`` erases a disc of the
-pattern halfway through, the article's regeneration experiment.
+pattern halfway through, the article's regeneration experiment. A run is grown on its
+training grid for twice its rollout horizon, as its own ``rollout.gif``; a released model on
+the article's 72x72 grid for 200 steps.
 
 Example::
 
@@ -26,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from nca_lab.alive import ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
+from nca_lab.ckpt import RunCheckpointer  # noqa: E402
 from nca_lab.errors import ConfigError, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
@@ -33,6 +36,8 @@ from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
 from nca_lab.render import save_gif, save_png, to_rgb, to_uint8  # noqa: E402
 from nca_lab.tasks.growing import seed_state  # noqa: E402
 
+#: The article's grid and steps, for models that do not say what they were trained on.
+ARTICLE_GRID, ARTICLE_STEPS = (72, 72), 200
 #: The GIF keeps at most about this many frames (every k-th step for long runs).
 MAX_GIF_FRAMES = 200
 #: Target width of the pictures in pixels (each cell is a square of pixels).
@@ -45,8 +50,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m nca_lab.grow", description="Grow a pattern from the seed with a trained NCA."
     )
     parser.add_argument("model", metavar="MODEL", help="nca_lab run dir or checkpoint, webgl8 JSON or TF.js graph JSON")
-    parser.add_argument("--steps", type=int, default=200, metavar="N", help="CA steps (default 200)")
-    parser.add_argument("--size", type=int, nargs="+", default=[72], metavar=("H", "W"), help="grid H [W] (default 72)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="CA steps (default: twice a run's rollout horizon; 200 for a released model)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        metavar=("H", "W"),
+        help="grid H [W] (default: a run's grid; 72 for a released model)",
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random cell updates (default 0)")
     parser.add_argument(
         "--fire-rate",
@@ -61,9 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--damage", action="store_true", help="erase a disc of the pattern halfway through")
     parser.add_argument("--out", default=None, metavar="DIR", help="output dir (default outputs/grow/<MODEL name>)")
     args = parser.parse_args(argv)
-    if len(args.size) > 2:
+    if args.size is not None and len(args.size) > 2:
         parser.error("--size takes H or H W")
-    if args.steps < 1 or min(args.size) < 1:
+    if (args.steps is not None and args.steps < 1) or (args.size is not None and min(args.size) < 1):
         parser.error("--steps and --size must be positive")
     if args.fire_rate is not None and not 0.0 < args.fire_rate <= 1.0:
         parser.error("--fire-rate must be in (0, 1]")
@@ -149,20 +165,33 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     return [gif, png, npy]
 
 
+def trained_setting(model_path: str) -> tuple[tuple[int, int], int]:
+    """``(grid, steps)`` to grow ``model_path`` with by default: a run's training grid and twice
+    its horizon (runs saved before these were recorded, and released models: the article's)."""
+    meta = RunCheckpointer.find(model_path).metadata() if Path(model_path).is_dir() else {}
+    grid, horizon = meta.get("grid"), meta.get("horizon")
+    return (tuple(grid) if grid else ARTICLE_GRID), (2 * horizon if horizon else ARTICLE_STEPS)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input is one ``error: <file>: ...`` line and exit status 2, nothing written."""
     args = parse_args(argv)
-    size = (args.size[0], args.size[-1])
     out = Path(args.out) if args.out else Path("outputs") / "grow" / Path(args.model).stem
     try:
         model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
-        final, frames = grow_from_seed(model, size, args.steps, args.seed, args.damage)
+        grid, steps = trained_setting(args.model)
+        size = (args.size[0], args.size[-1]) if args.size else grid
+        steps = args.steps or steps
+        final, frames = grow_from_seed(model, size, steps, args.seed, args.damage)
         paths = write_outputs(out, final, frames)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     living = int((final[..., ALPHA] > 0.1).sum())
-    print(f"grew {args.model} for {args.steps} steps on {size[0]}x{size[1]} (seed {args.seed}): {living} living cells")
+    print(f"grew {args.model} for {steps} steps on {size[0]}x{size[1]} (seed {args.seed}): {living} living cells")
+    if living <= 1:
+        print("note: nothing grew from the seed (a model of a task that starts from something else, such as "
+              "diffusing or inpainting, does not grow)", file=sys.stderr)  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -233,6 +233,8 @@ class Trainer:
             "config": config or {},
             "alive_threshold": task.alive_threshold,
             "wandb_run_id": logger.run_id,
+            "grid": list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3]),  # for grow
+            "horizon": self.horizon,
         }
         metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps)
         pending: list[tuple[int, dict]] = []

@@ -11,7 +11,11 @@ from nca_lab import export as export_cli
 from nca_lab import grow as grow_cli
 from nca_lab.ckpt import RunCheckpointer
 from nca_lab.interop import read_model
+from nca_lab.interop.webgl8 import to_webgl8
+from nca_lab.nca import NCA
+from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.train.run import load_model
+from nca_lab.update.residual import ResidualUpdate
 
 from nca_testing import TINY, run_cli
 from webgl8_checks import assert_within_quantisation, dense_params
@@ -40,6 +44,21 @@ def test_trained_run_grows_from_any_of_its_paths(tiny_run, tmp_path):
         out = tmp_path / str(index)
         grow_cli.main([str(source), "--steps", "4", "--size", "12", "--out", str(out)])
         np.testing.assert_array_equal(np.load(out / "final_state.npy"), expected)
+
+
+def test_a_run_grows_on_its_training_grid_for_twice_its_horizon_by_default(tiny_run, tmp_path, capsys):
+    grow_cli.main([str(tiny_run), "--out", str(tmp_path)])  # TINY: a 12x12 grid, rollouts of 2-3 steps
+    assert f"grew {tiny_run} for 6 steps on 12x12" in capsys.readouterr().out
+    assert np.load(tmp_path / "final_state.npy").shape == (12, 12, 16)
+
+
+def test_a_model_that_grows_nothing_from_the_seed_says_so(tmp_path, capsys):
+    untrained = tmp_path / "untrained.webgl8.json"  # zero-initialised last layer: the seed never changes
+    untrained.write_text(json.dumps(to_webgl8(NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=nnx.Rngs(0))), "")))
+    grow_cli.main([str(untrained), "--steps", "3", "--size", "9", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "3 steps on 9x9 (seed 0): 1 living cells" in captured.out
+    assert captured.err.startswith("note: nothing grew from the seed")
 
 
 def params(model):
