@@ -38,6 +38,10 @@ from nca_lab.tasks.growing import seed_state  # noqa: E402
 
 #: The article's grid and steps, for models that do not say what they were trained on.
 ARTICLE_GRID, ARTICLE_STEPS = (72, 72), 200
+NOTHING_GREW = (
+    "nothing grew from the seed (a model of a task that starts from something else, such as diffusing or "
+    "inpainting, does not grow)"
+)
 #: The GIF keeps at most about this many frames (every k-th step for long runs).
 MAX_GIF_FRAMES = 200
 #: Target width of the pictures in pixels (each cell is a square of pixels).
@@ -190,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     living = int((final[..., ALPHA] > 0.1).sum())
     print(f"grew {args.model} for {steps} steps on {size[0]}x{size[1]} (seed {args.seed}): {living} living cells")
     if living <= 1:
-        print("note: nothing grew from the seed (a model of a task that starts from something else, such as "
-              "diffusing or inpainting, does not grow)", file=sys.stderr)  # fmt: skip
+        print(f"note: {NOTHING_GREW}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -114,7 +114,7 @@ def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dic
         return _completed(run_dir, config)
     task, model, trainer = build(cfg)
     resumed = trainer.resume_source(run_dir)
-    run_id = None
+    run_id, start = None, f", from the weights of {trainer.init_from}" if trainer.init_from else ""
     if resumed is not None:
         saved = resumed.metadata()
         checkpoint = resumed.directory / str(resumed.default_step())
@@ -126,12 +126,8 @@ def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dic
         )
         if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
             run_id = saved.get("wandb_run_id")
-    if resumed is not None:
-        print(f"training in {run_dir}, resuming {checkpoint}", file=sys.stderr)
-    elif trainer.init_from:
-        print(f"training in {run_dir}, from the weights of {trainer.init_from}", file=sys.stderr)
-    else:
-        print(f"training in {run_dir}", file=sys.stderr)
+        start = f", resuming {checkpoint}"
+    print(f"training in {run_dir}{start}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
