@@ -118,6 +118,7 @@ BAD_INPUTS = [
     (["trainer.resume=/no/such/run"], "no such checkpoint"),
     (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
     (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive':"),
+    (["experiment=quick_grow"], "Could not find 'experiment/quick_grow' Available options in 'experiment':"),
     (["task.target=a=b"], "mismatched input"),
 ]
 
