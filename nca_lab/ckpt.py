@@ -122,8 +122,23 @@ class RunCheckpointer:
     def restore_model(self, model: nnx.Module, step: int | None = None) -> None:
         """Load the saved variables into ``model`` in place (a warm start, or inference)."""
         step = self.default_step() if step is None else step
-        restored = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))["model"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, "model")))["model"]
         _assign(model, restored, f"{self.directory / str(step)}")
+
+    def _on_one_device(self, step: int, *items: str) -> dict:
+        """Restore arguments that put every array of ``items`` on this process's first device.
+
+        Orbax otherwise restores the shardings it saved, which fails on another device count
+        (a data-parallel run grown on a laptop); the trainer places the arrays afterwards.
+        """
+        saved = self.manager.item_metadata(step)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return {
+            item: ocp.args.StandardRestore(
+                jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved[item])
+            )
+            for item in items
+        }
 
     def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, pool: Any, step: int | None = None):
         """Restore a full training state in place; returns ``(step, pool, key, metadata)``.
@@ -132,19 +147,13 @@ class RunCheckpointer:
         """
         step = self.default_step() if step is None else step
         where = f"{self.directory / str(step)}"
-        items = {
-            "model": ocp.args.StandardRestore(),
-            "optimizer": ocp.args.StandardRestore(),
-            "rng": ocp.args.StandardRestore(),
-            "meta": ocp.args.JsonRestore(),
-        }
         meta = self.metadata(step)
         require(
             meta["has_pool"] == (pool is not None),
             f"{where} does not fit this config (one of them trains with a sample pool, the other without)",
         )
-        if pool is not None:
-            items["pool"] = ocp.args.StandardRestore()
+        arrays = ("model", "optimizer", "rng") + (("pool",) if pool is not None else ())
+        items = {**self._on_one_device(step, *arrays), "meta": ocp.args.JsonRestore()}
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         _assign(model, restored["model"], where)
         _assign(optimizer, restored["optimizer"], where)

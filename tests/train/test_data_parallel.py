@@ -9,7 +9,19 @@ import os
 import subprocess
 import sys
 
-from nca_testing import REPO
+import jax
+from flax import nnx
+
+from nca_lab.ckpt import RunCheckpointer
+from nca_lab.train.pool import init_pool
+from nca_lab.train.run import build
+
+from nca_testing import REPO, TINY, compose
+
+OVERRIDES = [
+    *("task=regenerating", "task.pool_size=16", "task.damage_n=1", "trainer.batch_size=4"),
+    *("trainer.rollout_steps=[2,4]", "trainer.steps=3", "trainer.log_every=1", "trainer.render_every=0"),
+]
 
 SCRIPT = r"""
 import json, sys
@@ -23,8 +35,7 @@ from nca_lab.train.pool import init_pool
 from nca_lab.train.run import build
 from nca_lab.train.step import make_train_step
 
-OVERRIDES = [*TINY, "task=regenerating", "task.pool_size=16", "task.damage_n=1", "trainer.batch_size=4",
-             "trainer.rollout_steps=[2,4]", "trainer.steps=3", "trainer.log_every=1", "trainer.render_every=0"]
+OVERRIDES = [*TINY, *json.loads(sys.argv[2])]
 out = {"devices": jax.device_count()}
 
 def steps(mesh):
@@ -72,7 +83,12 @@ def test_four_devices_give_the_losses_of_one(tmp_path):
         "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(OVERRIDES)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
@@ -89,3 +105,11 @@ def test_four_devices_give_the_losses_of_one(tmp_path):
         out["build_error"]
         == "trainer.batch_size (6) must be a multiple of the number of devices (4) for data parallelism"
     )
+
+    # Its checkpoint restores on this process's single device (a 4-device run grown or resumed on a laptop)
+    task, model, trainer = build(compose(*TINY, *OVERRIDES))
+    optimizer = nnx.Optimizer(model, trainer.optimizer(trainer.learning_rate), wrt=nnx.Param)
+    step, pool, _, _ = RunCheckpointer.find(tmp_path / "parallel").restore(
+        model, optimizer, init_pool(task, jax.random.key(1), task.pool_size)
+    )
+    assert step == 3 and pool.state.shape[0] == 16 and len(pool.state.devices()) == 1
