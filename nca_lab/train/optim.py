@@ -62,4 +62,9 @@ def step_decay(init_value: float, boundaries: list[int], factor: float = 0.1) ->
     merging with them.
     """
     require(init_value > 0, f"trainer.learning_rate.init_value must be positive, got {init_value}")
-    return optax.piecewise_constant_schedule(init_value, {int(b): float(factor) for b in boundaries})
+    steps = [] if isinstance(boundaries, str) else list(boundaries)
+    require(
+        steps and all(isinstance(b, int) and not isinstance(b, bool) for b in steps),
+        f"trainer.learning_rate.boundaries must be a list of steps, got {boundaries!r}",
+    )
+    return optax.piecewise_constant_schedule(init_value, dict.fromkeys(steps, float(factor)))

@@ -41,9 +41,9 @@ def seed_keys(seed: int) -> SeedKeys:
 
 def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``, ``compact_cells``)."""
-    channels = int(cfg.num_channels)
-    require(channels >= 4, f"num_channels must be at least 4 (RGBA), got {channels}")
-    rngs = nnx.Rngs(params=seed_keys(int(cfg.seed)).init)
+    channels = cfg.num_channels
+    require(_is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
+    rngs = nnx.Rngs(params=seed_keys(cfg.seed).init)
     perceive = _construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
     update = _construct(
         cfg["update"], "update", perception_size=_perception_size(perceive, channels), num_channels=channels, rngs=rngs
@@ -84,8 +84,12 @@ def load_model(path: str | Path, step: int | None = None):
 
 def build(cfg: DictConfig) -> tuple:
     """Build ``(task, model, trainer)`` from a composed config; bad settings raise :class:`ConfigError`."""
-    task = _construct(cfg.task, "task", num_channels=int(cfg.num_channels))
-    with _config_errors():
+    require(
+        _is_int(cfg.num_channels) and cfg.num_channels >= 4,
+        f"num_channels must be an integer >= 4 (RGBA), got {cfg.num_channels!r}",
+    )
+    task = _construct(cfg.task, "task", num_channels=cfg.num_channels)
+    with _config_errors("trainer"):
         trainer = instantiate(cfg.trainer)
     trainer.check(task)
     model = build_model(cfg, task.alive_threshold)  # the model last: initialising it compiles
@@ -131,7 +135,7 @@ def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dic
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
-    with _config_errors():
+    with _config_errors("logger"):
         logger_factory = instantiate(cfg.logger)
         in_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None
         extra = {"group": _default_name(sweep_dir)} if in_sweep else {}
@@ -210,32 +214,48 @@ def _construct(node: DictConfig, group: str, **supplied):
     """Instantiate a ``_partial_`` config node with the sizes only code knows.
 
     The arguments are bound against the constructor first, so an unknown option (say
-    ``+task.colour=red``) is one line naming the group, not a ``TypeError`` traceback.
+    ``+task.colour=red``) is one line naming the group, not a ``TypeError`` traceback; an
+    option annotated ``int`` or ``float`` must hold one (``task.target_size=1.5`` was truncated).
     """
-    with _config_errors():
+    with _config_errors(group):
         factory = instantiate(node)
     target = factory.func
+    # the constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)
+    signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
     try:
-        if inspect.isclass(target):  # the constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)
-            inspect.signature(target.__init__).bind(None, *factory.args, **factory.keywords, **supplied)
-        else:
-            inspect.signature(target).bind(*factory.args, **factory.keywords, **supplied)
+        signature.bind(*((None,) if inspect.isclass(target) else ()), *factory.args, **factory.keywords, **supplied)
     except TypeError as err:
         raise ConfigError(f"unknown or missing option for {group}: {err}") from None
-    with _config_errors():
+    for name, value in factory.keywords.items():
+        kind = signature.parameters[name].annotation
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        require(kind not in (int, "int") or _is_int(value), f"{group}.{name} must be an integer, got {value!r}")
+        require(kind not in (float, "float") or number, f"{group}.{name} must be a number, got {value!r}")
+    with _config_errors(group):
         return factory(**supplied)
 
 
-@contextmanager
-def _config_errors():
-    """Turn errors of Hydra's ``instantiate`` into one-line :class:`ConfigError`s.
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    A :class:`ConfigError` raised by a constructor is re-raised as is; anything else (an
-    unknown option, a wrong type) keeps the first line of Hydra's message.
+
+@contextmanager
+def _config_errors(group: str):
+    """Turn errors of building ``group`` from its config into one-line :class:`ConfigError`s.
+
+    A :class:`ConfigError` raised by a constructor is re-raised as is; a ``TypeError`` or
+    ``ValueError`` (a value of the wrong type: ``update.hidden_sizes=128``) names the group;
+    anything else from Hydra's ``instantiate`` (an unknown option) keeps its first line.
     """
     try:
         yield
     except InstantiationException as exc:
         if isinstance(exc.__cause__, ConfigError):
             raise exc.__cause__ from None
+        if isinstance(exc.__cause__, (TypeError, ValueError)):
+            raise ConfigError(f"a bad value for {group}: {one_line(exc.__cause__)}") from exc
         raise ConfigError(one_line(exc)) from exc
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"a bad value for {group}: {one_line(err)}") from err

@@ -95,34 +95,36 @@ class Trainer:
         fixed = isinstance(rollout_steps, str) or not isinstance(rollout_steps, Iterable)
         given = rollout_steps if fixed else list(rollout_steps)
         rollout_steps = (rollout_steps, rollout_steps) if fixed else tuple(rollout_steps)
-        require(int(steps) > 0, f"trainer.steps must be positive, got {steps}")
-        require(int(batch_size) > 0, f"trainer.batch_size must be positive, got {batch_size}")
+        counts = {"steps": (steps, 1), "batch_size": (batch_size, 1), "unroll": (unroll, 1)}
+        counts |= {"log_every": (log_every, 1), "eval_every": (eval_every, 0), "render_every": (render_every, 0)}
+        counts |= {"checkpoint_every": (checkpoint_every, 0), "keep_last": (keep_last, 1)}
+        for name, (value, least) in counts.items():
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            require(whole and value >= least, f"trainer.{name} must be an integer >= {least}, got {value!r}")
+        require(
+            callable(learning_rate) or (isinstance(learning_rate, int | float) and learning_rate > 0),
+            f"trainer.learning_rate must be positive (or a schedule), got {learning_rate!r}",
+        )
         require(
             len(rollout_steps) == 2
             and all(isinstance(s, int) for s in rollout_steps)
             and 0 < rollout_steps[0] <= rollout_steps[1],
             f"trainer.rollout_steps must be [low, high] with 0 < low <= high, or one length, got {given!r}",
         )
-        require(int(unroll) > 0, f"trainer.unroll must be positive, got {unroll}")
-        require(int(log_every) > 0, f"trainer.log_every must be positive, got {log_every}")
-        cadences = {"eval_every": eval_every, "render_every": render_every, "checkpoint_every": checkpoint_every}
-        for name, value in cadences.items():
-            require(int(value) >= 0, f"trainer.{name} must be >= 0, got {value}")
         require(not (resume and init_from), "set at most one of trainer.resume and trainer.init_from")
-        require(int(keep_last) > 0, f"trainer.keep_last must be positive, got {keep_last}")
         optimizer(learning_rate)  # its settings are checked when it is built: now, before any compile
-        self.steps = int(steps)
-        self.batch_size = int(batch_size)
+        self.steps = steps
+        self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.optimizer = optimizer
         self.rollout_steps = rollout_steps
         self.remat = bool(remat)
-        self.unroll = int(unroll)
-        self.log_every = int(log_every)
-        self.eval_every = int(eval_every)
-        self.render_every = int(render_every)
-        self.checkpoint_every = int(checkpoint_every)
-        self.keep_last = int(keep_last)
+        self.unroll = unroll
+        self.log_every = log_every
+        self.eval_every = eval_every
+        self.render_every = render_every
+        self.checkpoint_every = checkpoint_every
+        self.keep_last = keep_last
         self.keep_best = bool(keep_best)
         self.resume = resume
         self.init_from = init_from
