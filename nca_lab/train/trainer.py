@@ -77,7 +77,7 @@ class Trainer:
             remat: recompute CA steps in the backward pass (less memory, more compute); implied
                 by the residual update's manual step VJP, so it matters for other updates only.
             unroll: CA steps per scan iteration.
-            log_every: steps between ``metrics.jsonl`` lines (and logger calls).
+            log_every: steps between ``metrics.jsonl`` lines (and logger calls), besides the first and last step.
             eval_every: steps between evaluations (0: only at the end).
             render_every: steps between renderings of ``rollout.gif``/``final.png`` (0: only at the end).
             checkpoint_every: steps between checkpoints (0: only at the end).
@@ -285,7 +285,7 @@ class Trainer:
                     pending.append((step, out))
                     bar.update(1)
                     checkpoint_due = step == self.steps or (self.checkpoint_every and step % self.checkpoint_every == 0)
-                    if checkpoint_due or step % self.log_every == 0 or step == 1:
+                    if step % self.log_every == 0 or step in (1, self.steps):
                         flush(step, time.perf_counter())
                     if self.eval_every and step % self.eval_every == 0 and step < self.steps:
                         self._evaluate(model, task, eval_key, step, metrics_file, logger)

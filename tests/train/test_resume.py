@@ -115,6 +115,10 @@ def uninterrupted(tmp_path_factory):
     return fit(run_dir), logged(run_dir)
 
 
+def test_train_lines_follow_log_every_only(uninterrupted):  # checkpoints every 2 steps add none
+    assert [r["step"] for r in uninterrupted[1] if "loss" in r] == [1, 3, 6, 8]
+
+
 @pytest.mark.parametrize("stopped_in", [2, 5], ids=["checkpoint_step", "between_log_steps"])
 def test_a_stop_saves_once_and_the_resumed_log_equals_the_uninterrupted_one(
     tmp_path, monkeypatch, uninterrupted, stopped_in
