@@ -1,4 +1,4 @@
-"""``python -m nca_lab.bench``: time nca_lab (and its peers) on issue 7's suites, print a table.
+"""``python -m nca_lab.bench``: time nca_lab's NCA training and rollouts against peers (CAX, PyTorch), print a table.
 
     python -m nca_lab.bench                                  # every suite, nca_lab only
     python -m nca_lab.bench --suite growing --peer cax --json bench.json
@@ -13,6 +13,7 @@ import argparse
 import functools
 import importlib
 import sys
+from pathlib import Path
 
 import jax
 
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be positive")
     if args.unroll <= 0:
         parser.error("--unroll must be positive")
+    if args.repeats <= 0 or args.warmup < 0:
+        parser.error("--repeats must be positive and --warmup non-negative")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        parser.error(f"--json {args.json}: no such directory {Path(args.json).resolve().parent}")  # before the timing
 
     jax.config.update("jax_enable_compilation_cache", False)  # compile times must be cold
     on_cpu = jax.default_backend() == "cpu"

@@ -97,7 +97,10 @@ def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch
     assert "the PyTorch peer needs PyTorch: pip install torch" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", [["--unroll", "0"], ["--steps", "0"], ["--kernel", "cuda"]])
+@pytest.mark.parametrize(
+    "flag",
+    [["--unroll", "0"], ["--steps", "0"], ["--kernel", "cuda"], ["--repeats", "0"], ["--json", "/no/dir/b.json"]],
+)
 def test_bad_options_are_refused(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_main(["--suite", "growing", *flag])
