@@ -72,6 +72,13 @@ def test_an_update_without_the_fast_paths_is_noted_once(capsys):
     assert capsys.readouterr().err == ""  # the residual update: no note
 
 
+def test_the_fused_kernels_off_a_gpu_are_noted(capsys):
+    build(compose(*TINY, "kernel=pallas"))
+    assert capsys.readouterr().err == (
+        "note: kernel=pallas runs interpreted off a GPU (slow, for tests); kernel=xla is the fast path here\n"
+    )
+
+
 #: Mistakes nca_lab's own checks catch while building the run (``train.run.build``): each is a
 #: one-line ConfigError, which ``python -m nca_lab`` prints as ``error: ...`` with exit status 2.
 #: Checked in-process; two of them also go through the command (``BAD_INPUTS``).

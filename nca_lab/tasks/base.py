@@ -31,6 +31,9 @@ class Rendering(NamedTuple):
 class Task:
     """Base class of tasks; subclasses implement the methods that raise ``NotImplementedError``.
 
+    The app constructs a task from ``conf/task/<name>.yaml``: its keys as keyword arguments,
+    plus ``num_channels``, which the app supplies.
+
     Attributes:
         num_channels: state channels ``C``.
         alive_threshold: alpha threshold of the alive mask, or ``None`` for no masking.

@@ -99,6 +99,11 @@ def build(cfg: DictConfig) -> tuple:
             "step VJP and active cells are the residual update's (trainer.remat=true saves memory)",
             file=sys.stderr,
         )
+    if model.uses_fused_kernel and jax.default_backend() != "gpu":
+        print(
+            "note: kernel=pallas runs interpreted off a GPU (slow, for tests); kernel=xla is the fast path here",
+            file=sys.stderr,
+        )
     return task, model, trainer
 
 
