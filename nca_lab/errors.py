@@ -1,4 +1,4 @@
-"""The one exception type nca_lab reports to users as a single line, and that line."""
+"""The one exception type nca_lab reports to users as a single line, that line, and the checks that raise it."""
 
 import re
 
@@ -15,6 +15,11 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message)
+
+
+def is_integer(value) -> bool:
+    """``value`` is an int and not a bool (a config's ``2.5`` or ``true`` is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def one_line(err: BaseException) -> str:

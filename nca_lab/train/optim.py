@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nca_lab.errors import require
+from nca_lab.errors import is_integer, require
 
 GRADIENT_TRANSFORMS = ("normalize", "clip", "none")
 
@@ -64,7 +64,7 @@ def step_decay(init_value: float, boundaries: list[int], factor: float = 0.1) ->
     require(init_value > 0, f"trainer.learning_rate.init_value must be positive, got {init_value}")
     steps = [] if isinstance(boundaries, str) else list(boundaries)
     require(
-        steps and all(isinstance(b, int) and not isinstance(b, bool) for b in steps),
+        steps and all(map(is_integer, steps)),
         f"trainer.learning_rate.boundaries must be a list of steps, got {boundaries!r}",
     )
     return optax.piecewise_constant_schedule(init_value, dict.fromkeys(steps, float(factor)))

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
-from nca_lab.errors import ConfigError, one_line, require
+from nca_lab.errors import ConfigError, is_integer, one_line, require
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
 
@@ -42,7 +42,7 @@ def seed_keys(seed: int) -> SeedKeys:
 def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``, ``compact_cells``)."""
     channels = cfg.num_channels
-    require(_is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
+    require(is_integer(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
     rngs = nnx.Rngs(params=seed_keys(cfg.seed).init)
     perceive = _construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
     update = _construct(
@@ -85,7 +85,7 @@ def load_model(path: str | Path, step: int | None = None):
 def build(cfg: DictConfig) -> tuple:
     """Build ``(task, model, trainer)`` from a composed config; bad settings raise :class:`ConfigError`."""
     require(
-        _is_int(cfg.num_channels) and cfg.num_channels >= 4,
+        is_integer(cfg.num_channels) and cfg.num_channels >= 4,
         f"num_channels must be an integer >= 4 (RGBA), got {cfg.num_channels!r}",
     )
     task = _construct(cfg.task, "task", num_channels=cfg.num_channels)
@@ -233,15 +233,11 @@ def _construct(node: DictConfig, group: str, **supplied):
         raise ConfigError(f"unknown or missing option for {group}: {err}") from None
     for name, value in factory.keywords.items():
         kind = signature.parameters[name].annotation
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        require(kind not in (int, "int") or _is_int(value), f"{group}.{name} must be an integer, got {value!r}")
+        number = is_integer(value) or isinstance(value, float)
+        require(kind not in (int, "int") or is_integer(value), f"{group}.{name} must be an integer, got {value!r}")
         require(kind not in (float, "float") or number, f"{group}.{name} must be a number, got {value!r}")
     with _config_errors(group):
         return factory(**supplied)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @contextmanager

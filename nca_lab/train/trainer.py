@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
-from nca_lab.errors import require
+from nca_lab.errors import is_integer, require
 from nca_lab.log.base import Logger, NullLogger
 from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
@@ -99,8 +99,8 @@ class Trainer:
         counts |= {"log_every": (log_every, 1), "eval_every": (eval_every, 0), "render_every": (render_every, 0)}
         counts |= {"checkpoint_every": (checkpoint_every, 0), "keep_last": (keep_last, 1)}
         for name, (value, least) in counts.items():
-            whole = isinstance(value, int) and not isinstance(value, bool)
-            require(whole and value >= least, f"trainer.{name} must be an integer >= {least}, got {value!r}")
+            message = f"trainer.{name} must be an integer >= {least}, got {value!r}"
+            require(is_integer(value) and value >= least, message)
         require(
             callable(learning_rate) or (isinstance(learning_rate, int | float) and learning_rate > 0),
             f"trainer.learning_rate must be positive (or a schedule), got {learning_rate!r}",
