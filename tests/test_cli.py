@@ -124,8 +124,8 @@ BAD_SETTINGS = [
     (["perceive=learned", "perceive.features=48"], "perceive.features does not apply to mode=depthwise, got 48"),
 ]
 
-#: Through the command: Hydra's errors, a missing checkpoint (found when training starts), and
-#: one build error each from the task and the model.
+#: Through the command: Hydra's errors, a missing checkpoint (found when training starts), one
+#: build error each from the task and the model, and the logger's options (checked before the build).
 BAD_INPUTS = [
     BAD_SETTINGS[0],
     BAD_SETTINGS[9],
@@ -135,6 +135,11 @@ BAD_INPUTS = [
     (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive':"),
     (["experiment=quick_grow"], "Could not find 'experiment/quick_grow' Available options in 'experiment':"),
     (["task.target=a=b"], "mismatched input"),
+    (
+        ["logger=wandb", "logger.mode=ofline"],
+        "logger.mode must be one of 'online', 'offline', 'disabled', null, got 'ofline'",
+    ),
+    (["logger=wandb", "+logger.colour=red"], "unknown or missing option for logger"),
 ]
 
 
@@ -157,6 +162,7 @@ def test_bad_input_is_one_clear_line(overrides, message, tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
+    assert not (run_dir / "config_resolved.yaml").exists()  # refused before the run dir is written
 
 
 def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):

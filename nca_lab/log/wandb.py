@@ -10,11 +10,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal, get_args
 
 from nca_lab.errors import require
 from nca_lab.log.base import Logger
 
-MODES = ("online", "offline", "disabled")
+Mode = Literal["online", "offline", "disabled"]
+MODES = get_args(Mode)
 
 #: Dashboard names of the trainer's scalars; ``eval/...`` keys pass through.
 DASHBOARD_NAMES = {
@@ -37,7 +39,7 @@ class WandbLogger(Logger):
         name: str,
         project: str = "nca_lab",
         entity: str | None = None,
-        mode: str | None = None,
+        mode: Mode | None = None,
         group: str | None = None,
         tags: list[str] | None = None,
         run_id: str | None = None,

@@ -4,9 +4,12 @@ Each config group names its class with ``_target_`` (``_partial_`` where only co
 size); this module supplies those sizes, builds task, model, trainer and logger, and trains.
 """
 
+import functools
 import inspect
 import json
 import sys
+import typing
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -121,6 +124,9 @@ def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dic
     completed = run_dir / "summary.json"
     if completed.is_file():
         return _completed(run_dir, config)
+    in_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None
+    extra = {"group": _default_name(sweep_dir)} if in_sweep else {}
+    logger_factory = _factory(cfg.logger, "logger", ("config", "run_dir", "name", "run_id", *extra))
     task, model, trainer = build(cfg)
     resumed = trainer.resume_source(run_dir)
     run_id, start = None, f", from the weights of {trainer.init_from}" if trainer.init_from else ""
@@ -141,9 +147,6 @@ def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dic
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
     with _config_errors("logger"):
-        logger_factory = instantiate(cfg.logger)
-        in_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None
-        extra = {"group": _default_name(sweep_dir)} if in_sweep else {}
         logger = logger_factory(
             config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
         )
@@ -216,19 +219,29 @@ def _default_name(run_dir: Path) -> str:
 
 
 def _construct(node: DictConfig, group: str, **supplied):
-    """Instantiate a ``_partial_`` config node with the sizes only code knows.
+    """Instantiate a ``_partial_`` config node with the sizes only code knows (checked by :func:`_factory`)."""
+    factory = _factory(node, group, supplied)
+    with _config_errors(group):
+        return factory(**supplied)
 
-    The arguments are bound against the constructor first, so an unknown option (say
-    ``+task.colour=red``) is one line naming the group, not a ``TypeError`` traceback; an
-    option annotated ``int`` or ``float`` must hold one (``task.target_size=1.5`` was truncated).
+
+def _factory(node: DictConfig, group: str, supplied: Iterable[str]) -> functools.partial:
+    """The ``_partial_`` of a config node, its options checked against the constructor.
+
+    The options and the ``supplied`` names are bound against the constructor, so an unknown
+    option (say ``+task.colour=red``) is one line naming the group, not a ``TypeError``
+    traceback; an option annotated ``int`` or ``float`` must hold one
+    (``task.target_size=1.5`` was truncated), one annotated ``Literal[...]`` one of its values
+    (``logger.mode=ofline`` is refused before the model is built, not after).
     """
     with _config_errors(group):
         factory = instantiate(node)
     target = factory.func
     # the constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)
     signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
+    placeholders = dict.fromkeys(supplied)
     try:
-        signature.bind(*((None,) if inspect.isclass(target) else ()), *factory.args, **factory.keywords, **supplied)
+        signature.bind(*((None,) if inspect.isclass(target) else ()), *factory.args, **factory.keywords, **placeholders)
     except TypeError as err:
         raise ConfigError(f"unknown or missing option for {group}: {err}") from None
     for name, value in factory.keywords.items():
@@ -236,8 +249,24 @@ def _construct(node: DictConfig, group: str, **supplied):
         number = is_integer(value) or isinstance(value, float)
         require(kind not in (int, "int") or is_integer(value), f"{group}.{name} must be an integer, got {value!r}")
         require(kind not in (float, "float") or number, f"{group}.{name} must be a number, got {value!r}")
-    with _config_errors(group):
-        return factory(**supplied)
+        choices = _literal_values(kind)
+        require(
+            choices is None or value in choices,
+            f"{group}.{name} must be one of {', '.join('null' if c is None else repr(c) for c in choices or ())}, got {value!r}",
+        )
+    return factory
+
+
+def _literal_values(kind) -> tuple | None:
+    """The values a ``Literal[...]`` annotation allows, ``None`` included if it is optional; ``None`` for others."""
+    if typing.get_origin(kind) is typing.Literal:
+        return typing.get_args(kind)
+    members = typing.get_args(kind)
+    if len(members) == 2 and type(None) in members:
+        (other,) = (m for m in members if m is not type(None))
+        inner = _literal_values(other)
+        return None if inner is None else (*inner, None)
+    return None
 
 
 @contextmanager
