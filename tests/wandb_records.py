@@ -7,6 +7,7 @@ records of ``crc32c (4) | length (2, LE) | type (1) | data`` in 32 KiB blocks, a
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -27,6 +28,8 @@ def records(path: Path):
             pos += left_in_block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):  # the writer is still at it
+            return
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 0 and length == 0:
@@ -38,12 +41,27 @@ def records(path: Path):
             yield record
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list:
+    """The records of a finished run's file, once its ``exit`` record is there.
+
+    ``run.finish()`` returns when W&B's service has the run's last records, before its writer
+    (another process) has flushed them to the file: read at once, a busy machine showed files
+    without even their ``run`` record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records(path))
+        if (found and found[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def read_run(run_dir: Path) -> dict:
-    """Config keys, history rows and summary of the one offline W&B run under ``run_dir/wandb``."""
+    """Config keys, history rows and summary of the one finished offline W&B run under ``run_dir/wandb``."""
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     out = {"runs": files, "config": {}, "history": [], "summary": {}, "run_id": None, "group": None}
     for file in files:
-        for record in records(file):
+        for record in finished_records(file):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 out["run_id"] = record.run.run_id

@@ -83,11 +83,14 @@ def test_a_run_resumes_its_own_w_and_b_run_and_one_resumed_elsewhere_gets_a_new_
     from nca_lab.train.run import run
 
     from nca_testing import compose
-    from wandb_records import records
+    from wandb_records import finished_records
 
     def run_ids(run_dir):
         return [
-            r.run.run_id for f in read_run(run_dir)["runs"] for r in records(f) if r.WhichOneof("record_type") == "run"
+            r.run.run_id
+            for f in read_run(run_dir)["runs"]
+            for r in finished_records(f)
+            if r.WhichOneof("record_type") == "run"
         ]
 
     first, second = tmp_path / "first", tmp_path / "second"
