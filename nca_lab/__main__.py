@@ -19,7 +19,31 @@ import re
 import signal
 import sys
 
-from nca_lab.runtime import configure_jax_environment
+STOPPED_OUTSIDE_TRAINING = "stopped: by a signal outside the training steps (nothing to save)"
+
+
+def _stop_now(signum, frame) -> None:
+    """A signal while JAX loads, the model is built or evaluated: nothing to save, exit at once.
+
+    Not by raising: an exception raised in a signal handler can land in a garbage-collection
+    callback, where Python prints and ignores it, and the job would run on (a Ctrl-C in the
+    final evaluation did, 4 times in 7); raised in an import, it is a page of traceback.
+    """
+    os.write(2, f"{STOPPED_OUTSIDE_TRAINING}\n".encode())
+    os._exit(143)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT stop the command at once; the training steps install their own
+    handler, which finishes the step and saves first, and restore this one after."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_now)
+
+
+if __name__ == "__main__":
+    stop_on_signals()  # before the imports below, which take seconds
+
+from nca_lab.runtime import configure_jax_environment  # noqa: E402
 
 configure_jax_environment()
 
@@ -82,19 +106,6 @@ def quote_non_ascii(arg: str) -> str:
     return f"{match[1]}=" + ",".join(v if v.isascii() else f"'{v}'" for v in match[2].split(","))
 
 
-STOPPED_OUTSIDE_TRAINING = "stopped: by a signal outside the training steps (nothing to save)"
-
-
-def _stop_now(signum, frame) -> None:
-    """SIGTERM while the model is built or evaluated: there is nothing to save, so exit at once.
-
-    Not by raising: an exception raised in a signal handler can land in a garbage-collection
-    callback, where Python prints and ignores it, and the job would run on.
-    """
-    os.write(2, f"{STOPPED_OUTSIDE_TRAINING}\n".encode())
-    os._exit(143)
-
-
 def cli() -> None:
     """The command: :func:`main`, with Hydra's errors reported as one line.
 
@@ -105,12 +116,9 @@ def cli() -> None:
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])
-    signal.signal(signal.SIGTERM, _stop_now)  # the training steps install their own, which saves first
+    stop_on_signals()
     try:
         main()
-    except KeyboardInterrupt:
-        print(STOPPED_OUTSIDE_TRAINING, file=sys.stderr)
-        sys.exit(143)
     except JobFailed as failed:  # Hydra re-raises the first failed job's (from its process, for submitit)
         if full_report:
             raise

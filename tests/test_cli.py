@@ -1,6 +1,10 @@
 """``python -m nca_lab`` as a user runs it: outputs of a run, and one clear line for bad input."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from PIL import Image
@@ -10,7 +14,7 @@ from nca_lab.perceive.base import Perceive
 from nca_lab.train.run import build
 from nca_lab.update.residual import ResidualUpdate
 
-from nca_testing import TINY, compose, run_cli
+from nca_testing import REPO, TINY, compose, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +221,21 @@ def test_help_names_the_command_and_lists_the_groups():
     assert result.returncode == 0
     assert result.stdout.startswith("python -m nca_lab [overrides]: train a Neural Cellular Automaton")
     assert "perceive: attention, learned, sobel" in result.stdout and "__main__" not in result.stdout
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
+def test_ctrl_c_while_starting_is_one_line_and_143(delay, tmp_path):
+    """Before the training steps, SIGINT stops at once: it was a traceback in an import (0.2 and
+    0.7 s in), or swallowed by a garbage-collection callback while the model was built, the
+    job training on (1.0 s in)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nca_lab", *TINY, f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(delay)  # the imports of JAX, Hydra and nca_lab, then the build, take seconds
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (process.returncode, err) == (143, "stopped: by a signal outside the training steps (nothing to save)\n")
