@@ -43,6 +43,21 @@ class MetricsFile:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """All records of a run's ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """All records of a run's ``metrics.jsonl``.
+
+    A last line cut short (the disk filled, or the job was killed, while it was written) is
+    left out, so a run can resume after it; the line is rewritten from the checkpoint's step on.
+    """
+    text = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n") and not _is_json(lines[-1]):
+        lines.pop()
+    return [json.loads(line) for line in lines]
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True

@@ -1,0 +1,31 @@
+"""metrics.jsonl: a resumed run continues after the lines of its checkpoint, whatever the dead attempt left."""
+
+import json
+
+from nca_lab.log.metrics_file import MetricsFile, read_metrics
+
+
+def write_lines(run_dir, records, tail=""):
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail, encoding="utf-8")
+
+
+def test_a_resumed_run_drops_the_lines_after_its_checkpoint(tmp_path):
+    write_lines(tmp_path, [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}, {"step": 3, "loss": 0.3}])
+    metrics = MetricsFile(tmp_path, resume_step=2)
+    metrics.write(3, {"loss": 0.25})
+    metrics.close()
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}, {"step": 3, "loss": 0.25}]
+
+
+def test_a_line_cut_short_by_a_full_disk_does_not_stop_the_resume(tmp_path):
+    write_lines(tmp_path, [{"step": 1, "loss": 0.5}], tail='{"step": 2, "loss": 0.4, "lr": 0.0020')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}]
+    metrics = MetricsFile(tmp_path, resume_step=1)
+    metrics.write(2, {"loss": 0.4})
+    metrics.close()
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+
+
+def test_a_last_line_without_its_newline_is_kept_when_whole(tmp_path):
+    write_lines(tmp_path, [{"step": 1, "loss": 0.5}], tail='{"step": 2, "loss": 0.4}')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
