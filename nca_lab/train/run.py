@@ -250,10 +250,9 @@ def _factory(node: DictConfig, group: str, supplied: Iterable[str]) -> functools
         require(kind not in (int, "int") or is_integer(value), f"{group}.{name} must be an integer, got {value!r}")
         require(kind not in (float, "float") or number, f"{group}.{name} must be a number, got {value!r}")
         choices = _literal_values(kind)
-        require(
-            choices is None or value in choices,
-            f"{group}.{name} must be one of {', '.join('null' if c is None else repr(c) for c in choices or ())}, got {value!r}",
-        )
+        if choices is not None and value not in choices:
+            allowed = ", ".join("null" if c is None else repr(c) for c in choices)
+            raise ConfigError(f"{group}.{name} must be one of {allowed}, got {value!r}")
     return factory
 
 
