@@ -14,6 +14,7 @@ In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep go
 the other jobs; the command then exits 1 with one line naming the first failed job.
 """
 
+import logging
 import os
 import re
 import signal
@@ -113,6 +114,7 @@ def cli() -> None:
     them instead, which is how they reach this handler. A user who set that variable keeps
     Hydra's full report.
     """
+    logging.raiseExceptions = False  # a log file on a full disk is not a page of "Logging error"
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
-from nca_lab.errors import ConfigError, require
+from nca_lab.errors import ConfigError, one_line, require
 
 CHECKPOINTS = "checkpoints"
 
@@ -110,8 +110,13 @@ class RunCheckpointer:
         }
         if pool is not None:
             items["pool"] = ocp.args.StandardSave(pool._asdict())
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics={"loss": float(metadata["loss"])}, force=True)
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(
+                step, args=ocp.args.Composite(**items), metrics={"loss": float(metadata["loss"])}, force=True
+            )
+            self.manager.wait_until_finished()
+        except (OSError, ValueError) as err:  # TensorStore's write errors (a full disk) come as ValueError
+            raise OSError(f"cannot write checkpoint {self.directory / str(step)}: {one_line(err)}") from err
         return self.directory / str(step)
 
     def metadata(self, step: int | None = None) -> dict:

@@ -1,6 +1,8 @@
 """``python -m nca_lab`` as a user runs it: outputs of a run, and one clear line for bad input."""
 
 import json
+import os
+import resource
 import signal
 import subprocess
 import sys
@@ -239,3 +241,24 @@ def test_ctrl_c_while_starting_is_one_line_and_143(delay, tmp_path):
     finally:
         process.kill()
     assert (process.returncode, err) == (143, "stopped: by a signal outside the training steps (nothing to save)\n")
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_exit_1(tmp_path):
+    """As on a full disk: Orbax's worker threads log a traceback each, and TensorStore raises a
+    ValueError, which was a traceback of some 700 lines. Files here may not exceed 20 kB: the
+    update's first kernel (48 x 128 float32) is 24 kB."""
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "nca_lab", *TINY, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=small_files,
+        env={**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"training in {run_dir}" and len(lines) == 2, result.stderr[-3000:]
+    assert lines[1].startswith(f"error: cannot write checkpoint {run_dir / 'checkpoints' / '2'}: ")  # the end
+    assert "File too large" in lines[1]
