@@ -197,9 +197,10 @@ def _completed(run_dir: Path, config: dict) -> dict:
         f"(trainer.init_from={run_dir} starts from its weights)",
     )
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    more = config["trainer"]["steps"] > summary["step"]
-    hint = f"to train on to step {config['trainer']['steps']}" if more else "to run it again"
-    print(f"skipped {run_dir}: already completed (delete its summary.json {hint})", file=sys.stderr)
+    steps = config["trainer"]["steps"]
+    # deleting summary.json only trains on: at the same steps it would evaluate again, at fewer it is refused
+    hint = f" (delete its summary.json to train on to step {steps})" if steps > summary["step"] else ""
+    print(f"skipped {run_dir}: already completed at step {summary['step']}{hint}", file=sys.stderr)
     return summary
 
 

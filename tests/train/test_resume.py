@@ -171,7 +171,12 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
         f"0.5 -> 0.25): give this one another run dir (trainer.init_from={tmp_path} starts from its weights)"
     )
     assert run_app(tmp_path, "trainer.steps=3")["step"] == 2  # skipped, saying how to train on
-    assert "delete its summary.json to train on to step 3" in capsys.readouterr().err
+    assert f"skipped {tmp_path}: already completed at step 2 (delete its summary.json to train on to step 3)\n" in (
+        capsys.readouterr().err
+    )
+    for steps in (2, 1):  # deleting summary.json would evaluate again, or be refused: no such advice
+        run_app(tmp_path, f"trainer.steps={steps}")
+        assert capsys.readouterr().err.endswith(f"skipped {tmp_path}: already completed at step 2\n")
 
     (tmp_path / "summary.json").unlink()  # as if it had stopped before its end
     with pytest.raises(ConfigError) as resumed:
