@@ -26,6 +26,7 @@ from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
 from nca_lab.errors import ConfigError, is_integer, one_line, require
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
+from nca_lab.train.run_dir_lock import run_dir_lock
 
 
 class SeedKeys(NamedTuple):
@@ -117,9 +118,17 @@ def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dic
     that holds ``summary.json`` is complete and skipped, so re-running a sweep only runs
     the jobs that did not finish. Either only under the run's own :data:`RUN_DEFINING`
     settings. A job of the sweep in ``sweep_dir`` is in the W&B group named like a run
-    (:func:`_default_name`): ``multirun/2026-11-23/10-00-00``, unique across days.
+    (:func:`_default_name`): ``multirun/2026-11-23/10-00-00``, unique across days. One job at
+    a time: another that holds ``run_dir`` (:func:`run_dir_lock`) makes this one stop.
     """
     run_dir = Path(run_dir)
+    if jax.process_index() > 0:  # a multi-host job's other processes share process 0's run dir
+        return _run(cfg, run_dir, sweep_dir)
+    with run_dir_lock(run_dir):
+        return _run(cfg, run_dir, sweep_dir)
+
+
+def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     completed = run_dir / "summary.json"
     if completed.is_file():
