@@ -21,14 +21,16 @@ class MetricsFile:
         evaluation follows the final checkpoint, and a run resumed there evaluates again).
         """
         self.path = Path(run_dir) / "metrics.jsonl"
+        #: The records of earlier attempts that stand (a resumed run's history so far).
+        self.earlier: list[dict] = []
         if self.path.exists():
-            kept = [
+            self.earlier = [
                 r
                 for r in read_metrics(run_dir)
                 if r["step"] < resume_step
                 or (r["step"] == resume_step and not (redo_evaluation and any(k.startswith("eval/") for k in r)))
             ]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.earlier), encoding="utf-8")
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

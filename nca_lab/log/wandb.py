@@ -104,6 +104,16 @@ class WandbLogger(Logger):
         """Log scalars under dashboard names (``train/...``, ``perf/...``, ``eval/...``)."""
         self.run.log({DASHBOARD_NAMES.get(k, k): v for k, v in metrics.items()}, step=step)
 
+    def resume(self, earlier: list[dict]) -> None:
+        """Offline, log the earlier steps again: a resumed offline run is a new file, and the
+        last one (``wandb sync``) then holds the whole history. W&B buffers that file in 32 KiB
+        blocks, so a job killed (or stopped in its final evaluation) left little or nothing of
+        it. Online, the server already has them."""
+        if self.mode != "offline":
+            return
+        for record in earlier:
+            self.log({k: v for k, v in record.items() if k != "step" and v is not None}, record["step"])
+
     def log_media(self, paths: dict[str, Path], step: int) -> None:
         """Log PNGs as images and GIFs as videos (no moviepy needed for a file)."""
         media = {}

@@ -239,6 +239,8 @@ class Trainer:
             "horizon": self.horizon,
         }
         metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps)
+        if start:
+            logger.resume(metrics_file.earlier)
         pending: list[tuple[int, dict]] = []
         bar = tqdm(total=self.steps, initial=start, disable=not self.progress, unit="step", dynamic_ncols=True)
 

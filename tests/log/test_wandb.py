@@ -101,3 +101,24 @@ def test_a_run_resumes_its_own_w_and_b_run_and_one_resumed_elsewhere_gets_a_new_
     (first_id,) = set(run_ids(first))  # two starts, one W&B run
     assert len(run_ids(first)) == 2
     assert run_ids(second) and first_id not in run_ids(second)  # its own run dir, its own W&B run
+
+
+def test_a_resumed_offline_run_holds_the_whole_history(tmp_path):
+    """W&B buffers an offline run's file in 32 KiB blocks: a job killed (or stopped in its final
+    evaluation) left a file of 7 bytes. The resumed run's file logs the earlier steps again."""
+    import shutil
+
+    from nca_lab.log.metrics_file import read_metrics
+    from nca_lab.train.run import run
+
+    from nca_testing import compose
+
+    settings = compose(*WANDB_TINY, "trainer.steps=4", "trainer.checkpoint_every=2", "trainer.log_every=1")
+    run(settings, tmp_path)
+    for lost in ("summary.json", "checkpoints/4", "wandb"):  # died after step 3, its W&B file lost
+        shutil.rmtree(tmp_path / lost) if (tmp_path / lost).is_dir() else (tmp_path / lost).unlink()
+    run(settings, tmp_path)
+    history = read_run(tmp_path)["history"]
+    logged = {row["_step"]: row["train/loss"] for row in history if "train/loss" in row}
+    assert logged == {r["step"]: r["loss"] for r in read_metrics(tmp_path) if "loss" in r}
+    assert sorted(logged) == [1, 2, 3, 4]
