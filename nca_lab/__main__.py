@@ -52,7 +52,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.errors import ConfigCompositionException, OverrideParseException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from nca_lab.config import config_dir  # noqa: E402
@@ -73,7 +73,12 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = run(cfg, hydra_cfg.runtime.output_dir, sweep_dir=hydra_cfg.sweep.dir if sweep else None)
+        summary = run(
+            cfg,
+            hydra_cfg.runtime.output_dir,
+            sweep_dir=hydra_cfg.sweep.dir if sweep else None,
+            hydra_records=hydra_records(cfg, hydra_cfg),
+        )
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(143)
@@ -85,6 +90,18 @@ def main(cfg: DictConfig) -> None:
             raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
+
+
+def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
+    """What Hydra writes into a run dir's ``.hydra/`` (``hydra.output_subdir`` is null in
+    ``conf/config.yaml``), for :func:`~nca_lab.train.run.run` to write once the job trains:
+    Hydra wrote them before the job ran, so a command refused on a finished run rewrote its
+    records (``.hydra/config.yaml`` said ``seed: 1`` of a run trained with seed 0)."""
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+        "overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task)),
+    }
 
 
 #: Errors of composing the config or of making the run dir: the user's input, not a bug.

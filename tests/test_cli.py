@@ -42,15 +42,22 @@ def test_smoke_run_writes_the_run_outputs(smoke_run):
     assert summary["step"] == 2 and "eval/mse" in summary
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
     assert "done: loss=" in result.stdout
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
+    assert overrides == [f"- {o}" for o in (*TINY, "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}")][:-1]
+    assert "seed: 0" in (run_dir / ".hydra" / "config.yaml").read_text().splitlines()
 
 
-def test_rerunning_a_completed_run_skips_it(smoke_run):
+def test_rerunning_a_completed_run_skips_it_and_leaves_its_records(smoke_run):
     run_dir, _ = smoke_run
+    records = {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()}
     before = (run_dir / "metrics.jsonl").read_text()
-    result = run_cli(*TINY, "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}")
+    result = run_cli(*TINY, "trainer.checkpoint_every=1", "trainer.log_every=2", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0
     assert "already completed" in result.stderr
+    refused = run_cli(*TINY, "seed=1", f"hydra.run.dir={run_dir}")
+    assert refused.returncode == 2 and "holds a completed run with other settings (seed: 0 -> 1)" in refused.stderr
     assert (run_dir / "metrics.jsonl").read_text() == before
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra").iterdir()} == records  # Hydra rewrote them
 
 
 class MisSizedPerceive(Perceive):

@@ -111,7 +111,9 @@ def build(cfg: DictConfig) -> tuple:
     return task, model, trainer
 
 
-def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dict:
+def run(
+    cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None, hydra_records: dict[str, str] | None = None
+) -> dict:
     """Train as ``cfg`` says, writing everything into ``run_dir``; return the final metrics.
 
     A run dir that already holds checkpoints is resumed (with the same W&B run id); one
@@ -120,15 +122,17 @@ def run(cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None) -> dic
     settings. A job of the sweep in ``sweep_dir`` is in the W&B group named like a run
     (:func:`_default_name`): ``multirun/2026-11-23/10-00-00``, unique across days. One job at
     a time: another that holds ``run_dir`` (:func:`run_dir_lock`) makes this one stop.
+    ``hydra_records`` (Hydra's ``config.yaml``, ``hydra.yaml``, ``overrides.yaml``) go into
+    ``run_dir/.hydra`` when training starts: a command refused or skipped leaves the run's own.
     """
     run_dir = Path(run_dir)
     if jax.process_index() > 0:  # a multi-host job's other processes share process 0's run dir
-        return _run(cfg, run_dir, sweep_dir)
+        return _run(cfg, run_dir, sweep_dir, hydra_records or {})
     with run_dir_lock(run_dir):
-        return _run(cfg, run_dir, sweep_dir)
+        return _run(cfg, run_dir, sweep_dir, hydra_records or {})
 
 
-def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> dict:
+def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: dict[str, str]) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     completed = run_dir / "summary.json"
     if completed.is_file():
@@ -155,6 +159,9 @@ def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
+    for name, text in hydra_records.items():
+        (run_dir / ".hydra").mkdir(exist_ok=True)
+        write_text_atomically(run_dir / ".hydra" / name, text)
     with _config_errors("logger"):
         logger = logger_factory(
             config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
