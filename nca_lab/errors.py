@@ -36,3 +36,8 @@ def one_line(err: BaseException) -> str:
     if cause is not None and str(cause).strip() and str(cause) not in str(err):
         lines.append(f"({one_line(cause)})")
     return " ".join(lines)
+
+
+#: The seeds JAX tells apart: ``jax.random.key`` keeps the low 32 bits (``2**32 + s`` draws as
+#: ``s``, ``-1`` as ``2**32 - 1``) and a seed of 2**63 or more does not convert at all.
+SEEDS = range(2**32)

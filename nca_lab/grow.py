@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from nca_lab.alive import ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.ckpt import RunCheckpointer  # noqa: E402
-from nca_lab.errors import ConfigError, require  # noqa: E402
+from nca_lab.errors import SEEDS, ConfigError, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
 from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
@@ -46,6 +46,9 @@ NOTHING_GREW = (
 MAX_GIF_FRAMES = 200
 #: Target width of the pictures in pixels (each cell is a square of pixels).
 PICTURE_PIXELS = 320
+#: Most steps and cells per side a grow takes: beyond them it cannot run (a key for every step
+#: is split up front, each frame kept is a full grid).
+MAX_STEPS, MAX_SIDE = 1_000_000, 4096
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,10 +86,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size is not None and len(args.size) > 2:
         parser.error("--size takes H or H W")
-    if (args.steps is not None and args.steps < 1) or (args.size is not None and min(args.size) < 1):
-        parser.error("--steps and --size must be positive")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        parser.error(f"--steps must be from 1 to {MAX_STEPS}")
+    if args.size is not None and not all(1 <= side <= MAX_SIDE for side in args.size):
+        parser.error(f"--size must be from 1 to {MAX_SIDE}")
+    if args.seed not in SEEDS:
+        parser.error(f"--seed must be from 0 to {SEEDS[-1]}")
     if args.fire_rate is not None and not 0.0 < args.fire_rate <= 1.0:
         parser.error("--fire-rate must be in (0, 1]")
+    if args.angle is not None and not math.isfinite(args.angle):
+        parser.error("--angle must be a finite number of degrees")
+    if args.damage and args.steps is not None and args.steps < 2:
+        parser.error("--damage needs --steps of at least 2 (the hole is cut halfway through)")
     return args
 
 
@@ -122,32 +133,35 @@ def cut_hole(state: np.ndarray, threshold: float = 0.1) -> np.ndarray:
 
 
 def run_segment(model: NCA, state: np.ndarray, key: jax.Array, num_steps: int, every: int):
-    """``num_steps`` steps; returns ``(final_state, frames)`` with a frame every ``every`` steps and at the end."""
+    """``num_steps`` steps; returns ``(final_state, frames)`` with RGBA frames every ``every`` steps and at the end."""
     bulk = num_steps - num_steps % every
     key_bulk, key_rest = jax.random.split(key)
     frames = []
     if bulk:
         final, kept = grow(model, state, key_bulk, bulk, frame_every=every)
         state = np.asarray(final)
-        frames = list(np.asarray(kept)[1:])
+        frames = list(np.asarray(kept[1:, ..., :4]))
     if num_steps > bulk:
         state = np.asarray(grow(model, state, key_rest, num_steps - bulk)[0])
-        frames.append(state)
+        frames.append(state[..., :4])
     return state, frames
 
 
 def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool):
-    """Grow from the standard seed: ``(final_state (H, W, C), frames (T, H, W, C))``."""
+    """Grow from the standard seed: ``(final_state (H, W, C), frames (T, H, W, 4))``.
+
+    The frames keep only RGBA, all the GIF shows: a quarter of the memory of 16-channel states.
+    """
     every = math.ceil(steps / MAX_GIF_FRAMES)
     lengths = [steps // 2, steps - steps // 2] if damage else [steps]
     state = seed_state(size, model.num_channels)
-    frames = [state]
+    frames = [state[..., :4]]
     keys = jax.random.split(jax.random.key(seed), len(lengths))
     threshold = 0.1 if model.alive_threshold is None else model.alive_threshold
     for index, length in enumerate(lengths):
         if index:
             state = cut_hole(state, threshold)
-            frames.append(state)
+            frames.append(state[..., :4])
         if length:
             state, segment = run_segment(model, state, keys[index], length, every)
             frames.extend(segment)
@@ -155,7 +169,7 @@ def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
 
 
 def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path]:
-    """Write ``rollout.gif``, ``final.png`` and ``final_state.npy`` into ``out``."""
+    """Write ``rollout.gif`` (of RGBA ``frames``), ``final.png`` and ``final_state.npy`` into ``out``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -177,6 +191,20 @@ def trained_setting(model_path: str) -> tuple[tuple[int, int], int]:
     return (tuple(grid) if grid else ARTICLE_GRID), (2 * horizon if horizon else ARTICLE_STEPS)
 
 
+def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool, out: Path):
+    """Grow and write the outputs: ``(final_state, paths)``; running out of memory is a :class:`ConfigError`."""
+    try:
+        final, frames = grow_from_seed(model, size, steps, seed, damage)
+        return final, write_outputs(out, final, frames)
+    except (MemoryError, jax.errors.JaxRuntimeError) as err:
+        if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        raise ConfigError(
+            f"growing {size[0]}x{size[1]} for {steps} steps does not fit in memory "
+            "(try a smaller --size or fewer --steps)"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input is one ``error: <file>: ...`` line and exit status 2, nothing written."""
     args = parse_args(argv)
@@ -186,8 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         grid, steps = trained_setting(args.model)
         size = (args.size[0], args.size[-1]) if args.size else grid
         steps = args.steps or steps
-        final, frames = grow_from_seed(model, size, steps, args.seed, args.damage)
-        paths = write_outputs(out, final, frames)
+        final, paths = grow_and_write(model, size, steps, args.seed, args.damage, out)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

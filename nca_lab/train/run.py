@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
-from nca_lab.errors import ConfigError, is_integer, one_line, require
+from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, require
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
 from nca_lab.train.run_dir_lock import run_dir_lock
@@ -46,8 +46,9 @@ def seed_keys(seed: int) -> SeedKeys:
 def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``, ``compact_cells``)."""
     channels = cfg.num_channels
-    require(is_integer(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
-    rngs = nnx.Rngs(params=seed_keys(cfg.seed).init)
+    seed = cfg.seed
+    require(is_integer(seed) and seed in SEEDS, f"seed must be an integer from 0 to {SEEDS[-1]}, got {seed!r}")
+    rngs = nnx.Rngs(params=seed_keys(seed).init)
     perceive = _construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
     update = _construct(
         cfg["update"], "update", perception_size=_perception_size(perceive, channels), num_channels=channels, rngs=rngs

@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -55,6 +56,46 @@ def test_same_seed_same_result(tmp_path):
         grow_cli.main([str(WEBGL8), "--steps", "6", "--size", "16", "--out", str(tmp_path / name)])
         finals.append(np.load(tmp_path / name / "final_state.npy"))
     np.testing.assert_array_equal(*finals)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--angle", "nan"], "--angle must be a finite number"),
+        (["--angle", "inf"], "--angle must be a finite number"),
+        (["--steps", "99999999999999999999"], "--steps must be from 1 to 1000000"),
+        (["--steps", "3000000000"], "--steps must be from 1 to 1000000"),
+        (["--size", "100000"], "--size must be from 1 to 4096"),
+        (["--seed", "99999999999999999999"], "--seed must be from 0 to 4294967295"),
+        (["--damage", "--steps", "1"], "--damage needs --steps of at least 2"),
+    ],
+    ids=["angle nan", "angle inf", "steps beyond int64", "steps 3e9", "size 1e5", "seed beyond int64", "damage 1 step"],
+)
+def test_values_that_cannot_run_are_usage_errors(options, message, tmp_path, capsys):
+    argv = [str(WEBGL8), "--steps", "3", "--size", "8", *options, "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        grow_cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4096 bytes.")],
+    ids=["numpy", "xla"],
+)
+def test_running_out_of_memory_is_one_line(error, tmp_path, capsys, monkeypatch):
+    def grow_from_seed(*args):
+        raise error
+
+    monkeypatch.setattr(grow_cli, "grow_from_seed", grow_from_seed)
+    with pytest.raises(SystemExit) as exit_info:
+        grow_cli.main([str(WEBGL8), "--size", "4096", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: growing 4096x4096 for 200 steps does not fit in memory (try a smaller --size or fewer --steps)\n"
+    )
 
 
 def test_export_writes_a_file_that_loads_back(tmp_path, capsys):
