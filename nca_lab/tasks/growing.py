@@ -43,7 +43,7 @@ class GrowingTask(Task):
         Args:
             num_channels: state channels (at least 4: RGBA).
             target: an emoji character or the path of an image file.
-            target_size: the target is thumbnailed to fit this square.
+            target_size: a larger target is shrunk to fit this square (a smaller one is used as is).
             padding: empty cells around the target on every side.
             centre_on_body: shift the target so the seed (centre cell) lies on it
                 (see :func:`~nca_lab.data.images.body_at_centre`).
@@ -53,7 +53,7 @@ class GrowingTask(Task):
         require(int(num_channels) >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
         require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
         self.num_channels = int(num_channels)
-        self.target = jnp.asarray(load_target(str(target), int(target_size), int(padding), bool(centre_on_body)))
+        self.target = jnp.asarray(load_target(target, int(target_size), int(padding), bool(centre_on_body)))
         self.grid_shape = tuple(self.target.shape[:2])
         self.alive_threshold = float(alive_threshold)
         self.render_scale = int(render_scale)

@@ -48,7 +48,7 @@ class RegeneratingTask(GrowingTask):
         Args:
             num_channels: state channels (at least 4: RGBA).
             target: an emoji character or the path of an image file.
-            target_size: the target is thumbnailed to fit this square.
+            target_size: a larger target is shrunk to fit this square (a smaller one is used as is).
             padding: empty cells around the target on every side.
             centre_on_body: shift the target so the seed (centre cell) lies on it.
             alive_threshold: alpha threshold of the alive mask.

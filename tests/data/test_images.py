@@ -56,3 +56,71 @@ def test_unreadable_image(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(ConfigError, match="cannot read image"):
         load_target(str(bad))
+
+
+def _disc(value, dtype, size=12):
+    """A grayscale ``(size, size)`` image: a disc of ``value`` on 0."""
+    rr, cc = np.mgrid[:size, :size]
+    return np.where((rr - size / 2) ** 2 + (cc - size / 2) ** 2 < (size / 3) ** 2, value, 0).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "name"),
+    [(40000, np.uint16, "disc.png"), (40000, np.int32, "disc.tif"), (40000 / 65535, np.float32, "disc.tif")],
+    ids=["I;16 png", "I tiff", "F tiff"],
+)
+def test_high_bit_depth_grayscale_is_scaled_not_clipped(tmp_path, value, dtype, name):
+    path = tmp_path / name
+    Image.fromarray(_disc(value, dtype)).save(path)
+    target = load_target(str(path), size=12, padding=0, centre_on_body=False)
+    np.testing.assert_allclose(target[6, 6], [40000 / 65535] * 3 + [1.0], atol=0.5 / 255)
+    np.testing.assert_array_equal(target[0, 0], [0, 0, 0, 1])  # black, opaque background
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [(_disc(1.5, np.float32), r"must lie in \[0, 1\]"), (_disc(70000, np.int32), "beyond 16 bits")],
+    ids=["float above 1", "int above 16 bits"],
+)
+def test_out_of_range_high_bit_depth_values_are_refused(tmp_path, values, message):
+    path = tmp_path / "wide.tif"
+    Image.fromarray(values).save(path)
+    with pytest.raises(ConfigError, match=message):
+        load_target(str(path), size=12, padding=0)
+
+
+def test_an_existing_file_is_an_image_whatever_its_extension(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative names, without the "/" that marks a path
+    Image.fromarray(np.full((8, 8, 4), 255, np.uint8)).save("photo.tif")
+    assert load_target("photo.tif", size=8, padding=0)[..., 3].all()
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(ConfigError, match="cannot read image notes.txt"):
+        load_target("notes.txt")
+    with pytest.raises(ConfigError, match="image not found: missing.tif"):
+        load_target("missing.tif")
+
+
+def test_a_small_image_is_not_scaled_up_and_says_so(tmp_path, capsys):
+    path = tmp_path / "small.png"
+    Image.fromarray(np.full((5, 5, 4), 255, np.uint8)).save(path)
+    target = load_target(str(path), size=10, padding=0)
+    assert target[..., 3].sum() == 25
+    assert (
+        capsys.readouterr().err
+        == f"note: {path} is 5x5, smaller than task.target_size=10; it is used at that size, not scaled up\n"
+    )
+    load_target(str(path), size=5, padding=0)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_fully_transparent_image_is_refused(tmp_path):
+    path = tmp_path / "clear.png"
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(path)
+    with pytest.raises(ConfigError, match="no visible pixel"):
+        load_target(str(path), size=8)
+
+
+@pytest.mark.parametrize("source", [None, 7, ""])
+def test_a_target_that_is_no_text_is_refused(source):
+    with pytest.raises(ConfigError, match="task.target must be an emoji character or an image path"):
+        load_target(source)
