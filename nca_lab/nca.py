@@ -108,12 +108,36 @@ class NCA(nnx.Module):
             return False
         return self.compact_cells is True or (jax.default_backend() == "cpu" and num_cells >= MIN_CELLS)
 
+    def grid_keys(self, state: jnp.ndarray, key: jax.Array) -> jax.Array:
+        """``key`` as new-style keys, one per grid of ``state``, once both are checked.
+
+        Shapes and dtypes are static, so the checks run at trace time (free under ``jit``,
+        ``vmap`` and ``grad``) and turn a reshape or scan error deep in a step into one
+        naming what is expected. A classic ``jax.random.PRNGKey`` (uint32 key data) is
+        wrapped: the same random draws as the ``jax.random.key`` with that data.
+        """
+        if state.ndim < 3 or state.shape[-1] != self.num_channels:
+            raise ValueError(f"state has shape {state.shape}; this model steps (..., H, W, {self.num_channels})")
+        if jax.dtypes.canonicalize_dtype(state.dtype) != jnp.float32:
+            raise TypeError(f"state has dtype {state.dtype}; this model steps float32 states")
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.dtype != jnp.uint32:
+                raise TypeError(f"key has dtype {key.dtype}; give jax.random.key(seed) keys")
+            key = jax.random.wrap_key_data(key)
+        if key.shape != state.shape[:-3]:
+            raise ValueError(
+                f"key has shape {key.shape}; give one key per grid, shape {state.shape[:-3]} "
+                "(jax.random.split(key, n) for a batch of n)"
+            )
+        return key
+
     def step(self, state: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """One CA step of ``state (..., H, W, C)``; ``key`` has shape ``state.shape[:-3]``.
 
         Each grid draws its fire mask from its own key, so a sample's trajectory does not
         depend on the batch it is in.
         """
+        key = self.grid_keys(state, key)
         if self.uses_manual_vjp:
             fire = self.update.fire_mask(key, state.shape[:-1])
             compact = self.compacts(math.prod(state.shape[:-1]))
@@ -139,7 +163,8 @@ class NCA(nnx.Module):
 
         Args:
             state: initial state ``(..., H, W, C)``.
-            key: one PRNG key per grid, shape ``state.shape[:-3]`` (a scalar key for one grid).
+            key: one PRNG key per grid, shape ``state.shape[:-3]`` (a scalar key for one grid;
+                see :meth:`grid_keys`).
             num_steps: static length of the scan.
             active_steps: run only the first ``active_steps`` steps (may be traced, e.g. a
                 random rollout length); later steps are skipped by ``lax.cond``, so a random
@@ -155,6 +180,7 @@ class NCA(nnx.Module):
             ``(final_state, frames)``; frames is ``(num_steps // frame_every + 1, ..., H, W, C)``
             or ``None``.
         """
+        key = self.grid_keys(state, key)
         batch_shape = state.shape[:-3]
         flat_keys = jnp.reshape(key, (-1,))
         step_keys = jax.vmap(lambda k: jax.random.split(k, num_steps))(flat_keys)

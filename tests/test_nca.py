@@ -89,3 +89,25 @@ def test_no_alive_masking_keeps_every_cell():
     state = jax.random.uniform(jax.random.key(1), (6, 6, C)).at[..., 3].set(0.0)  # alpha 0 everywhere
     out = model.step(state, jax.random.key(0))
     assert bool(jnp.all(jnp.any(out != state, axis=-1)))
+
+
+def test_a_classic_prng_key_draws_as_its_new_style_key(model, seeds):
+    final, _ = jax.jit(lambda s, k: model.rollout(s, k, 4))(seeds[0], jax.random.PRNGKey(5))
+    np.testing.assert_array_equal(final, model.rollout(seeds[0], jax.random.key(5), 4)[0])
+
+
+@pytest.mark.parametrize("method", ["rollout", "step"])
+@pytest.mark.parametrize(
+    ("state", "key", "error", "message"),
+    [
+        (lambda s: s, lambda: jax.random.key(0), ValueError, r"one key per grid, shape \(3,\)"),
+        (lambda s: s[..., :4], lambda: jax.random.split(jax.random.key(0), 3), ValueError, r"\(\.\.\., H, W, 8\)"),
+        (lambda s: s.astype(jnp.bfloat16), lambda: jax.random.split(jax.random.key(0), 3), TypeError, "steps float32"),
+        (lambda s: s[0], lambda: jnp.zeros(2, jnp.int32), TypeError, r"jax\.random\.key"),
+    ],
+    ids=["one key for a batch", "channels", "bf16", "int key"],
+)
+def test_bad_state_or_key_is_named_at_trace_time(model, seeds, method, state, key, error, message):
+    run = model.step if method == "step" else lambda s, k: model.rollout(s, k, 2)
+    with pytest.raises(error, match=message):
+        jax.jit(run)(state(seeds), key())
