@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--unroll must be positive")
     if args.repeats <= 0 or args.warmup < 0:
         parser.error("--repeats must be positive and --warmup non-negative")
+    if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
+        parser.error("--memory-budget-gb must be positive")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         parser.error(f"--json {args.json}: no such directory {Path(args.json).resolve().parent}")  # before the timing
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             builders[peer] = importlib.import_module(PEERS[peer]).build
         except ImportError as exc:
             parser.error(str(exc))
-    budget = args.memory_budget_gb * 2**30 if args.memory_budget_gb else _budget_bytes()
+    budget = _budget_bytes() if args.memory_budget_gb is None else args.memory_budget_gb * 2**30
     env = {"device": device(), "versions": versions()}
     print(f"device: {env['device']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))

@@ -99,7 +99,15 @@ def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch
 
 @pytest.mark.parametrize(
     "flag",
-    [["--unroll", "0"], ["--steps", "0"], ["--kernel", "cuda"], ["--repeats", "0"], ["--json", "/no/dir/b.json"]],
+    [
+        ["--unroll", "0"],
+        ["--steps", "0"],
+        ["--kernel", "cuda"],
+        ["--repeats", "0"],
+        ["--json", "/no/dir/b.json"],
+        ["--memory-budget-gb", "0"],
+        ["--memory-budget-gb", "nan"],
+    ],
 )
 def test_bad_options_are_refused(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
