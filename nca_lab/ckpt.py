@@ -91,6 +91,13 @@ class RunCheckpointer:
         """The step read when none is given: the step dir :meth:`find` was given, else the newest."""
         return self.latest_step() if self.selected_step is None else self.selected_step
 
+    def _step(self, step: int | None) -> int:
+        """``step``, or :meth:`default_step`; :class:`ConfigError` if there is no such checkpoint."""
+        step = self.default_step() if step is None else step
+        steps = sorted(self.manager.all_steps())
+        require(step in steps, f"{self.directory}: no checkpoint of step {step} (there are {steps or 'none'})")
+        return step
+
     def save(
         self,
         step: int,
@@ -121,12 +128,12 @@ class RunCheckpointer:
 
     def metadata(self, step: int | None = None) -> dict:
         """The JSON metadata of checkpoint ``step`` (default: :meth:`default_step`)."""
-        step = self.default_step() if step is None else step
+        step = self._step(step)
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def restore_model(self, model: nnx.Module, step: int | None = None) -> None:
         """Load the saved variables into ``model`` in place (a warm start, or inference)."""
-        step = self.default_step() if step is None else step
+        step = self._step(step)
         restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, "model")))["model"]
         _assign(model, restored, f"{self.directory / str(step)}")
 
@@ -150,7 +157,7 @@ class RunCheckpointer:
 
         ``pool`` is the freshly initialised pool (or ``None``): it gives the expected shapes.
         """
-        step = self.default_step() if step is None else step
+        step = self._step(step)
         where = f"{self.directory / str(step)}"
         meta = self.metadata(step)
         require(

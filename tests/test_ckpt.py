@@ -98,6 +98,8 @@ def test_load_model_of_a_run_dir(tmp_path):
     loaded = load_model(tmp_path)
     for a, b in zip(leaves(model), leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match=r"no checkpoint of step 7 \(there are \[2\]\)"):  # was a FileNotFoundError
+        load_model(tmp_path, step=7)
 
 
 def test_incompatible_config_is_one_clear_error(tmp_path):
