@@ -16,7 +16,6 @@ the other jobs; the command then exits 1 with one line naming the first failed j
 
 import logging
 import os
-import re
 import signal
 import sys
 
@@ -55,7 +54,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from nca_lab.config import config_dir  # noqa: E402
+from nca_lab.config import config_dir, quote_non_ascii  # noqa: E402
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 
 
@@ -106,22 +105,6 @@ def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
 
 #: Errors of composing the config or of making the run dir: the user's input, not a bug.
 USER_ERRORS = (ConfigCompositionException, OverrideParseException, OmegaConfBaseException, OSError)
-
-
-_OVERRIDE = re.compile(r"([~+]{0,2}[\w.@/-]+)=(.*)", re.DOTALL)
-
-
-def quote_non_ascii(arg: str) -> str:
-    """``task.target=🦋`` as Hydra can parse it: ``task.target='🦋'``.
-
-    Hydra's override grammar has no unquoted non-ASCII characters, so the most natural way
-    to pick an emoji target was a parse error. Each comma-separated value (a sweep's choices)
-    that has one is quoted; arguments already using quotes, lists or functions are left alone.
-    """
-    match = _OVERRIDE.fullmatch(arg)
-    if not match or arg.isascii() or any(c in match[2] for c in "'\"[]{}()"):
-        return arg
-    return f"{match[1]}=" + ",".join(v if v.isascii() else f"'{v}'" for v in match[2].split(","))
 
 
 def cli() -> None:

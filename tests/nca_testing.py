@@ -1,4 +1,4 @@
-"""Test helpers shared by every test file: config composition, tiny overrides, the real CLI,
+"""Test helpers shared by every test file: tiny overrides, the real CLI,
 and the comparison of a fast rollout path with its reference."""
 
 import os
@@ -23,17 +23,6 @@ TINY = [
     "trainer.rollout_steps=[2,3]",
     "trainer.progress=false",
 ]
-
-
-def compose(*overrides: str):
-    """The composed app config (``conf/``) with ``overrides``, without running anything."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from nca_lab.config import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 def run_cli(*args: str, module: str = "nca_lab", cwd: Path | None = None, timeout: int = 300, env: dict | None = None):

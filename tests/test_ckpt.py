@@ -7,12 +7,13 @@ import pytest
 from flax import nnx
 
 from nca_lab.ckpt import RunCheckpointer
+from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.train.pool import init_pool
 from nca_lab.train.run import build, load_model
 from nca_lab.train.step import make_train_step
 
-from nca_testing import TINY, compose
+from nca_testing import TINY
 
 
 def trained_state(*overrides, steps=2):

@@ -10,12 +10,13 @@ import time
 import pytest
 from PIL import Image
 
+from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.perceive.base import Perceive
 from nca_lab.train.run import build
 from nca_lab.update.residual import ResidualUpdate
 
-from nca_testing import REPO, TINY, compose, run_cli
+from nca_testing import REPO, TINY, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,7 @@ def test_unreadable_image_is_one_clear_line(tmp_path):
     ],
 )
 def test_non_ascii_override_values_are_quoted_for_hydra(arg, parsed):
-    from nca_lab.__main__ import quote_non_ascii
+    from nca_lab.config import quote_non_ascii
 
     assert quote_non_ascii(arg) == parsed
 
@@ -272,3 +273,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_exit_1(tmp_path):
     assert lines[0] == f"training in {run_dir}" and len(lines) < 20, result.stderr[-3000:]
     assert lines[-1].startswith(f"error: cannot write checkpoint {run_dir / 'checkpoints' / '2'}: ")  # the end
     assert "File too large" in lines[-1]
+
+
+def test_compose_from_python_takes_an_emoji_as_the_command_does():
+    assert compose("task.target=🦋").task.target == "🦋"

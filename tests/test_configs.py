@@ -6,10 +6,10 @@ import jax
 import pytest
 from hydra.utils import instantiate
 
-from nca_lab.config import config_dir
+from nca_lab.config import compose, config_dir
 from nca_lab.train.run import build
 
-from nca_testing import TINY, compose
+from nca_testing import TINY
 
 CONF = config_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))

@@ -80,9 +80,9 @@ def test_disabled_mode_writes_nothing_and_does_not_fail(tmp_path):
 
 
 def test_a_run_resumes_its_own_w_and_b_run_and_one_resumed_elsewhere_gets_a_new_one(tmp_path):
+    from nca_lab.config import compose
     from nca_lab.train.run import run
 
-    from nca_testing import compose
     from wandb_records import finished_records
 
     def run_ids(run_dir):
@@ -108,10 +108,9 @@ def test_a_resumed_offline_run_holds_the_whole_history(tmp_path):
     evaluation) left a file of 7 bytes. The resumed run's file logs the earlier steps again."""
     import shutil
 
+    from nca_lab.config import compose
     from nca_lab.log.metrics_file import read_metrics
     from nca_lab.train.run import run
-
-    from nca_testing import compose
 
     settings = compose(*WANDB_TINY, "trainer.steps=4", "trainer.checkpoint_every=2", "trainer.log_every=1")
     run(settings, tmp_path)

@@ -10,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+from nca_lab.config import compose
 from nca_lab.nca import NCA
 from nca_lab.perceive.attention import AttentionPerceive
 from nca_lab.perceive.learned import LearnedPerceive
@@ -20,7 +21,7 @@ from nca_lab.train.run import build
 from nca_lab.train.step import make_train_step
 from nca_lab.update.residual import ResidualUpdate
 
-from nca_testing import TINY, assert_rollouts_agree, compose, rollout_value_and_grads
+from nca_testing import TINY, assert_rollouts_agree, rollout_value_and_grads
 
 C = 8
 

@@ -5,12 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.base import psnr
 from nca_lab.tasks.diffusing import DiffusingTask, corrupt
 from nca_lab.train.run import build
-
-from nca_testing import compose
 
 TASK = "diffusing"
 LEVELS = ("a25", "a50", "a75", "a100")

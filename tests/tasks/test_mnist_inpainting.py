@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nca_lab.config import compose
 from nca_lab.data.mnist import load_mnist_images, raw_dir, write_idx
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.mnist_inpainting import (
@@ -18,7 +19,7 @@ from nca_lab.tasks.mnist_inpainting import (
 )
 from nca_lab.train.run import build
 
-from nca_testing import compose, run_cli
+from nca_testing import run_cli
 
 TASK = "mnist_inpainting"
 EVAL_KEYS = {f"{m}{s}" for m in ("mse", "psnr") for s in ("", "_masked_input", "_neighbour_fill")}

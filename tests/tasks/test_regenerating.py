@@ -7,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.damage import circle_masks
 from nca_lab.tasks.regenerating import DAMAGE_HOLD_FRAMES, RegeneratingTask
 from nca_lab.train.run import build
-
-from nca_testing import compose
 
 TASK = "regenerating"
 EVAL_KEYS = {"mse", "mse_damaged", "mse_recovered", "mse_2x", "mse_5x", "mse_10x"}

@@ -13,10 +13,11 @@ import jax
 from flax import nnx
 
 from nca_lab.ckpt import RunCheckpointer
+from nca_lab.config import compose
 from nca_lab.train.pool import init_pool
 from nca_lab.train.run import build
 
-from nca_testing import REPO, TINY, compose
+from nca_testing import REPO, TINY
 
 OVERRIDES = [
     *("task=regenerating", "task.pool_size=16", "task.damage_n=1", "trainer.batch_size=4"),
@@ -27,7 +28,8 @@ SCRIPT = r"""
 import json, sys
 import jax
 from flax import nnx
-from nca_testing import TINY, compose
+from nca_lab.config import compose
+from nca_testing import TINY
 from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train import parallel

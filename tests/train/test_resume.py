@@ -11,13 +11,14 @@ import jax
 import pytest
 
 from nca_lab.ckpt import RunCheckpointer
+from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train import trainer as trainer_module
 from nca_lab.train.run import build, run
 from nca_lab.train.trainer import Preempted
 
-from nca_testing import REPO, TINY, compose, run_cli
+from nca_testing import REPO, TINY, run_cli
 
 RUN = [*TINY, "trainer.steps=30", "trainer.rollout_steps=[16,20]", "trainer.log_every=1", "trainer.checkpoint_every=4"]
 

@@ -9,11 +9,12 @@ import pytest
 from flax import nnx
 
 from nca_lab.ckpt import RunCheckpointer
+from nca_lab.config import compose
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train.run import build, seed_keys
 from nca_lab.train.trainer import TrainingDiverged
 
-from nca_testing import TINY, compose
+from nca_testing import TINY
 
 
 def tiny(*overrides):
