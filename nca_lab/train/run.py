@@ -257,9 +257,9 @@ def _factory(node: DictConfig, group: str, supplied: Iterable[str]) -> functools
     target = factory.func
     # the constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)
     signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
-    placeholders = dict.fromkeys(supplied)
+    options = {**factory.keywords, **dict.fromkeys(supplied)}  # code's win over the yaml's (``logger.group``)
     try:
-        signature.bind(*((None,) if inspect.isclass(target) else ()), *factory.args, **factory.keywords, **placeholders)
+        signature.bind(*((None,) if inspect.isclass(target) else ()), *factory.args, **options)
     except TypeError as err:
         raise ConfigError(f"unknown or missing option for {group}: {err}") from None
     for name, value in factory.keywords.items():
