@@ -126,11 +126,11 @@ def run(
     ``hydra_records`` (Hydra's ``config.yaml``, ``hydra.yaml``, ``overrides.yaml``) go into
     ``run_dir/.hydra`` when training starts: a command refused or skipped leaves the run's own.
     """
-    run_dir = Path(run_dir)
+    run_dir, records = Path(run_dir), hydra_records or {}
     if jax.process_index() > 0:  # a multi-host job's other processes share process 0's run dir
-        return _run(cfg, run_dir, sweep_dir, hydra_records or {})
+        return _run(cfg, run_dir, sweep_dir, records)
     with run_dir_lock(run_dir):
-        return _run(cfg, run_dir, sweep_dir, hydra_records or {})
+        return _run(cfg, run_dir, sweep_dir, records)
 
 
 def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: dict[str, str]) -> dict:
@@ -160,8 +160,9 @@ def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
     write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
-    for name, text in hydra_records.items():
+    if hydra_records:
         (run_dir / ".hydra").mkdir(exist_ok=True)
+    for name, text in hydra_records.items():
         write_text_atomically(run_dir / ".hydra" / name, text)
     with _config_errors("logger"):
         logger = logger_factory(
