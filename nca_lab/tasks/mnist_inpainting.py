@@ -174,7 +174,8 @@ class MnistInpaintingTask(Task):
         digit_key, mask_key = jax.random.split(key)
         idx = jax.random.randint(digit_key, (n,), 0, self._train.shape[0])
         shape = jax.ShapeDtypeStruct((n, *self.grid_shape), jnp.uint8)
-        images = jax.pure_callback(self._gather_train, shape, idx).astype(jnp.float32) / 255.0
+        images = jax.pure_callback(self._gather_train, shape, idx, vmap_method="expand_dims")  # any shape of idx
+        images = images.astype(jnp.float32) / 255.0
         return masked_batch(images, self.masks(mask_key, n), self.num_channels)
 
     def loss(self, state: jax.Array, target: jax.Array) -> jax.Array:

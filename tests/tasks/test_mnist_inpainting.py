@@ -131,6 +131,13 @@ def test_sample_draws_train_digits_inside_jit(task, mnist_root):
     np.testing.assert_allclose(state[..., 0], np.asarray(batch.target)[..., 0] * state[..., 3])
 
 
+def test_sample_is_vmap_safe(task):
+    keys = jax.random.split(jax.random.key(3), 2)
+    batches = jax.jit(jax.vmap(lambda key: task.sample(key, 5)))(keys)  # e.g. over seeds
+    for i, key in enumerate(keys):
+        np.testing.assert_array_equal(batches.target[i], task.sample(key, 5).target)
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
