@@ -26,7 +26,7 @@ configure_jax_environment()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nca_lab.alive import ALPHA  # noqa: E402
+from nca_lab.alive import ALIVE_THRESHOLD, ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.ckpt import RunCheckpointer  # noqa: E402
 from nca_lab.errors import SEEDS, ConfigError, require  # noqa: E402
@@ -115,7 +115,7 @@ def configure(model: NCA, source: str, *, fire_rate: float | None, angle: float 
     return model
 
 
-def cut_hole(state: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+def cut_hole(state: np.ndarray, threshold: float = ALIVE_THRESHOLD) -> np.ndarray:
     """Zero a disc in the middle of the living pattern of ``state (H, W, C)``.
 
     The disc is centred on the bounding box of the cells with alpha above ``threshold``, with
@@ -147,6 +147,11 @@ def run_segment(model: NCA, state: np.ndarray, key: jax.Array, num_steps: int, e
     return state, frames
 
 
+def living_threshold(model: NCA) -> float:
+    """Alpha above which a cell of ``model`` lives: its alive mask's, else the paper's."""
+    return ALIVE_THRESHOLD if model.alive_threshold is None else model.alive_threshold
+
+
 def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool):
     """Grow from the standard seed: ``(final_state (H, W, C), frames (T, H, W, 4))``.
 
@@ -157,7 +162,7 @@ def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
     state = seed_state(size, model.num_channels)
     frames = [state[..., :4]]
     keys = jax.random.split(jax.random.key(seed), len(lengths))
-    threshold = 0.1 if model.alive_threshold is None else model.alive_threshold
+    threshold = living_threshold(model)
     for index, length in enumerate(lengths):
         if index:
             state = cut_hole(state, threshold)
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    living = int((final[..., ALPHA] > 0.1).sum())
+    living = int((final[..., ALPHA] > living_threshold(model)).sum())
     print(f"grew {args.model} for {steps} steps on {size[0]}x{size[1]} (seed {args.seed}): {living} living cells")
     if living <= 1:
         print(f"note: {NOTHING_GREW}", file=sys.stderr)

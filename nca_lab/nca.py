@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nca_lab.active_cells import MIN_CELLS
-from nca_lab.alive import alive_mask
+from nca_lab.alive import ALIVE_THRESHOLD, alive_mask
 from nca_lab.errors import require
 from nca_lab.kernels.fused_residual_step import can_fuse, fused_residual_step
 from nca_lab.kernels.sobel_mlp_step import FlatLayout
@@ -34,7 +34,7 @@ class NCA(nnx.Module):
         perceive: Perceive,
         update: Update,
         *,
-        alive_threshold: float | None = 0.1,
+        alive_threshold: float | None = ALIVE_THRESHOLD,
         manual_vjp: bool = True,
         kernel: str = "xla",
         compact_cells: bool | str = "auto",
@@ -68,8 +68,8 @@ class NCA(nnx.Module):
         )
         require(
             kernel != "pallas" or can_fuse(perceive, update, alive_threshold),
-            "kernel=pallas needs the sobel perceive, a residual update with one hidden layer and "
-            "channel and hidden sizes in multiples of 16",
+            "kernel=pallas needs the sobel perceive, a residual update with one hidden layer, "
+            "channel and hidden sizes in multiples of 16 and an alive threshold of at least 0 (or none)",
         )
         self.perceive = perceive
         self.update = update

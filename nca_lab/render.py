@@ -14,14 +14,14 @@ from PIL import Image
 from nca_lab.atomic import atomic_path
 
 
-def to_rgb(state: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] of a premultiplied state ``(..., H, W, C>=4)`` composited over white.
+def to_rgb(state: np.ndarray, background=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """RGB in [0, 1] of a premultiplied state ``(..., H, W, C>=4)`` composited over ``background``.
 
-    As the authors' ``to_rgb``: ``1 - alpha + rgb`` with alpha clipped to [0, 1].
+    As the authors' ``to_rgb`` (over white): ``1 - alpha + rgb`` with alpha clipped to [0, 1].
     """
     state = np.asarray(state, np.float32)
     alpha = np.clip(state[..., 3:4], 0.0, 1.0)
-    return np.clip(1.0 - alpha + state[..., :3], 0.0, 1.0)
+    return np.clip(state[..., :3] + (1.0 - alpha) * np.asarray(background, np.float32), 0.0, 1.0)
 
 
 def to_uint8(rgb: np.ndarray, scale: int = 1) -> np.ndarray:

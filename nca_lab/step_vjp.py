@@ -18,8 +18,7 @@ growing train step takes about 30% less CPU time than autodiff with or without `
 and a rollout's backward-pass memory falls from ~300 to ~18 floats per cell and step.
 
 Reference: the "gradient checkpointing" trade of Chen et al., "Training Deep Nets with
-Sublinear Memory Cost" (2016), applied per CA step as in the rematerialised NCA steps of
-the issue's H100 study.
+Sublinear Memory Cost" (2016), applied per CA step.
 """
 
 import jax

@@ -2,7 +2,7 @@
 
 A training case is what ``python -m nca_lab trainer.optimizer.gradient=clip`` runs for the
 corresponding config: :func:`~nca_lab.train.step.make_train_step` with the task, the sample
-pool and an optax chain of global-norm clipping and Adam (issue 7's setting and CAX's
+pool and an optax chain of global-norm clipping and Adam (the setting of CAX's
 examples; the app's default normalises each parameter's gradient instead). The growing
 suites use the regenerating task with ``damage_n=0`` (Growing NCA's experiment 2: a pool, no
 damage), the setting of CAX's growing example; the rollout length is fixed at the case's

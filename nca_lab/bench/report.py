@@ -43,7 +43,7 @@ def device() -> str:
 
 
 def record(case: Case, impl: str, note: str, measurement: Measurement, env: dict) -> dict:
-    """One JSON record: the fields issue 7 asks for, plus the case's sizes and status."""
+    """One JSON record: timings, compile time, peak memory, throughput, device, versions, sizes, status."""
     times = summary(measurement)
     peak, source = measurement.peak
     median_s = times["median_ms"] / 1e3

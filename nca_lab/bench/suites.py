@@ -1,4 +1,4 @@
-"""The benchmark suites: what is run, at which size (issue 7's configurations).
+"""The benchmark suites: what is run, at which size (README, "Benchmarks").
 
 Every suite is one or more cases; a case fixes the batch, the grid, the rollout length and
 the model, and is either a full training step (``train``) or a forward rollout

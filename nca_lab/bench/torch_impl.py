@@ -7,7 +7,7 @@ a per-cell Bernoulli fire mask, the alive mask from a 3x3 max-pool of alpha befo
 the update, a Python loop over CA steps, ``loss.backward()``, global-norm clipping and Adam.
 Growing cases keep a pool on the tensor side (sample without replacement, sort by loss,
 reseed the worst), diffusing cases denoise a freshly corrupted target each step. Eager
-mode, no ``torch.compile``: the issue's target is "a plain PyTorch eager NCA".
+mode, no ``torch.compile``: the peer is a plain PyTorch eager NCA, as researchers write one.
 
 Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020.
 Requires PyTorch (``pip install torch``); the attention suite has no PyTorch peer.

@@ -15,6 +15,7 @@ google-research/self-organising-systems, ``notebooks/growing_ca.ipynb`` (``CAMod
 import numpy as np
 from flax import nnx
 
+from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.update.residual import ResidualUpdate
@@ -27,8 +28,6 @@ PERCEPTION = 3 * CHANNELS
 HIDDEN = 128
 #: Fire rate all released models were trained and are run with.
 FIRE_RATE = 0.5
-#: Alpha above which a 3x3 neighbourhood is alive.
-ALIVE_THRESHOLD = 0.1
 
 
 def original_nca(

@@ -21,8 +21,9 @@ import math
 
 import numpy as np
 
+from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.errors import ConfigError, require
-from nca_lab.interop.original import ALIVE_THRESHOLD, CHANNELS, HIDDEN, PERCEPTION, original_nca
+from nca_lab.interop.original import CHANNELS, HIDDEN, PERCEPTION, original_nca
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.update.residual import ResidualUpdate

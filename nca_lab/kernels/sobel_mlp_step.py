@@ -1,11 +1,11 @@
 """One Growing-NCA step (Sobel perceive, one-hidden-layer residual MLP, alive mask) as two Pallas kernels.
 
 On a GPU the plain XLA step runs ~20 small kernels per CA step (the stencil, two matmuls,
-bias and relu, the fire and alive masks: issue 7's H100 profile), each a pass over device
-memory, while the arithmetic of a whole 8 x 72x72 step takes microseconds. Here a step is
-two kernels: the first reads each cell's 3x3 neighbourhood, computes the identity and Sobel
-features, both dense layers, the fire mask and the pre-update alive mask in registers and
-writes the updated cell; the second applies the post-update alive mask (which needs the
+bias and relu, the fire and alive masks), each a pass over device memory, while the
+arithmetic of a whole 8 x 72x72 step takes microseconds. Here a step is two kernels: the
+first reads each cell's 3x3 neighbourhood, computes the identity and Sobel features, both
+dense layers and the pre-update alive mask in registers, applies the fire mask (read, not
+drawn: see below) and writes the updated cell; the second applies the post-update alive mask (which needs the
 neighbours' new alpha, hence a second pass). Hidden activations never reach device memory.
 
 Layout. A ``(B, H, W, C)`` state is zero-padded by one cell, flattened per sample to
@@ -29,7 +29,7 @@ bare kernels' time from 57 to 40 ms. Hence opt-in. The backward pass has since b
 too (:mod:`nca_lab.kernels.sobel_mlp_backward`); it has not yet run on a GPU.
 
 Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
-(``CAModel``); the fusion is the one issue 7's H100 study calls for.
+(``CAModel``).
 """
 
 import functools

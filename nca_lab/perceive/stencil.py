@@ -2,7 +2,8 @@
 
 XLA fuses slices and elementwise arithmetic, while a depthwise convolution becomes a
 separate (and, on XLA:CPU, very slow to differentiate) kernel. Every stencil in nca_lab
-therefore reads its 9 neighbours as slices of one zero-padded array.
+therefore reads its 9 neighbours as slices of one padded array (zeros for perception,
+``-inf`` for the alive mask's max-pool).
 """
 
 from collections.abc import Iterator
@@ -33,6 +34,14 @@ def neighbours(x: jnp.ndarray, value: float = 0.0) -> Iterator[tuple[tuple[int, 
     padded = pad_grid(x, value)
     for dr, dc in OFFSETS:
         yield (dr, dc), shifted(padded, dr, dc)
+
+
+def max_pool3x3(x: jnp.ndarray, value: float = 0.0) -> jnp.ndarray:
+    """The maximum over each cell's 3x3 neighbourhood (stride 1), outside the grid ``value``."""
+    pooled = None
+    for _, nb in neighbours(x, value):
+        pooled = nb if pooled is None else jnp.maximum(pooled, nb)
+    return pooled
 
 
 def correlate3x3(x: jnp.ndarray, kernel) -> jnp.ndarray:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.nca import NCA
 
 
@@ -42,7 +43,7 @@ class Task:
     """
 
     num_channels: int
-    alive_threshold: float | None = 0.1
+    alive_threshold: float | None = ALIVE_THRESHOLD
     pool_size: int = 0
     damage_n: int = 0
 

@@ -90,7 +90,6 @@ class DiffusingTask(Task):
         require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
         self.num_channels = int(num_channels)
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), False))
-        self.grid_shape = tuple(self.target.shape[:2])
         self.noise = noise
         self.noise_range = low_high
         self.eval_levels = levels

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.data.images import load_target
 from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
@@ -35,7 +36,7 @@ class GrowingTask(Task):
         target_size: int = 40,
         padding: int = 16,
         centre_on_body: bool = True,
-        alive_threshold: float = 0.1,
+        alive_threshold: float = ALIVE_THRESHOLD,
         render_scale: int = 4,
     ):
         """Load the target and build the seed.

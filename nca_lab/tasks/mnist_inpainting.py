@@ -25,18 +25,11 @@ from nca_lab.data.mnist import load_mnist_images
 from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
 from nca_lab.perceive.stencil import neighbours
-from nca_lab.render import tile, to_uint8
+from nca_lab.render import tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Batch, Rendering, Task, psnr, rgba_mse
 
 #: Background colour of pictures: where alpha is 0 (a hidden pixel), it shows through.
 HIDDEN_RGB = np.array([0.85, 0.1, 0.1], np.float32)
-
-
-def to_picture(state: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] of premultiplied states ``(..., H, W, C>=4)`` over :data:`HIDDEN_RGB`."""
-    state = np.asarray(state, np.float32)
-    alpha = np.clip(state[..., 3:4], 0.0, 1.0)
-    return np.clip(state[..., :3] + (1.0 - alpha) * HIDDEN_RGB, 0.0, 1.0)
 
 
 @partial(jax.jit, static_argnames=("n", "grid_shape", "patches", "patch_size"))
@@ -222,7 +215,7 @@ class MnistInpaintingTask(Task):
         _, _, batch = self._test_batch(batch_key, n)
         _, frames = grow(model, batch.state, jax.random.split(rollout_key, n), 2 * horizon, frame_every=1)
         scale = self.render_scale
-        frames = to_uint8(to_picture(frames), scale)
-        target = to_uint8(to_picture(batch.target), scale)
+        frames = to_uint8(to_rgb(frames, HIDDEN_RGB), scale)
+        target = to_uint8(to_rgb(batch.target, HIDDEN_RGB), scale)
         gif = np.stack([tile(list(f)) for f in frames])
         return Rendering(frames=gif, final=tile([*frames[0], *frames[horizon], *target], columns=n))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
 from nca_lab.render import tile, to_rgb, to_uint8
@@ -36,7 +37,7 @@ class RegeneratingTask(GrowingTask):
         target_size: int = 40,
         padding: int = 16,
         centre_on_body: bool = True,
-        alive_threshold: float = 0.1,
+        alive_threshold: float = ALIVE_THRESHOLD,
         render_scale: int = 4,
         pool_size: int = 1024,
         damage_n: int = 3,
