@@ -31,6 +31,7 @@ def make_optimizer(
     clip_norm: float = 1.0,
     b1: float = 0.9,
     b2: float = 0.999,
+    eps: float = 1e-7,
 ) -> optax.GradientTransformation:
     """Adam after a gradient transform.
 
@@ -41,6 +42,7 @@ def make_optimizer(
         clip_norm: the global norm bound of ``"clip"``.
         b1: Adam's first-moment decay.
         b2: Adam's second-moment decay.
+        eps: Adam's denominator floor; Keras' default, which the authors' Adam had (optax's is 1e-8).
     """
     require(
         gradient in GRADIENT_TRANSFORMS,
@@ -52,7 +54,7 @@ def make_optimizer(
         "clip": optax.clip_by_global_norm(clip_norm),
         "none": optax.identity(),
     }[gradient]
-    return optax.chain(first, optax.adam(learning_rate, b1=b1, b2=b2))
+    return optax.chain(first, optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
 
 def step_decay(init_value: float, boundaries: list[int], factor: float = 0.1) -> optax.Schedule:

@@ -51,7 +51,7 @@ class Trainer:
         batch_size: int,
         learning_rate: optax.ScalarOrSchedule,
         optimizer: Callable[..., optax.GradientTransformation],
-        rollout_steps: tuple[int, int] = (64, 96),
+        rollout_steps: tuple[int, int] = (64, 95),
         remat: bool = False,
         unroll: int = 1,
         log_every: int = 10,

@@ -58,3 +58,12 @@ def test_rejects_fire_rate_outside_unit_interval(fire_rate):
 def test_rejects_non_positive_sizes():
     with pytest.raises(ConfigError, match="hidden_sizes"):
         ResidualUpdate(4, 4, hidden_sizes=[0], rngs=nnx.Rngs(0))
+
+
+def test_hidden_kernels_start_as_the_authors_keras_layers():
+    """Glorot-uniform (Keras' default) over the 48 -> 128 layer: bound sqrt(6 / 176), std bound/sqrt(3)."""
+    update = ResidualUpdate(48, 16, rngs=nnx.Rngs(0))
+    kernel, bound = np.asarray(update.hidden[0].kernel[...]), np.sqrt(6 / (48 + 128))
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+    assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    assert not np.any(update.hidden[0].bias[...]) and not np.any(update.out.kernel[...])

@@ -1,0 +1,23 @@
+"""The optimizer is the authors': Adam with Keras' defaults after per-parameter normalisation."""
+
+import jax.numpy as jnp
+import pytest
+
+from nca_lab.train.optim import make_optimizer
+
+
+def test_adam_has_the_epsilon_of_the_authors_keras_adam():
+    """A first step moves by ``lr * g / (|g| + eps)``: half the learning rate for ``|g| = eps = 1e-7``."""
+    optimizer = make_optimizer(1.0, gradient="none")
+    params = {"w": jnp.zeros(1)}
+    updates, _ = optimizer.update({"w": jnp.full(1, 1e-7)}, optimizer.init(params), params)
+    assert float(updates["w"][0]) == pytest.approx(-0.5, rel=1e-3)
+
+
+def test_normalize_divides_each_parameter_by_its_norm():
+    from nca_lab.train.optim import normalize_per_parameter
+
+    transform = normalize_per_parameter()
+    grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 0.0, 2.0])}
+    updates, _ = transform.update(grads, transform.init(grads))
+    assert updates["a"].tolist() == pytest.approx([0.6, 0.8]) and updates["b"].tolist() == pytest.approx([0, 0, 1])
