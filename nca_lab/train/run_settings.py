@@ -1,0 +1,65 @@
+"""Which settings make a run dir's checkpoints and summary *this* run.
+
+A run dir is resumed (its checkpoints) or skipped (its ``summary.json``) only under the
+settings it was trained with: continuing it under others would leave a run whose config says
+one thing and whose weights another. The composition root (:mod:`nca_lab.train.run`) asks.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from nca_lab.errors import require
+
+#: The settings that say what a checkpoint is a run of. Resuming under others would continue
+#: that run while the run dir's config says something else; trainer, logger and execution
+#: settings (steps, learning rate, kernel) may change on resume, as may these task settings,
+#: which only say where data is and how results are evaluated and shown.
+RUN_DEFINING = ("seed", "num_channels", "perceive", "update", "task")
+FREE_ON_RESUME = ("task.data_root", "task.download", "task.eval_samples", "task.eval_levels", "task.render_scale")
+
+
+def setting_changes(saved: dict, config: dict) -> str:
+    """The :data:`RUN_DEFINING` settings in which ``config`` differs from ``saved``, as text ("" if none).
+
+    Settings only one of the two configs has (options added to nca_lab since ``saved`` was
+    written) are not compared.
+    """
+    changes = [
+        f"{key}: {old!r} -> {new!r}"
+        for key, old, new in _differences(
+            {k: saved[k] for k in RUN_DEFINING if k in saved}, {k: config[k] for k in RUN_DEFINING if k in config}
+        )
+        if key not in FREE_ON_RESUME
+    ]
+    more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return "; ".join(changes[:3]) + more
+
+
+def completed_summary(run_dir: Path, config: dict) -> dict:
+    """The summary of the completed run in ``run_dir``, if ``config`` asks for that run (a line says it is skipped)."""
+    saved_config = run_dir / "config_resolved.yaml"
+    saved = OmegaConf.to_container(OmegaConf.load(saved_config)) if saved_config.is_file() else {}
+    changes = setting_changes(saved, config)
+    require(
+        not changes,
+        f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir "
+        f"(trainer.init_from={run_dir} starts from its weights)",
+    )
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    steps = config["trainer"]["steps"]
+    # deleting summary.json only trains on: at the same steps it would evaluate again, at fewer it is refused
+    hint = f" (delete its summary.json to train on to step {steps})" if steps > summary["step"] else ""
+    print(f"skipped {run_dir}: already completed at step {summary['step']}{hint}", file=sys.stderr)
+    return summary
+
+
+def _differences(saved, current, key: str = ""):
+    """``(key, saved, current)`` for each setting both nested dicts have and that differs."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for name in sorted(saved.keys() & current.keys()):
+            yield from _differences(saved[name], current[name], f"{key}.{name}" if key else name)
+    elif saved != current:
+        yield key, saved, current
