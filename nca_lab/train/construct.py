@@ -31,9 +31,10 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
 
     The options and the ``supplied`` names are bound against the constructor, so an unknown
     option (say ``+task.colour=red``) is one line naming the group, not a ``TypeError``
-    traceback; an option annotated ``int`` or ``float`` must hold one
-    (``task.target_size=1.5`` was truncated), one annotated ``Literal[...]`` one of its values
-    (``logger.mode=ofline`` is refused before the model is built, not after).
+    traceback; an option annotated ``int``, ``float`` or ``bool`` must hold one
+    (``task.target_size=1.5`` was truncated, ``task.centre_on_body=no`` read as true), one
+    annotated ``Literal[...]`` one of its values (``logger.mode=ofline`` is refused before the
+    model is built, not after).
     """
     with config_errors(group):
         factory = instantiate(node)
@@ -50,6 +51,8 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
         number = is_integer(value) or isinstance(value, float)
         require(kind not in (int, "int") or is_integer(value), f"{group}.{name} must be an integer, got {value!r}")
         require(kind not in (float, "float") or number, f"{group}.{name} must be a number, got {value!r}")
+        switch = isinstance(value, bool)
+        require(kind not in (bool, "bool") or switch, f"{group}.{name} must be true or false, got {value!r}")
         choices = _literal_values(kind)
         if choices is not None and value not in choices:
             allowed = ", ".join("null" if c is None else repr(c) for c in choices)

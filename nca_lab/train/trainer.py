@@ -101,6 +101,9 @@ class Trainer:
         for name, (value, least) in counts.items():
             message = f"trainer.{name} must be an integer >= {least}, got {value!r}"
             require(is_integer(value) and value >= least, message)
+        switches = {"remat": remat, "keep_best": keep_best, "progress": progress, "data_parallel": data_parallel}
+        for name, value in switches.items():  # bool("no") is True: data_parallel=no switched it on
+            require(isinstance(value, bool), f"trainer.{name} must be true or false, got {value!r}")
         require(
             callable(learning_rate) or (isinstance(learning_rate, int | float) and learning_rate > 0),
             f"trainer.learning_rate must be positive (or a schedule), got {learning_rate!r}",
@@ -118,18 +121,18 @@ class Trainer:
         self.learning_rate = learning_rate
         self.optimizer = optimizer
         self.rollout_steps = rollout_steps
-        self.remat = bool(remat)
+        self.remat = remat
         self.unroll = unroll
         self.log_every = log_every
         self.eval_every = eval_every
         self.render_every = render_every
         self.checkpoint_every = checkpoint_every
         self.keep_last = keep_last
-        self.keep_best = bool(keep_best)
+        self.keep_best = keep_best
         self.resume = resume
         self.init_from = init_from
-        self.progress = bool(progress)
-        self.data_parallel = bool(data_parallel)
+        self.progress = progress
+        self.data_parallel = data_parallel
 
     def check(self, task: Task) -> None:
         """Raise :class:`~nca_lab.errors.ConfigError` unless ``task`` can be trained on this schedule.
