@@ -30,6 +30,8 @@ def load_runs(sweep_dirs: list[Path]) -> list[dict]:
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         runs.append(
             {
+                "dir": run_dir,
+                "settings": settings(config),
                 "task": short_name(config["task"]["_target_"]),
                 "perceive": short_name(config["perceive"]["_target_"]),
                 "seed": config["seed"],
@@ -39,6 +41,34 @@ def load_runs(sweep_dirs: list[Path]) -> list[dict]:
             }
         )
     return runs
+
+
+def settings(config: dict, prefix: str = "") -> dict:
+    """A run's config flattened to ``{"trainer.steps": 400, ...}``, without what may differ
+    between the seeds of one comparison (the seed, logging, the progress bar)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in ("seed", "run_name", "trainer.progress") or name.startswith("logger"):
+            continue
+        flat |= settings(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return flat
+
+
+def check_groups(runs: list[dict]) -> None:
+    """Every (task, perceive) group must differ in its seeds only: mean ± std over runs of other
+    settings (a re-run of the sweep with another ``trainer.steps`` adds such runs) means nothing."""
+    for task, perceive in sorted({(r["task"], r["perceive"]) for r in runs}):
+        first, *others = [r for r in runs if (r["task"], r["perceive"]) == (task, perceive)]
+        for run in others:
+            keys = sorted(k for k in first["settings"].keys() | run["settings"].keys()
+                          if first["settings"].get(k) != run["settings"].get(k))  # fmt: skip
+            if keys:
+                k = keys[0]
+                raise SystemExit(
+                    f"error: {task}/{perceive}: {first['dir']} and {run['dir']} differ in more than the seed "
+                    f"({k}: {first['settings'].get(k)!r} vs {run['settings'].get(k)!r}); aggregate runs of one setting"
+                )
 
 
 def stat(values: list) -> str:
@@ -99,6 +129,7 @@ def main() -> None:
     runs = load_runs(args.sweeps)
     if not runs:
         raise SystemExit("error: no finished runs (summary.json) under " + ", ".join(map(str, args.sweeps)))
+    check_groups(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(table(runs))
     plot(runs, args.out / "loss_curves.png")
