@@ -67,6 +67,7 @@ def step_decay(init_value: float, boundaries: list[int], factor: float = 0.1) ->
     steps = [] if isinstance(boundaries, str) else list(boundaries)
     require(
         steps and all(map(is_integer, steps)),
-        f"trainer.learning_rate.boundaries must be a list of steps, got {boundaries!r}",
+        f"trainer.learning_rate.boundaries must be a non-empty list of steps (a constant rate is "
+        f"trainer.learning_rate=<value>), got {boundaries!r}",
     )
     return optax.piecewise_constant_schedule(init_value, dict.fromkeys(steps, float(factor)))
