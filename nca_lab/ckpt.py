@@ -137,20 +137,27 @@ class RunCheckpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, "model")))["model"]
         _assign(model, restored, f"{self.directory / str(step)}")
 
+    def check_fits(self, model: nnx.Module, step: int | None = None) -> None:
+        """Raise :class:`ConfigError` unless checkpoint ``step``'s model fits ``model``, reading
+        only its metadata (a warm start is checked before the run dir is written)."""
+        step = self._step(step)
+        saved = self._saved(step, "model")
+        saved = getattr(saved, "tree", saved)  # Orbax's tree metadata holds the nested dict
+        _fitted(_pure(model), saved, f"{self.directory / str(step)}")
+
+    def _saved(self, step: int, item: str):
+        """The arrays of ``item`` in checkpoint ``step``, as shapes and dtypes on this process's first device."""
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = self.manager.item_metadata(step)[item]
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved)
+
     def _on_one_device(self, step: int, *items: str) -> dict:
         """Restore arguments that put every array of ``items`` on this process's first device.
 
         Orbax otherwise restores the shardings it saved, which fails on another device count
         (a data-parallel run grown on a laptop); the trainer places the arrays afterwards.
         """
-        saved = self.manager.item_metadata(step)
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        return {
-            item: ocp.args.StandardRestore(
-                jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved[item])
-            )
-            for item in items
-        }
+        return {item: ocp.args.StandardRestore(self._saved(step, item)) for item in items}
 
     def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, pool: Any, step: int | None = None):
         """Restore a full training state in place; returns ``(step, pool, key, metadata)``.
@@ -206,6 +213,15 @@ def _assign(target: nnx.Module, restored: dict, where: str) -> None:
     """Copy a restored pure dict into ``target``, refusing any shape mismatch with one clear line."""
     state = nnx.state(target)
     current = nnx.to_pure_dict(state)
+    restored = _fitted(current, restored, where)
+    restored = jax.tree.map(lambda ref, new: jax.numpy.asarray(new, dtype=ref.dtype), current, restored)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(target, state)
+
+
+def _fitted(current: dict, restored, where: str) -> dict:
+    """``restored`` keyed as ``current``; :class:`ConfigError` naming the first difference if
+    their structures or shapes differ."""
     aligned = _align(current, restored)
     if aligned is None:
         mine, theirs = _names(current), _names(restored)
@@ -224,6 +240,4 @@ def _assign(target: nnx.Module, restored: dict, where: str) -> None:
             f"{where} does not fit this config (incompatible shapes, first at {first}: "
             f"checkpoint {theirs.get(first)}, config {mine.get(first)})"
         )
-    restored = jax.tree.map(lambda ref, new: jax.numpy.asarray(new, dtype=ref.dtype), current, restored)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(target, state)
+    return restored

@@ -155,6 +155,8 @@ def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: 
         if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
             run_id = saved.get("wandb_run_id")
         start = f", resuming {checkpoint}"
+    elif trainer.init_from:  # checked now, not after the run dir is written
+        RunCheckpointer.find(trainer.init_from).check_fits(model)
     print(f"training in {run_dir}{start}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))

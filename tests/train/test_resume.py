@@ -192,3 +192,14 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
 
     assert run_app(tmp_path, "trainer.steps=3", "task.render_scale=2")["step"] == 3  # trainer and display may change
     assert f"training in {tmp_path}, resuming {checkpoint}" in capsys.readouterr().err
+
+
+def test_a_warm_start_from_another_model_is_refused_before_the_run_dir_is_written(tmp_path, capsys):
+    source, target = tmp_path / "source", tmp_path / "target"
+    run_app(source, "trainer.steps=1")
+    capsys.readouterr()
+    with pytest.raises(ConfigError, match=r"does not fit this config \(incompatible shapes"):
+        run_app(target, "num_channels=8", f"trainer.init_from={source}")
+    assert not (target / "config_resolved.yaml").exists() and "training in" not in capsys.readouterr().err
+    run_app(target, "trainer.steps=1", f"trainer.init_from={source}")  # the same model warm-starts
+    assert (target / "summary.json").is_file()
