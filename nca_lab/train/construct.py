@@ -47,7 +47,8 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
     except TypeError as err:
         raise ConfigError(f"unknown or missing option for {group}: {err}") from None
     for name, value in factory.keywords.items():
-        kind = signature.parameters[name].annotation
+        parameter = signature.parameters.get(name)  # None: taken by a ``**kwargs``
+        kind = inspect.Parameter.empty if parameter is None else parameter.annotation
         number = is_integer(value) or isinstance(value, float)
         require(kind not in (int, "int") or is_integer(value), f"{group}.{name} must be an integer, got {value!r}")
         require(kind not in (float, "float") or number, f"{group}.{name} must be a number, got {value!r}")
