@@ -13,8 +13,7 @@ from flax import nnx
 from nca_lab.active_cells import MIN_CELLS
 from nca_lab.alive import ALIVE_THRESHOLD, alive_mask
 from nca_lab.errors import require
-from nca_lab.kernels.fused_residual_step import can_fuse, fused_residual_step
-from nca_lab.kernels.sobel_mlp_step import FlatLayout
+from nca_lab.kernels.fused_residual_step import can_fuse, flat_rollout_parts
 from nca_lab.perceive.base import Perceive
 from nca_lab.step_vjp import residual_step
 from nca_lab.update.base import Update
@@ -189,7 +188,7 @@ class NCA(nnx.Module):
         step = jax.checkpoint(self.step) if remat and not self.uses_manual_vjp else self.step
         start, to_grid = state, lambda x: x
         if self.uses_fused_kernel:
-            start, step, to_grid = self._flat_rollout_parts(state)
+            start, step, to_grid = flat_rollout_parts(self.perceive, self.update, self.alive_threshold, state)
 
         def body(carry, step_key):
             x, i = carry
@@ -215,24 +214,6 @@ class NCA(nnx.Module):
 
         (final, _), frames = jax.lax.scan(chunk, carry, chunks)
         return to_grid(final), jnp.concatenate([state[None], frames])
-
-    def _flat_rollout_parts(self, state: jnp.ndarray):
-        """``(flat_state, flat_step, to_grid)`` for a rollout in the fused kernels' flat layout."""
-        *batch_shape, height, width, channels = state.shape
-        layout = FlatLayout(height, width)
-        interpret = jax.default_backend() != "gpu"
-
-        def to_grid(flat):
-            return layout.from_flat(flat).reshape(*batch_shape, height, width, channels)
-
-        def flat_step(flat, key):
-            fire = self.update.fire_mask(key, (*batch_shape, height, width)).reshape(-1, height, width, 1)
-            fire = layout.to_flat(fire)[..., 0]
-            return fused_residual_step(
-                self.perceive, self.update, self.alive_threshold, layout, flat, fire, interpret=interpret
-            )
-
-        return layout.to_flat(state.reshape(-1, height, width, channels)), flat_step, to_grid
 
 
 @nnx.jit(static_argnames=("num_steps", "frame_every", "unroll"))

@@ -1,4 +1,4 @@
-"""The differentiable fused step: Pallas kernels forward and backward.
+"""The differentiable fused step (Pallas kernels forward and backward) and the rollout parts that scan it.
 
 The forward pass is :func:`~nca_lab.kernels.sobel_mlp_step.fused_step` in the flat layout
 and saves what the XLA path's custom VJP (:mod:`nca_lab.step_vjp`) saves: input state, fire
@@ -75,3 +75,23 @@ def fused_residual_step(
 
     step.defvjp(step_fwd, step_bwd)
     return step(update_params, flat, fire)
+
+
+def flat_rollout_parts(
+    perceive: SobelPerceive, update: ResidualUpdate, alive_threshold: float | None, state: jnp.ndarray
+) -> tuple:
+    """``(flat_state, flat_step, to_grid)``: what ``NCA.rollout`` scans to step ``state
+    (..., H, W, C)`` in the kernels' flat layout, each grid drawing its fire mask as ``NCA.step`` does."""
+    *batch_shape, height, width, channels = state.shape
+    layout = FlatLayout(height, width)
+    interpret = jax.default_backend() != "gpu"
+
+    def to_grid(flat):
+        return layout.from_flat(flat).reshape(*batch_shape, height, width, channels)
+
+    def flat_step(flat, key):
+        fire = update.fire_mask(key, (*batch_shape, height, width)).reshape(-1, height, width, 1)
+        fire = layout.to_flat(fire)[..., 0]
+        return fused_residual_step(perceive, update, alive_threshold, layout, flat, fire, interpret=interpret)
+
+    return layout.to_flat(state.reshape(-1, height, width, channels)), flat_step, to_grid
