@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nca_lab.alive import ALIVE_THRESHOLD
+from nca_lab.errors import require
 from nca_lab.nca import NCA
 
 
@@ -37,15 +38,24 @@ class Task:
 
     Attributes:
         num_channels: state channels ``C``.
+        render_scale: pixels per cell in the rendered pictures.
         alive_threshold: alpha threshold of the alive mask, or ``None`` for no masking.
         pool_size: states kept in a sample pool (0: every batch starts fresh).
         damage_n: pool samples damaged per batch (see :meth:`damage`).
     """
 
     num_channels: int
+    render_scale: int
     alive_threshold: float | None = ALIVE_THRESHOLD
     pool_size: int = 0
     damage_n: int = 0
+
+    def __init__(self, num_channels: int, render_scale: int):
+        """Check and keep the settings every task has."""
+        require(int(num_channels) >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
+        require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
+        self.num_channels = int(num_channels)
+        self.render_scale = int(render_scale)
 
     def sample(self, key: jax.Array, n: int) -> Batch:
         """``n`` fresh initial states and their targets (pure, jittable)."""

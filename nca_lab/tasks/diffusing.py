@@ -77,7 +77,7 @@ class DiffusingTask(Task):
         """
         low_high = tuple(float(v) for v in noise_range)
         levels = tuple(float(v) for v in eval_levels)
-        require(int(num_channels) >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
+        super().__init__(num_channels, render_scale)
         require(noise in NOISES, f"task.noise must be one of {NOISES}, got {noise!r}")
         require(
             len(low_high) == 2 and 0.0 <= low_high[0] <= low_high[1] <= 1.0,
@@ -87,13 +87,10 @@ class DiffusingTask(Task):
             len(levels) > 0 and all(0.0 < a <= 1.0 for a in levels),
             f"task.eval_levels must be noise levels in (0, 1], got {list(levels)}",
         )
-        require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
-        self.num_channels = int(num_channels)
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), False))
         self.noise = noise
         self.noise_range = low_high
         self.eval_levels = levels
-        self.render_scale = int(render_scale)
 
     def noisy_states(self, key: jax.Array, a: jax.Array) -> jax.Array:
         """States ``(N, H, W, C)`` whose RGBA is the target corrupted at levels ``a (N,)``, hidden zero."""

@@ -11,7 +11,6 @@ import numpy as np
 
 from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.data.images import load_target
-from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
 from nca_lab.render import tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Batch, Rendering, Task, rgba_mse
@@ -51,13 +50,10 @@ class GrowingTask(Task):
             alive_threshold: alpha threshold of the alive mask.
             render_scale: pixels per cell in the rendered pictures.
         """
-        require(int(num_channels) >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
-        require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
-        self.num_channels = int(num_channels)
+        super().__init__(num_channels, render_scale)
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), bool(centre_on_body)))
         self.grid_shape = tuple(self.target.shape[:2])
         self.alive_threshold = float(alive_threshold)
-        self.render_scale = int(render_scale)
         self.seed = jnp.asarray(seed_state(self.grid_shape, self.num_channels))
 
     def sample(self, key: jax.Array, n: int) -> Batch:

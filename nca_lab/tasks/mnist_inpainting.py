@@ -122,13 +122,12 @@ class MnistInpaintingTask(Task):
             eval_samples: test digits evaluated (at most the test split's size).
             render_scale: pixels per cell in the rendered pictures.
         """
-        require(int(num_channels) >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
+        super().__init__(num_channels, render_scale)
         require(0.0 <= mask_ratio < 1.0, f"task.mask_ratio must be in [0, 1), got {mask_ratio}")
         require(int(patches) >= 0, f"task.patches must be non-negative, got {patches}")
         require(mask_ratio > 0.0 or int(patches) > 0, "nothing to inpaint: set task.mask_ratio > 0 or task.patches > 0")
         require(int(pool_size) >= 0, f"task.pool_size must be non-negative, got {pool_size}")
         require(int(eval_samples) > 0, f"task.eval_samples must be positive, got {eval_samples}")
-        require(render_scale > 0, f"task.render_scale must be positive, got {render_scale}")
         train = load_mnist_images(data_root, "train", download=bool(download))
         test = load_mnist_images(data_root, "test", download=bool(download))
         require(
@@ -139,14 +138,12 @@ class MnistInpaintingTask(Task):
             0 < int(patch_size) <= min(train.shape[1:]),
             f"task.patch_size must be in [1, {min(train.shape[1:])}], got {patch_size}",
         )
-        self.num_channels = int(num_channels)
         self.grid_shape = tuple(train.shape[1:])
         self.mask_ratio = float(mask_ratio)
         self.patches = int(patches)
         self.patch_size = int(patch_size)
         self.pool_size = int(pool_size)
         self.eval_samples = min(int(eval_samples), test.shape[0])
-        self.render_scale = int(render_scale)
         self._train = train
         self._test = test
 

@@ -16,8 +16,10 @@ FRESH = -1.0
 class ValueTask(Task):
     """Every cell of a state holds the sample's loss; fresh samples hold ``FRESH``."""
 
-    num_channels = 4
     grid_shape = (8, 8)
+
+    def __init__(self):
+        super().__init__(num_channels=4, render_scale=1)
 
     def sample(self, key, n):
         del key
