@@ -43,6 +43,9 @@ def make_optimizer(
         b1: Adam's first-moment decay.
         b2: Adam's second-moment decay.
         eps: Adam's denominator floor; Keras' default, which the authors' Adam had (optax's is 1e-8).
+            Keras adds it to the uncorrected ``sqrt(v)``, optax to the bias-corrected one, so the
+            first updates of near-zero gradients differ (parameters 1e-3 apart, relative, after
+            100 updates, 3e-4 after 2000, on random normalised gradients).
     """
     require(
         gradient in GRADIENT_TRANSFORMS,
@@ -61,7 +64,8 @@ def step_decay(init_value: float, boundaries: list[int], factor: float = 0.1) ->
     """``init_value``, multiplied by ``factor`` at each step in ``boundaries`` (the paper: 2e-3, x0.1 at 2000).
 
     A list (not optax's dict) so that a config override replaces the boundaries instead of
-    merging with them.
+    merging with them. Updates count from 0 and the rate changes at update ``boundary``, after
+    ``boundary`` updates; the authors' ``PiecewiseConstantDecay`` changes it one update later.
     """
     require(init_value > 0, f"trainer.learning_rate.init_value must be positive, got {init_value}")
     steps = [] if isinstance(boundaries, str) else list(boundaries)

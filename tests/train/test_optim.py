@@ -21,3 +21,20 @@ def test_normalize_divides_each_parameter_by_its_norm():
     grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 0.0, 2.0])}
     updates, _ = transform.update(grads, transform.init(grads))
     assert updates["a"].tolist() == pytest.approx([0.6, 0.8]) and updates["b"].tolist() == pytest.approx([0, 0, 1])
+
+
+def test_step_decay_changes_the_rate_after_boundary_updates():
+    from nca_lab.train.optim import step_decay
+
+    schedule = step_decay(2e-3, [2000, 3000])
+    rates = [float(schedule(count)) for count in (0, 1999, 2000, 2999, 3000)]
+    assert rates == pytest.approx([2e-3, 2e-3, 2e-4, 2e-4, 2e-5])
+
+
+@pytest.mark.parametrize("boundaries", [[], "2000", [2000.5]])
+def test_step_decay_refuses_boundaries_that_are_not_a_list_of_steps(boundaries):
+    from nca_lab.errors import ConfigError
+    from nca_lab.train.optim import step_decay
+
+    with pytest.raises(ConfigError, match="boundaries must be a non-empty list of steps"):
+        step_decay(2e-3, boundaries)
