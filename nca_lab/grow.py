@@ -33,7 +33,7 @@ from nca_lab.errors import SEEDS, ConfigError, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
 from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
-from nca_lab.render import save_gif, save_png, to_rgb, to_uint8  # noqa: E402
+from nca_lab.render import rgba, save_gif, save_png, to_rgb, to_uint8  # noqa: E402
 from nca_lab.tasks.growing import seed_state  # noqa: E402
 
 #: The article's grid and steps, for models that do not say what they were trained on.
@@ -47,7 +47,7 @@ MAX_GIF_FRAMES = 200
 #: Target width of the pictures in pixels (each cell is a square of pixels).
 PICTURE_PIXELS = 320
 #: Most steps and cells per side a grow takes: beyond them it cannot run (a key for every step
-#: is split up front, each frame kept is a full grid).
+#: is split up front, each frame kept is a full RGBA grid).
 MAX_STEPS, MAX_SIDE = 1_000_000, 4096
 
 
@@ -138,9 +138,9 @@ def run_segment(model: NCA, state: np.ndarray, key: jax.Array, num_steps: int, e
     key_bulk, key_rest = jax.random.split(key)
     frames = []
     if bulk:
-        final, kept = grow(model, state, key_bulk, bulk, frame_every=every)
+        final, kept = grow(model, state, key_bulk, bulk, frame_every=every, frame_fn=rgba)
         state = np.asarray(final)
-        frames = list(np.asarray(kept[1:, ..., :4]))
+        frames = list(np.asarray(kept[1:]))
     if num_steps > bulk:
         state = np.asarray(grow(model, state, key_rest, num_steps - bulk)[0])
         frames.append(state[..., :4])

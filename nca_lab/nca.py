@@ -5,6 +5,7 @@ Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +156,7 @@ class NCA(nnx.Module):
         *,
         active_steps: jax.Array | int | None = None,
         frame_every: int = 0,
+        frame_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
         remat: bool = False,
         unroll: int = 1,
     ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
@@ -170,6 +172,9 @@ class NCA(nnx.Module):
                 length costs no recompile and no wasted compute.
             frame_every: if positive, also return the state every ``frame_every`` steps
                 (``num_steps`` must be a multiple), initial state included.
+            frame_fn: applied to each frame as it is kept, e.g. :func:`~nca_lab.render.rgba`:
+                a rollout keeps all its frames in device memory, so keeping only what is shown
+                lets longer rollouts on larger grids fit.
             remat: recompute each step in the backward pass instead of storing its
                 activations (memory ``O(steps * state)`` instead of ``O(steps * activations)``).
                 Implied by the manual VJP (:attr:`uses_manual_vjp`), which always recomputes.
@@ -177,7 +182,7 @@ class NCA(nnx.Module):
 
         Returns:
             ``(final_state, frames)``; frames is ``(num_steps // frame_every + 1, ..., H, W, C)``
-            or ``None``.
+            (what ``frame_fn`` makes of it) or ``None``.
         """
         key = self.grid_keys(state, key)
         batch_shape = state.shape[:-3]
@@ -208,15 +213,28 @@ class NCA(nnx.Module):
             raise ValueError(f"num_steps={num_steps} is not a multiple of frame_every={frame_every}")
         chunks = step_keys.reshape(num_steps // frame_every, frame_every, *batch_shape)
 
+        keep = frame_fn or (lambda x: x)
+
         def chunk(carry, keys):
             carry = run(carry, keys)
-            return carry, to_grid(carry[0])
+            return carry, keep(to_grid(carry[0]))
 
         (final, _), frames = jax.lax.scan(chunk, carry, chunks)
-        return to_grid(final), jnp.concatenate([state[None], frames])
+        return to_grid(final), jnp.concatenate([keep(state)[None], frames])
 
 
-@nnx.jit(static_argnames=("num_steps", "frame_every", "unroll"))
-def grow(model: NCA, state: jnp.ndarray, key: jax.Array, num_steps: int, frame_every: int = 0, unroll: int = 1):
-    """Jitted :meth:`NCA.rollout` for evaluation and rendering: ``(final_state, frames)``."""
-    return model.rollout(state, key, num_steps, frame_every=frame_every, unroll=unroll)
+@nnx.jit(static_argnames=("num_steps", "frame_every", "frame_fn", "unroll"))
+def grow(
+    model: NCA,
+    state: jnp.ndarray,
+    key: jax.Array,
+    num_steps: int,
+    frame_every: int = 0,
+    frame_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
+    unroll: int = 1,
+):
+    """Jitted :meth:`NCA.rollout` for evaluation and rendering: ``(final_state, frames)``.
+
+    ``frame_fn`` is static: pass a module-level function (a new lambda on every call recompiles).
+    """
+    return model.rollout(state, key, num_steps, frame_every=frame_every, frame_fn=frame_fn, unroll=unroll)

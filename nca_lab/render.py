@@ -14,6 +14,11 @@ from PIL import Image
 from nca_lab.atomic import atomic_path
 
 
+def rgba(state):
+    """The RGBA channels of ``state (..., H, W, C)``: all a picture shows (a rollout's ``frame_fn``)."""
+    return state[..., :4]
+
+
 def to_rgb(state: np.ndarray, background=(1.0, 1.0, 1.0)) -> np.ndarray:
     """RGB in [0, 1] of a premultiplied state ``(..., H, W, C>=4)`` composited over ``background``.
 

@@ -35,6 +35,18 @@ def test_rollout_shapes_dtypes_finite(model, seeds):
     assert not np.allclose(final, seeds)
 
 
+def test_frame_fn_keeps_what_it_makes_of_each_frame(model, seeds):
+    from nca_lab.nca import grow
+    from nca_lab.render import rgba
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    final, frames = model.rollout(seeds, keys, 6, frame_every=2)
+    kept_final, kept = grow(model, seeds, keys, 6, frame_every=2, frame_fn=rgba)
+    assert kept.shape == (4, 3, 10, 10, 4)
+    np.testing.assert_allclose(kept, frames[..., :4], atol=1e-6)
+    np.testing.assert_allclose(kept_final, final, atol=1e-6)
+
+
 def test_rollout_without_frames_matches(model, seeds):
     keys = jax.random.split(jax.random.key(0), 3)
     final, frames = model.rollout(seeds, keys, 6)

@@ -21,7 +21,7 @@ import numpy as np
 from nca_lab.data.images import load_target
 from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
-from nca_lab.render import tile, to_rgb, to_uint8
+from nca_lab.render import rgba, tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Batch, Rendering, Task, psnr, rgba_mse
 
 NOISES = ("uniform", "normal")
@@ -138,7 +138,8 @@ class DiffusingTask(Task):
         """
         noise_key, rollout_key = jax.random.split(key)
         a, noisy = self._levels(noise_key, 1)
-        _, frames = grow(model, noisy, jax.random.split(rollout_key, a.shape[0]), 2 * horizon, frame_every=1)
+        keys = jax.random.split(rollout_key, a.shape[0])
+        _, frames = grow(model, noisy, keys, 2 * horizon, frame_every=1, frame_fn=rgba)
         scale = self.render_scale
         frames = to_uint8(to_rgb(np.asarray(frames)), scale)
         gif = np.stack([tile(list(f)) for f in frames])

@@ -12,7 +12,7 @@ import numpy as np
 from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.data.images import load_target
 from nca_lab.nca import NCA, grow
-from nca_lab.render import tile, to_rgb, to_uint8
+from nca_lab.render import rgba, tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Batch, Rendering, Task, rgba_mse
 
 
@@ -84,9 +84,9 @@ class GrowingTask(Task):
         Final picture: the target, then ``n`` samples after ``horizon`` steps, the trained length.
         """
         batch = self.sample(key, n)
-        _, frames = grow(model, batch.state, jax.random.split(key, n), 2 * horizon, frame_every=1)
+        _, frames = grow(model, batch.state, jax.random.split(key, n), 2 * horizon, frame_every=1, frame_fn=rgba)
         frames = np.asarray(frames)
         scale = self.render_scale
         gif = to_uint8(to_rgb(frames[:, 0]), scale)
-        pictures = to_uint8(to_rgb(np.concatenate([self.target[None], frames[horizon, :, :, :, :4]])), scale)
+        pictures = to_uint8(to_rgb(np.concatenate([self.target[None], frames[horizon]])), scale)
         return Rendering(frames=gif, final=tile(list(pictures)))

@@ -25,7 +25,7 @@ from nca_lab.data.mnist import load_mnist_images
 from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
 from nca_lab.perceive.stencil import neighbours
-from nca_lab.render import tile, to_rgb, to_uint8
+from nca_lab.render import rgba, tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Batch, Rendering, Task, psnr, rgba_mse
 
 #: Background colour of pictures: where alpha is 0 (a hidden pixel), it shows through.
@@ -210,7 +210,8 @@ class MnistInpaintingTask(Task):
         n = min(n, self._test.shape[0])
         batch_key, rollout_key = jax.random.split(key)
         _, _, batch = self._test_batch(batch_key, n)
-        _, frames = grow(model, batch.state, jax.random.split(rollout_key, n), 2 * horizon, frame_every=1)
+        keys = jax.random.split(rollout_key, n)
+        _, frames = grow(model, batch.state, keys, 2 * horizon, frame_every=1, frame_fn=rgba)
         scale = self.render_scale
         frames = to_uint8(to_rgb(frames, HIDDEN_RGB), scale)
         target = to_uint8(to_rgb(batch.target, HIDDEN_RGB), scale)

@@ -15,7 +15,7 @@ import numpy as np
 from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
-from nca_lab.render import tile, to_rgb, to_uint8
+from nca_lab.render import rgba, tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Rendering
 from nca_lab.tasks.damage import damage_circles
 from nca_lab.tasks.growing import GrowingTask
@@ -117,9 +117,10 @@ class RegeneratingTask(GrowingTask):
         """
         sample_key, grow_key, damage_key, recover_key = jax.random.split(key, 4)
         batch = self.sample(sample_key, n)
-        grown, grow_frames = grow(model, batch.state, jax.random.split(grow_key, n), horizon, frame_every=1)
+        grow_keys, recover_keys = jax.random.split(grow_key, n), jax.random.split(recover_key, n)
+        grown, grow_frames = grow(model, batch.state, grow_keys, horizon, frame_every=1, frame_fn=rgba)
         damaged = self.damage(grown, damage_key)
-        recovered, recover_frames = grow(model, damaged, jax.random.split(recover_key, n), horizon, frame_every=1)
+        recovered, recover_frames = grow(model, damaged, recover_keys, horizon, frame_every=1, frame_fn=rgba)
         held = np.repeat(np.asarray(recover_frames[:1, 0]), DAMAGE_HOLD_FRAMES, axis=0)
         states = np.concatenate([np.asarray(grow_frames[:, 0]), held, np.asarray(recover_frames[1:, 0])])
         scale = self.render_scale
