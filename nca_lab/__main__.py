@@ -16,34 +16,17 @@ the other jobs; the command then exits 1 with one line naming the first failed j
 
 import logging
 import os
-import signal
 import sys
 
+from nca_lab.runtime import STOPPED, configure_jax_environment, stop_on_signals
+
+#: What a signal before the first training step or in the final evaluation prints; the training
+#: steps install their own handler, which finishes the step and saves first, and restore this one.
 STOPPED_OUTSIDE_TRAINING = "stopped: by a signal outside the training steps (nothing to save)"
 
-
-def _stop_now(signum, frame) -> None:
-    """A signal while JAX loads, the model is built or evaluated: nothing to save, exit at once.
-
-    Not by raising: an exception raised in a signal handler can land in a garbage-collection
-    callback, where Python prints and ignores it, and the job would run on (a Ctrl-C in the
-    final evaluation did, 4 times in 7); raised in an import, it is a page of traceback.
-    """
-    os.write(2, f"{STOPPED_OUTSIDE_TRAINING}\n".encode())
-    os._exit(143)
-
-
-def stop_on_signals() -> None:
-    """SIGTERM and SIGINT stop the command at once; the training steps install their own
-    handler, which finishes the step and saves first, and restore this one after."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop_now)
-
-
 if __name__ == "__main__":
-    stop_on_signals()  # before the imports below, which take seconds
+    stop_on_signals(STOPPED_OUTSIDE_TRAINING)  # before the imports below, which take seconds
 
-from nca_lab.runtime import configure_jax_environment  # noqa: E402
 
 configure_jax_environment()
 
@@ -80,7 +63,7 @@ def main(cfg: DictConfig) -> None:
         )
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(143)
+        sys.exit(STOPPED)
     except (ConfigError, TrainingDiverged, OSError) as err:
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
         message = f"{where}{one_line(err) if isinstance(err, OSError) else err}"
@@ -118,7 +101,7 @@ def cli() -> None:
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])
-    stop_on_signals()
+    stop_on_signals(STOPPED_OUTSIDE_TRAINING)
     try:
         main()
     except JobFailed as failed:  # Hydra re-raises the first failed job's (from its process, for submitit)

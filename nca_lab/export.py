@@ -14,8 +14,10 @@ import math
 import sys
 from pathlib import Path
 
-from nca_lab.runtime import configure_jax_environment
+from nca_lab.runtime import STOPPED_BY_SIGNAL, configure_jax_environment, stop_on_signals
 
+if __name__ == "__main__":
+    stop_on_signals(STOPPED_BY_SIGNAL)  # before the imports below, which take seconds
 configure_jax_environment()
 
 from nca_lab.atomic import write_text_atomically  # noqa: E402
@@ -84,5 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out} ({args.format})")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command: :func:`main`, with SIGTERM and SIGINT one line and exit status 143."""
+    stop_on_signals(STOPPED_BY_SIGNAL)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -19,8 +19,10 @@ import math
 import sys
 from pathlib import Path
 
-from nca_lab.runtime import configure_jax_environment
+from nca_lab.runtime import STOPPED_BY_SIGNAL, configure_jax_environment, stop_on_signals, wait_for
 
+if __name__ == "__main__":
+    stop_on_signals(STOPPED_BY_SIGNAL)  # before the imports below, which take seconds
 configure_jax_environment()
 
 import jax  # noqa: E402
@@ -138,11 +140,11 @@ def run_segment(model: NCA, state: np.ndarray, key: jax.Array, num_steps: int, e
     key_bulk, key_rest = jax.random.split(key)
     frames = []
     if bulk:
-        final, kept = grow(model, state, key_bulk, bulk, frame_every=every, frame_fn=rgba)
+        final, kept = wait_for(grow(model, state, key_bulk, bulk, frame_every=every, frame_fn=rgba))
         state = np.asarray(final)
         frames = list(np.asarray(kept[1:]))
     if num_steps > bulk:
-        state = np.asarray(grow(model, state, key_rest, num_steps - bulk)[0])
+        state = np.asarray(wait_for(grow(model, state, key_rest, num_steps - bulk)[0]))
         frames.append(state[..., :4])
     return state, frames
 
@@ -230,5 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command: :func:`main`, with SIGTERM and SIGINT one line and exit status 143."""
+    stop_on_signals(STOPPED_BY_SIGNAL)
     main()
+
+
+if __name__ == "__main__":
+    cli()

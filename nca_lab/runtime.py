@@ -1,10 +1,19 @@
-"""JAX process settings that only work before JAX initialises.
+"""Process settings of the command-line tools, made before JAX loads.
 
 Reference: JAX docs, "Persistent compilation cache" and "GPU memory allocation".
 """
 
+import contextlib
 import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+#: Exit status of a command stopped by SIGTERM or SIGINT (128 + SIGTERM, as a batch scheduler's stop).
+STOPPED = 143
+#: What a stopped command that has nothing to save prints.
+STOPPED_BY_SIGNAL = "stopped: by a signal"
 
 
 def configure_jax_environment() -> None:
@@ -18,3 +27,39 @@ def configure_jax_environment() -> None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None) -> None:
+    """Make SIGTERM and SIGINT print ``message`` (one line), run ``before_exit``, and exit
+    :data:`STOPPED` at once.
+
+    Not by raising ``KeyboardInterrupt``: raised in an import it is a page of traceback,
+    inside XLA's compiler it crashed the process (SIGSEGV), and in a garbage-collection
+    callback Python prints and ignores it, so the command runs on.
+    """
+
+    def stop(signum, frame) -> None:
+        del signum, frame
+        if before_exit is not None:
+            with contextlib.suppress(Exception):  # stopping must not turn into a traceback
+                before_exit()
+        os.write(2, f"{message}\n".encode())
+        os._exit(STOPPED)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
+def wait_for(tree):
+    """``tree`` once its JAX arrays are computed, checked every millisecond.
+
+    JAX computes asynchronously; a blocking wait (``np.asarray``, ``block_until_ready``)
+    stays in XLA until the computation ends, and Python runs a signal handler only after
+    it, so Ctrl-C in a long rollout did nothing for minutes. Polling returns to Python.
+    """
+    import jax
+
+    for leaf in jax.tree.leaves(tree):
+        while isinstance(leaf, jax.Array) and not leaf.is_ready():
+            time.sleep(0.001)
+    return tree

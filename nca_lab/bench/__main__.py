@@ -7,20 +7,31 @@
 
 On a CPU, rollouts are 8 CA steps long unless ``--steps`` says otherwise (full-length
 rollouts take minutes per step there); the table and the records say how long they were.
+Stopped by Ctrl-C or SIGTERM, it prints and writes what it measured so far, then exits 143.
 """
 
 import argparse
 import functools
 import importlib
+import math
 import sys
+import tempfile
 from pathlib import Path
 
-import jax
+from nca_lab.runtime import STOPPED_BY_SIGNAL, stop_on_signals
 
-from nca_lab.bench import nca_lab_impl
-from nca_lab.bench.measure import measure
-from nca_lab.bench.report import device, record, table, versions, write_json
-from nca_lab.bench.suites import CPU_STEPS, SUITES, cases
+if __name__ == "__main__":
+    stop_on_signals(STOPPED_BY_SIGNAL)  # before JAX loads, which takes seconds
+
+import jax  # noqa: E402
+
+from nca_lab.bench import nca_lab_impl  # noqa: E402
+from nca_lab.bench.measure import Measurement, measure  # noqa: E402
+from nca_lab.bench.report import LEGEND, device, record, table, versions, write_json  # noqa: E402
+from nca_lab.bench.suites import CPU_STEPS, SUITES, cases  # noqa: E402
+from nca_lab.log.manifest import git_state  # noqa: E402
+
+DESCRIPTION = "Time nca_lab's NCA training and rollouts against peers (CAX, PyTorch) and print a table."
 
 #: Peer implementations by ``--peer`` name; imported only when asked for (optional packages).
 PEERS = {"cax": "nca_lab.bench.cax_impl", "torch": "nca_lab.bench.torch_impl"}
@@ -41,7 +52,7 @@ def _budget_bytes(fraction: float = 0.75) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m nca_lab.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nca_lab.bench", description=DESCRIPTION)
     parser.add_argument("--suite", nargs="+", default=list(SUITES), metavar="NAME", help=f"of {', '.join(SUITES)}")
     parser.add_argument(
         "--peer",
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, help=f"CA steps per rollout (default: the suite's; {CPU_STEPS} on CPU)")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation (default 20)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation (default 2)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation, at least 1 (default 2)")
     parser.add_argument("--memory-budget-gb", type=float, help="skip plans above this (default: 75%% of memory)")
     parser.add_argument(
         "--max-seconds",
@@ -72,12 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be positive")
     if args.unroll <= 0:
         parser.error("--unroll must be positive")
-    if args.repeats <= 0 or args.warmup < 0:
-        parser.error("--repeats must be positive and --warmup non-negative")
+    if args.repeats <= 0:
+        parser.error("--repeats must be positive")
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the first call after compiling measures memory)")
     if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
         parser.error("--memory-budget-gb must be positive")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        parser.error(f"--json {args.json}: no such directory {Path(args.json).resolve().parent}")  # before the timing
+    if args.max_seconds is not None and not (args.max_seconds > 0 and math.isfinite(args.max_seconds)):
+        parser.error("--max-seconds must be a positive number of seconds")
+    if args.json:
+        problem = unwritable(Path(args.json))  # before the timing, not after it
+        if problem:
+            parser.error(f"--json {args.json}: {problem}")
 
     jax.config.update("jax_enable_compilation_cache", False)  # compile times must be cold
     on_cpu = jax.default_backend() == "cpu"
@@ -95,13 +112,28 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             parser.error(str(exc))
     budget = _budget_bytes() if args.memory_budget_gb is None else args.memory_budget_gb * 2**30
-    env = {"device": device(), "versions": versions()}
+    env = {"device": device(), "versions": versions(), **git_state()}
+    env.update(kernel=args.kernel, unroll=args.unroll, warmup=args.warmup)
     print(f"device: {env['device']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
     if on_cpu and args.steps is None:
-        print(f"CPU: rollouts shortened to {CPU_STEPS} CA steps (the suites' own lengths: --steps N)")
+        own = ", ".join(f"{name} {SUITES[name][0].steps}" for name in SUITES)
+        print(f"CPU: rollouts shortened to {CPU_STEPS} CA steps (the suites' own: {own}; --steps N sets them)")
 
     records, nca_lab_failed = [], []
+
+    def report() -> None:
+        """Print the table and write the records: at the end, or when a signal stops the run."""
+        print("\n" + table(records) + "\n\n" + LEGEND, flush=True)
+        if args.json:
+            try:
+                write_json(records, args.json)
+            except OSError as err:
+                print(f"error: cannot write {args.json} ({err.strerror})", file=sys.stderr)
+                return
+            print(f"\nwrote {len(records)} records to {args.json}", flush=True)
+
+    stop_on_signals(STOPPED_BY_SIGNAL, before_exit=lambda: records and report())
     for case in selected:
         print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
         workloads, failed = {}, {}
@@ -117,18 +149,33 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record(case, impl, work.note, results[impl], env))
         for impl, reason in failed.items():
             print(f"  {impl}: could not build: {reason}", file=sys.stderr)
+            records.append(record(case, impl, "", Measurement([], math.nan, None, None, "not_built", reason), env))
         if "nca_lab" in failed or results.get("nca_lab") is not None and results["nca_lab"].status == "failed":
             nca_lab_failed.append(f"{case.suite} {case.name}")
         del workloads, results
-    print()
-    print(table(records))
-    if args.json:
-        write_json(records, args.json)
-        print(f"\nwrote {len(records)} records to {args.json}")
+    report()
     if nca_lab_failed:
         print(f"error: nca_lab failed on {', '.join(nca_lab_failed)} (see the table)", file=sys.stderr)
         return 1
+    if not any(r["impl"] == "nca_lab" and r["status"] == "ok" for r in records):
+        print("error: no nca_lab case was measured (see the table)", file=sys.stderr)
+        return 1
     return 0
+
+
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, or ``None``: tried with a temporary file beside it."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        return f"no such directory {parent}"
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".nca_lab_bench_"):
+            pass
+    except OSError as err:
+        return f"cannot write in {parent} ({err.strerror})"
+    return None
 
 
 if __name__ == "__main__":

@@ -276,9 +276,9 @@ def build(case: Case, seed: int = 0) -> Workload:
         optimizer.update(cs, grad)
         return loss
 
-    example = "48 ViTPerceive" if case.perceive == "attention" else "43"
+    how = "with example 48's ViTPerceive" if case.perceive == "attention" else "(keeps CAX's alive mask)"
     return Workload(
         call=lambda i: train_step(cs, optimizer, jax.random.fold_in(key, i)),
         lower=lambda: train_step.lower(cs, optimizer, key),
-        note=f"example {example} train_step{remat}",
+        note=f"example 43 train_step {how}{remat}",
     )

@@ -5,7 +5,7 @@ following jitted calls reuse), so the compile time is measured alone and a plan 
 not fit in memory is refused before it runs; an eager one (the PyTorch peer) has neither.
 The timed calls of the implementations of a case are interleaved (one step of each in
 turn): on a shared machine, load from other processes then slows all of them alike. Every call is synchronised
-(``jax.block_until_ready``).
+(``jax.block_until_ready``; long steps by :func:`~nca_lab.runtime.wait_for`, which Ctrl-C can stop).
 
 Peak memory: on CPU the growth of the process's peak resident set during the first call
 after compilation (``VmHWM`` from ``/proc/self/status``, reset through
@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from nca_lab.runtime import wait_for
+
+#: Timing that would take longer than this is announced with its estimate.
+LONG_SECONDS = 300
+#: Timed steps longer than this are waited for by polling (:func:`~nca_lab.runtime.wait_for`,
+#: at most a millisecond late), so that Ctrl-C stops them; shorter ones by XLA's exact wait.
+POLLED_SECONDS = 0.1
 
 
 @dataclass
@@ -115,6 +123,7 @@ def measure(
     results: dict[str, Measurement] = {}
     running: dict[str, Workload] = {}
     counts: dict[str, int] = {}
+    syncs: dict[str, Callable[[Any], Any]] = {}
     for name, work in workloads.items():
         planned, compile_s = None, 0.0
         if work.lower is not None:
@@ -136,20 +145,26 @@ def measure(
         try:
             before = _rss_kib() if on_cpu and _reset_peak_rss() else None
             tick = time.perf_counter()
-            jax.block_until_ready(work.call(0))
+            wait_for(work.call(0))
             last = time.perf_counter() - tick
             after = _rss_kib() if before is not None else None
             if before is not None and after is not None:
                 results[name].rss_peak_bytes = max(0, after[1] - before[0]) * 1024
             for i in range(1, max(1, warmup)):
                 tick = time.perf_counter()
-                jax.block_until_ready(work.call(i))
+                wait_for(work.call(i))
                 last = time.perf_counter() - tick
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory
             results[name].status, results[name].reason = "failed", _first_line(exc)
             continue
         running[name] = work
+        syncs[name] = wait_for if last > POLLED_SECONDS else jax.block_until_ready
         counts[name] = repeats if max_seconds is None else min(repeats, max(3, int(max_seconds / last)))
+        if counts[name] * last > LONG_SECONDS:
+            log(
+                f"  {name}: {counts[name]} timed steps of about {last:.0f} s each, about "
+                f"{counts[name] * last / 60:.0f} min (--max-seconds S caps it)"
+            )
     if running:
         log("  timing " + ", ".join(f"{name} x{counts[name]}" for name in running))
     for i in range(max(counts.values(), default=0)):
@@ -158,7 +173,7 @@ def measure(
                 continue
             try:
                 tick = time.perf_counter()
-                jax.block_until_ready(work.call(warmup + i))
+                syncs[name](work.call(warmup + i))
                 results[name].times.append(time.perf_counter() - tick)
             except Exception as exc:  # noqa: BLE001
                 results[name].status, results[name].reason = "failed", _first_line(exc)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import jax
 
+from nca_lab.atomic import write_text_atomically
 from nca_lab.bench.measure import Measurement, summary
-from nca_lab.bench.suites import Case
+from nca_lab.bench.suites import Case, suite_steps
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "nca_lab", "cax", "torch")
 
@@ -43,7 +44,11 @@ def device() -> str:
 
 
 def record(case: Case, impl: str, note: str, measurement: Measurement, env: dict) -> dict:
-    """One JSON record: timings, compile time, peak memory, throughput, device, versions, sizes, status."""
+    """One JSON record: timings, compile time, peak memory, throughput, device, versions, sizes, status.
+
+    ``env`` holds what is the same for every record of a run (device, versions, git state,
+    the command's settings).
+    """
     times = summary(measurement)
     peak, source = measurement.peak
     median_s = times["median_ms"] / 1e3
@@ -56,6 +61,7 @@ def record(case: Case, impl: str, note: str, measurement: Measurement, env: dict
         "batch": case.batch,
         "grid": case.grid,
         "steps": case.steps,
+        "suite_steps": suite_steps(case),
         "channels": case.channels,
         "hidden": case.hidden,
         "status": measurement.status,
@@ -74,16 +80,24 @@ def record(case: Case, impl: str, note: str, measurement: Measurement, env: dict
 def write_json(records: list[dict], path: Path) -> None:
     """Write ``records`` as a JSON list (NaN as ``null``)."""
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records]
-    Path(path).write_text(json.dumps(clean, indent=2) + "\n", encoding="utf-8")
+    write_text_atomically(path, json.dumps(clean, indent=2) + "\n")
+
+
+#: What the table's columns mean, printed under it.
+LEGEND = """\
+n: timed steps per implementation (fewer than --repeats where --max-seconds cut them short)
+peer/nca_lab: the peer's median time over nca_lab's on the same case: above 1, nca_lab is faster
+peak MiB: on a CPU, how much the process's resident memory grew in the first call (rough: memory
+  that earlier calls freed is reused); elsewhere XLA's planned bytes for one call, as for rows
+  marked (plan), which did not run"""
 
 
 def table(records: list[dict]) -> str:
-    """A markdown table, with each peer's time divided by nca_lab's on the same case."""
+    """A markdown table, columns padded to line up, with each peer's time divided by nca_lab's on the same case."""
     columns = ["suite", "case", "impl", "steps", "n", "median ms", "min ms", "max ms", "compile s", "peak MiB"]
     columns += ["Mcell-steps/s", "peer/nca_lab", "how"]
-    head = "| " + " | ".join(columns) + " |"
-    lines = [head, "|" + "|".join(["---"] * len(columns)) + "|"]
     ours = {(r["suite"], r["case"]): r for r in records if r["impl"] == "nca_lab"}
+    rows = [columns]
     for r in records:
         ok = r["status"] == "ok"
         base = ours.get((r["suite"], r["case"]))
@@ -93,13 +107,17 @@ def table(records: list[dict]) -> str:
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] is not None else "-"
         if ok:
             timing = [f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}"]
-            rate = f"{r['cell_steps_per_s'] / 1e6:.1f}"
+            rate = f"{r['cell_steps_per_s'] / 1e6:.3g}"
         else:
             timing, rate = [r["status"], "", ""], ""
+            peak += " (plan)" if r["peak_bytes"] is not None else ""
         how = r["note"] + (f"; {r['reason']}" if r["reason"] else "")
         compile_s = f"{r['compile_s']:.1f}" if not math.isnan(r["compile_s"]) else "-"
-        lines.append(
-            f"| {r['suite']} | {r['case']} | {r['impl']} | {r['steps']} | {r['repeats']} | {' | '.join(timing)} "
-            f"| {compile_s} | {peak} | {rate} | {ratio} | {how} |"
+        rows.append(
+            [r["suite"], r["case"], r["impl"], str(r["steps"]), str(r["repeats"]), *timing, compile_s, peak, rate]
+            + [ratio, how]
         )
+    widths = [max(3, *(len(row[i]) for row in rows)) for i in range(len(columns) - 1)] + [3]  # "how" unpadded
+    lines = ["| " + " | ".join(map(str.ljust, row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
     return "\n".join(lines)

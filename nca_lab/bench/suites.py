@@ -72,9 +72,14 @@ SUITES: dict[str, tuple[Case, ...]] = {
 
 
 def cases(names: list[str], steps: int | None) -> list[Case]:
-    """The cases of the suites ``names``, with every rollout ``steps`` long if given."""
+    """The cases of the suites ``names`` (each once), with every rollout ``steps`` long if given."""
     unknown = sorted(set(names) - set(SUITES))
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; choose from {sorted(SUITES)}")
-    selected = [case for name in names for case in SUITES[name]]
+    selected = [case for name in dict.fromkeys(names) for case in SUITES[name]]
     return [replace(case, steps=steps) for case in selected] if steps else selected
+
+
+def suite_steps(case: Case) -> int:
+    """The rollout length of ``case`` in its suite, before ``--steps`` or the CPU shortened it."""
+    return next(c.steps for c in SUITES[case.suite] if c.name == case.name)

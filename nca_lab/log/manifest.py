@@ -51,14 +51,19 @@ def _version(name: str) -> str | None:
         return None
 
 
-def manifest(seed: int) -> dict:
-    """Git SHA and dirty flag (when run from a checkout), package versions, seed, host and devices."""
+def git_state() -> dict:
+    """``git_sha`` and ``git_dirty`` (uncommitted changes to tracked files) of the checkout
+    nca_lab runs from; both ``None`` for an installed wheel."""
     root = checkout()
     sha = _git("rev-parse", "HEAD", cwd=root) if root else None
     status = _git("status", "--porcelain", "--untracked-files=no", cwd=root) if sha else None
+    return {"git_sha": sha, "git_dirty": bool(status) if status is not None else None}
+
+
+def manifest(seed: int) -> dict:
+    """Git SHA and dirty flag (when run from a checkout), package versions, seed, host and devices."""
     return {
-        "git_sha": sha,
-        "git_dirty": bool(status) if status is not None else None,
+        **git_state(),
         "packages": {name: _version(name) for name in PACKAGES},
         "python": platform.python_version(),
         "seed": int(seed),

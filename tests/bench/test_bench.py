@@ -6,7 +6,10 @@ Nothing here is timed: the harness's numbers are for ``python -m nca_lab.bench``
 import importlib.util
 import json
 import math
+import signal
+import subprocess
 import sys
+import types
 
 import pytest
 
@@ -14,7 +17,7 @@ from nca_lab.bench.__main__ import main as bench_main
 from nca_lab.bench.report import table
 from nca_lab.bench.suites import SUITES, cases
 
-from nca_testing import run_cli
+from nca_testing import REPO, run_cli
 
 FIELDS = {
     "suite",
@@ -64,9 +67,24 @@ def test_table_divides_the_peer_by_nca_lab():
         ]
     )
     lines = rows.splitlines()
-    assert lines[0].startswith("| suite | case | impl |") and len(lines) == 5
-    assert "| 25.00x |" in lines[3]
-    assert "too_big" in lines[4] and "plans 90 GiB" in lines[4]
+    assert cells(lines[0])[:3] == ["suite", "case", "impl"] and len(lines) == 5
+    assert len({line.index("| cax") for line in lines[3:]} | {lines[0].index("| impl")}) == 1  # columns line up
+    assert "25.00x" in cells(lines[3])
+    assert "too_big" in cells(lines[4]) and "1 (plan)" in cells(lines[4]) and "; plans 90 GiB" in lines[4]
+
+
+def test_the_throughput_keeps_three_significant_figures():
+    row = {
+        "suite": "attention", "case": "4x72x72", "impl": "nca_lab", "steps": 8, "repeats": 20, "status": "ok",
+        "reason": "", "median_ms": 1e3, "min_ms": 1e3, "max_ms": 1e3, "compile_s": 1.0, "peak_bytes": None,
+        "cell_steps_per_s": 1234.0, "note": "",
+    }  # fmt: skip
+    assert "0.00123" in cells(table([row]).splitlines()[2])
+
+
+def cells(line: str) -> list[str]:
+    """The stripped cells of a markdown table row."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
 def test_cli_writes_one_record_per_implementation(tmp_path):
@@ -76,7 +94,8 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
     # The timed steps run as XLA optimises them by default (conftest lowers it for the other tests).
     result = run_cli(*args, *(["--peer", *peers] if peers else []), module="nca_lab.bench", env={"XLA_FLAGS": ""})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| growing | 8x72x72 | nca_lab | 1 | 1 |" in result.stdout
+    rows = [cells(line) for line in result.stdout.splitlines() if line.startswith("| growing")]
+    assert [row[:5] for row in rows] == [["growing", "8x72x72", impl, "1", "1"] for impl in ["nca_lab", *peers]]
     assert "make_train_step, XLA, active cells, manual VJP, pool 1024" in result.stdout  # how nca_lab ran
     records = json.loads(out.read_text())
     assert [r["impl"] for r in records] == ["nca_lab", *peers]
@@ -86,6 +105,8 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
         assert record["cell_steps_per_s"] > 0 and record["peak_bytes"] > 0
         assert record["compile_s"] > 0 if record["impl"] != "torch" else record["compile_s"] == 0
         assert record["versions"]["jax"] and record["device"].startswith("cpu")
+        assert (record["steps"], record["suite_steps"], record["kernel"], record["warmup"]) == (1, 96, "xla", 1)
+        assert len(record["git_sha"]) == 40 and isinstance(record["git_dirty"], bool)  # the tests run in a checkout
 
 
 def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch, capsys):
@@ -107,6 +128,11 @@ def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch
         ["--json", "/no/dir/b.json"],
         ["--memory-budget-gb", "0"],
         ["--memory-budget-gb", "nan"],
+        ["--warmup", "0"],
+        ["--max-seconds", "0"],
+        ["--max-seconds", "-5"],
+        ["--json", "/proc/b.json"],
+        ["--json", "/tmp"],
     ],
 )
 def test_bad_options_are_refused(flag, capsys):
@@ -133,3 +159,60 @@ def test_the_command_fails_when_nca_lab_cannot_run_a_case(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "nca_lab: could not build: RuntimeError: no such kernel" in err
     assert "error: nca_lab failed on growing 8x72x72" in err
+
+
+def test_a_peer_that_cannot_run_a_case_has_a_record_saying_why(monkeypatch, capsys, tmp_path):
+    def unsupported(case, **kwargs):
+        raise ValueError("the peer implements the Sobel NCA only")
+
+    peer = types.ModuleType("fake_peer")
+    peer.build = unsupported
+    monkeypatch.setitem(sys.modules, "fake_peer", peer)
+    monkeypatch.setitem(bench_main.__globals__["PEERS"], "cax", "fake_peer")
+    monkeypatch.setattr("nca_lab.bench.nca_lab_impl.build", lambda case, **kw: make_trivial_workload())
+    out = tmp_path / "b.json"
+    assert bench_main(["--suite", "growing", "growing", "--peer", "cax", "--repeats", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["impl"], r["status"]) for r in records] == [("nca_lab", "ok"), ("cax", "not_built")]  # growing once
+    assert records[1]["reason"] == "ValueError: the peer implements the Sobel NCA only"
+    assert "not_built" in capsys.readouterr().out
+
+
+def make_trivial_workload():
+    from nca_lab.bench.measure import Workload
+
+    return Workload(call=lambda i: i, lower=None, note="trivial")
+
+
+def test_nothing_measured_is_an_error(monkeypatch, capsys):
+    """A memory budget that no case fits: every row says so, and the command fails."""
+    assert bench_main(["--suite", "growing", "--steps", "1", "--repeats", "1", "--memory-budget-gb", "1e-6"]) == 1
+    captured = capsys.readouterr()
+    assert "too_big" in captured.out and "error: no nca_lab case was measured" in captured.err
+
+
+def test_ctrl_c_prints_and_writes_what_was_measured(tmp_path):
+    """SIGINT in the second case (compiling it): the first case's rows are printed and written,
+    one line says it stopped, exit 143 (it was a traceback, during compilation a segfault)."""
+    out = tmp_path / "b.json"
+    args = ["--suite", "rollout", "--steps", "1", "--repeats", "1", "--warmup", "1", "--json", str(out)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nca_lab.bench", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("rollout 256x72x72"):
+            process.send_signal(signal.SIGINT)
+            break
+    try:
+        rest, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert (process.returncode, err.splitlines()[-1]) == (143, "stopped: by a signal"), "".join(seen) + rest + err
+    assert "Traceback" not in err
+    assert [cells(line)[:3] for line in rest.splitlines() if line.startswith("| rollout")] == [
+        ["rollout", "8x72x72", "nca_lab"]
+    ]
+    assert [(r["case"], r["status"]) for r in json.loads(out.read_text())] == [("8x72x72", "ok")]

@@ -62,3 +62,17 @@ def test_max_seconds_trims_slow_implementations_to_at_least_three_calls():
         log=lambda _: None,
     )
     assert len(results["slow"].times) == 3 and len(results["fast"].times) == 10
+
+
+def test_long_timing_is_announced_with_its_estimate(monkeypatch):
+    monkeypatch.setattr("nca_lab.bench.measure.LONG_SECONDS", 0.1)
+    messages, log = [], []
+    measure(
+        {"slow": recording(log, "slow", seconds=0.06), "fast": recording(log, "fast")},
+        repeats=3,
+        warmup=1,
+        memory_budget=float("inf"),
+        log=messages.append,
+    )
+    estimates = [m for m in messages if "timed steps of about" in m]
+    assert len(estimates) == 1 and estimates[0].startswith("  slow: 3 timed steps") and "--max-seconds" in estimates[0]

@@ -2,6 +2,10 @@
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -13,7 +17,7 @@ from nca_lab import grow as grow_cli
 from nca_lab.interop import read_model
 from nca_lab.perceive.sobel import SobelPerceive
 
-from nca_testing import run_cli
+from nca_testing import REPO, run_cli
 from original_reference import TFJS_GRAPH, WEBGL8
 from webgl8_checks import assert_within_quantisation, dense_params
 
@@ -243,3 +247,26 @@ def test_bad_input_from_a_real_process(tmp_path):
         f"error: {model}: the layer 2 kernel has shape [1, 1, 128, 8], expected [1, 1, 128, 16]"
     ]
     assert not out.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "delay"), [("nca_lab.grow", 0.5), ("nca_lab.grow", 4.0), ("nca_lab.export", 0.5), ("nca_lab.bench", 0.5)]
+)
+def test_ctrl_c_is_one_line_and_143(module, delay, tmp_path):
+    """SIGINT while JAX loads (0.5 s) or while a grow runs (4 s): it was a page of traceback."""
+    args = {
+        "nca_lab.grow": [str(WEBGL8), "--size", "256", "--steps", "2000", "--out", str(tmp_path / "grown")],
+        "nca_lab.export": [str(WEBGL8), "--out", str(tmp_path / "model.json")],
+        "nca_lab.bench": ["--suite", "growing", "--steps", "1"],
+    }[module]
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (process.returncode, err) == (143, "stopped: by a signal\n")
+    assert not (tmp_path / "grown").exists()
