@@ -27,7 +27,6 @@ STOPPED_OUTSIDE_TRAINING = "stopped: by a signal outside the training steps (not
 if __name__ == "__main__":
     stop_on_signals(STOPPED_OUTSIDE_TRAINING)  # before the imports below, which take seconds
 
-
 configure_jax_environment()
 
 import hydra  # noqa: E402

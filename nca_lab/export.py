@@ -18,6 +18,7 @@ from nca_lab.runtime import STOPPED_BY_SIGNAL, configure_jax_environment, stop_o
 
 if __name__ == "__main__":
     stop_on_signals(STOPPED_BY_SIGNAL)  # before the imports below, which take seconds
+
 configure_jax_environment()
 
 from nca_lab.atomic import write_text_atomically  # noqa: E402

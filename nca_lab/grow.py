@@ -23,6 +23,7 @@ from nca_lab.runtime import STOPPED_BY_SIGNAL, configure_jax_environment, stop_o
 
 if __name__ == "__main__":
     stop_on_signals(STOPPED_BY_SIGNAL)  # before the imports below, which take seconds
+
 configure_jax_environment()
 
 import jax  # noqa: E402

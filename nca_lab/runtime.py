@@ -57,7 +57,7 @@ def wait_for(tree):
     stays in XLA until the computation ends, and Python runs a signal handler only after
     it, so Ctrl-C in a long rollout did nothing for minutes. Polling returns to Python.
     """
-    import jax
+    import jax  # here: this module is imported before JAX, to configure it
 
     for leaf in jax.tree.leaves(tree):
         while isinstance(leaf, jax.Array) and not leaf.is_ready():
