@@ -162,7 +162,8 @@ class RunCheckpointer:
     def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, pool: Any, step: int | None = None):
         """Restore a full training state in place; returns ``(step, pool, key, metadata)``.
 
-        ``pool`` is the freshly initialised pool (or ``None``): it gives the expected shapes.
+        ``pool`` is a freshly initialised pool, or its ``jax.eval_shape`` (or ``None``): it gives
+        the expected shapes.
         """
         step = self._step(step)
         where = f"{self.directory / str(step)}"
@@ -172,17 +173,15 @@ class RunCheckpointer:
             f"{where} does not fit this config (one of them trains with a sample pool, the other without)",
         )
         arrays = ("model", "optimizer", "rng") + (("pool",) if pool is not None else ())
-        items = {**self._on_one_device(step, *arrays), "meta": ocp.args.JsonRestore()}
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, *arrays)))
         _assign(model, restored["model"], where)
-        _assign(optimizer, restored["optimizer"], where)
+        _assign(optimizer, restored["optimizer"], where, "optimizer state, from another trainer.optimizer")
         if pool is not None:
-            saved = {k: np.asarray(v) for k, v in restored["pool"].items()}
-            expected = pool._asdict()
-            require(_shapes(saved) == _shapes(expected), f"{where}: pool shapes differ from this config's")
-            pool = type(pool)(**{k: jax.numpy.asarray(v) for k, v in saved.items()})
+            saved = dict(restored["pool"])
+            require(_shapes(saved) == _shapes(pool._asdict()), f"{where}: pool shapes differ from this config's")
+            pool = type(pool)(**saved)
         key = jax.random.wrap_key_data(np.asarray(restored["rng"]["key_data"]))
-        return step, pool, key, restored["meta"]
+        return step, pool, key, meta
 
 
 def _names(tree) -> set[str]:
@@ -209,19 +208,19 @@ def _align(reference, restored):
     return aligned if len(aligned) == len(restored) else None
 
 
-def _assign(target: nnx.Module, restored: dict, where: str) -> None:
-    """Copy a restored pure dict into ``target``, refusing any shape mismatch with one clear line."""
+def _assign(target: nnx.Module, restored: dict, where: str, what: str = "model structure") -> None:
+    """Copy a restored pure dict into ``target`` (``what`` it is), refusing any mismatch with one clear line."""
     state = nnx.state(target)
     current = nnx.to_pure_dict(state)
-    restored = _fitted(current, restored, where)
+    restored = _fitted(current, restored, where, what)
     restored = jax.tree.map(lambda ref, new: jax.numpy.asarray(new, dtype=ref.dtype), current, restored)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(target, state)
 
 
-def _fitted(current: dict, restored, where: str) -> dict:
+def _fitted(current: dict, restored, where: str, what: str = "model structure") -> dict:
     """``restored`` keyed as ``current``; :class:`ConfigError` naming the first difference if
-    their structures or shapes differ."""
+    their structures (of ``what``) or shapes differ."""
     aligned = _align(current, restored)
     if aligned is None:
         mine, theirs = _names(current), _names(restored)
@@ -230,12 +229,11 @@ def _fitted(current: dict, restored, where: str) -> dict:
             for names, side in ((mine - theirs, "this config"), (theirs - mine, "the checkpoint"))
             if names
         ]
-        raise ConfigError(f"{where} does not fit this config (different model structure: {'; '.join(only)})")
+        raise ConfigError(f"{where} does not fit this config (different {what}: {'; '.join(only)})")
     restored = aligned
     if _shapes(current) != _shapes(restored):
         mine, theirs = _shapes(current), _shapes(restored)
-        diff = sorted(set(mine.items()) ^ set(theirs.items()))
-        first = diff[0][0] if diff else "structure"
+        first = sorted(set(mine.items()) ^ set(theirs.items()))[0][0]
         raise ConfigError(
             f"{where} does not fit this config (incompatible shapes, first at {first}: "
             f"checkpoint {theirs.get(first)}, config {mine.get(first)})"

@@ -72,7 +72,7 @@ def test_keeps_the_last_k_and_the_best_also_across_a_resume(tmp_path):
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path):
-    _, model, optimizer, _ = trained_state(steps=0)
+    _, model, optimizer, _ = trained_state()
     checkpointer = RunCheckpointer(tmp_path / "checkpoints")
     checkpointer.save(3, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0})
     partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234"  # what a kill mid-save leaves
@@ -80,7 +80,10 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     (partial / "model" / "junk").write_bytes(b"\0" * 10)
     found = RunCheckpointer.find(tmp_path)
     assert found.latest_step() == 3
-    found.restore_model(model)
+    _, untrained, _, _ = trained_state(steps=0)
+    found.restore_model(untrained)  # into another model: a restore that did nothing would show
+    for a, b in zip(leaves(model), leaves(untrained), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_load_model_of_a_run_dir(tmp_path):
@@ -120,3 +123,16 @@ def test_incompatible_config_is_one_clear_error(tmp_path):
 def test_no_checkpoint_there(tmp_path, make):
     with pytest.raises(ConfigError, match="no such checkpoint|no checkpoint here"):
         RunCheckpointer.find(make(tmp_path))
+
+
+def test_an_optimizer_of_another_kind_is_named_in_the_error(tmp_path):
+    """It said "different model structure" of the optimizer's state."""
+    import optax
+
+    _, model, optimizer, _ = trained_state(steps=0)
+    RunCheckpointer(tmp_path).save(
+        1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+    )
+    other = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+    with pytest.raises(ConfigError, match="different optimizer state, from another trainer.optimizer: "):
+        RunCheckpointer.find(tmp_path).restore(model, other, None)

@@ -110,6 +110,8 @@ BAD_SETTINGS = [
     (["update.fire_rate=1.5"], "fire_rate must be in (0, 1]"),
     (["trainer.rollout_steps=5.5"], "rollout_steps must be [low, high] with 0 < low <= high, or one length, got 5.5"),
     (["trainer.rollout_steps=[10,5]"], "rollout_steps"),
+    (["trainer.rollout_steps=[true,3]"], "rollout_steps must be [low, high] with 0 < low <= high"),  # True was 1
+    (["trainer.learning_rate=true"], "trainer.learning_rate must be positive (or a schedule), got True"),
     (["perceive.mode=dilated", "perceive=learned"], "perceive.mode"),
     (["+task.colour=red"], "unknown or missing option for task"),
     (["+perceive.colour=red"], "unknown or missing option for perceive: got an unexpected keyword argument 'colour'"),

@@ -83,7 +83,7 @@ def to_webgl8(model: NCA, source: str) -> list[dict]:
     """
     perceive, update = model.perceive, model.update
     require(
-        isinstance(perceive, SobelPerceive) and perceive.num_channels == CHANNELS,
+        type(perceive) is SobelPerceive and perceive.num_channels == CHANNELS,
         f"{source}: the web demo runs a Sobel perception of {CHANNELS} channels; this model has "
         f"{type(perceive).__name__} of {perceive.num_channels} channels",
     )

@@ -1,12 +1,14 @@
 """``metrics.jsonl``: one JSON line per logged step (evaluations on their own), flushed as written.
 
 It is the run's own record, readable without any service; a killed run keeps every line
-written before it died.
+written before it died (a resume rewrites the file whole or not at all).
 """
 
 import json
 import math
 from pathlib import Path
+
+from nca_lab.atomic import write_text_atomically
 
 
 class MetricsFile:
@@ -30,7 +32,7 @@ class MetricsFile:
                 if r["step"] < resume_step
                 or (r["step"] == resume_step and not (redo_evaluation and any(k.startswith("eval/") for k in r)))
             ]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.earlier), encoding="utf-8")
+            write_text_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.earlier))
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

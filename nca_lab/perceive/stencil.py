@@ -2,8 +2,9 @@
 
 XLA fuses slices and elementwise arithmetic, while a depthwise convolution becomes a
 separate (and, on XLA:CPU, very slow to differentiate) kernel. Every stencil in nca_lab
-therefore reads its 9 neighbours as slices of one padded array (zeros for perception,
-``-inf`` for the alive mask's max-pool).
+therefore reads its 9 neighbours as slices of one padded array, padded with what the
+stencil needs off the grid (zeros for the Sobel perception, ``-inf`` for the alive mask's
+max-pool, ``perceive.padding`` for attention).
 """
 
 from collections.abc import Iterator

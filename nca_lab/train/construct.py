@@ -3,7 +3,8 @@
 Hydra's ``instantiate`` reports an unknown option, a value of the wrong type or a failing
 constructor as a traceback; the composition root (:mod:`nca_lab.train.run`) builds every
 group through :func:`construct` or :func:`checked_factory` instead, so a user's mistake is a
-:class:`~nca_lab.errors.ConfigError` before anything is compiled.
+:class:`~nca_lab.errors.ConfigError` before anything is compiled. Part of the composition
+root, split off :mod:`nca_lab.train.run`: with it, the only module that reads config nodes.
 """
 
 import functools

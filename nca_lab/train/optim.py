@@ -52,6 +52,8 @@ def make_optimizer(
         f"trainer.optimizer.gradient must be one of {GRADIENT_TRANSFORMS}, got {gradient!r}",
     )
     require(clip_norm > 0, f"trainer.optimizer.clip_norm must be positive, got {clip_norm}")
+    if not callable(learning_rate):  # a schedule either way: the same optimizer state, so a
+        learning_rate = optax.constant_schedule(learning_rate)  # resume may switch between them
     first = {
         "normalize": normalize_per_parameter(),
         "clip": optax.clip_by_global_norm(clip_norm),

@@ -34,6 +34,15 @@ def draw(pool: Pool, key: jax.Array, n: int) -> tuple[jax.Array, Batch]:
     return idx, Batch(pool.state[idx], pool.target[idx])
 
 
+def check_damage(damage_n: int, batch_size: int) -> None:
+    """Raise :class:`~nca_lab.errors.ConfigError` unless ``damage_n`` leaves the reseeded sample undamaged."""
+    require(
+        0 <= damage_n < batch_size,
+        f"task.damage_n ({damage_n}) must be smaller than trainer.batch_size ({batch_size}): "
+        "the worst sample is reseeded",
+    )
+
+
 def prepare(task: Task, idx: jax.Array, batch: Batch, key: jax.Array, damage_n: int) -> tuple[jax.Array, Batch]:
     """Sort by descending loss, reseed the worst sample, damage the ``damage_n`` best.
 
@@ -42,11 +51,7 @@ def prepare(task: Task, idx: jax.Array, batch: Batch, key: jax.Array, damage_n: 
     Raises:
         ConfigError: ``damage_n`` is not smaller than the batch (the reseeded sample would be damaged).
     """
-    n = batch.state.shape[0]
-    require(
-        0 <= damage_n < n,
-        f"task.damage_n ({damage_n}) must be smaller than trainer.batch_size ({n}): the worst sample is reseeded",
-    )
+    check_damage(damage_n, batch.state.shape[0])
     reseed_key, damage_key = jax.random.split(key)
     order = jnp.argsort(-task.loss(batch.state, batch.target))
     idx, state, target = idx[order], batch.state[order], batch.target[order]

@@ -77,6 +77,12 @@ def load_model(path: str | Path, step: int | None = None):
     """
     checkpointer = RunCheckpointer.find(path)
     meta = checkpointer.metadata(step)
+    require(
+        meta.get("config"),
+        f"{checkpointer.directory}: its checkpoints hold no config to rebuild the model from (Trainer.fit "
+        "was called without config=): build the model as it was trained and load the weights with "
+        "RunCheckpointer.find(path).restore_model(model)",
+    )
     config = OmegaConf.merge({"kernel": "xla", "compact_cells": "auto"}, meta["config"])  # keys added later
     if jax.default_backend() != "gpu":
         config.kernel = "xla"

@@ -2,7 +2,8 @@
 
 A run dir is resumed (its checkpoints) or skipped (its ``summary.json``) only under the
 settings it was trained with: continuing it under others would leave a run whose config says
-one thing and whose weights another. The composition root (:mod:`nca_lab.train.run`) asks.
+one thing and whose weights another. The composition root (:mod:`nca_lab.train.run`) asks;
+part of it, split off, so it reads configs too.
 """
 
 import json

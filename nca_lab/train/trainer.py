@@ -29,7 +29,7 @@ from nca_lab.nca import NCA
 from nca_lab.render import save_gif, save_png
 from nca_lab.tasks.base import Task
 from nca_lab.train import parallel
-from nca_lab.train.pool import init_pool
+from nca_lab.train.pool import check_damage, init_pool
 from nca_lab.train.step import make_train_step
 
 
@@ -105,12 +105,13 @@ class Trainer:
         for name, value in switches.items():  # bool("no") is True: data_parallel=no switched it on
             require(isinstance(value, bool), f"trainer.{name} must be true or false, got {value!r}")
         require(
-            callable(learning_rate) or (isinstance(learning_rate, int | float) and learning_rate > 0),
+            callable(learning_rate)
+            or (isinstance(learning_rate, int | float) and not isinstance(learning_rate, bool) and learning_rate > 0),
             f"trainer.learning_rate must be positive (or a schedule), got {learning_rate!r}",
         )
         require(
             len(rollout_steps) == 2
-            and all(isinstance(s, int) for s in rollout_steps)
+            and all(map(is_integer, rollout_steps))
             and 0 < rollout_steps[0] <= rollout_steps[1],
             f"trainer.rollout_steps must be [low, high] with 0 < low <= high, or one length, got {given!r}",
         )
@@ -144,10 +145,7 @@ class Trainer:
                 task.pool_size >= self.batch_size,
                 f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({self.batch_size})",
             )
-        require(
-            task.damage_n < self.batch_size,
-            f"task.damage_n ({task.damage_n}) must be smaller than trainer.batch_size ({self.batch_size})",
-        )
+        check_damage(task.damage_n, self.batch_size)
         if self.data_parallel:
             sizes = {"trainer.batch_size": self.batch_size}
             if task.pool_size:
@@ -213,13 +211,18 @@ class Trainer:
         source = self.resume_source(run_dir)
         optimizer = nnx.Optimizer(model, self.optimizer(self.learning_rate), wrt=nnx.Param)
         pool_key, train_key, eval_key = jax.random.split(key, 3)
-        pool = init_pool(task, pool_key, task.pool_size) if task.pool_size else None
+
+        def fresh_pool():
+            return init_pool(task, pool_key, task.pool_size) if task.pool_size else None
+
         start, last = 0, {}
-        if source is not None:
-            start, pool, train_key, saved = source.restore(model, optimizer, pool)
+        if source is not None:  # the saved pool replaces a fresh one, of which only the shapes are needed
+            start, pool, train_key, saved = source.restore(model, optimizer, jax.eval_shape(fresh_pool))
             last = {"loss": saved["loss"]}  # what summary.json reports if the run had no step left
-        elif self.init_from:
-            RunCheckpointer.find(self.init_from).restore_model(model)
+        else:
+            pool = fresh_pool()
+            if self.init_from:
+                RunCheckpointer.find(self.init_from).restore_model(model)
         checkpointer = RunCheckpointer(run_dir / CHECKPOINTS, keep_last=self.keep_last, keep_best=self.keep_best)
         mesh = parallel.data_mesh() if self.data_parallel else None
         if mesh is not None:
@@ -236,7 +239,7 @@ class Trainer:
         )
         metadata = {
             "config": config or {},
-            "alive_threshold": task.alive_threshold,
+            "alive_threshold": model.alive_threshold,
             "wandb_run_id": logger.run_id,
             "grid": list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3]),  # for grow
             "horizon": self.horizon,
@@ -284,7 +287,6 @@ class Trainer:
         try:
             with _stop_signals() as stop:
                 tick, tick_step = time.perf_counter(), start
-                step = start
                 for step in range(start + 1, self.steps + 1):
                     pool, out = train_step(model, optimizer, pool, jax.random.fold_in(train_key, step))
                     pending.append((step, out))

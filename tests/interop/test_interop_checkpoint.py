@@ -101,3 +101,14 @@ def test_directory_without_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and str(empty) in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_trained_without_its_config_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    """``Trainer.fit`` called from Python without ``config=`` saves none: grow said so in a traceback."""
+    metadata = RunCheckpointer.metadata
+    monkeypatch.setattr(RunCheckpointer, "metadata", lambda self, step=None: {**metadata(self, step), "config": {}})
+    with pytest.raises(SystemExit) as exit_info:
+        grow_cli.main([str(tiny_run), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hold no config to rebuild the model from" in err and "restore_model" in err

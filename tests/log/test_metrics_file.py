@@ -1,6 +1,9 @@
 """metrics.jsonl: a resumed run continues after the lines of its checkpoint, whatever the dead attempt left."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from nca_lab.log.metrics_file import MetricsFile, read_metrics
 
@@ -29,3 +32,21 @@ def test_a_line_cut_short_by_a_full_disk_does_not_stop_the_resume(tmp_path):
 def test_a_last_line_without_its_newline_is_kept_when_whole(tmp_path):
     write_lines(tmp_path, [{"step": 1, "loss": 0.5}], tail='{"step": 2, "loss": 0.4}')
     assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+
+
+def test_a_resume_that_cannot_rewrite_the_file_keeps_every_line(tmp_path, monkeypatch):
+    """The rewrite on resume fails half-way (a full disk, a kill): the history stays whole."""
+    records = [{"step": step, "loss": 1 / step} for step in range(1, 51)]
+    write_lines(tmp_path, records)
+    written = Path.write_text
+
+    def half_then_full(path, text, *args, **kwargs):
+        written(path, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        MetricsFile(tmp_path, resume_step=40)
+    monkeypatch.undo()
+    assert read_metrics(tmp_path) == records
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left

@@ -38,3 +38,18 @@ def test_step_decay_refuses_boundaries_that_are_not_a_list_of_steps(boundaries):
 
     with pytest.raises(ConfigError, match="boundaries must be a non-empty list of steps"):
         step_decay(2e-3, boundaries)
+
+
+def test_a_constant_rate_and_a_schedule_keep_the_same_state():
+    """So a run trained on a schedule resumes with ``trainer.learning_rate=<value>`` (and back):
+    the checkpoint's optimizer state fits either."""
+    import jax
+
+    from nca_lab.train.optim import step_decay
+
+    params = {"w": jnp.zeros(3)}
+    constant = make_optimizer(1e-3).init(params)
+    scheduled = make_optimizer(step_decay(2e-3, [2000])).init(params)
+    assert jax.tree.structure(constant) == jax.tree.structure(scheduled)
+    updates, _ = make_optimizer(1e-3, gradient="none").update({"w": jnp.ones(3)}, constant, params)
+    assert updates["w"].tolist() == pytest.approx([-1e-3] * 3, rel=1e-4)

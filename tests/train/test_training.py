@@ -63,8 +63,10 @@ def test_a_non_finite_update_stops_before_anything_poisoned_is_saved(tmp_path):
     checkpoints = RunCheckpointer(tmp_path / "checkpoints", create=False)
     assert checkpoints.latest_step() == 2
     restored = build(compose(*TINY))[1]
-    checkpoints.restore_model(restored)
-    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(restored))
+    params = nnx.state(restored, nnx.Param)
+    nnx.update(restored, jax.tree.map(lambda leaf: jnp.full_like(leaf, jnp.nan), params))
+    checkpoints.restore_model(restored)  # over NaN weights: what it restores must be finite
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(nnx.state(restored, nnx.Param)))
     assert not (tmp_path / "summary.json").exists()
 
 
@@ -72,6 +74,16 @@ def test_summary_is_written_last_and_holds_eval_metrics(tmp_path):
     train_losses(tmp_path, "trainer.steps=2")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 2 and summary["eval/mse"] > 0 and summary["eval/mse_2x"] > 0
+
+
+def test_checkpoints_keep_the_models_alive_threshold(tmp_path):
+    """What ``load_model`` rebuilds the model with: the model's, which a library caller may set
+    apart from the task's (the checkpoints held the task's)."""
+    task, model, trainer = tiny("trainer.steps=1", "trainer.render_every=0")
+    model.alive_threshold = 0.2
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    assert task.alive_threshold == 0.1
+    assert RunCheckpointer(tmp_path / "checkpoints", create=False).metadata()["alive_threshold"] == 0.2
 
 
 def test_a_seeds_weight_keys_share_no_bits_with_its_training_keys():
