@@ -2,8 +2,10 @@
 and the comparison of a fast rollout path with its reference."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -35,6 +37,20 @@ def run_cli(*args: str, module: str = "nca_lab", cwd: Path | None = None, timeou
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def interrupted(*args: str, module: str = "nca_lab", after: float) -> tuple[int, str]:
+    """Run ``python -m <module> <args>``, send it SIGINT ``after`` seconds in; return its exit status and stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, err
 
 
 @nnx.jit(static_argnames=("steps", "remat", "unroll"))

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
@@ -16,7 +14,7 @@ from nca_lab.perceive.base import Perceive
 from nca_lab.train.run import build
 from nca_lab.update.residual import ResidualUpdate
 
-from nca_testing import REPO, TINY, run_cli
+from nca_testing import REPO, TINY, interrupted, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -245,17 +243,8 @@ def test_ctrl_c_while_starting_is_one_line_and_143(delay, tmp_path):
     """Before the training steps, SIGINT stops at once: it was a traceback in an import (0.2 and
     0.7 s in), or swallowed by a garbage-collection callback while the model was built, the
     job training on (1.0 s in)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nca_lab", *TINY, f"hydra.run.dir={tmp_path}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(delay)  # the imports of JAX, Hydra and nca_lab, then the build, take seconds
-    process.send_signal(signal.SIGINT)
-    try:
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert (process.returncode, err) == (143, "stopped: by a signal outside the training steps (nothing to save)\n")
+    status = interrupted(*TINY, f"hydra.run.dir={tmp_path}", after=delay)  # JAX, Hydra, the build take seconds
+    assert status == (143, "stopped: by a signal outside the training steps (nothing to save)\n")
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_exit_1(tmp_path):

@@ -2,10 +2,6 @@
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -17,7 +13,7 @@ from nca_lab import grow as grow_cli
 from nca_lab.interop import read_model
 from nca_lab.perceive.sobel import SobelPerceive
 
-from nca_testing import REPO, run_cli
+from nca_testing import interrupted, run_cli
 from original_reference import TFJS_GRAPH, WEBGL8
 from webgl8_checks import assert_within_quantisation, dense_params
 
@@ -259,14 +255,5 @@ def test_ctrl_c_is_one_line_and_143(module, delay, tmp_path):
         "nca_lab.export": [str(WEBGL8), "--out", str(tmp_path / "model.json")],
         "nca_lab.bench": ["--suite", "growing", "--steps", "1"],
     }[module]
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    time.sleep(delay)
-    process.send_signal(signal.SIGINT)
-    try:
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert (process.returncode, err) == (143, "stopped: by a signal\n")
+    assert interrupted(*args, module=module, after=delay) == (143, "stopped: by a signal\n")
     assert not (tmp_path / "grown").exists()
