@@ -286,10 +286,14 @@ class Trainer:
 
         try:
             with _stop_signals() as stop:
-                tick, tick_step = time.perf_counter(), start
+                tick, tick_step, previous = time.perf_counter(), start, None
                 for step in range(start + 1, self.steps + 1):
                     pool, out = train_step(model, optimizer, pool, jax.random.fold_in(train_key, step))
+                    # One step in flight: JAX would queue every step up to the next log line,
+                    # and a stop (which saves after the queued steps) waited for all of them.
+                    jax.block_until_ready(previous)
                     pending.append((step, out))
+                    previous = out
                     bar.update(1)
                     checkpoint_due = step == self.steps or (self.checkpoint_every and step % self.checkpoint_every == 0)
                     if step % self.log_every == 0 or step in (1, self.steps):
