@@ -79,14 +79,14 @@ class WandbLogger(Logger):
             reinit="finish_previous",
         )
         if mode == "online" and not _has_api_key(wandb):
-            _warn("no W&B API key: logging offline (run `wandb login`, then `wandb sync`)")
+            _warn(f"no W&B API key: logging offline (later: `wandb login`, then {_sync(run_dir)})")
             mode = "offline"
         try:
             self.run = wandb.init(mode=mode, **kwargs)
         except Exception as err:  # noqa: BLE001 - any failure online must not stop training
             if mode != "online":
                 raise
-            _warn(f"W&B online init failed ({type(err).__name__}): logging offline")
+            _warn(f"W&B online init failed ({type(err).__name__}): logging offline (later: {_sync(run_dir)})")
             mode = "offline"
             self.run = wandb.init(mode=mode, **kwargs)
         self.run_id = self.run.id
@@ -140,6 +140,11 @@ def _has_api_key(wandb) -> bool:
         return bool(wandb.Api(timeout=5).api_key)
     except Exception:  # noqa: BLE001 - no key, no netrc, no network: all mean "no key"
         return False
+
+
+def _sync(run_dir) -> str:
+    """The command that uploads an offline run of ``run_dir``."""
+    return f"`wandb sync {run_dir}/wandb/offline-run-*`"
 
 
 def _warn(message: str) -> None:

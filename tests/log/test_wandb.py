@@ -54,7 +54,9 @@ def test_no_api_key_means_offline_with_one_warning(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(wandb_logger, "_has_api_key", lambda _: False)
     logger = wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t", mode="online")
     logger.finish()
-    assert logger.mode == "offline" and "no W&B API key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert logger.mode == "offline" and "no W&B API key" in err
+    assert f"wandb sync {tmp_path}/wandb/offline-run-*" in err  # what to run once online
 
 
 def test_wandb_mode_environment_is_respected(tmp_path, monkeypatch):
