@@ -29,9 +29,9 @@ def configure_jax_environment() -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None) -> None:
+def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None) -> dict:
     """Make SIGTERM and SIGINT print ``message`` (one line), run ``before_exit``, and exit
-    :data:`STOPPED` at once.
+    :data:`STOPPED` at once; return the handlers they had (for ``signal.signal`` to restore).
 
     Not by raising ``KeyboardInterrupt``: raised in an import it is a page of traceback,
     inside XLA's compiler it crashed the process (SIGSEGV), and in a garbage-collection
@@ -46,8 +46,7 @@ def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None)
         os.write(2, f"{message}\n".encode())
         os._exit(STOPPED)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def wait_for(tree):

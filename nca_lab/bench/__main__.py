@@ -14,6 +14,7 @@ import argparse
 import functools
 import importlib
 import math
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -133,26 +134,30 @@ def main(argv: list[str] | None = None) -> int:
                 return
             print(f"\nwrote {len(records)} records to {args.json}", flush=True)
 
-    stop_on_signals(STOPPED_BY_SIGNAL, before_exit=lambda: records and report())
-    for case in selected:
-        print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
-        workloads, failed = {}, {}
-        for impl, build in builders.items():
-            try:
-                workloads[impl] = build(case)
-            except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
-                failed[impl] = f"{type(exc).__name__}: {exc}"[:200]
-        results = measure(
-            workloads, repeats=args.repeats, warmup=args.warmup, memory_budget=budget, max_seconds=args.max_seconds
-        )
-        for impl, work in workloads.items():
-            records.append(record(case, impl, work.note, results[impl], env))
-        for impl, reason in failed.items():
-            print(f"  {impl}: could not build: {reason}", file=sys.stderr)
-            records.append(record(case, impl, "", Measurement([], math.nan, None, None, "not_built", reason), env))
-        if "nca_lab" in failed or results.get("nca_lab") is not None and results["nca_lab"].status == "failed":
-            nca_lab_failed.append(f"{case.suite} {case.name}")
-        del workloads, results
+    previous = stop_on_signals(STOPPED_BY_SIGNAL, before_exit=lambda: records and report())
+    try:
+        for case in selected:
+            print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
+            workloads, failed = {}, {}
+            for impl, build in builders.items():
+                try:
+                    workloads[impl] = build(case)
+                except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
+                    failed[impl] = f"{type(exc).__name__}: {exc}"[:200]
+            results = measure(
+                workloads, repeats=args.repeats, warmup=args.warmup, memory_budget=budget, max_seconds=args.max_seconds
+            )
+            for impl, work in workloads.items():
+                records.append(record(case, impl, work.note, results[impl], env))
+            for impl, reason in failed.items():
+                print(f"  {impl}: could not build: {reason}", file=sys.stderr)
+                records.append(record(case, impl, "", Measurement([], math.nan, None, None, "not_built", reason), env))
+            if "nca_lab" in failed or results.get("nca_lab") is not None and results["nca_lab"].status == "failed":
+                nca_lab_failed.append(f"{case.suite} {case.name}")
+            del workloads, results
+    finally:  # a caller from Python gets its own handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     report()
     if nca_lab_failed:
         print(f"error: nca_lab failed on {', '.join(nca_lab_failed)} (see the table)", file=sys.stderr)

@@ -185,10 +185,13 @@ def make_trivial_workload():
 
 
 def test_nothing_measured_is_an_error(monkeypatch, capsys):
-    """A memory budget that no case fits: every row says so, and the command fails."""
+    """A memory budget that no case fits: every row says so, and the command fails; the
+    caller's signal handlers are back afterwards."""
+    handler = signal.getsignal(signal.SIGINT)
     assert bench_main(["--suite", "growing", "--steps", "1", "--repeats", "1", "--memory-budget-gb", "1e-6"]) == 1
     captured = capsys.readouterr()
     assert "too_big" in captured.out and "error: no nca_lab case was measured" in captured.err
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_ctrl_c_prints_and_writes_what_was_measured(tmp_path):
