@@ -146,7 +146,7 @@ def run_segment(model: NCA, state: np.ndarray, key: jax.Array, num_steps: int, e
         frames = list(np.asarray(kept[1:]))
     if num_steps > bulk:
         state = np.asarray(wait_for(grow(model, state, key_rest, num_steps - bulk)[0]))
-        frames.append(state[..., :4])
+        frames.append(rgba(state))
     return state, frames
 
 
@@ -163,13 +163,13 @@ def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
     every = math.ceil(steps / MAX_GIF_FRAMES)
     lengths = [steps // 2, steps - steps // 2] if damage else [steps]
     state = seed_state(size, model.num_channels)
-    frames = [state[..., :4]]
+    frames = [rgba(state)]
     keys = jax.random.split(jax.random.key(seed), len(lengths))
     threshold = living_threshold(model)
     for index, length in enumerate(lengths):
         if index:
             state = cut_hole(state, threshold)
-            frames.append(state[..., :4])
+            frames.append(rgba(state))
         if length:
             state, segment = run_segment(model, state, keys[index], length, every)
             frames.extend(segment)

@@ -126,6 +126,6 @@ class RegeneratingTask(GrowingTask):
         scale = self.render_scale
         gif = to_uint8(to_rgb(states), scale)
         target = np.broadcast_to(np.asarray(self.target), (n, *self.target.shape))
-        columns = [target, *(np.asarray(s)[..., :4] for s in (grown, damaged, recovered))]
+        columns = [target, *(rgba(np.asarray(s)) for s in (grown, damaged, recovered))]
         pictures = to_uint8(to_rgb(np.stack(columns, axis=1)), scale)
         return Rendering(frames=gif, final=tile(list(pictures.reshape(-1, *pictures.shape[-3:])), columns=4))
