@@ -9,9 +9,8 @@ computes the same update as a single-device one, up to the order of that sum. Ea
 keeps its own PRNG key, and jax's partitionable threefry gives the same random numbers
 whatever the sharding, so the fire masks do not change either.
 
-Multi-host: call ``jax.distributed.initialize()`` (JAX's "Multi-process" guide) in every
-process before anything touches JAX; :func:`data_mesh` then spans the devices of all
-processes, and every process builds the same initial pool and model from the same seed, so
+Several processes (:mod:`nca_lab.train.multihost`): :func:`data_mesh` spans the devices of all
+of them, and every process builds the same initial pool and model from the same seed, so
 ``jax.device_put`` onto the global sharding is consistent.
 
 On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` splits the host into ``N``
@@ -21,6 +20,7 @@ devices (set it before JAX starts).
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
@@ -66,11 +66,35 @@ def constrain(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
 def place(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Put a pool (or any batch-first pytree) onto the devices, split along its first axis."""
-    return jax.device_put(tree, batch_sharding(mesh))
+    return _spread(tree, batch_sharding(mesh))
+
+
+def place_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Put a copy of ``tree`` (say, a PRNG key) on every device: one array across all processes,
+    which Orbax can save from several processes (a process-local array it refuses)."""
+    return _spread(tree, replicated(mesh))
+
+
+def _spread(tree: Any, sharding: NamedSharding) -> Any:
+    """``jax.device_put(tree, sharding)``, also from arrays on one device of this process (a
+    restored checkpoint, a split key) when the mesh spans several processes: ``device_put``
+    then takes only host values (the same on every process), so they go through NumPy."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def spread(leaf):
+        if not isinstance(leaf, jax.Array):
+            return jax.device_put(leaf, sharding)
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(leaf)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jax.device_put(np.asarray(leaf), sharding)
+
+    return jax.tree.map(spread, tree)
 
 
 def replicate(mesh: jax.sharding.Mesh, *nodes: nnx.Module | nnx.Optimizer) -> None:
     """Copy the state of the given modules and optimizers to every device, in place."""
     for node in nodes:
         state = nnx.state(node)
-        nnx.update(node, jax.device_put(state, replicated(mesh)))
+        nnx.update(node, place_replicated(state, mesh))

@@ -8,6 +8,7 @@ a run dir as :mod:`nca_lab.train.run_settings` allows.
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,9 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
-from nca_lab.errors import SEEDS, is_integer, require
+from nca_lab.errors import SEEDS, ConfigError, is_integer, require
+from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
+from nca_lab.train import multihost
 from nca_lab.train.construct import checked_factory, config_errors, construct
 from nca_lab.train.run_dir_lock import run_dir_lock
 from nca_lab.train.run_settings import completed_summary, setting_changes
@@ -132,9 +135,18 @@ def run(
     ``run_dir/.hydra`` when training starts: a command refused or skipped leaves the run's own.
     """
     run_dir, records = Path(run_dir), hydra_records or {}
-    if jax.process_index() > 0:  # a multi-host job's other processes share process 0's run dir
-        return _run(cfg, run_dir, sweep_dir, records)
-    with run_dir_lock(run_dir):
+    multihost.initialize(**cfg.distributed)
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    del settings["distributed"]["process_id"]  # the one setting that differs between processes
+    multihost.check_same(run_dir=str(run_dir.resolve()), settings=settings)
+    with ExitStack() as stack:
+        error = None
+        if multihost.is_main_process():  # the other processes of a multi-host run share its run dir
+            try:
+                stack.enter_context(run_dir_lock(run_dir))
+            except ConfigError as err:
+                error = err
+        multihost.raise_together(error)
         return _run(cfg, run_dir, sweep_dir, records)
 
 
@@ -165,16 +177,18 @@ def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: 
         RunCheckpointer.find(trainer.init_from).check_fits(model)
     print(f"training in {run_dir}{start}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
-    write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
-    if hydra_records:
-        (run_dir / ".hydra").mkdir(exist_ok=True)
-    for name, text in hydra_records.items():
-        write_text_atomically(run_dir / ".hydra" / name, text)
-    with config_errors("logger"):
-        logger = logger_factory(
-            config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
-        )
+    logger = NullLogger()
+    if multihost.is_main_process():
+        write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
+        write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
+        if hydra_records:
+            (run_dir / ".hydra").mkdir(exist_ok=True)
+        for name, text in hydra_records.items():
+            write_text_atomically(run_dir / ".hydra" / name, text)
+        with config_errors("logger"):
+            logger = logger_factory(
+                config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
+            )
     failed = True
     try:
         summary = trainer.fit(

@@ -28,7 +28,7 @@ from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
 from nca_lab.render import save_gif, save_png
 from nca_lab.tasks.base import Task
-from nca_lab.train import parallel
+from nca_lab.train import multihost, parallel
 from nca_lab.train.pool import check_damage, init_pool
 from nca_lab.train.step import make_train_step
 
@@ -146,6 +146,10 @@ class Trainer:
                 f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({self.batch_size})",
             )
         check_damage(task.damage_n, self.batch_size)
+        require(
+            self.data_parallel or jax.process_count() == 1,
+            f"{jax.process_count()} processes train one run only data parallel: set trainer.data_parallel=true",
+        )
         if self.data_parallel:
             sizes = {"trainer.batch_size": self.batch_size}
             if task.pool_size:
@@ -202,13 +206,16 @@ class Trainer:
 
         Writes ``metrics.jsonl``, ``checkpoints/``, ``rollout.gif``, ``final.png`` and, last,
         ``summary.json`` (its presence marks a completed run). ``config`` is stored in every
-        checkpoint. Returns the final metrics.
+        checkpoint. Returns the final metrics. With several processes, every one calls this
+        and saves its share of each checkpoint; only process 0 writes the other files.
         """
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         logger = logger or NullLogger()
+        main = multihost.is_main_process()
         self.check(task)
         source = self.resume_source(run_dir)
+        multihost.sync("resume_source")  # every process decides from the same files before any writes them
         optimizer = nnx.Optimizer(model, self.optimizer(self.learning_rate), wrt=nnx.Param)
         pool_key, train_key, eval_key = jax.random.split(key, 3)
 
@@ -229,6 +236,7 @@ class Trainer:
             if pool is not None:
                 pool = parallel.place(pool, mesh)
             parallel.replicate(mesh, model, optimizer)
+            train_key = parallel.place_replicated(train_key, mesh)  # saved in checkpoints, by every process
         train_step = make_train_step(
             task,
             batch_size=self.batch_size,
@@ -244,11 +252,13 @@ class Trainer:
             "grid": list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3]),  # for grow
             "horizon": self.horizon,
         }
-        metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps)
-        if start:
+        metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps) if main else None
+        if start and main:
             logger.resume(metrics_file.earlier)
         pending: list[tuple[int, dict]] = []
-        bar = tqdm(total=self.steps, initial=start, disable=not self.progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps, initial=start, disable=not (self.progress and main), unit="step", dynamic_ncols=True
+        )
 
         def flush(step: int, now: float, *, write: bool = True) -> None:
             """Fetch the pending step metrics (one device sync); stop on the first non-finite one.
@@ -274,7 +284,8 @@ class Trainer:
             if step > tick_step:
                 record["steps_per_s"] = (step - tick_step) / (now - tick)
             tick, tick_step = now, step
-            metrics_file.write(step, record)
+            if metrics_file is not None:
+                metrics_file.write(step, record)
             logger.log(record, step)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
 
@@ -304,7 +315,7 @@ class Trainer:
                         self._render(model, task, eval_key, run_dir, step, logger)
                     # Checkpoint after this step's evaluation, so a resumed run logs exactly what
                     # an uninterrupted one does; a stop between log steps writes no extra line.
-                    stopping = stop.is_set()
+                    stopping = multihost.any_process(stop.is_set())  # every process stops after the same step
                     if checkpoint_due or stopping:
                         flush(step, time.perf_counter(), write=False)
                         where = save(step)
@@ -315,19 +326,24 @@ class Trainer:
             self._render(model, task, eval_key, run_dir, self.steps, logger)
         finally:
             bar.close()
-            metrics_file.close()
+            if metrics_file is not None:
+                metrics_file.close()
         summary = {"step": self.steps, "loss": last["loss"], **evaluation}
-        write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if main:
+            write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _evaluate(self, model, task, key, step, metrics_file, logger) -> dict[str, float]:
         metrics = {f"eval/{k}": float(v) for k, v in task.evaluate(model, key, self.horizon).items()}
-        metrics_file.write(step, metrics)
+        if metrics_file is not None:
+            metrics_file.write(step, metrics)
         logger.log(metrics, step)
         return metrics
 
     def _render(self, model, task, key, run_dir, step, logger) -> None:
-        rendering = task.render(model, key, self.horizon)
+        rendering = task.render(model, key, self.horizon)  # on every process: the model's arrays may span them
+        if not multihost.is_main_process():
+            return
         paths = {
             "rollout": save_gif(rendering.frames, run_dir / "rollout.gif"),
             "final": save_png(rendering.final, run_dir / "final.png"),

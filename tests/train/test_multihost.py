@@ -1,0 +1,130 @@
+"""Two processes train one run (``distributed.enabled=true``, JAX's multi-controller model on
+CPU devices, over Gloo): the losses of one process, each file written once, one W&B run, a
+stop signal to one process stopping both after the same step, and settings that differ
+between the processes refused by both."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from nca_lab.config import compose
+from nca_lab.errors import ConfigError
+from nca_lab.log.metrics_file import read_metrics
+from nca_lab.train.run import run
+
+from nca_testing import REPO, TINY
+
+OVERRIDES = [*TINY, "trainer.data_parallel=true", "trainer.log_every=1", "trainer.render_every=0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _start(run_dir, *overrides: str, per_process: tuple[list[str], list[str]] = ([], [])) -> list[subprocess.Popen]:
+    """Start two ``python -m nca_lab`` processes of one run (one CPU device each)."""
+    address = f"localhost:{_free_port()}"
+    shared = [
+        *OVERRIDES,
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        "distributed.enabled=true",
+        "distributed.num_processes=2",
+    ]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nca_lab",
+                *shared,
+                f"distributed.coordinator_address={address}",
+                f"distributed.process_id={index}",
+                *per_process[index],
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+
+
+def _finish(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    """Each process's exit status and stderr (killed after 4 minutes)."""
+    results = []
+    for process in processes:
+        try:
+            _, err = process.communicate(timeout=240)
+        finally:
+            process.kill()
+        results.append((process.returncode, err))
+    return results
+
+
+def _losses(run_dir) -> dict[int, float]:
+    records = read_metrics(run_dir)
+    steps = [r["step"] for r in records if "loss" in r]
+    assert len(steps) == len(set(steps)), f"metrics lines written more than once: {steps}"
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_two_processes_train_one_run_as_one_process_does(tmp_path):
+    run_dir = tmp_path / "two"
+    first = _finish(_start(run_dir, "logger=wandb", "logger.mode=offline"))
+    assert [status for status, _ in first] == [0, 0], first
+    assert all(f"training in {run_dir}" in err for _, err in first)
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # process 0's W&B run only
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2"]
+
+    # On: resumed from step 2 by both processes; a SIGTERM to process 1 alone stops both after one step.
+    (run_dir / "summary.json").unlink()
+    processes = _start(run_dir, "trainer.steps=1000")
+    deadline = time.monotonic() + 180
+    while max(_losses(run_dir), default=0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)
+    second = _finish(processes)
+    assert [status for status, _ in second] == [143, 143], second
+    assert all(f"resuming {run_dir}/checkpoints/2" in err for _, err in second)
+    stopped = {err.strip().splitlines()[-1] for _, err in second}
+    assert len(stopped) == 1 and "stopped: by a signal after step" in stopped.pop()
+    last = max(int(p.name) for p in (run_dir / "checkpoints").iterdir())
+    assert all(f"after step {last};" in err for _, err in second)
+
+    one = tmp_path / "one"  # one process, in this one
+    run(compose(*OVERRIDES, f"trainer.steps={last}", "trainer.data_parallel=false"), one)
+    two = _losses(run_dir)
+    assert sorted(two) == list(range(1, last + 1))
+    assert two == pytest.approx(_losses(one), rel=1e-5)
+
+
+def test_processes_with_other_settings_are_all_refused(tmp_path):
+    results = _finish(_start(tmp_path / "run", per_process=([], ["seed=1"])))
+    assert [status for status, _ in results] == [2, 2], results
+    for _, err in results:
+        assert err.strip().splitlines()[-1] == (
+            "error: the processes differ in settings.seed: process 0 0, process 1 1: "
+            "start every process with the same command"
+        )
+    assert not (tmp_path / "run" / "config_resolved.yaml").exists()
+
+
+def test_a_distributed_run_must_be_data_parallel(tmp_path):
+    results = _finish(_start(tmp_path / "run", "trainer.data_parallel=false"))
+    assert [status for status, _ in results] == [2, 2], results
+    assert all("trainer.data_parallel=true" in err.strip().splitlines()[-1] for _, err in results)
+
+
+def test_distributed_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="distributed.num_processes must be an integer >= 1"):
+        run(compose(*TINY, "distributed.enabled=true", "distributed.num_processes=0"), tmp_path)
+    assert OmegaConf.select(compose(*TINY), "distributed.enabled") is False
