@@ -14,9 +14,11 @@ In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep go
 the other jobs; the command then exits 1 with one line naming the first failed job.
 """
 
+import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from nca_lab.runtime import STOPPED, configure_jax_environment, stop_on_signals
 
@@ -53,6 +55,7 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    made_now = _made_by_hydra_now(Path(hydra_cfg.runtime.output_dir))
     try:
         summary = run(
             cfg,
@@ -67,10 +70,33 @@ def main(cfg: DictConfig) -> None:
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
         message = f"{where}{one_line(err) if isinstance(err, OSError) else err}"
         print(f"error: {message}", file=sys.stderr)
+        if made_now and isinstance(err, ConfigError):
+            _remove_unused(Path(hydra_cfg.runtime.output_dir))
         if sweep:
             raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
+
+
+#: What Hydra and the run dir lock put into a run dir before nca_lab writes anything.
+_BEFORE_TRAINING = {"__main__.log", ".lock"}
+
+
+def _made_by_hydra_now(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what Hydra made for this command (its log file)."""
+    return {path.name for path in run_dir.iterdir()} <= {"__main__.log"}
+
+
+def _remove_unused(run_dir: Path) -> None:
+    """Delete the run dir Hydra made for a command that was refused (its log empty), so that
+    mistyped commands do not leave a trail of empty timestamped dirs under ``outputs/``."""
+    names = {path.name for path in run_dir.iterdir()}
+    log = run_dir / "__main__.log"
+    if names <= _BEFORE_TRAINING and (not log.exists() or log.stat().st_size == 0):
+        with contextlib.suppress(OSError):  # another process of a multi-host run may be removing it too
+            for name in names:
+                (run_dir / name).unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:

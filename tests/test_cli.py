@@ -181,7 +181,7 @@ def test_bad_input_is_one_clear_line(overrides, message, tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
-    assert not (run_dir / "config_resolved.yaml").exists()  # refused before the run dir is written
+    assert not run_dir.exists()  # refused before the run dir is written, and Hydra's empty one removed
 
 
 def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
