@@ -7,6 +7,7 @@ directory and renames it when complete, so a process killed mid-save leaves the 
 checkpoint loadable.
 """
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ from orbax.checkpoint import checkpoint_managers
 from nca_lab.errors import ConfigError, one_line, require
 
 CHECKPOINTS = "checkpoints"
+
+
+class _WithoutOcdbtNotes(logging.Filter):
+    """Drops Orbax's warning "Skipping merge of OCDBT checkpoints", which it logs for each item
+    of every checkpoint written without OCDBT (ours, see :class:`RunCheckpointer`): four
+    lines per save in a notebook, about nothing wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_WithoutOcdbtNotes())
 
 
 def _pure(module_or_state) -> dict:

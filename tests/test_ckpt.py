@@ -1,5 +1,7 @@
 """Orbax checkpoints: full round trip, warm start, bad paths and incompatible configs."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +53,15 @@ def test_round_trip_of_params_optimizer_pool_rng_and_step(tmp_path, run_dir):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(restored_pool.state, pool.state)
     np.testing.assert_array_equal(jax.random.key_data(restored_key), jax.random.key_data(key))
+
+
+def test_a_save_logs_no_warning(tmp_path, caplog):
+    _, model, optimizer, _ = trained_state(steps=0)
+    with caplog.at_level(logging.WARNING):
+        RunCheckpointer(tmp_path).save(
+            1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+        )
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_keeps_the_last_k_and_the_best_also_across_a_resume(tmp_path):
