@@ -35,7 +35,12 @@ def initialize(enabled: bool, coordinator_address: str | None, num_processes: in
         require(value is None or (is_integer(value) and value >= least), message)
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    except (RuntimeError, ValueError) as err:  # no cluster detected, or JAX already running
+    except ValueError as err:  # no cluster detected
+        raise ConfigError(
+            f"distributed.enabled=true: {str(err).rstrip('.')} (set distributed.coordinator_address, "
+            "num_processes and process_id where JAX detects no cluster)"
+        ) from err
+    except RuntimeError as err:  # JAX already computed something in this process
         raise ConfigError(f"distributed.enabled=true: {err}") from err
 
 

@@ -17,7 +17,7 @@ from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train.run import run
 
-from nca_testing import REPO, TINY
+from nca_testing import REPO, TINY, run_cli
 
 OVERRIDES = [*TINY, "trainer.data_parallel=true", "trainer.log_every=1", "trainer.render_every=0"]
 
@@ -127,4 +127,9 @@ def test_a_distributed_run_must_be_data_parallel(tmp_path):
 def test_distributed_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="distributed.num_processes must be an integer >= 1"):
         run(compose(*TINY, "distributed.enabled=true", "distributed.num_processes=0"), tmp_path)
+    result = run_cli(*TINY, "distributed.enabled=true", f"hydra.run.dir={tmp_path / 'run'}")  # no cluster here
+    assert result.returncode == 2 and result.stderr == (
+        "error: distributed.enabled=true: coordinator_address should be defined (set "
+        "distributed.coordinator_address, num_processes and process_id where JAX detects no cluster)\n"
+    )
     assert OmegaConf.select(compose(*TINY), "distributed.enabled") is False
