@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    made_now = _made_by_hydra_now(Path(hydra_cfg.runtime.output_dir))
+    made_now = not sweep and _made_by_hydra_now(hydra_cfg)
     try:
         summary = run(
             cfg,
@@ -82,20 +82,23 @@ def main(cfg: DictConfig) -> None:
 _BEFORE_TRAINING = {"__main__.log", ".lock"}
 
 
-def _made_by_hydra_now(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds only what Hydra made for this command (its log file)."""
-    return {path.name for path in run_dir.iterdir()} <= {"__main__.log"}
+def _made_by_hydra_now(hydra_cfg: DictConfig) -> bool:
+    """Whether the run dir is Hydra's timestamped default, holding only the log Hydra made for
+    this command (not a dir the user named with ``hydra.run.dir``, which may have been theirs)."""
+    named = any(override.startswith("hydra.run.dir=") for override in hydra_cfg.overrides.hydra)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    return not named and {path.name for path in run_dir.iterdir()} <= {"__main__.log"}
 
 
 def _remove_unused(run_dir: Path) -> None:
     """Delete the run dir Hydra made for a command that was refused (its log empty), so that
     mistyped commands do not leave a trail of empty timestamped dirs under ``outputs/``."""
-    names = {path.name for path in run_dir.iterdir()}
-    log = run_dir / "__main__.log"
-    if names <= _BEFORE_TRAINING and (not log.exists() or log.stat().st_size == 0):
-        with contextlib.suppress(OSError):  # another process of a multi-host run may be removing it too
+    with contextlib.suppress(OSError):  # a dir already gone, or not removable: nothing to tidy
+        names = {path.name for path in run_dir.iterdir()}
+        log = run_dir / "__main__.log"
+        if names <= _BEFORE_TRAINING and (not log.exists() or log.stat().st_size == 0):
             for name in names:
-                (run_dir / name).unlink(missing_ok=True)
+                (run_dir / name).unlink()
             run_dir.rmdir()
 
 

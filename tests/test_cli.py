@@ -181,7 +181,18 @@ def test_bad_input_is_one_clear_line(overrides, message, tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
-    assert not run_dir.exists()  # refused before the run dir is written, and Hydra's empty one removed
+    assert not (run_dir / "config_resolved.yaml").exists()  # refused before the run dir is written
+
+
+def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
+    result = run_cli(*TINY, "trainer.steps=0", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: trainer.steps must be")
+    left = list((tmp_path / "outputs").rglob("*"))
+    assert len(left) == 1 and left[0].is_dir() and not any(left[0].iterdir())  # the day's dir, empty
+    named = tmp_path / "mine"  # a run dir named by the user is theirs: kept
+    named.mkdir()
+    assert run_cli(*TINY, "trainer.steps=0", f"hydra.run.dir={named}").returncode == 2
+    assert named.is_dir()
 
 
 def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):

@@ -15,10 +15,11 @@ SWEEP = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "log
 def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     sweep_dir = tmp_path / "outputs" / "multirun" / "2026-11-30" / "10-00-00"  # as Hydra names it
     args = ["-m", "seed=0,1", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
-    first = run_cli(*args)
+    first = run_cli(*args, "distributed.process_id=0")  # a process's own settings do not name job dirs
     assert first.returncode == 0, first.stderr[-3000:]
     job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "summary.json").exists())
     assert len(job_dirs) == 2  # named by their overrides, so a re-run finds them again
+    assert not any("distributed" in d.name for d in job_dirs)
     assert "seed=0" in job_dirs[0].name.split(",")
     assert "seed=1" in job_dirs[1].name.split(",")
     runs = [read_run(d) for d in job_dirs]
@@ -28,7 +29,7 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert [r["config"]["seed"] for r in runs] == [0, 1]
     assert runs[0]["summary"]["train/loss"] != runs[1]["summary"]["train/loss"]
 
-    second = run_cli(*args)
+    second = run_cli(*args, "distributed.process_id=1")
     assert second.returncode == 0
     assert second.stderr.count("already completed") == 2
     assert all(len(read_run(d)["runs"]) == 1 for d in job_dirs)  # no new W&B runs

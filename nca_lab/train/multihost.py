@@ -33,6 +33,9 @@ def initialize(enabled: bool, coordinator_address: str | None, num_processes: in
     for name, value, least in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
         message = f"distributed.{name} must be an integer >= {least} (or null: detected), got {value!r}"
         require(value is None or (is_integer(value) and value >= least), message)
+    # JAX's preemption service would take SIGTERM from the app's handlers (a stop before or
+    # after the training steps was ignored); the training steps agree on stops with any_process.
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     except ValueError as err:  # no cluster detected
@@ -66,23 +69,19 @@ def check_same(**values) -> None:
             raise ConfigError(f"the processes differ in {shown}: start every process with the same command")
 
 
-def _flatten(value, key: str) -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"<key>.a.b": 1}``."""
-    if not isinstance(value, dict):
-        return {key: value}
-    return {k: v for name, inner in value.items() for k, v in _flatten(inner, f"{key}.{name}").items()}
-
-
-def raise_together(error: ConfigError | None) -> None:
-    """Raise on every process the first process's ``error`` (``None``: none had one), so that
-    one process's failure to start does not leave the others waiting for it."""
+def raise_together(error: ConfigError | OSError | None) -> None:
+    """Raise on every process the first process's ``error`` (``None``: none had one; an
+    :class:`OSError` stays one, anything else is a :class:`ConfigError`), so that one
+    process's failure to start does not leave the others waiting for it."""
     if jax.process_count() == 1:
         if error is not None:
             raise error
         return
-    for index, text in enumerate(_gather_text("" if error is None else str(error))):
+    kind = "O" if isinstance(error, OSError) else "C"
+    for index, text in enumerate(_gather_text("" if error is None else kind + str(error))):
         if text:
-            raise ConfigError(f"process {index}: {text}") from error
+            message = f"process {index}: {text[1:]}"
+            raise (OSError if text[0] == "O" else ConfigError)(message) from error
 
 
 def any_process(flag: bool) -> bool:
@@ -106,3 +105,10 @@ def _gather_text(text: str) -> list[str]:
     padded[: len(data)] = data
     gathered = multihost_utils.process_allgather(padded)
     return [bytes(row).rstrip(b"\0").decode() for row in gathered]
+
+
+def _flatten(value, key: str) -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"<key>.a.b": 1}``."""
+    if not isinstance(value, dict):
+        return {key: value}
+    return {k: v for name, inner in value.items() for k, v in _flatten(inner, f"{key}.{name}").items()}

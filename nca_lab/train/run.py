@@ -177,18 +177,17 @@ def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: 
         RunCheckpointer.find(trainer.init_from).check_fits(model)
     print(f"training in {run_dir}{start}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    logger = NullLogger()
-    if multihost.is_main_process():
-        write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
-        write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(cfg.seed), indent=2) + "\n")
-        if hydra_records:
-            (run_dir / ".hydra").mkdir(exist_ok=True)
-        for name, text in hydra_records.items():
-            write_text_atomically(run_dir / ".hydra" / name, text)
-        with config_errors("logger"):
-            logger = logger_factory(
-                config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
-            )
+    logger, error = NullLogger(), None
+    if multihost.is_main_process():  # the run's files and W&B run: one per run, not per process
+        try:
+            _write_records(run_dir, config, hydra_records)
+            with config_errors("logger"):
+                logger = logger_factory(
+                    config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
+                )
+        except (ConfigError, OSError) as err:
+            error = err
+    multihost.raise_together(error)
     failed = True
     try:
         summary = trainer.fit(
@@ -198,6 +197,16 @@ def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: 
         return summary
     finally:
         logger.finish(None if failed else summary, failed=failed)
+
+
+def _write_records(run_dir: Path, config: dict, hydra_records: dict[str, str]) -> None:
+    """The run's resolved config, its reproducibility manifest and Hydra's records."""
+    write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
+    write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(config["seed"]), indent=2) + "\n")
+    if hydra_records:
+        (run_dir / ".hydra").mkdir(exist_ok=True)
+    for name, text in hydra_records.items():
+        write_text_atomically(run_dir / ".hydra" / name, text)
 
 
 def _default_name(run_dir: Path) -> str:

@@ -124,6 +124,33 @@ def test_a_distributed_run_must_be_data_parallel(tmp_path):
     assert all("trainer.data_parallel=true" in err.strip().splitlines()[-1] for _, err in results)
 
 
+def test_a_process_0_failure_to_start_stops_both(tmp_path):
+    (tmp_path / "run" / "manifest.json").mkdir(parents=True)  # process 0 cannot write its run records
+    results = _finish(_start(tmp_path / "run"))
+    assert [status for status, _ in results] == [1, 1], results
+    lines = [err.strip().splitlines()[-1] for _, err in results]
+    assert lines[0].startswith("error: ") and "manifest.json" in lines[0]
+    assert lines[1].startswith("error: process 0: ") and "manifest.json" in lines[1]
+
+
+def test_sigterm_outside_the_training_steps_still_stops_a_distributed_process():
+    """JAX's preemption service took SIGTERM from the app's handler: a job stopped before or
+    after its training steps ran on (to the end, exit 0)."""
+    script = (
+        "import os, signal, time\n"
+        "from nca_lab.runtime import stop_on_signals\n"
+        "stop_on_signals('stopped outside')\n"
+        "from nca_lab.train import multihost\n"
+        f"multihost.initialize(True, 'localhost:{_free_port()}', 1, 0)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(5)\n"
+        "print('ran on')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (143, "")
+    assert result.stderr.strip().splitlines()[-1] == "stopped outside"
+
+
 def test_distributed_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="distributed.num_processes must be an integer >= 1"):
         run(compose(*TINY, "distributed.enabled=true", "distributed.num_processes=0"), tmp_path)
