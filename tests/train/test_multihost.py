@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -28,45 +29,32 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(run_dir, *overrides: str, per_process: tuple[list[str], list[str]] = ([], [])) -> list[subprocess.Popen]:
-    """Start two ``python -m nca_lab`` processes of one run (one CPU device each)."""
+def _start(run_dir, *overrides: str, per_process: tuple[list[str], list[str]] = ([], [])) -> list[tuple]:
+    """Start two ``python -m nca_lab`` processes of one run (one CPU device each); return
+    ``(process, stderr file)`` pairs (files, not pipes: one full pipe would stall both processes)."""
     address = f"localhost:{_free_port()}"
-    shared = [
-        *OVERRIDES,
-        *overrides,
-        f"hydra.run.dir={run_dir}",
-        "distributed.enabled=true",
-        "distributed.num_processes=2",
-    ]
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nca_lab",
-                *shared,
-                f"distributed.coordinator_address={address}",
-                f"distributed.process_id={index}",
-                *per_process[index],
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for index in range(2)
-    ]
+    shared = [*OVERRIDES, *overrides, f"hydra.run.dir={run_dir}", "distributed.enabled=true"]
+    started = []
+    for index in range(2):
+        own = [f"distributed.coordinator_address={address}", "distributed.num_processes=2"]
+        own += [f"distributed.process_id={index}", *per_process[index]]
+        err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _finish
+        command = [sys.executable, "-m", "nca_lab", *shared, *own]
+        started.append((subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err), err))
+    return started
 
 
-def _finish(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
+def _finish(started: list[tuple]) -> list[tuple[int, str]]:
     """Each process's exit status and stderr (killed after 4 minutes)."""
     results = []
-    for process in processes:
+    for process, err in started:
         try:
-            _, err = process.communicate(timeout=240)
+            process.wait(timeout=240)
         finally:
             process.kill()
-        results.append((process.returncode, err))
+        err.seek(0)
+        results.append((process.returncode, err.read().decode()))
+        err.close()
     return results
 
 
@@ -91,7 +79,7 @@ def test_two_processes_train_one_run_as_one_process_does(tmp_path):
     deadline = time.monotonic() + 180
     while max(_losses(run_dir), default=0) < 4 and time.monotonic() < deadline:
         time.sleep(0.2)
-    processes[1].send_signal(signal.SIGTERM)
+    processes[1][0].send_signal(signal.SIGTERM)
     second = _finish(processes)
     assert [status for status, _ in second] == [143, 143], second
     assert all(f"resuming {run_dir}/checkpoints/2" in err for _, err in second)
