@@ -159,6 +159,7 @@ BAD_INPUTS = [
         "logger.mode must be one of 'online', 'offline', 'disabled', null, got 'ofline'",
     ),
     (["logger=wandb", "+logger.colour=red"], "unknown or missing option for logger"),
+    (["+distributed.colour=red"], "a bad value for distributed: initialize() got an unexpected keyword argument"),
 ]
 
 

@@ -135,7 +135,8 @@ def run(
     ``run_dir/.hydra`` when training starts: a command refused or skipped leaves the run's own.
     """
     run_dir, records = Path(run_dir), hydra_records or {}
-    multihost.initialize(**cfg.distributed)
+    with config_errors("distributed"):
+        multihost.initialize(**cfg.distributed)
     settings = OmegaConf.to_container(cfg, resolve=True)
     del settings["distributed"]["process_id"]  # the one setting that differs between processes
     multihost.check_same(run_dir=str(run_dir.resolve()), settings=settings)
