@@ -27,6 +27,17 @@ TINY = [
 ]
 
 
+def tiny_for_task(task: str) -> list[str]:
+    """:data:`TINY` without the ``task.*`` settings that ``conf/task/<task>.yaml`` does not have
+    (a new task without ``target_size`` still gets the tiny trainer)."""
+    from omegaconf import OmegaConf
+
+    from nca_lab.config import config_dir
+
+    options = OmegaConf.load(config_dir() / "task" / f"{task}.yaml").keys()
+    return [o for o in TINY if not o.startswith("task.") or o.split("=")[0].removeprefix("task.") in options]
+
+
 def run_cli(*args: str, module: str = "nca_lab", cwd: Path | None = None, timeout: int = 300, env: dict | None = None):
     """Run ``python -m <module> <args>`` as a user would; return the CompletedProcess."""
     return subprocess.run(

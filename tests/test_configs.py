@@ -5,12 +5,11 @@ from pathlib import Path
 import jax
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from nca_lab.config import compose, config_dir
 from nca_lab.train.run import build
 
-from nca_testing import TINY
+from nca_testing import TINY, tiny_for_task
 
 CONF = config_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra"))
@@ -37,8 +36,7 @@ def test_option_composes_and_builds(group, option, tiny_task_overrides):
     task_overrides = tiny_task_overrides.get(option) if group == "task" else None
     base = TINY if task_overrides is None else [o for o in TINY if not o.startswith("task.")]
     if group == "task" and task_overrides is None:  # a new task: TINY's grid options if it has them
-        options = OmegaConf.load(CONF / "task" / f"{option}.yaml").keys()
-        base = [o for o in TINY if not o.startswith("task.") or o.split("=")[0].removeprefix("task.") in options]
+        base = tiny_for_task(option)
     cfg = compose(f"{group}={option}", *base, *(task_overrides or []))
     task, model, trainer = build(cfg)
     state = task.sample(jax.random.key(0), 1).state

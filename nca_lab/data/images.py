@@ -61,8 +61,11 @@ def to_8bit(img: Image.Image, source: str) -> Image.Image:
     return Image.fromarray(np.round(values * 255.0).astype(np.uint8), "L")
 
 
-def load_rgba(source: str) -> Image.Image:
-    """Open an emoji (by character) or an image file (by path) as an RGBA image."""
+def load_rgba(source: "str | Image.Image") -> Image.Image:
+    """Open an emoji (by character) or an image file (by path) as an RGBA image; an image
+    given as such (from Python: a task of one's own passes the picture it draws) is converted."""
+    if isinstance(source, Image.Image):
+        return to_8bit(source, "the given image").convert("RGBA")
     require(
         isinstance(source, str) and source.strip() != "",
         f"task.target must be an emoji character or an image path, got {source!r}",
@@ -105,7 +108,9 @@ def body_at_centre(target: np.ndarray, min_alpha: float = 0.5) -> np.ndarray:
     return shifted
 
 
-def load_target(source: str, size: int = 40, padding: int = 16, centre_on_body: bool = True) -> np.ndarray:
+def load_target(
+    source: "str | Image.Image", size: int = 40, padding: int = 16, centre_on_body: bool = True
+) -> np.ndarray:
     """A premultiplied RGBA target ``(size + 2 * padding, size + 2 * padding, 4)`` in [0, 1].
 
     The image is thumbnailed to fit ``size x size`` (aspect kept, centred), then padded and,
@@ -116,9 +121,10 @@ def load_target(source: str, size: int = 40, padding: int = 16, centre_on_body: 
     require(int(size) > 0, f"task.target_size must be positive, got {size}")
     require(int(padding) >= 0, f"task.padding must be non-negative, got {padding}")
     img = load_rgba(source)
+    name = source if isinstance(source, str) else "the given image"
     if max(img.size) < size:
         print(
-            f"note: {source} is {img.width}x{img.height}, smaller than task.target_size={size}; "
+            f"note: {name} is {img.width}x{img.height}, smaller than task.target_size={size}; "
             "it is used at that size, not scaled up",
             file=sys.stderr,
         )
@@ -127,6 +133,6 @@ def load_target(source: str, size: int = 40, padding: int = 16, centre_on_body: 
     h, w = img.height, img.width
     top, left = (size - h) // 2, (size - w) // 2
     canvas[top : top + h, left : left + w] = np.asarray(img, np.float32) / 255.0
-    require(canvas[..., 3].any(), f"{source}: the image has no visible pixel (its alpha is 0 everywhere)")
+    require(canvas[..., 3].any(), f"{name}: the image has no visible pixel (its alpha is 0 everywhere)")
     padded = premultiply(np.pad(canvas, ((padding, padding), (padding, padding), (0, 0))))
     return body_at_centre(padded) if centre_on_body else padded

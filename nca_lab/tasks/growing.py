@@ -8,6 +8,7 @@ loss is the RGBA mean squared error against the target after a rollout of random
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.data.images import load_target
@@ -31,7 +32,7 @@ class GrowingTask(Task):
         self,
         num_channels: int,
         *,
-        target: str = "🦎",
+        target: str | Image.Image = "🦎",
         target_size: int = 40,
         padding: int = 16,
         centre_on_body: bool = True,
@@ -42,7 +43,8 @@ class GrowingTask(Task):
 
         Args:
             num_channels: state channels (at least 4: RGBA).
-            target: an emoji character or the path of an image file.
+            target: an emoji character or the path of an image file; from Python also a PIL
+                image, so that a task of one's own can grow a picture it draws (subclass this one).
             target_size: a larger target is shrunk to fit this square (a smaller one is used as is).
             padding: empty cells around the target on every side.
             centre_on_body: shift the target so the seed (centre cell) lies on it

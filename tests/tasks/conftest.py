@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from nca_testing import REPO, TINY
+from nca_testing import REPO, TINY, tiny_for_task
 
 #: Size of the synthetic "digits" of :func:`mnist_root` (real MNIST is 28x28; any size works).
 DIGIT_SIZE = 12
@@ -69,7 +69,7 @@ def smoke_overrides(task: str, mnist_root: Path) -> list[str]:
         sizes = [o for o in TINY if not o.startswith("task.")]
         return [*sizes, f"task.data_root={mnist_root}", "task.pool_size=4", "task.eval_samples=4"]
     extra = ["task.pool_size=4", "task.damage_n=1"] if task == "regenerating" else []
-    return [*TINY, *extra]
+    return [*tiny_for_task(task), *extra]
 
 
 class SmokeRun(NamedTuple):

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
+from nca_lab.errors import ConfigError
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.tasks.growing import GrowingTask, seed_state
@@ -61,3 +63,26 @@ def test_render_is_twice_the_horizon_and_a_row_of_target_and_samples(task):
     rendering = task.render(drifting_nca(0.0), jax.random.key(0), horizon=3, n=2)
     assert rendering.frames.shape == (2 * 3 + 1, 24, 24, 3)  # initial state included, 2 px per cell
     assert rendering.final.shape[0] == 24 and rendering.final.shape[1] > 3 * 24  # target + 2 samples
+
+
+class SquareTask(GrowingTask):
+    """A task of one's own that grows a picture it draws: the growing task's loss, evaluation
+    and rendering, no copy of them."""
+
+    def __init__(self, num_channels: int, *, side: int = 6, padding: int = 3):
+        square = Image.new("RGBA", (side, side), (255, 0, 0, 255))
+        super().__init__(num_channels, target=square, target_size=side, padding=padding)
+
+
+def test_a_subclass_grows_a_picture_it_draws():
+    task = SquareTask(8)
+    assert task.target.shape == (12, 12, 4) and task.grid_shape == (12, 12)
+    np.testing.assert_array_equal(task.target[3:9, 3:9], np.tile([1.0, 0.0, 0.0, 1.0], (6, 6, 1)))
+    assert float(task.target[:3].sum()) == 0.0  # the padding is empty
+    model = NCA(SobelPerceive(8), ResidualUpdate(24, 8, hidden_sizes=[8], rngs=nnx.Rngs(params=0)))
+    assert set(task.evaluate(model, jax.random.key(0), 4)) == {"mse", "mse_2x"}
+
+
+def test_an_image_without_a_visible_pixel_is_refused():
+    with pytest.raises(ConfigError, match="the given image: the image has no visible pixel"):
+        GrowingTask(8, target=Image.new("RGBA", (4, 4)), target_size=4, padding=1)
