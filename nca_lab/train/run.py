@@ -137,9 +137,9 @@ def run(
     run_dir, records = Path(run_dir), hydra_records or {}
     with config_errors("distributed"):
         multihost.initialize(**cfg.distributed)
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    del settings["distributed"]["process_id"]  # the one setting that differs between processes
-    multihost.check_same(run_dir=str(run_dir.resolve()), settings=settings)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    own = {k: v for k, v in config["distributed"].items() if k != "process_id"}  # the one that differs
+    multihost.check_same(run_dir=str(run_dir.resolve()), settings={**config, "distributed": own})
     with ExitStack() as stack:
         error = None
         if multihost.is_main_process():  # the other processes of a multi-host run share its run dir
@@ -148,11 +148,11 @@ def run(
             except ConfigError as err:
                 error = err
         multihost.raise_together(error)
-        return _run(cfg, run_dir, sweep_dir, records)
+        return _run(cfg, config, run_dir, sweep_dir, records)
 
 
-def _run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, hydra_records: dict[str, str]) -> dict:
-    config = OmegaConf.to_container(cfg, resolve=True)
+def _run(cfg: DictConfig, config: dict, run_dir: Path, sweep_dir: Path | None, hydra_records: dict[str, str]) -> dict:
+    """:func:`run` once this process may train in ``run_dir``; ``config`` is ``cfg`` resolved."""
     completed = run_dir / "summary.json"
     if completed.is_file():
         return completed_summary(run_dir, config)
