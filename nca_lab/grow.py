@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from nca_lab.alive import ALIVE_THRESHOLD, ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
-from nca_lab.ckpt import RunCheckpointer  # noqa: E402
+from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer  # noqa: E402
 from nca_lab.errors import SEEDS, ConfigError, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
@@ -85,7 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--angle", type=float, default=None, metavar="A", help="rotate the Sobel perception by A degrees"
     )
     parser.add_argument("--damage", action="store_true", help="erase a disc of the pattern halfway through")
-    parser.add_argument("--out", default=None, metavar="DIR", help="output dir (default outputs/grow/<MODEL name>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output dir (default outputs/grow/<model name>[_damage], overwritten by the next grow of that model)",
+    )
     args = parser.parse_args(argv)
     if args.size is not None and len(args.size) > 2:
         parser.error("--size takes H or H W")
@@ -191,12 +196,23 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     return [gif, png, npy]
 
 
-def trained_setting(model_path: str) -> tuple[tuple[int, int], int]:
-    """``(grid, steps)`` to grow ``model_path`` with by default: a run's training grid and twice
-    its horizon (runs saved before these were recorded, and released models: the article's)."""
-    meta = RunCheckpointer.find(model_path).metadata() if Path(model_path).is_dir() else {}
+def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
+    """``(grid, steps, name)`` to grow ``model_path`` with by default.
+
+    A run's training grid and twice its horizon (runs saved before these were recorded, and
+    released models: the article's). ``name`` tells models apart in ``outputs/grow/``: a
+    released file's stem; for a run, the last two parts of its dir (Hydra's ``<date>/<time>``,
+    a sweep's ``<time>/<job>``) and the step grown.
+    """
+    if not Path(model_path).is_dir():
+        return ARTICLE_GRID, ARTICLE_STEPS, Path(model_path).stem
+    checkpointer = RunCheckpointer.find(model_path)
+    meta = checkpointer.metadata()
+    directory = checkpointer.directory
+    run_dir = directory.parent if directory.name == CHECKPOINTS else directory
+    name = f"{run_dir.parent.name}_{run_dir.name}_step{checkpointer.default_step()}"
     grid, horizon = meta.get("grid"), meta.get("horizon")
-    return (tuple(grid) if grid else ARTICLE_GRID), (2 * horizon if horizon else ARTICLE_STEPS)
+    return (tuple(grid) if grid else ARTICLE_GRID), (2 * horizon if horizon else ARTICLE_STEPS), name
 
 
 def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool, out: Path):
@@ -216,10 +232,10 @@ def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input is one ``error: <file>: ...`` line and exit status 2, nothing written."""
     args = parse_args(argv)
-    out = Path(args.out) if args.out else Path("outputs") / "grow" / Path(args.model).stem
     try:
         model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
-        grid, steps = trained_setting(args.model)
+        grid, steps, name = trained_setting(args.model)
+        out = Path(args.out) if args.out else Path("outputs") / "grow" / (name + "_damage" * args.damage)
         size = (args.size[0], args.size[-1]) if args.size else grid
         steps = args.steps or steps
         final, paths = grow_and_write(model, size, steps, args.seed, args.damage, out)

@@ -52,6 +52,25 @@ def test_a_run_grows_on_its_training_grid_for_twice_its_horizon_by_default(tiny_
     assert np.load(tmp_path / "final_state.npy").shape == (12, 12, 16)
 
 
+def test_the_default_out_dir_names_the_run_and_step_so_grows_of_others_do_not_collide(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_name = f"{tiny_run.parent.name}_{tiny_run.name}"
+    sources = {
+        tiny_run: f"{run_name}_step2",  # the newest checkpoint
+        tiny_run / "checkpoints": f"{run_name}_step2",
+        tiny_run / "checkpoints" / "1": f"{run_name}_step1",
+    }
+    for source, name in sources.items():
+        grow_cli.main([str(source), "--steps", "2", "--size", "8"])
+        assert (tmp_path / "outputs" / "grow" / name / "final.png").is_file()
+    grow_cli.main([str(tiny_run), "--steps", "2", "--size", "8", "--damage"])
+    assert sorted(p.name for p in (tmp_path / "outputs" / "grow").iterdir()) == [
+        f"{run_name}_step1",
+        f"{run_name}_step2",
+        f"{run_name}_step2_damage",
+    ]
+
+
 def test_a_model_that_grows_nothing_from_the_seed_says_so(tmp_path, capsys):
     untrained = tmp_path / "untrained.webgl8.json"  # zero-initialised last layer: the seed never changes
     untrained.write_text(json.dumps(to_webgl8(NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=nnx.Rngs(0))), "")))
