@@ -1,8 +1,11 @@
 """Fixtures of the task tests: tiny MNIST files, a tiny NCA, and the 2-step CLI run of each task.
 
 The CLI runs dominate the cost of these tests (a fresh process compiles the train step,
-evaluation and rendering), so every selected one starts at once, the first time any of
-them is asked for, and runs in the background while the in-process tests go on.
+evaluation and rendering), so in a serial session every selected one starts at once, the
+first time any of them is asked for, and runs in the background while the in-process tests
+go on. Under pytest-xdist each worker collects every test but runs only the modules sent to
+it, so a worker starts only the runs it is asked for (starting all of them ran each task's
+run once per worker, competing for the CPUs with the runs that were needed).
 """
 
 import json
@@ -87,14 +90,14 @@ class SmokeRun(NamedTuple):
 def smoke_runs(request, tmp_path_factory, mnist_root):
     """``smoke_runs(task)``: the :class:`SmokeRun` of ``python -m nca_lab task=<task>`` (asserts it succeeded).
 
-    Test modules that use it name their task in a module-level ``TASK``; the runs of all
-    selected modules are started together on first use.
+    Test modules that use it name their task in a module-level ``TASK``; in a serial session
+    the runs of all selected modules are started together on first use, under pytest-xdist
+    each task's run on its own first use (see the module docstring).
     """
-    users = [item for item in request.session.items if "smoke_runs" in getattr(item, "fixturenames", ())]
-    tasks = sorted({item.module.TASK for item in users})
     root = tmp_path_factory.mktemp("smoke")
     procs = {}
-    for task in tasks:
+
+    def start(task: str) -> None:
         run_dir = root / task
         args = [f"task={task}", *smoke_overrides(task, mnist_root), f"hydra.run.dir={run_dir}"]
         proc = subprocess.Popen(
@@ -107,9 +110,16 @@ def smoke_runs(request, tmp_path_factory, mnist_root):
         )
         procs[task] = (proc, run_dir)
 
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        users = [item for item in request.session.items if "smoke_runs" in getattr(item, "fixturenames", ())]
+        for task in sorted({item.module.TASK for item in users}):
+            start(task)
+
     results = {}
 
     def result(task: str) -> SmokeRun:
+        if task not in procs:
+            start(task)
         if task not in results:
             proc, run_dir = procs[task]
             stdout, stderr = proc.communicate(timeout=600)
