@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -275,12 +276,21 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_exit_1(tmp_path):
         env={**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"},
     )  # fmt: skip  # reads the shared compilation cache, writes none (its files would exceed the limit)
     assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    # Now and then one of Orbax's threads, racing its closed event loop, still prints a short
-    # traceback ("Event loop is closed") of its own before the error line.
-    assert lines[0] == f"training in {run_dir}" and len(lines) < 20, result.stderr[-3000:]
-    assert lines[-1].startswith(f"error: cannot write checkpoint {run_dir / 'checkpoints' / '2'}: ")  # the end
+    # Now and then (6 of 26 runs here) TensorStore's threads, completing writes after Orbax closed its
+    # event loop, each print a short traceback ("Event loop is closed") before the error line,
+    # interleaved piece by piece: those pieces, and only those, are left out.
+    rest = EVENT_LOOP_CLOSED_TRACEBACK.sub("", result.stderr)
+    lines = [line for line in rest.splitlines() if line.strip(" :")]
+    assert len(lines) == 2 and lines[0] == f"training in {run_dir}", result.stderr[-3000:]
+    assert lines[-1].startswith(f"error: cannot write checkpoint {run_dir / 'checkpoints' / '2'}: ")
     assert "File too large" in lines[-1]
+
+
+#: The pieces of the traceback TensorStore's threads print when Orbax's event loop closed first.
+EVENT_LOOP_CLOSED_TRACEBACK = re.compile(
+    r"Traceback \(most recent call last\):|File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"
+    r"|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)|RuntimeError|Event loop is closed"
+)
 
 
 def test_compose_from_python_takes_an_emoji_as_the_command_does():
