@@ -54,9 +54,9 @@ class NCA(nnx.Module):
                 ``"pallas"``: the fused GPU kernels of :mod:`nca_lab.kernels` for a Sobel
                 perceive with a one-hidden-layer residual update (interpreted, hence slow,
                 off a GPU), forward and rematerialising backward, whatever ``manual_vjp``
-                says. Same function, same random draws; on an H200 the forward kernels beat
-                XLA only for large rollouts (1.23x at 256 x 72x72, ``experiments/bench``),
-                and the fused backward has not yet been timed on a GPU, so opt-in.
+                says. Same function, same random draws. On an H200 the growing train step
+                took 12.2 ms against XLA's 15.8, but the diffusing one (C=64, hidden 256)
+                43.8 against 23.1 (``experiments/bench/h200_2026-11-30_fused``), so opt-in.
             compact_cells: run the update MLP only on the cells whose update can matter
                 (:mod:`nca_lab.active_cells`; same results), on the XLA path with the manual
                 VJP. ``"auto"``: on a CPU, for steps of at least
@@ -223,7 +223,7 @@ class NCA(nnx.Module):
         return to_grid(final), jnp.concatenate([keep(state)[None], frames])
 
 
-@nnx.jit(static_argnames=("num_steps", "frame_every", "frame_fn", "unroll"))
+@nnx.jit(static_argnames=("num_steps", "frame_every", "frame_fn", "unroll"), graph=False)
 def grow(
     model: NCA,
     state: jnp.ndarray,
@@ -236,5 +236,7 @@ def grow(
     """Jitted :meth:`NCA.rollout` for evaluation and rendering: ``(final_state, frames)``.
 
     ``frame_fn`` is static: pass a module-level function (a new lambda on every call recompiles).
+    The model passes as a pytree (``graph=False``), as in the train step
+    (:func:`~nca_lab.train.step.make_train_step`): nnx's graph traversal costs milliseconds per call.
     """
     return model.rollout(state, key, num_steps, frame_every=frame_every, frame_fn=frame_fn, unroll=unroll)

@@ -1,7 +1,7 @@
 #!/bin/bash
-# One device call: the fused Pallas step's GPU check (forward and backward kernels against XLA),
-# a variant sweep (XLA vs Pallas train step and rollouts), then the bench with CAX (nca_lab's
-# defaults). Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT.
+# One device call: the fused Pallas kernels' GPU check (forward and backward against XLA), their
+# launch sweep, then the harness with CAX for kernel=pallas, and nca_lab alone for kernel=xla.
+# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 7 minutes.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -11,6 +11,8 @@ if ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.spli
   echo "flax too old: installing the carried 0.12.8"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/fallback/*.whl
 fi
+SUITES="growing diffusing scaled rollout"
 timeout 60 python3 experiments/gpu/fused_check.py 2>&1 | tee $OUT/fused_check.txt
-timeout 100 python3 experiments/gpu/sweep.py 2>&1 | tee $OUT/sweep.txt
-timeout 220 python3 -m nca_lab.bench --peer cax --max-seconds 20 --json $OUT/gpu.json 2>&1 | tee $OUT/bench.txt
+timeout 150 python3 experiments/gpu/sweep.py --sizes growing scaled --steps 16 2>&1 | tee $OUT/sweep.txt
+timeout 150 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel pallas --max-seconds 8 --json $OUT/gpu_pallas.json 2>&1 | tee $OUT/bench_pallas.txt
+timeout 80 python3 -m nca_lab.bench --suite $SUITES --kernel xla --max-seconds 8 --json $OUT/gpu_xla.json 2>&1 | tee $OUT/bench_xla.txt

@@ -1,90 +1,95 @@
-"""Time nca_lab's step variants on a GPU: XLA vs fused Pallas kernels; the kernels' block, warps, precision.
+"""Time the fused Pallas kernels on a GPU for several launches (cells and warps per program).
 
-    python experiments/gpu/sweep.py
+    python experiments/gpu/sweep.py [--steps N]
 
-Prints one line per variant: median and min over 10 synchronised calls after one warm-up
-call (whose time, compile included, is shown as ``first``).
+For the growing (C=16, hidden 128), diffusing (C=64, hidden 256) and scaled (the growing
+model, 64 x 128x128) sizes, times ``fused_step`` (forward: update and alive kernels) and
+``fused_step_backward`` (gradient kernel, the weight-gradient reductions, stencil kernel)
+alone, each in a jitted scan of ``--steps`` steps, and prints microseconds per CA step
+(median of 5 calls after one warm-up call) for each launch; ``*`` marks the defaults
+(:func:`~nca_lab.kernels.sobel_mlp_step.forward_launch`, ``Launch()``). Off a GPU the kernels run in
+Pallas' interpreter (slow: use a small ``--steps``).
 """
 
+import argparse
 import statistics
 import time
-from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 
-from nca_lab.bench import nca_lab_impl
-from nca_lab.bench.suites import SUITES
-from nca_lab.kernels import sobel_mlp_step
+from nca_lab.kernels.sobel_mlp_backward import fused_step_backward
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_launch, fused_step
+
+#: (name, channels, hidden, batch, grid)
+SIZES = [("growing", 16, 128, 8, 72), ("diffusing", 64, 256, 8, 72), ("scaled", 16, 128, 64, 128)]
+LAUNCHES = [Launch(16, 4), Launch(32, 4), Launch(32, 8), Launch(64, 4), Launch(64, 8), Launch(128, 4), Launch(128, 8)]
 
 
-def timed(call, reps=10):
-    t0 = time.perf_counter()
-    jax.block_until_ready(call(0))
-    first = time.perf_counter() - t0
+def per_step_us(run, arg, steps: int) -> float:
+    jax.block_until_ready(run(arg))
     times = []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(call(i + 1))
-        times.append(time.perf_counter() - t0)
-    return first, 1e3 * statistics.median(times), 1e3 * min(times)
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(run(arg))
+        times.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(times) / steps
 
 
-def report(label, result):
-    first, med, lo = result
-    print(f"{label:60s} median {med:9.2f} ms  min {lo:9.2f} ms  first {first:5.1f} s", flush=True)
-
-
-def cases():
-    growing = SUITES["growing"][0]
-    rollout8, rollout256 = SUITES["rollout"]
-    return [growing, rollout8, rollout256]
-
-
-def bare_kernels(batch=256, grid=72, steps=96):
-    """The two fused kernels alone in a scan (no RNG): block size, warps, dot precision."""
-    model = nca_lab_impl.build_model(replace(SUITES["rollout"][1], batch=batch), 0.1, kernel="xla")
-    weights = {
-        "w1": model.update.hidden[0].kernel[...],
-        "b1": model.update.hidden[0].bias[...],
-        "w2": jax.random.normal(jax.random.key(0), (128, 16)) * 0.01,
-        "b2": model.update.out.bias[...],
+def sweep(name, channels, hidden, batch, grid, steps, interpret):
+    keys = jax.random.split(jax.random.key(0), 6)
+    params = {
+        "w1": 0.1 * jax.random.normal(keys[0], (3 * channels, hidden)),
+        "b1": 0.1 * jax.random.normal(keys[1], (hidden,)),
+        "w2": 0.01 * jax.random.normal(keys[2], (hidden, channels)),
+        "b2": jnp.zeros((channels,)),
     }
-    x = jax.random.uniform(jax.random.key(1), (batch, grid, grid, 16))
-    variants = [(128, 4, None), (256, 8, None), (128, 4, jax.lax.Precision.HIGHEST)]
-    variants.append((128, 4, jax.lax.DotAlgorithmPreset.BF16_BF16_F32))
-    for block, warps, precision in variants:
-        layout = sobel_mlp_step.FlatLayout(grid, grid, block=block)
-        flat = layout.to_flat(x)
-        fire = jnp.ones(flat.shape[:2], flat.dtype)
+    layout = FlatLayout(grid, grid)
+    x = jax.random.uniform(keys[3], (batch, grid, grid, channels))
+    flat = layout.to_flat(x * (jax.random.uniform(keys[4], (batch, grid, grid, 1)) > 0.3))
+    fire = layout.to_flat((jax.random.uniform(keys[5], (batch, grid, grid, 1)) < 0.5).astype(x.dtype))[..., 0]
+    common = {"angle": 0.0, "step_size": 1.0, "interpret": interpret}
+    alive = fused_step(flat, fire, params, layout, alive_threshold=0.1, **common)[1]
+    print(f"{name}: C={channels}, hidden {hidden}, {batch} x {grid}x{grid}, {steps} steps; us per step", flush=True)
+    for launch in LAUNCHES:
 
         @jax.jit
-        def run(flat, layout=layout, fire=fire, warps=warps, precision=precision):
+        def forward(flat, launch=launch):
             def body(f, _):
-                out = sobel_mlp_step.fused_step(
-                    f,
-                    fire,
-                    weights,
-                    layout,
-                    angle=0.0,
-                    step_size=1.0,
-                    alive_threshold=0.1,
-                    num_warps=warps,
-                    precision=precision,
-                )
-                return out[0], None
+                return fused_step(f, fire, params, layout, alive_threshold=0.1, launch=launch, **common)[0], None
 
-            return jax.lax.scan(body, flat, None, length=steps, unroll=8)[0]
+            return jax.lax.scan(body, flat, None, length=steps)[0]
 
-        label = f"bare kernels {batch}x{grid}x{grid} x{steps}, block {block}, warps {warps}, {precision}"
-        report(label, timed(lambda i, flat=flat: run(flat)))
+        @jax.jit
+        def backward(grad, launch=launch):
+            def body(g, _):
+                grads, g = fused_step_backward(flat, fire, alive, g, params, layout, launch=launch, **common)
+                return g, grads["w2"]
+
+            return jax.lax.scan(body, grad, None, length=steps)
+
+        try:
+            fwd, bwd = per_step_us(forward, flat, steps), per_step_us(backward, flat, steps)
+        except Exception as error:  # noqa: BLE001 - a launch Triton cannot compile is reported, not fatal
+            print(f"  cells {launch.cells:3d}, warps {launch.warps}: failed: {str(error).splitlines()[0][:150]}")
+            continue
+        fwd_mark = "*" if launch == forward_launch(layout, batch) else " "
+        bwd_mark = "*" if launch == Launch() else " "
+        label = f"  cells {launch.cells:3d}, warps {launch.warps}:"
+        print(f"{label} forward {fwd:8.1f}{fwd_mark} backward {bwd:8.1f}{bwd_mark}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=32, help="CA steps per timed scan")
+    parser.add_argument("--sizes", nargs="+", default=[s[0] for s in SIZES], choices=[s[0] for s in SIZES])
+    args = parser.parse_args()
+    interpret = jax.default_backend() != "gpu"
+    print(jax.devices(), flush=True)
+    for size in SIZES:
+        if size[0] in args.sizes:
+            sweep(*size, args.steps, interpret)
 
 
 if __name__ == "__main__":
-    print(jax.devices(), flush=True)
-    for case in cases():
-        for kernel in ("xla", "pallas"):
-            work = nca_lab_impl.build(case, kernel=kernel)
-            report(f"{case.suite} {case.name} x{case.steps} {kernel} unroll 1", timed(work.call))
-            del work
-    bare_kernels()
+    main()

@@ -20,13 +20,13 @@ step (:meth:`~nca_lab.update.residual.ResidualUpdate.fire_mask`), so both paths 
 same random draws and compute the same function (``tests/perf/test_fused_step.py`` checks
 them against each other in Pallas' interpreter on the CPU).
 
-Measured on an H200 (2026-11-30, ``experiments/bench/h200_2026-11-30``): the kernels agree
-with the XLA path there to ~2e-5 relative (TF32 dots, Pallas' default for float32; IEEE
-float32 dots in Triton were 50x slower). A forward rollout of 256 x 72x72 x 96 steps took
-58.8 ms against XLA's 72.3 ms; at batch 8 (3.9 vs 4.0 ms) and in the growing train step,
-whose backward pass was then XLA's (16.7 vs 16.4 ms), nothing is gained. bf16 dots cut the
-bare kernels' time from 57 to 40 ms. Hence opt-in. The backward pass has since been fused
-too (:mod:`nca_lab.kernels.sobel_mlp_backward`); it has not yet run on a GPU.
+Measured on an H200 (2026-11-30, ``experiments/bench/h200_2026-11-30_fused``): forward and
+backward kernels agree with the XLA path there to ~2e-5 relative (TF32 dots, Pallas' default
+for float32; IEEE float32 dots in Triton were 50x slower). With the launches of
+:func:`forward_launch` and :class:`Launch`, the growing train step (8 x 72x72, 96 steps) took
+12.2 ms against XLA's 15.8, the scaled one (64 x 128x128) 156.6 against 214.4, a rollout of
+256 x 72x72 57.7 against 71.7; the diffusing step (C=64, hidden 256) 43.8 against 23.1, since
+its activations and weight-gradient partials outgrow the registers. Hence opt-in.
 
 Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
 (``CAModel``).
@@ -42,10 +42,49 @@ from jax.experimental import pallas as pl
 from nca_lab.alive import ALPHA
 from nca_lab.perceive.sobel import sobel_kernels
 
-#: Cells per program; Triton needs power-of-two block shapes.
+#: Cells the flat layout is padded to a multiple of: the most cells a program may take.
 BLOCK = 128
-#: Warps per program.
-NUM_WARPS = 4
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a kernel is launched: ``cells`` per program (a power of two dividing the layout's
+    ``block``, as Triton needs) and ``warps`` per program.
+
+    A program holds ``cells x hidden`` activations in registers. The defaults
+    (:func:`forward_launch`, and this class's for the backward kernel) were measured on an
+    H200 (``experiments/gpu/sweep.py``, 2026-11-30; µs per CA step, forward / backward, at
+    128 cells with 8 warps, then 4): growing (C=16, hidden 128, 8 x 72x72) 35 / 69, then
+    43 / 126; diffusing (C=64, hidden 256) 138 / 477, then 385 / 873; scaled (the growing
+    model, 64 x 128x128) 639 / 1040, then 478 / 1961. Fewer cells per program were no
+    faster, except diffusing's backward at 32 cells and 8 warps (445).
+    """
+
+    cells: int = BLOCK
+    warps: int = 8
+
+    def programs(self, layout: "FlatLayout") -> int:
+        """Programs per sample that cover ``layout``'s padded grid."""
+        if layout.block % self.cells or self.cells & (self.cells - 1):
+            raise ValueError(f"cells per program must be a power of two dividing {layout.block}, got {self.cells}")
+        return layout.num_blocks * layout.block // self.cells
+
+
+#: Programs of a forward step up to which its update kernel runs 8 warps per program, above
+#: which 4: the measured crossing lies between 344 programs (8 x 72x72) and 8,512 (64 x 128x128).
+FEW_PROGRAMS = 2048
+
+
+def forward_launch(layout: "FlatLayout", batch: int) -> Launch:
+    """The update kernel's launch: few programs gain from more warps each, many from more
+    programs per multiprocessor (:class:`Launch`'s measurements)."""
+    return Launch(cells=layout.block, warps=8 if batch * layout.num_blocks <= FEW_PROGRAMS else 4)
+
+
+def light_launch(layout: "FlatLayout") -> Launch:
+    """The launch of the kernels that hold no hidden activations (alive mask, stencil
+    transpose): the layout's blocks and 4 warps, as measured with them."""
+    return Launch(cells=layout.block, warps=4)
 
 
 @dataclass(frozen=True)
@@ -99,9 +138,9 @@ def supports(num_channels: int, hidden: int) -> bool:
     return num_channels % 16 == 0 and hidden % 16 == 0 and num_channels >= 16
 
 
-def inside_grid(layout: FlatLayout, start) -> jnp.ndarray:
-    """Boolean ``(block,)``: which cells of the block starting at flat ``start`` are in the grid."""
-    padded = start - layout.margin + jax.lax.broadcasted_iota(jnp.int32, (layout.block,), 0)
+def inside_grid(layout: FlatLayout, start, cells: int) -> jnp.ndarray:
+    """Boolean ``(cells,)``: which of the ``cells`` cells from flat ``start`` on are in the grid."""
+    padded = start - layout.margin + jax.lax.broadcasted_iota(jnp.int32, (cells,), 0)
     r, c = padded // layout.row, padded % layout.row
     return (r >= 1) & (r <= layout.height) & (c >= 1) & (c <= layout.width)
 
@@ -134,13 +173,14 @@ def split_w1(w1: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     return w1[0::3], w1[1::3], w1[2::3]
 
 
-def pallas_call(grid: tuple[int, ...], *, interpret: bool, num_warps: int | None):
-    """``pl.pallas_call`` over ``grid``, compiled by Triton with ``num_warps`` (default :data:`NUM_WARPS`)."""
+def pallas_call(batch: int, layout: FlatLayout, launch: Launch, *, interpret: bool):
+    """``pl.pallas_call`` over ``(batch, programs per sample)``, compiled by Triton with ``launch.warps``."""
     compiler = None
     if not interpret:  # the Triton backend is imported only where it compiles
         from jax.experimental.pallas import triton as plgpu
 
-        compiler = plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS)
+        compiler = plgpu.CompilerParams(num_warps=launch.warps)
+    grid = (batch, launch.programs(layout))
     return functools.partial(pl.pallas_call, grid=grid, interpret=interpret, compiler_params=compiler)
 
 
@@ -158,14 +198,15 @@ def _update_kernel(
     alpha_ref,
     *,
     layout,
+    cells,
     taps,
     step_size,
     precision,
 ):
     """New (not yet alive-masked) cells of one block, their alpha, and the pre-update 3x3 alpha max."""
     b, j = pl.program_id(0), pl.program_id(1)
-    start = layout.margin + j * layout.block
-    tiles = [x_ref[b, pl.ds(start + off, layout.block), :] for off in layout.offsets()]
+    start = layout.margin + j * cells
+    tiles = [x_ref[b, pl.ds(start + off, cells), :] for off in layout.offsets()]
     centre, grad_x, grad_y = perception(tiles, taps)
 
     def dot(a, w_ref):
@@ -173,21 +214,22 @@ def _update_kernel(
 
     hidden = dot(centre, w_id_ref) + dot(grad_x, w_gx_ref) + dot(grad_y, w_gy_ref) + b1_ref[...][None, :]
     delta = (dot(jnp.maximum(hidden, 0.0), w2_ref) + b2_ref[...][None, :]) * step_size
-    fire = fire_ref[b, pl.ds(start, layout.block)]
-    new = jnp.where(inside_grid(layout, start)[:, None], centre + delta * fire[:, None], 0.0)
-    out_ref[b, pl.ds(start, layout.block), :] = new
-    alpha_ref[b, pl.ds(start, layout.block)] = _alpha(new)
-    pre_ref[b, pl.ds(start, layout.block)] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
+    here = pl.ds(start, cells)
+    new = jnp.where(inside_grid(layout, start, cells)[:, None], centre + delta * fire_ref[b, here][:, None], 0.0)
+    out_ref[b, here, :] = new
+    alpha_ref[b, here] = _alpha(new)
+    pre_ref[b, here] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
 
 
-def _alive_kernel(new_ref, pre_ref, alpha_ref, out_ref, keep_ref, *, layout, threshold):
+def _alive_kernel(new_ref, pre_ref, alpha_ref, out_ref, keep_ref, *, layout, cells, threshold):
     """``new * (alive(before) & alive(after))`` for one block, and that mask; zero outside the grid."""
     b, j = pl.program_id(0), pl.program_id(1)
-    start = layout.margin + j * layout.block
-    after = functools.reduce(jnp.maximum, [alpha_ref[b, pl.ds(start + off, layout.block)] for off in layout.offsets()])
-    keep = inside_grid(layout, start) & (pre_ref[b, pl.ds(start, layout.block)] > threshold) & (after > threshold)
-    out_ref[b, pl.ds(start, layout.block), :] = jnp.where(keep[:, None], new_ref[b, pl.ds(start, layout.block), :], 0.0)
-    keep_ref[b, pl.ds(start, layout.block)] = keep.astype(keep_ref.dtype)
+    start = layout.margin + j * cells
+    here = pl.ds(start, cells)
+    after = functools.reduce(jnp.maximum, [alpha_ref[b, pl.ds(start + off, cells)] for off in layout.offsets()])
+    keep = inside_grid(layout, start, cells) & (pre_ref[b, here] > threshold) & (after > threshold)
+    out_ref[b, here, :] = jnp.where(keep[:, None], new_ref[b, here, :], 0.0)
+    keep_ref[b, here] = keep.astype(keep_ref.dtype)
 
 
 def fused_step(
@@ -200,7 +242,7 @@ def fused_step(
     step_size: float,
     alive_threshold: float | None,
     interpret: bool = False,
-    num_warps: int | None = None,
+    launch: Launch | None = None,
     precision=None,
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """One CA step in the flat layout (forward only).
@@ -216,7 +258,7 @@ def fused_step(
         alive_threshold: alive-mask threshold (>= 0: the zero padding then never counts as
             alive, as the reference's ``-inf`` padding), or ``None`` for no masking.
         interpret: run Pallas' interpreter (CPU) instead of compiling a GPU kernel.
-        num_warps: warps per program (default :data:`NUM_WARPS`).
+        launch: cells and warps per program of the update kernel (default :func:`forward_launch`).
         precision: ``precision`` of the dots (``None``: Pallas' default for float32 on Triton, TF32).
 
     Returns:
@@ -225,14 +267,23 @@ def fused_step(
     """
     batch, length, _ = flat.shape
     taps = sobel_taps(angle)
-    call = pallas_call((batch, layout.num_blocks), interpret=interpret, num_warps=num_warps)
+    launch = launch or forward_launch(layout, batch)
+    call = pallas_call(batch, layout, launch, interpret=interpret)
     state_shape = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
     flag_shape = jax.ShapeDtypeStruct((batch, length), flat.dtype)
     new, pre, alpha = call(
-        functools.partial(_update_kernel, layout=layout, taps=taps, step_size=float(step_size), precision=precision),
+        functools.partial(
+            _update_kernel,
+            layout=layout,
+            cells=launch.cells,
+            taps=taps,
+            step_size=float(step_size),
+            precision=precision,
+        ),
         out_shape=(state_shape, flag_shape, flag_shape),
     )(flat, fire, *split_w1(params["w1"]), params["b1"], params["w2"], params["b2"])
     if alive_threshold is None:
         return new, None
-    kernel = functools.partial(_alive_kernel, layout=layout, threshold=float(alive_threshold))
+    kernel = functools.partial(_alive_kernel, layout=layout, cells=layout.block, threshold=float(alive_threshold))
+    call = pallas_call(batch, layout, light_launch(layout), interpret=interpret)
     return call(kernel, out_shape=(state_shape, flag_shape))(new, pre, alpha)

@@ -31,7 +31,9 @@ def make_train_step(
     """Build ``train_step(model, optimizer, pool, key) -> (pool, metrics)``.
 
     The step is pure in its arguments: the model and optimizer are updated in place by
-    ``nnx.jit``'s state propagation, ``pool`` (a :class:`~nca_lab.train.pool.Pool`, or
+    ``nnx.jit``'s state propagation in tree mode (``graph=False``: they pass as pytrees; nnx's
+    graph traversal cost ~2 ms of host time per call, which a step waited for pays in full; flax
+    refuses, with its own message, modules that share a variable), ``pool`` (a :class:`~nca_lab.train.pool.Pool`, or
     ``None`` when the task has none) is returned. The rollout length is drawn uniformly
     from ``rollout_steps`` (inclusive) once per batch; the scan always has the maximum
     length and skips the steps past the drawn one, so no length triggers a recompile.
@@ -51,7 +53,7 @@ def make_train_step(
     if mesh is not None:
         parallel.check_divisible(mesh, **{"trainer.batch_size": batch_size})
 
-    @partial(nnx.jit, donate_argnames=("pool",) if donate_pool else ())
+    @partial(nnx.jit, donate_argnames=("pool",) if donate_pool else (), graph=False)
     def train_step(model: NCA, optimizer: nnx.Optimizer, pool: pool_ops.Pool | None, key: jax.Array):
         draw_key, prepare_key, length_key, rollout_key = jax.random.split(key, 4)
         if pool is None:

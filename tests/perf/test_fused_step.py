@@ -11,7 +11,8 @@ from flax import nnx
 
 from nca_lab.errors import ConfigError
 from nca_lab.kernels.fused_residual_step import fused_residual_step
-from nca_lab.kernels.sobel_mlp_step import FlatLayout, fused_step
+from nca_lab.kernels.sobel_mlp_backward import fused_step_backward
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, fused_step
 from nca_lab.nca import NCA
 from nca_lab.perceive.learned import LearnedPerceive
 from nca_lab.perceive.sobel import SobelPerceive
@@ -96,6 +97,39 @@ def test_one_step_gradients_equal_the_xla_step(alive_threshold):
     want = jax.vjp(reference, params, x)[1](grad_out)
     got = jax.vjp(fused, params, x)[1](grad_out)
     assert_gradients_agree(got, want)
+
+
+def test_every_launch_computes_the_same_step_and_gradients():
+    """Programs of fewer cells than the layout's block cover the same cells: the forward step,
+    the state's cotangent and the weight gradients (summed over more partials) agree."""
+    upd, x = update(), state()
+    layout = FlatLayout(7, 9, block=16)
+    flat = layout.to_flat(x)
+    fire = layout.to_flat((jax.random.uniform(jax.random.key(3), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32))
+    fire = fire[..., 0]
+    weights = {"w1": upd.hidden[0].kernel[...], "b1": upd.hidden[0].bias[...]}
+    weights |= {"w2": upd.out.kernel[...], "b2": upd.out.bias[...]}
+    grad_out = jax.random.normal(jax.random.key(6), flat.shape)
+    common = {"angle": 0.4, "step_size": 0.7, "interpret": True}
+
+    def run(launch):
+        out, alive = fused_step(flat, fire, weights, layout, alive_threshold=0.1, launch=launch, **common)
+        grads, grad_flat = fused_step_backward(flat, fire, alive, grad_out, weights, layout, launch=launch, **common)
+        inside = layout.from_flat
+        return inside(out), inside(grad_flat), grads
+
+    want = run(None)
+    for launch in (Launch(cells=4, warps=2), Launch(cells=8, warps=4)):
+        got = run(launch)
+        assert_close(got[0], want[0])
+        assert_close(got[1], want[1])
+        assert_gradients_agree(got[2], want[2])
+
+
+@pytest.mark.parametrize("cells", [12, 32])
+def test_a_launch_that_does_not_divide_the_layout_is_refused(cells):
+    with pytest.raises(ValueError, match="power of two dividing 16"):
+        Launch(cells=cells).programs(FlatLayout(7, 9, block=16))
 
 
 def test_rollout_and_gradients_equal_the_xla_path():
