@@ -6,8 +6,10 @@ from the standard seed, one living cell in the centre (Mordvintsev et al., "Grow
 Cellular Automata", Distill 2020), and writes ``rollout.gif``, ``final.png`` and
 ``final_state.npy`` (float32 ``(H, W, C)``) into ``--out``. ``--damage`` erases a disc of the
 pattern halfway through, the article's regeneration experiment. A run is grown on its
-training grid for twice its rollout horizon, as its own ``rollout.gif``; a released model on
-the article's 72x72 grid for 200 steps.
+training grid for its rollout horizon, the length it learned to grow in, or for twice that,
+as its own ``rollout.gif``, if it trained on a sample pool, which teaches the pattern to
+persist (the article's experiments 2 and 3; a growing run, experiment 1, overgrows past its
+horizon); a released model on the article's 72x72 grid for 200 steps.
 
 Example::
 
@@ -64,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steps",
         type=int,
         metavar="N",
-        help="CA steps (default: twice a run's rollout horizon; 200 for a released model)",
+        help="CA steps (default: a run's rollout horizon, twice that if it trained on a sample pool; "
+        "200 for a released model)",
     )
     parser.add_argument(
         "--size",
@@ -199,8 +202,9 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
 def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
     """``(grid, steps, name)`` to grow ``model_path`` with by default.
 
-    A run's training grid and twice its horizon (runs saved before these were recorded, and
-    released models: the article's). ``name`` tells models apart in ``outputs/grow/``: a
+    A run's training grid and its horizon, twice that if it trained on a sample pool (runs
+    saved before the pool was recorded: twice; before the grid and horizon were, and released
+    models: the article's). ``name`` tells models apart in ``outputs/grow/``: a
     released file's stem; for a run, the last two parts of its dir (Hydra's ``<date>/<time>``,
     a sweep's ``<time>/<job>``) and the step grown.
     """
@@ -212,7 +216,8 @@ def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
     run_dir = directory.parent if directory.name == CHECKPOINTS else directory
     name = f"{run_dir.parent.name}_{run_dir.name}_step{checkpointer.default_step()}"
     grid, horizon = meta.get("grid"), meta.get("horizon")
-    return (tuple(grid) if grid else ARTICLE_GRID), (2 * horizon if horizon else ARTICLE_STEPS), name
+    steps = horizon * (2 if meta.get("pool_size", 1) else 1) if horizon else ARTICLE_STEPS
+    return (tuple(grid) if grid else ARTICLE_GRID), steps, name
 
 
 def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool, out: Path):

@@ -251,6 +251,7 @@ class Trainer:
             "wandb_run_id": logger.run_id,
             "grid": list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3]),  # for grow
             "horizon": self.horizon,
+            "pool_size": task.pool_size,  # for grow: a pool trains the pattern to persist
         }
         metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps) if main else None
         if start and main:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nca_lab import grow as grow_cli
 from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.damage import circle_masks
@@ -31,6 +32,13 @@ def test_cli_smoke_run(smoke_runs):
     horizon = 3  # TINY's rollout_steps=[2,3]
     assert run.gif_ms == (horizon + 1 + DAMAGE_HOLD_FRAMES + horizon) * 50  # grow, hold the damage, recover
     assert run.png_size == (4 * 48 + 3 * 2, 3 * 48 + 2 * 2)  # rows of target, grown, damaged, recovered
+
+
+def test_a_run_with_a_pool_grows_for_twice_its_horizon_by_default(smoke_runs, tmp_path, capsys):
+    """The pool trains the pattern to persist, so grow shows it past its horizon, as the run's GIF."""
+    run = smoke_runs(TASK)
+    grow_cli.main([str(run.run_dir), "--out", str(tmp_path)])
+    assert f"grew {run.run_dir} for 6 steps on" in capsys.readouterr().out  # horizon 3
 
 
 def test_circle_masks_have_the_requested_radius():
