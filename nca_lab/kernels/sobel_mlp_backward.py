@@ -19,8 +19,6 @@ these kernels to Triton on a machine without a GPU.
 Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -127,23 +125,17 @@ def fused_step_backward(
     hidden = params["b1"].shape[0]
     taps = sobel_taps(angle)
     launch = launch or Launch(cells=layout.block)
-    call = pallas_call(batch, layout, launch, interpret=interpret)
     state_shape = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
 
     def partials(*shape):
         return jax.ShapeDtypeStruct((batch, launch.programs(layout), *shape), flat.dtype)
 
     masked = alive is not None
-    base, dgx, dgy, *weight_partials = call(
-        functools.partial(
-            _grads_kernel,
-            layout=layout,
-            cells=launch.cells,
-            taps=taps,
-            step_size=float(step_size),
-            precision=precision,
-            masked=masked,
-        ),
+    base, dgx, dgy, *weight_partials = pallas_call(
+        _grads_kernel,
+        batch,
+        layout,
+        launch,
         out_shape=(
             state_shape,
             state_shape,
@@ -153,11 +145,21 @@ def fused_step_backward(
             partials(hidden, channels),
             partials(channels),
         ),
+        interpret=interpret,
+        taps=taps,
+        step_size=float(step_size),
+        precision=precision,
+        masked=masked,
     )(flat, fire, *([alive] if masked else []), grad_out, *split_w1(params["w1"]), params["b1"], params["w2"])
     dw_id, dw_gx, dw_gy, db1, dw2, db2 = (p.sum(axis=(0, 1)) for p in weight_partials)
-    stencil = functools.partial(_stencil_transpose_kernel, layout=layout, cells=layout.block, taps=taps)
-    grad_flat = pallas_call(batch, layout, light_launch(layout), interpret=interpret)(stencil, out_shape=state_shape)(
-        base, dgx, dgy
-    )
+    grad_flat = pallas_call(
+        _stencil_transpose_kernel,
+        batch,
+        layout,
+        light_launch(layout),
+        out_shape=state_shape,
+        interpret=interpret,
+        taps=taps,
+    )(base, dgx, dgy)
     w1 = jnp.stack([dw_id, dw_gx, dw_gy], axis=1).reshape(3 * channels, hidden)
     return {"w1": w1, "b1": db1, "w2": dw2, "b2": db2}, grad_flat

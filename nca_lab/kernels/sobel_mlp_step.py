@@ -173,15 +173,21 @@ def split_w1(w1: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     return w1[0::3], w1[1::3], w1[2::3]
 
 
-def pallas_call(batch: int, layout: FlatLayout, launch: Launch, *, interpret: bool):
-    """``pl.pallas_call`` over ``(batch, programs per sample)``, compiled by Triton with ``launch.warps``."""
+def pallas_call(kernel, batch: int, layout: FlatLayout, launch: Launch, *, out_shape, interpret: bool, **static):
+    """``pl.pallas_call`` of ``kernel(*refs, layout, cells, **static)`` over ``(batch, programs
+    per sample)``, with ``launch.cells`` cells per program, compiled by Triton with ``launch.warps``."""
     compiler = None
     if not interpret:  # the Triton backend is imported only where it compiles
         from jax.experimental.pallas import triton as plgpu
 
         compiler = plgpu.CompilerParams(num_warps=launch.warps)
-    grid = (batch, launch.programs(layout))
-    return functools.partial(pl.pallas_call, grid=grid, interpret=interpret, compiler_params=compiler)
+    return pl.pallas_call(
+        functools.partial(kernel, layout=layout, cells=launch.cells, **static),
+        out_shape=out_shape,
+        grid=(batch, launch.programs(layout)),
+        interpret=interpret,
+        compiler_params=compiler,
+    )
 
 
 def _update_kernel(
@@ -267,23 +273,27 @@ def fused_step(
     """
     batch, length, _ = flat.shape
     taps = sobel_taps(angle)
-    launch = launch or forward_launch(layout, batch)
-    call = pallas_call(batch, layout, launch, interpret=interpret)
     state_shape = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
     flag_shape = jax.ShapeDtypeStruct((batch, length), flat.dtype)
-    new, pre, alpha = call(
-        functools.partial(
-            _update_kernel,
-            layout=layout,
-            cells=launch.cells,
-            taps=taps,
-            step_size=float(step_size),
-            precision=precision,
-        ),
+    new, pre, alpha = pallas_call(
+        _update_kernel,
+        batch,
+        layout,
+        launch or forward_launch(layout, batch),
         out_shape=(state_shape, flag_shape, flag_shape),
+        interpret=interpret,
+        taps=taps,
+        step_size=float(step_size),
+        precision=precision,
     )(flat, fire, *split_w1(params["w1"]), params["b1"], params["w2"], params["b2"])
     if alive_threshold is None:
         return new, None
-    kernel = functools.partial(_alive_kernel, layout=layout, cells=layout.block, threshold=float(alive_threshold))
-    call = pallas_call(batch, layout, light_launch(layout), interpret=interpret)
-    return call(kernel, out_shape=(state_shape, flag_shape))(new, pre, alpha)
+    return pallas_call(
+        _alive_kernel,
+        batch,
+        layout,
+        light_launch(layout),
+        out_shape=(state_shape, flag_shape),
+        interpret=interpret,
+        threshold=float(alive_threshold),
+    )(new, pre, alpha)
