@@ -216,7 +216,8 @@ def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
     run_dir = directory.parent if directory.name == CHECKPOINTS else directory
     name = f"{run_dir.parent.name}_{run_dir.name}_step{checkpointer.default_step()}"
     grid, horizon = meta.get("grid"), meta.get("horizon")
-    steps = horizon * (2 if meta.get("pool_size", 1) else 1) if horizon else ARTICLE_STEPS
+    pooled = meta.get("pool_size", 1)  # not recorded (older runs): twice, as before
+    steps = horizon * (2 if pooled else 1) if horizon else ARTICLE_STEPS
     return (tuple(grid) if grid else ARTICLE_GRID), steps, name
 
 

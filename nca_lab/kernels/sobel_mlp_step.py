@@ -83,7 +83,7 @@ def forward_launch(layout: "FlatLayout", batch: int) -> Launch:
 
 def light_launch(layout: "FlatLayout") -> Launch:
     """The launch of the kernels that hold no hidden activations (alive mask, stencil
-    transpose): the layout's blocks and 4 warps, as measured with them."""
+    transpose): the layout's block and 4 warps, as measured with them."""
     return Launch(cells=layout.block, warps=4)
 
 
