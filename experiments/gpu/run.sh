@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call: the fused Pallas kernels' GPU check (forward and backward against XLA), their
-# launch sweep, then the harness with CAX for kernel=pallas, and nca_lab alone for kernel=xla.
+# launch sweep, then the harness: both of nca_lab's kernels against one CAX run per case.
 # Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 7 minutes.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -14,5 +14,4 @@ fi
 SUITES="growing diffusing scaled rollout"
 timeout 60 python3 experiments/gpu/fused_check.py 2>&1 | tee $OUT/fused_check.txt
 timeout 150 python3 experiments/gpu/sweep.py --sizes growing scaled --steps 16 2>&1 | tee $OUT/sweep.txt
-timeout 150 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel pallas --max-seconds 8 --json $OUT/gpu_pallas.json 2>&1 | tee $OUT/bench_pallas.txt
-timeout 80 python3 -m nca_lab.bench --suite $SUITES --kernel xla --max-seconds 8 --json $OUT/gpu_xla.json 2>&1 | tee $OUT/bench_xla.txt
+timeout 200 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel xla pallas --max-seconds 8 --json $OUT/gpu.json 2>&1 | tee $OUT/bench.txt

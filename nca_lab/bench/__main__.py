@@ -4,6 +4,7 @@
     python -m nca_lab.bench --suite growing --peer cax --json bench.json
     python -m nca_lab.bench --suite growing diffusing --peer cax torch
     python -m nca_lab.bench --suite growing rollout --steps 16 --repeats 30
+    python -m nca_lab.bench --suite growing --kernel xla pallas --peer cax   # both of nca_lab's paths
 
 On a CPU, rollouts are 8 CA steps long unless ``--steps`` says otherwise (full-length
 rollouts take minutes per step there); the table and the records say how long they were.
@@ -36,6 +37,8 @@ DESCRIPTION = "Time nca_lab's NCA training and rollouts against peers (CAX, PyTo
 
 #: Peer implementations by ``--peer`` name; imported only when asked for (optional packages).
 PEERS = {"cax": "nca_lab.bench.cax_impl", "torch": "nca_lab.bench.torch_impl"}
+#: nca_lab's step implementations (``NCA(kernel=...)``).
+KERNELS = ("xla", "pallas")
 
 
 def _budget_bytes(fraction: float = 0.75) -> float:
@@ -73,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--kernel",
-        choices=["xla", "pallas"],
-        default="xla",
-        help="nca_lab's step: xla (default) or pallas, the fused kernels (interpreted off a GPU)",
+        nargs="+",
+        choices=list(KERNELS),
+        default=["xla"],
+        help="nca_lab's step: xla (default), pallas (the fused kernels, interpreted off a GPU), or both, "
+        "each against the same peer runs",
     )
     parser.add_argument("--unroll", type=int, default=1, help="nca_lab's CA steps per scan iteration (default 1)")
     parser.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
@@ -106,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if "torch" in args.peer and not on_cpu:
         parser.error("--peer torch is an eager PyTorch NCA on the CPU: compare with it on a CPU machine")
-    builders = {"nca_lab": functools.partial(nca_lab_impl.build, kernel=args.kernel, unroll=args.unroll)}
+    kernels = list(dict.fromkeys(args.kernel))
+    ours = {("nca_lab" if len(kernels) == 1 else f"nca_lab ({kernel})"): kernel for kernel in kernels}
+    builders = {label: functools.partial(nca_lab_impl.build, kernel=k, unroll=args.unroll) for label, k in ours.items()}
     for peer in args.peer:
         try:
             builders[peer] = importlib.import_module(PEERS[peer]).build
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     budget = _budget_bytes() if args.memory_budget_gb is None else args.memory_budget_gb * 2**30
     env = {"device": device(), "versions": versions(), **git_state()}
-    env.update(kernel=args.kernel, unroll=args.unroll, warmup=args.warmup)
+    env.update(unroll=args.unroll, warmup=args.warmup)
     print(f"device: {env['device']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
     if on_cpu and args.steps is None:
@@ -139,20 +146,26 @@ def main(argv: list[str] | None = None) -> int:
         for case in selected:
             print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
             workloads, failed = {}, {}
-            for impl, build in builders.items():
+            for label, build in builders.items():
+                if ours.get(label) == "pallas" and case.perceive != "sobel" and len(ours) > 1:
+                    # nca_lab_impl.build would run XLA's step: the xla row already has it.
+                    print(f"  {label}: not run (the fused kernels compute the sobel perceive only)")
+                    continue
                 try:
-                    workloads[impl] = build(case)
+                    workloads[label] = build(case)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
-                    failed[impl] = f"{type(exc).__name__}: {exc}"[:200]
+                    failed[label] = f"{type(exc).__name__}: {exc}"[:200]
             results = measure(
                 workloads, repeats=args.repeats, warmup=args.warmup, memory_budget=budget, max_seconds=args.max_seconds
             )
-            for impl, work in workloads.items():
-                records.append(record(case, impl, work.note, results[impl], env))
-            for impl, reason in failed.items():
-                print(f"  {impl}: could not build: {reason}", file=sys.stderr)
-                records.append(record(case, impl, "", Measurement([], math.nan, None, None, "not_built", reason), env))
-            if "nca_lab" in failed or results.get("nca_lab") is not None and results["nca_lab"].status == "failed":
+            measured = [(label, work.note, results[label]) for label, work in workloads.items()]
+            for label, reason in failed.items():
+                print(f"  {label}: could not build: {reason}", file=sys.stderr)
+                measured.append((label, "", Measurement([], math.nan, None, None, "not_built", reason)))
+            for label, note, measurement in measured:
+                impl = "nca_lab" if label in ours else label
+                records.append(record(case, impl, note, measurement, {**env, "kernel": ours.get(label)}))
+            if any(label in failed or label in results and results[label].status == "failed" for label in ours):
                 nca_lab_failed.append(f"{case.suite} {case.name}")
             del workloads, results
     finally:  # a caller from Python gets its own handlers back

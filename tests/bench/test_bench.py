@@ -73,6 +73,44 @@ def test_table_divides_the_peer_by_nca_lab():
     assert "too_big" in cells(lines[4]) and "1 (plan)" in cells(lines[4]) and "; plans 90 GiB" in lines[4]
 
 
+def test_with_several_kernels_rows_name_them_and_the_peer_is_divided_by_the_fastest():
+    base = {
+        "suite": "growing", "case": "8x72x72", "steps": 8, "repeats": 20, "status": "ok", "reason": "",
+        "min_ms": 1.0, "max_ms": 300.0, "compile_s": 1.0, "peak_bytes": 2**20, "cell_steps_per_s": 1e6, "note": "",
+    }  # fmt: skip
+    lines = table(
+        [
+            {**base, "impl": "nca_lab", "kernel": "xla", "median_ms": 20.0},
+            {**base, "impl": "nca_lab", "kernel": "pallas", "median_ms": 10.0},
+            {**base, "impl": "cax", "kernel": None, "median_ms": 250.0},
+        ]
+    ).splitlines()
+    assert [cells(line)[2] for line in lines[2:]] == ["nca_lab (xla)", "nca_lab (pallas)", "cax"]
+    assert [cells(line)[11] for line in lines[2:]] == ["", "", "25.00x"]
+
+
+def test_cli_runs_each_kernel_against_the_same_peer_run_and_pallas_only_where_it_applies(monkeypatch, capsys, tmp_path):
+    """Both kernels of the growing suite run for real (Pallas interpreted); the attention
+    cases, which the fused kernels do not compute, get one (trivial) XLA row each."""
+    real = bench_main.__globals__["nca_lab_impl"].build
+    monkeypatch.setattr(
+        "nca_lab.bench.nca_lab_impl.build",
+        lambda case, **kw: real(case, **kw) if case.suite == "growing" else make_trivial_workload(),
+    )
+    out = tmp_path / "b.json"
+    args = ["--suite", "growing", "attention", "--kernel", "xla", "pallas", "--steps", "1", "--repeats", "1"]
+    assert bench_main([*args, "--warmup", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["suite"], r["impl"], r["kernel"]) for r in records] == [
+        ("growing", "nca_lab", "xla"),
+        ("growing", "nca_lab", "pallas"),
+        ("attention", "nca_lab", "xla"),
+        ("attention", "nca_lab", "xla"),
+    ]
+    assert "Pallas fused step" in records[1]["note"] and "XLA" in records[0]["note"]
+    assert "nca_lab (pallas): not run (the fused kernels compute the sobel perceive only)" in capsys.readouterr().out
+
+
 def test_the_throughput_keeps_three_significant_figures():
     row = {
         "suite": "attention", "case": "4x72x72", "impl": "nca_lab", "steps": 8, "repeats": 20, "status": "ok",
@@ -105,7 +143,8 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
         assert record["cell_steps_per_s"] > 0 and record["peak_bytes"] > 0
         assert record["compile_s"] > 0 if record["impl"] != "torch" else record["compile_s"] == 0
         assert record["versions"]["jax"] and record["device"].startswith("cpu")
-        assert (record["steps"], record["suite_steps"], record["kernel"], record["warmup"]) == (1, 96, "xla", 1)
+        kernel = "xla" if record["impl"] == "nca_lab" else None  # a peer has no kernel choice
+        assert (record["steps"], record["suite_steps"], record["kernel"], record["warmup"]) == (1, 96, kernel, 1)
         assert len(record["git_sha"]) == 40 and isinstance(record["git_dirty"], bool)  # the tests run in a checkout
 
 
