@@ -14,7 +14,7 @@ from flax import nnx
 from nca_lab.active_cells import MIN_CELLS
 from nca_lab.alive import ALIVE_THRESHOLD, alive_mask
 from nca_lab.errors import require
-from nca_lab.kernels.fused_residual_step import can_fuse, flat_rollout_parts
+from nca_lab.kernels.fused_rollout import can_fuse, fused_rollout_parts
 from nca_lab.perceive.base import Perceive
 from nca_lab.step_vjp import residual_step
 from nca_lab.update.base import Update
@@ -69,7 +69,8 @@ class NCA(nnx.Module):
         require(
             kernel != "pallas" or can_fuse(perceive, update, alive_threshold),
             "kernel=pallas needs the sobel perceive, a residual update with one hidden layer, "
-            "channel and hidden sizes in multiples of 16 and an alive threshold of at least 0 (or none)",
+            "channel and hidden sizes in multiples of 16 (hidden at least channels) and an alive threshold "
+            "of at least 0 (or none)",
         )
         self.perceive = perceive
         self.update = update
@@ -177,8 +178,10 @@ class NCA(nnx.Module):
                 lets longer rollouts on larger grids fit.
             remat: recompute each step in the backward pass instead of storing its
                 activations (memory ``O(steps * state)`` instead of ``O(steps * activations)``).
-                Implied by the manual VJP (:attr:`uses_manual_vjp`), which always recomputes.
-            unroll: steps per scan iteration (``jax.lax.scan``'s ``unroll``).
+                Implied by the manual VJP (:attr:`uses_manual_vjp`) and the fused kernels, which
+                always recompute.
+            unroll: steps per scan iteration (``jax.lax.scan``'s ``unroll``); the fused
+                kernels' loop (:mod:`nca_lab.kernels.fused_rollout`) has no scan to unroll.
 
         Returns:
             ``(final_state, frames)``; frames is ``(num_steps // frame_every + 1, ..., H, W, C)``
@@ -193,7 +196,7 @@ class NCA(nnx.Module):
         step = jax.checkpoint(self.step) if remat and not self.uses_manual_vjp else self.step
         start, to_grid = state, lambda x: x
         if self.uses_fused_kernel:
-            start, step, to_grid = flat_rollout_parts(self.perceive, self.update, self.alive_threshold, state)
+            start, run_fused, to_grid = fused_rollout_parts(self.perceive, self.update, self.alive_threshold, state)
 
         def body(carry, step_key):
             x, i = carry
@@ -204,7 +207,11 @@ class NCA(nnx.Module):
             return (x, i + 1), None
 
         def run(carry, keys):
-            return jax.lax.scan(body, carry, keys, unroll=min(unroll, keys.shape[0]))[0]
+            if not self.uses_fused_kernel:
+                return jax.lax.scan(body, carry, keys, unroll=min(unroll, keys.shape[0]))[0]
+            x, i = carry
+            count = keys.shape[0] if active_steps is None else jnp.clip(active_steps - i, 0, keys.shape[0])
+            return run_fused(x, keys, count), i + keys.shape[0]
 
         carry = (start, jnp.zeros((), jnp.int32))
         if frame_every <= 0:

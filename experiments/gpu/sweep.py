@@ -3,9 +3,9 @@
     python experiments/gpu/sweep.py [--steps N]
 
 For the growing (C=16, hidden 128), diffusing (C=64, hidden 256) and scaled (the growing
-model, 64 x 128x128) sizes, times ``fused_step`` (forward: update and alive kernels) and
-``fused_step_backward`` (gradient kernel, the weight-gradient reductions, stencil kernel)
-alone, each in a jitted scan of ``--steps`` steps, and prints microseconds per CA step
+model, 64 x 128x128) sizes, times ``forward_step`` (update and alive kernels, keeping every
+state as training does) and ``backward_step`` (gradient kernel, stencil kernel) alone, each
+in a jitted loop of ``--steps`` steps, and prints microseconds per CA step
 (median of 5 calls after one warm-up call) for each launch; ``*`` marks the defaults
 (:func:`~nca_lab.kernels.sobel_mlp_step.forward_launch`, ``Launch()``). Off a GPU the kernels run in
 Pallas' interpreter (slow: use a small ``--steps``).
@@ -18,8 +18,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from nca_lab.kernels.sobel_mlp_backward import fused_step_backward
-from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_launch, fused_step
+from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_launch, forward_step, pack_weights
 
 #: (name, channels, hidden, batch, grid)
 SIZES = [("growing", 16, 128, 8, 72), ("diffusing", 64, 256, 8, 72), ("scaled", 16, 128, 64, 128)]
@@ -38,38 +38,54 @@ def per_step_us(run, arg, steps: int) -> float:
 
 def sweep(name, channels, hidden, batch, grid, steps, interpret):
     keys = jax.random.split(jax.random.key(0), 6)
-    params = {
-        "w1": 0.1 * jax.random.normal(keys[0], (3 * channels, hidden)),
-        "b1": 0.1 * jax.random.normal(keys[1], (hidden,)),
-        "w2": 0.01 * jax.random.normal(keys[2], (hidden, channels)),
-        "b2": jnp.zeros((channels,)),
-    }
+    packed = pack_weights(
+        {
+            "w1": 0.1 * jax.random.normal(keys[0], (3 * channels, hidden)),
+            "b1": 0.1 * jax.random.normal(keys[1], (hidden,)),
+            "w2": 0.01 * jax.random.normal(keys[2], (hidden, channels)),
+            "b2": jnp.zeros((channels,)),
+        }
+    )
     layout = FlatLayout(grid, grid)
     x = jax.random.uniform(keys[3], (batch, grid, grid, channels))
     flat = layout.to_flat(x * (jax.random.uniform(keys[4], (batch, grid, grid, 1)) > 0.3))
-    fire = layout.to_flat((jax.random.uniform(keys[5], (batch, grid, grid, 1)) < 0.5).astype(x.dtype))[..., 0]
+    fire = (jax.random.uniform(keys[5], (steps, batch, grid, grid, 1)) < 0.5).astype(x.dtype)
+    fire = layout.to_flat(fire.reshape(-1, grid, grid, 1))[..., 0].reshape(steps, batch, layout.length)
     common = {"angle": 0.0, "step_size": 1.0, "interpret": interpret}
-    alive = fused_step(flat, fire, params, layout, alive_threshold=0.1, **common)[1]
+    states = jnp.zeros((steps + 1, *flat.shape)).at[0].set(flat)
+    alive = jnp.zeros((steps, batch, layout.length))
+    states, alive = jax.jit(
+        lambda states, alive: jax.lax.fori_loop(
+            0,
+            steps,
+            lambda t, b: forward_step(*b, fire, packed, t, steps, layout, history=True, alive_threshold=0.1, **common),
+            (states, alive),
+        )
+    )(states, alive)
     print(f"{name}: C={channels}, hidden {hidden}, {batch} x {grid}x{grid}, {steps} steps; us per step", flush=True)
     for launch in LAUNCHES:
 
         @jax.jit
-        def forward(flat, launch=launch):
-            def body(f, _):
-                return fused_step(f, fire, params, layout, alive_threshold=0.1, launch=launch, **common)[0], None
+        def forward(states, launch=launch):
+            def body(t, buffers):
+                return forward_step(
+                    *buffers, fire, packed, t, steps, layout, history=True, alive_threshold=0.1, launch=launch, **common
+                )
 
-            return jax.lax.scan(body, flat, None, length=steps)[0]
+            return jax.lax.fori_loop(0, steps, body, (states, alive))[0]
 
         @jax.jit
         def backward(grad, launch=launch):
-            def body(g, _):
-                grads, g = fused_step_backward(flat, fire, alive, g, params, layout, launch=launch, **common)
-                return g, grads["w2"]
+            def body(k, carry):
+                t = steps - 1 - k
+                return backward_step(
+                    states, fire, alive, carry[1], carry[0], packed, t, steps, layout, launch=launch, **common
+                )
 
-            return jax.lax.scan(body, grad, None, length=steps)
+            return jax.lax.fori_loop(0, steps, body, (weight_partials(batch, layout, packed, launch), grad))
 
         try:
-            fwd, bwd = per_step_us(forward, flat, steps), per_step_us(backward, flat, steps)
+            fwd, bwd = per_step_us(forward, states, steps), per_step_us(backward, flat, steps)
         except Exception as error:  # noqa: BLE001 - a launch Triton cannot compile is reported, not fatal
             print(f"  cells {launch.cells:3d}, warps {launch.warps}: failed: {str(error).splitlines()[0][:150]}")
             continue

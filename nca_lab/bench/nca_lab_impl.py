@@ -52,7 +52,7 @@ def build(case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1) -> Wo
     """The nca_lab workload of ``case``; ``kernel`` and ``unroll`` as in :class:`~nca_lab.nca.NCA`'s rollout."""
     task = build_task(case)
     model = build_model(case, task.alive_threshold, seed, kernel if case.perceive == "sobel" else "xla")
-    path = ("Pallas fused step" if model.uses_fused_kernel else "XLA") + (f", unroll {unroll}" if unroll > 1 else "")
+    path = ("Pallas fused rollout" if model.uses_fused_kernel else "XLA") + (f", unroll {unroll}" if unroll > 1 else "")
     if model.compacts(case.batch * case.grid * case.grid):
         path += ", active cells"
     key = jax.random.key(seed)
@@ -73,7 +73,7 @@ def build(case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1) -> Wo
         carry["pool"], metrics = train_step(model, optimizer, carry["pool"], jax.random.fold_in(key, i))
         return carry["pool"], metrics
 
-    vjp = "manual VJP" if model.uses_manual_vjp else "autodiff"
+    vjp = "rollout VJP" if model.uses_fused_kernel else "manual VJP" if model.uses_manual_vjp else "autodiff"
     return Workload(
         call=call,
         lower=lambda: train_step.lower(model, optimizer, carry["pool"], key),

@@ -5,8 +5,9 @@ bias and relu, the fire and alive masks), each a pass over device memory, while 
 arithmetic of a whole 8 x 72x72 step takes microseconds. Here a step is two kernels: the
 first reads each cell's 3x3 neighbourhood, computes the identity and Sobel features, both
 dense layers and the pre-update alive mask in registers, applies the fire mask (read, not
-drawn: see below) and writes the updated cell; the second applies the post-update alive mask (which needs the
-neighbours' new alpha, hence a second pass). Hidden activations never reach device memory.
+drawn: see below) and writes the updated cell; the second applies the post-update alive
+mask (which needs the neighbours' new alpha, hence a second pass). Hidden activations never
+reach device memory.
 
 Layout. A ``(B, H, W, C)`` state is zero-padded by one cell, flattened per sample to
 ``(H + 2) * (W + 2)`` cells and given margins of ``W + 3`` cells before and enough after
@@ -15,18 +16,24 @@ constant ``offset``: a kernel loads each of the 9 neighbour tiles as one contigu
 without masks or gathers. Cells outside the grid are written as zero; the margins are never
 written and never used (their contents are undefined). A rollout converts once at each end.
 
-The fire mask is drawn outside the kernel by the same ``jax.random`` call as the reference
-step (:meth:`~nca_lab.update.residual.ResidualUpdate.fire_mask`), so both paths make the
-same random draws and compute the same function (``tests/perf/test_fused_step.py`` checks
-them against each other in Pallas' interpreter on the CPU).
+Buffers. The kernels read a step's state from, and write the next into, a buffer of a
+rollout's states in place (:func:`slots`), read the step's fire mask from the rollout's, and
+take the MLP's weights as one packed array (:func:`pack_weights`), so that a rollout's loop
+(:mod:`nca_lab.kernels.fused_rollout`) needs no XLA operation between kernels.
 
-Measured on an H200 (2026-11-30, ``experiments/bench/h200_2026-11-30_fused``): forward and
-backward kernels agree with the XLA path there to ~2e-5 relative (TF32 dots, Pallas' default
-for float32; IEEE float32 dots in Triton were 50x slower). With the launches of
-:func:`forward_launch` and :class:`Launch`, the growing train step (8 x 72x72, 96 steps) took
-12.2 ms against XLA's 15.8, the scaled one (64 x 128x128) 156.6 against 214.4, a rollout of
-256 x 72x72 57.7 against 71.7; the diffusing step (C=64, hidden 256) 43.8 against 23.1, since
-its activations and weight-gradient partials outgrow the registers. Hence opt-in.
+The fire masks are drawn outside the kernels by the same ``jax.random`` calls as the
+reference's steps (:meth:`~nca_lab.update.residual.ResidualUpdate.fire_mask`), so both paths
+make the same random draws and compute the same function (``tests/perf/test_fused_step.py``
+checks them against each other in Pallas' interpreter on the CPU).
+
+Measured on an H200 (2026-11-30, ``experiments/bench/h200_2026-11-30_fused``), with one
+custom VJP per step (before the rollout's buffers): forward and backward kernels agree with
+the XLA path there to ~2e-5 relative (TF32 dots, Pallas' default for float32; IEEE float32
+dots in Triton were 50x slower). With the launches of :func:`forward_launch` and
+:class:`Launch`, the growing train step (8 x 72x72, 96 steps) took 12.2 ms against XLA's
+15.8, the scaled one (64 x 128x128) 156.6 against 214.4, a rollout of 256 x 72x72 57.7
+against 71.7; the diffusing step (C=64, hidden 256) 43.8 against 23.1, since its activations
+and weight-gradient partials outgrow the registers. Hence opt-in.
 
 Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
 (``CAModel``).
@@ -44,6 +51,10 @@ from nca_lab.perceive.sobel import sobel_kernels
 
 #: Cells the flat layout is padded to a multiple of: the most cells a program may take.
 BLOCK = 128
+
+#: ``a^T b`` and ``a b^T`` as ``dot_general`` dimension numbers.
+TN = (((0,), (0,)), ((), ()))
+NT = (((1,), (1,)), ((), ()))
 
 
 @dataclass(frozen=True)
@@ -134,8 +145,9 @@ class FlatLayout:
 
 
 def supports(num_channels: int, hidden: int) -> bool:
-    """Whether the kernels take these sizes (Triton's dots want multiples of 16)."""
-    return num_channels % 16 == 0 and hidden % 16 == 0 and num_channels >= 16
+    """Whether the kernels take these sizes: Triton's dots want multiples of 16, and the packed
+    weights (:func:`pack_weights`) keep ``b2`` in a row of ``hidden`` columns."""
+    return num_channels % 16 == 0 and hidden % 16 == 0 and hidden >= num_channels >= 16
 
 
 def inside_grid(layout: FlatLayout, start, cells: int) -> jnp.ndarray:
@@ -168,14 +180,55 @@ def perception(tiles: list, taps: list[tuple[float, float]]) -> tuple:
     return tiles[4], grad_x, grad_y
 
 
-def split_w1(w1: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """The first layer's rows for the identity, grad_x and grad_y features (rows are ``channel * 3 + filter``)."""
-    return w1[0::3], w1[1::3], w1[2::3]
+def pack_weights(params: dict) -> jnp.ndarray:
+    """The MLP's weights as one ``(4C + 2, hidden)`` array, the kernels' operand and the layout of
+    their weight gradients (one buffer, one reduction): rows ``[0, C)``, ``[C, 2C)``, ``[2C, 3C)``
+    the first layer's rows for the identity, grad_x and grad_y features (``w1``'s rows are
+    ``channel * 3 + filter``), ``[3C, 4C)`` the second layer transposed, ``4C`` its bias ``b1``,
+    ``4C + 1`` ``b2`` in its first ``C`` columns (hence ``hidden >= C``, :func:`supports`).
+
+    Differentiable: a rollout packs once and autodiff carries the packed gradient back to the
+    parameters once, outside the loop over CA steps.
+    """
+    w1, b1, w2, b2 = params["w1"], params["b1"], params["w2"], params["b2"]
+    hidden, channels = w2.shape
+    rows = [w1[0::3], w1[1::3], w1[2::3], w2.T, b1[None], jnp.pad(b2, (0, hidden - channels))[None]]
+    return jnp.concatenate(rows)
 
 
-def pallas_call(kernel, batch: int, layout: FlatLayout, launch: Launch, *, out_shape, interpret: bool, **static):
+def unpack_weights(w_ref, channels: int) -> tuple:
+    """``(w_id, w_gx, w_gy, w2t, b1, b2)`` read from a packed weight ref (:func:`pack_weights`)."""
+    c = channels
+    rows = [w_ref[pl.ds(i * c, c), :] for i in range(4)]
+    return (*rows, w_ref[4 * c, :], w_ref[4 * c + 1, pl.ds(0, c)])
+
+
+def slots(step, history: bool) -> tuple:
+    """``(read, write, mask)``: buffer indices of CA step ``step`` (a traced int32).
+
+    A rollout that keeps every state for its backward pass (``history``) reads state ``step``,
+    writes ``step + 1`` and keeps the step's alive mask at ``step``; one that does not
+    alternates two states and overwrites one alive mask. The fire mask is always ``step``'s.
+    """
+    if history:
+        return step, step + 1, step
+    return step % 2, (step + 1) % 2, 0
+
+
+def step_and_count(step, count) -> jnp.ndarray:
+    """The int32 ``[step, count]`` operand of the kernels: a kernel of a step at or past
+    ``count`` (the drawn rollout length) writes nothing. The loop over steps keeps its static
+    length, since XLA:GPU syncs the host on every iteration of a loop whose trip count it
+    does not know (``WhileThunk``), and on every ``lax.cond``."""
+    return jnp.stack([jnp.asarray(step, jnp.int32), jnp.asarray(count, jnp.int32)])
+
+
+def pallas_call(
+    kernel, batch: int, layout: FlatLayout, launch: Launch, *, out_shape, interpret: bool, aliases=None, **static
+):
     """``pl.pallas_call`` of ``kernel(*refs, layout, cells, **static)`` over ``(batch, programs
-    per sample)``, with ``launch.cells`` cells per program, compiled by Triton with ``launch.warps``."""
+    per sample)``, with ``launch.cells`` cells per program, compiled by Triton with ``launch.warps``.
+    ``aliases`` (``{input: output}``) lets a kernel write into a buffer it is given, in place."""
     compiler = None
     if not interpret:  # the Triton backend is imported only where it compiles
         from jax.experimental.pallas import triton as plgpu
@@ -185,20 +238,17 @@ def pallas_call(kernel, batch: int, layout: FlatLayout, launch: Launch, *, out_s
         functools.partial(kernel, layout=layout, cells=launch.cells, **static),
         out_shape=out_shape,
         grid=(batch, launch.programs(layout)),
+        input_output_aliases=aliases or {},
         interpret=interpret,
         compiler_params=compiler,
     )
 
 
 def _update_kernel(
-    x_ref,
+    step_ref,
+    states_ref,
     fire_ref,
-    w_id_ref,
-    w_gx_ref,
-    w_gy_ref,
-    b1_ref,
-    w2_ref,
-    b2_ref,
+    w_ref,
     out_ref,
     pre_ref,
     alpha_ref,
@@ -208,42 +258,80 @@ def _update_kernel(
     taps,
     step_size,
     precision,
+    history,
+    in_place,
 ):
-    """New (not yet alive-masked) cells of one block, their alpha, and the pre-update 3x3 alpha max."""
-    b, j = pl.program_id(0), pl.program_id(1)
-    start = layout.margin + j * cells
-    tiles = [x_ref[b, pl.ds(start + off, cells), :] for off in layout.offsets()]
-    centre, grad_x, grad_y = perception(tiles, taps)
+    """New cells of one block, their alpha, and the pre-update 3x3 alpha max.
 
-    def dot(a, w_ref):
-        return jnp.dot(a, w_ref[...], precision=precision, preferred_element_type=jnp.float32)
-
-    hidden = dot(centre, w_id_ref) + dot(grad_x, w_gx_ref) + dot(grad_y, w_gy_ref) + b1_ref[...][None, :]
-    delta = (dot(jnp.maximum(hidden, 0.0), w2_ref) + b2_ref[...][None, :]) * step_size
-    here = pl.ds(start, cells)
-    new = jnp.where(inside_grid(layout, start, cells)[:, None], centre + delta * fire_ref[b, here][:, None], 0.0)
-    out_ref[b, here, :] = new
-    alpha_ref[b, here] = _alpha(new)
-    pre_ref[b, here] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
-
-
-def _alive_kernel(new_ref, pre_ref, alpha_ref, out_ref, keep_ref, *, layout, cells, threshold):
-    """``new * (alive(before) & alive(after))`` for one block, and that mask; zero outside the grid."""
+    With ``in_place`` (no alive mask) ``out_ref`` is the states buffer itself (aliased: the
+    write slot is not the read one); otherwise a buffer of new cells that the alive kernel masks.
+    """
+    step = step_ref[0]
+    read, write, _ = slots(step, history)
     b, j = pl.program_id(0), pl.program_id(1)
     start = layout.margin + j * cells
     here = pl.ds(start, cells)
-    after = functools.reduce(jnp.maximum, [alpha_ref[b, pl.ds(start + off, cells)] for off in layout.offsets()])
-    keep = inside_grid(layout, start, cells) & (pre_ref[b, here] > threshold) & (after > threshold)
-    out_ref[b, here, :] = jnp.where(keep[:, None], new_ref[b, here, :], 0.0)
-    keep_ref[b, here] = keep.astype(keep_ref.dtype)
+
+    def dot(a, w, dims=(((1,), (0,)), ((), ()))):
+        return jax.lax.dot_general(a, w, dims, precision=precision, preferred_element_type=jnp.float32)
+
+    @pl.when(step < step_ref[1])
+    def _():
+        tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
+        centre, grad_x, grad_y = perception(tiles, taps)
+        w_id, w_gx, w_gy, w2t, b1, b2 = unpack_weights(w_ref, centre.shape[1])
+        hidden = dot(centre, w_id) + dot(grad_x, w_gx) + dot(grad_y, w_gy) + b1[None, :]
+        delta = (dot(jnp.maximum(hidden, 0.0), w2t, NT) + b2[None, :]) * step_size
+        fire = fire_ref[step, b, here][:, None]
+        new = jnp.where(inside_grid(layout, start, cells)[:, None], centre + delta * fire, 0.0)
+        if in_place:
+            out_ref[write, b, here, :] = new
+        else:
+            out_ref[b, here, :] = new
+        alpha_ref[b, here] = _alpha(new)
+        pre_ref[b, here] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
 
 
-def fused_step(
-    flat: jnp.ndarray,
+def _alive_kernel(
+    step_ref,
+    new_ref,
+    pre_ref,
+    alpha_ref,
+    _states_in,
+    _alive_in,
+    states_ref,
+    alive_ref,
+    *,
+    layout,
+    cells,
+    threshold,
+    history,
+):
+    """``new * (alive(before) & alive(after))`` of one block into the states buffer, and that
+    mask; zero outside the grid."""
+    _, write, mask = slots(step_ref[0], history)
+    b, j = pl.program_id(0), pl.program_id(1)
+    start = layout.margin + j * cells
+    here = pl.ds(start, cells)
+
+    @pl.when(step_ref[0] < step_ref[1])
+    def _():
+        after = functools.reduce(jnp.maximum, [alpha_ref[b, pl.ds(start + off, cells)] for off in layout.offsets()])
+        keep = inside_grid(layout, start, cells) & (pre_ref[b, here] > threshold) & (after > threshold)
+        states_ref[write, b, here, :] = jnp.where(keep[:, None], new_ref[b, here, :], 0.0)
+        alive_ref[mask, b, here] = keep.astype(alive_ref.dtype)
+
+
+def forward_step(
+    states: jnp.ndarray,
+    alive: jnp.ndarray | None,
     fire: jnp.ndarray,
-    params: dict,
+    packed: jnp.ndarray,
+    step: jnp.ndarray,
+    count: jnp.ndarray,
     layout: FlatLayout,
     *,
+    history: bool,
     angle: float,
     step_size: float,
     alive_threshold: float | None,
@@ -251,14 +339,23 @@ def fused_step(
     launch: Launch | None = None,
     precision=None,
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
-    """One CA step in the flat layout (forward only).
+    """CA step ``step`` of a rollout in the flat layout, written in place into its buffers.
+
+    The state is read from and written to ``states`` at the :func:`slots` of ``step``, so a
+    rollout's loop passes its buffers from step to step and nothing is copied: no slice of a
+    stacked state is materialised for a kernel, no result is copied into a stack.
 
     Args:
-        flat: state ``(B, layout.length, C)`` from :meth:`FlatLayout.to_flat`.
-        fire: fire mask ``(B, layout.length)`` in the same layout (0/1 floats).
-        params: ``w1 (3C, hidden)`` rows ordered ``channel * 3 + filter``, ``b1 (hidden,)``,
-            ``w2 (hidden, C)``, ``b2 (C,)``.
+        states: state buffer ``(N, B, layout.length, C)`` (:meth:`FlatLayout.to_flat` states):
+            ``N = T + 1`` with ``history``, else 2.
+        alive: alive-mask buffer ``(T or 1, B, layout.length)`` (0/1 floats), or ``None`` for
+            no masking (then ``alive_threshold`` is ``None`` too).
+        fire: the rollout's fire masks ``(T, B, layout.length)`` (0/1 floats).
+        packed: the MLP's weights, :func:`pack_weights`.
+        step: the step's index, an int32 scalar (may be traced).
+        count: the rollout's drawn length (may be traced): a step at or past it writes nothing.
         layout: the grid's :class:`FlatLayout`.
+        history: the slot policy of :func:`slots`.
         angle: rotation of the Sobel pair (:func:`~nca_lab.perceive.sobel.sobel_kernels`).
         step_size: scale of the MLP's output.
         alive_threshold: alive-mask threshold (>= 0: the zero padding then never counts as
@@ -268,32 +365,43 @@ def fused_step(
         precision: ``precision`` of the dots (``None``: Pallas' default for float32 on Triton, TF32).
 
     Returns:
-        ``(next_state, alive)``: the next state ``(B, layout.length, C)`` and the alive mask
-        ``(B, layout.length)`` that was applied (``None`` without masking).
+        ``(states, alive)``, the buffers with this step written.
     """
-    batch, length, _ = flat.shape
+    batch = states.shape[1]
     taps = sobel_taps(angle)
-    state_shape = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
-    flag_shape = jax.ShapeDtypeStruct((batch, length), flat.dtype)
-    new, pre, alpha = pallas_call(
+    step = step_and_count(step, count)
+    state_shape = jax.ShapeDtypeStruct(states.shape[1:], states.dtype)
+    flag_shape = jax.ShapeDtypeStruct((batch, layout.length), states.dtype)
+    in_place = alive_threshold is None
+    update = pallas_call(
         _update_kernel,
         batch,
         layout,
         launch or forward_launch(layout, batch),
-        out_shape=(state_shape, flag_shape, flag_shape),
+        out_shape=(
+            jax.ShapeDtypeStruct(states.shape, states.dtype) if in_place else state_shape,
+            flag_shape,
+            flag_shape,
+        ),
         interpret=interpret,
+        aliases={1: 0} if in_place else None,
         taps=taps,
         step_size=float(step_size),
         precision=precision,
-    )(flat, fire, *split_w1(params["w1"]), params["b1"], params["w2"], params["b2"])
-    if alive_threshold is None:
-        return new, None
+        history=history,
+        in_place=in_place,
+    )
+    if in_place:
+        return update(step, states, fire, packed)[0], None
+    new, pre, alpha = update(step, states, fire, packed)
     return pallas_call(
         _alive_kernel,
         batch,
         layout,
         light_launch(layout),
-        out_shape=(state_shape, flag_shape),
+        out_shape=(jax.ShapeDtypeStruct(states.shape, states.dtype), jax.ShapeDtypeStruct(alive.shape, alive.dtype)),
         interpret=interpret,
+        aliases={4: 0, 5: 1},
         threshold=float(alive_threshold),
-    )(new, pre, alpha)
+        history=history,
+    )(step, new, pre, alpha, states, alive)

@@ -107,7 +107,7 @@ def test_cli_runs_each_kernel_against_the_same_peer_run_and_pallas_only_where_it
         ("attention", "nca_lab", "xla"),
         ("attention", "nca_lab", "xla"),
     ]
-    assert "Pallas fused step" in records[1]["note"] and "XLA" in records[0]["note"]
+    assert "Pallas fused rollout, rollout VJP" in records[1]["note"] and "XLA" in records[0]["note"]
     assert "nca_lab (pallas): not run (the fused kernels compute the sobel perceive only)" in capsys.readouterr().out
 
 

@@ -6,7 +6,6 @@ rather than on the first GPU that runs it. (The Triton compiler's own passes, wh
 the GPU machine, are not exercised; experiments/gpu/fused_check.py does that.)
 """
 
-import functools
 import re
 
 import jax
@@ -14,24 +13,28 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from nca_lab.kernels.sobel_mlp_backward import fused_step_backward
-from nca_lab.kernels.sobel_mlp_step import FlatLayout, fused_step
+from nca_lab.kernels.fused_rollout import fused_rollout
+from nca_lab.kernels.sobel_mlp_step import FlatLayout
 
-C, HIDDEN, BATCH = 16, 128, 2
+C, HIDDEN, BATCH, STEPS = 16, 128, 2, 3
 LAYOUT = FlatLayout(12, 12)
 TRITON = "__gpu$xla.gpu.triton"
 
 
-def spec(*shape):
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
+def spec(*shape, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct(shape, dtype)
 
 
-PARAMS = {"w1": spec(3 * C, HIDDEN), "b1": spec(HIDDEN), "w2": spec(HIDDEN, C), "b2": spec(C)}
-STATE, MASK = spec(BATCH, LAYOUT.length, C), spec(BATCH, LAYOUT.length)
+PACKED, STATE, FIRE, COUNT = (
+    spec(4 * C + 2, HIDDEN),
+    spec(BATCH, LAYOUT.length, C),
+    spec(STEPS, BATCH, LAYOUT.length),
+    spec(dtype=jnp.int32),
+)
 
 
 def triton_kernels(fn, *args) -> list[str]:
-    """Names of the Triton kernels in ``fn``'s module exported for CUDA."""
+    """Names of the Triton kernels in ``fn``'s module exported for CUDA, in order of appearance."""
     exported = export.export(
         jax.jit(fn), platforms=["cuda"], disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)]
     )(*args)
@@ -40,19 +43,24 @@ def triton_kernels(fn, *args) -> list[str]:
     return re.findall(r'name = "(_\w+_kernel)"', text)
 
 
+def rollout(alive_threshold):
+    return fused_rollout(LAYOUT, angle=0.3, step_size=1.0, alive_threshold=alive_threshold)
+
+
 @pytest.mark.parametrize("alive_threshold", [0.1, None], ids=["alive", "no_alive"])
 def test_forward_kernels_lower_to_triton(alive_threshold):
-    step = functools.partial(fused_step, layout=LAYOUT, angle=0.3, step_size=1.0, alive_threshold=alive_threshold)
-    names = triton_kernels(step, STATE, MASK, PARAMS)
+    """The rollout without differentiation: its loop of update (and alive) kernels."""
+    names = triton_kernels(rollout(alive_threshold), PACKED, STATE, FIRE, COUNT)
     assert names == ["_update_kernel", "_alive_kernel"] if alive_threshold is not None else ["_update_kernel"]
 
 
-@pytest.mark.parametrize("masked", [True, False], ids=["alive", "no_alive"])
-def test_backward_kernels_lower_to_triton(masked):
-    def backward(flat, fire, alive, grad_out, params):
-        return fused_step_backward(
-            flat, fire, alive if masked else None, grad_out, params, LAYOUT, angle=0.3, step_size=1.0
-        )
+@pytest.mark.parametrize("alive_threshold", [0.1, None], ids=["alive", "no_alive"])
+def test_backward_kernels_lower_to_triton(alive_threshold):
+    """The rollout's custom VJP: the forward loop that keeps every state, then the backward loop."""
 
-    names = triton_kernels(backward, STATE, MASK, MASK, STATE, PARAMS)
-    assert names == ["_grads_kernel", "_stencil_transpose_kernel"]
+    def gradients(packed, flat, fire, count):
+        return jax.grad(lambda p, f: rollout(alive_threshold)(p, f, fire, count).sum(), argnums=(0, 1))(packed, flat)
+
+    names = triton_kernels(gradients, PACKED, STATE, FIRE, COUNT)
+    forward = ["_update_kernel", "_alive_kernel"] if alive_threshold is not None else ["_update_kernel"]
+    assert names == [*forward, "_grads_kernel", "_stencil_transpose_kernel"]

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from nca_lab.errors import ConfigError
-from nca_lab.kernels.fused_residual_step import fused_residual_step
-from nca_lab.kernels.sobel_mlp_backward import fused_step_backward
-from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, fused_step
+from nca_lab.kernels.fused_rollout import fused_rollout, packed_weights
+from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_step, pack_weights
 from nca_lab.nca import NCA
 from nca_lab.perceive.learned import LearnedPerceive
 from nca_lab.perceive.sobel import SobelPerceive
@@ -45,26 +45,30 @@ def test_flat_layout_round_trip_and_neighbour_offsets():
         np.testing.assert_array_equal(flat[:, centre + offset], x[:, 1 + dr, 2 + dc])
 
 
+def fire_mask(x, seed=3):
+    return (jax.random.uniform(jax.random.key(seed), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32)
+
+
+def one_step(upd, alive_threshold, layout, **kw):
+    """One fused step of a grid state for a given fire mask: a rollout of length 1."""
+    rollout = fused_rollout(layout, angle=0.4, step_size=upd.step_size, alive_threshold=alive_threshold, interpret=True)
+
+    def step(params, x, fire):
+        packed = packed_weights(nnx.merge(graph, params, rest))
+        flat = rollout(packed, layout.to_flat(x), layout.to_flat(fire)[None, ..., 0], jnp.int32(1))
+        return layout.from_flat(flat)
+
+    graph, params, rest = nnx.split(upd, nnx.Param, ...)
+    return step, params
+
+
 @pytest.mark.parametrize("alive_threshold", [0.1, None], ids=["alive", "no_alive"])
 def test_one_step_equals_the_xla_step(alive_threshold):
     perceive, upd, x = SobelPerceive(C, angle=0.4), update(), state()
-    fire = (jax.random.uniform(jax.random.key(3), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32)
+    fire = fire_mask(x)
     want = residual_step(perceive, upd, alive_threshold, x, fire)
-    layout = FlatLayout(7, 9, block=16)
-    weights = {"w1": upd.hidden[0].kernel[...], "b1": upd.hidden[0].bias[...]}
-    weights |= {"w2": upd.out.kernel[...], "b2": upd.out.bias[...]}
-    out, alive = fused_step(
-        layout.to_flat(x),
-        layout.to_flat(fire)[..., 0],
-        weights,
-        layout,
-        angle=0.4,
-        step_size=0.7,
-        alive_threshold=alive_threshold,
-        interpret=True,
-    )
-    assert_close(layout.from_flat(out), want)
-    assert (alive is None) == (alive_threshold is None)
+    step, params = one_step(upd, alive_threshold, FlatLayout(7, 9, block=16))
+    assert_close(step(params, x, fire), want)
     assert float(jnp.abs(want - x).max()) > 0.01  # the step changed the state
     if alive_threshold is not None:
         assert bool((want == 0).all(axis=-1).any())  # and some cells died
@@ -74,28 +78,16 @@ def test_one_step_equals_the_xla_step(alive_threshold):
 def test_one_step_gradients_equal_the_xla_step(alive_threshold):
     """Every parameter's and the state's cotangent, rotated Sobel taps (all 8 neighbours weigh in)."""
     perceive, upd, x = SobelPerceive(C, angle=0.4), update(), state()
-    fire = (jax.random.uniform(jax.random.key(3), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32)
+    fire = fire_mask(x)
     grad_out = jax.random.normal(jax.random.key(6), x.shape)
-    layout = FlatLayout(7, 9, block=16)
+    step, params = one_step(upd, alive_threshold, FlatLayout(7, 9, block=16))
+    graph, _, rest = nnx.split(upd, nnx.Param, ...)
 
     def reference(params, x):
         return residual_step(perceive, nnx.merge(graph, params, rest), alive_threshold, x, fire)
 
-    def fused(params, x):
-        step = fused_residual_step(
-            perceive,
-            nnx.merge(graph, params, rest),
-            alive_threshold,
-            layout,
-            layout.to_flat(x),
-            layout.to_flat(fire)[..., 0],
-            interpret=True,
-        )
-        return layout.from_flat(step)
-
-    graph, params, rest = nnx.split(upd, nnx.Param, ...)
     want = jax.vjp(reference, params, x)[1](grad_out)
-    got = jax.vjp(fused, params, x)[1](grad_out)
+    got = jax.vjp(lambda p, x: step(p, x, fire), params, x)[1](grad_out)
     assert_gradients_agree(got, want)
 
 
@@ -105,25 +97,57 @@ def test_every_launch_computes_the_same_step_and_gradients():
     upd, x = update(), state()
     layout = FlatLayout(7, 9, block=16)
     flat = layout.to_flat(x)
-    fire = layout.to_flat((jax.random.uniform(jax.random.key(3), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32))
-    fire = fire[..., 0]
-    weights = {"w1": upd.hidden[0].kernel[...], "b1": upd.hidden[0].bias[...]}
-    weights |= {"w2": upd.out.kernel[...], "b2": upd.out.bias[...]}
+    states = jnp.zeros((2, *flat.shape)).at[0].set(flat)
+    alive = jnp.zeros((1, *flat.shape[:2]))
+    fire = layout.to_flat(fire_mask(x))[None, ..., 0]
+    packed = packed_weights(upd)
     grad_out = jax.random.normal(jax.random.key(6), flat.shape)
     common = {"angle": 0.4, "step_size": 0.7, "interpret": True}
 
     def run(launch):
-        out, alive = fused_step(flat, fire, weights, layout, alive_threshold=0.1, launch=launch, **common)
-        grads, grad_flat = fused_step_backward(flat, fire, alive, grad_out, weights, layout, launch=launch, **common)
-        inside = layout.from_flat
-        return inside(out), inside(grad_flat), grads
+        step = jnp.int32(0)
+        out, alive_out = forward_step(
+            states, alive, fire, packed, step, 1, layout, history=True, alive_threshold=0.1, launch=launch, **common
+        )
+        partials = weight_partials(x.shape[0], layout, packed, launch)
+        partials, grad = backward_step(
+            out, fire, alive_out, grad_out, partials, packed, step, 1, layout, launch=launch, **common
+        )
+        return layout.from_flat(out[1]), layout.from_flat(grad), partials.sum(axis=(0, 1))
 
     want = run(None)
     for launch in (Launch(cells=4, warps=2), Launch(cells=8, warps=4)):
         got = run(launch)
         assert_close(got[0], want[0])
         assert_close(got[1], want[1])
-        assert_gradients_agree(got[2], want[2])
+        assert_close(got[2], want[2])
+    assert float(jnp.abs(want[2]).min(axis=1).max()) > 0  # every row of the packed weights got a gradient
+
+
+def test_partials_of_another_launch_are_refused():
+    layout, upd = FlatLayout(7, 9, block=16), update()
+    packed = packed_weights(upd)
+    flat = jnp.zeros((1, layout.length, C))
+    states, fire = jnp.stack([flat, flat]), jnp.zeros((1, 1, layout.length))
+    partials = weight_partials(1, layout, packed, Launch(cells=8))
+    with pytest.raises(ValueError, match="this launch needs weight_partials"):
+        backward_step(states, fire, None, flat, partials, packed, 0, 1, layout, angle=0.0, step_size=1.0)
+
+
+def test_packed_weights_lay_out_each_parameter():
+    """The kernels read the rows of :func:`pack_weights` by position: each parameter's entries
+    are where the docstring says, and b2's row is zero past its C entries."""
+    upd = ResidualUpdate(3 * C, C, hidden_sizes=[32], zero_init=False, rngs=nnx.Rngs(1))
+    params = {"w1": upd.hidden[0].kernel[...], "b1": upd.hidden[0].bias[...]}
+    params |= {"w2": upd.out.kernel[...], "b2": upd.out.bias[...] + 1.0}
+    packed = pack_weights(params)
+    assert packed.shape == (4 * C + 2, 32)
+    for feature in range(3):  # identity, grad_x, grad_y
+        np.testing.assert_array_equal(packed[feature * C : (feature + 1) * C], params["w1"][feature::3])
+    np.testing.assert_array_equal(packed[3 * C : 4 * C], params["w2"].T)
+    np.testing.assert_array_equal(packed[4 * C], params["b1"])
+    np.testing.assert_array_equal(packed[4 * C + 1, :C], params["b2"])
+    assert not bool(packed[4 * C + 1, C:].any())
 
 
 @pytest.mark.parametrize("cells", [12, 32])
@@ -141,6 +165,36 @@ def test_rollout_and_gradients_equal_the_xla_path():
     got = rollout_value_and_grads(fused, x, keys, 4, active_steps=jnp.int32(3))
     want = rollout_value_and_grads(reference, x, keys, 4, active_steps=jnp.int32(3))
     assert_rollouts_agree(got, want)
+
+
+def test_steps_past_the_drawn_length_do_nothing_forward_and_backward():
+    """A rollout of ``count`` steps out of ``T`` is the first ``count`` steps; ``count=0`` the
+    identity, with the identity as the state's gradient and no gradient for the weights."""
+    upd, x = update(), state()
+    layout = FlatLayout(7, 9, block=16)
+    fire = jnp.stack([layout.to_flat(fire_mask(x, seed))[..., 0] for seed in (3, 4, 5)])
+    rollout = fused_rollout(layout, angle=0.0, step_size=0.7, alive_threshold=0.1, interpret=True)
+    packed, flat = packed_weights(upd), layout.to_flat(x)
+    grid = layout.from_flat
+    assert_close(grid(rollout(packed, flat, fire, jnp.int32(2))), grid(rollout(packed, flat, fire[:2], jnp.int32(2))))
+    np.testing.assert_array_equal(grid(rollout(packed, flat, fire, jnp.int32(0))), x)
+    value, vjp = jax.vjp(lambda p, f: rollout(p, f, fire, jnp.int32(0)), packed, flat)
+    grad_packed, grad_flat = vjp(flat)
+    np.testing.assert_array_equal(grid(grad_flat), x)
+    assert not bool(grad_packed.any())
+
+
+def test_frames_with_a_drawn_length_equal_the_xla_path():
+    """Frames are rolled out in chunks, each of which runs the part of the drawn length that falls in it."""
+    perceive, upd = SobelPerceive(C), update()
+    x, keys = state(batch=1), jax.random.split(jax.random.key(5), 1)
+    frames = {
+        kernel: NCA(perceive, upd, kernel=kernel).rollout(x, keys, 4, frame_every=2, active_steps=jnp.int32(3))
+        for kernel in ("pallas", "xla")
+    }
+    assert_close(frames["pallas"][1], frames["xla"][1])
+    assert float(jnp.abs(frames["pallas"][1][-1] - frames["pallas"][1][-2]).max()) > 0.01  # step 3 ran
+    np.testing.assert_array_equal(frames["pallas"][1][-1], frames["pallas"][0])
 
 
 def test_frames_without_alive_mask_equal_the_xla_path():

@@ -1,0 +1,136 @@
+"""The fused rollout: CA steps as Pallas kernels in a loop, differentiated as a whole.
+
+A custom VJP per CA step (the XLA path's :mod:`nca_lab.step_vjp`) leaves the rollout's
+bookkeeping to ``lax.scan`` and its transpose: every step's residuals are stacked (a copy
+into the stack forward, a copy out of it backward, for each of state, fire mask and alive
+mask), every step's weight gradients are reduced and added to the scan's accumulator, and
+every step's fire mask is drawn by its own small kernels. On an H200 that was ~20 launches
+per CA step besides the four Pallas kernels (``experiments/bench/h200_2026-11-30_fused``:
+482 copies and 6 reductions per step). Here the whole rollout has one custom VJP:
+
+- forward, the kernels write each state into a buffer of all ``T + 1`` states in place
+  (:func:`~nca_lab.kernels.sobel_mlp_step.forward_step`), and the fire masks of all steps
+  are drawn at once, by the same ``jax.random`` calls as the reference's steps
+  (:meth:`~nca_lab.update.residual.ResidualUpdate.fire_mask`, one key per grid and step);
+- backward, a loop over the steps in reverse recomputes each step from its saved state (the
+  rematerialisation of :mod:`nca_lab.step_vjp`) and adds its weight gradients to per-program
+  partial sums (:func:`~nca_lab.kernels.sobel_mlp_backward.backward_step`), reduced once;
+- without differentiation, two state buffers alternate.
+
+Steps past the drawn rollout length (``count``) do nothing: their kernels see ``count`` and
+return at once (backward, the cotangent passes through). The loops keep their static length:
+XLA:GPU syncs the host on every iteration of a loop of unknown trip count, and on every
+``lax.cond``. ``tests/perf/test_fused_step.py`` checks states, frames and gradients against the
+XLA path in Pallas' interpreter.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, forward_step, pack_weights, supports
+from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.update.residual import ResidualUpdate
+
+
+def can_fuse(perceive, update, alive_threshold: float | None) -> bool:
+    """Whether the fused kernels compute this NCA's step: fixed Sobel, one hidden layer, sizes in 16s."""
+    return (
+        type(perceive) is SobelPerceive
+        and type(update) is ResidualUpdate
+        and len(update.hidden) == 1
+        and supports(perceive.num_channels, update.hidden[0].out_features)
+        and (alive_threshold is None or alive_threshold >= 0)
+    )
+
+
+def packed_weights(update: ResidualUpdate) -> jnp.ndarray:
+    """The packed weights (:func:`~nca_lab.kernels.sobel_mlp_step.pack_weights`) of a one-hidden-layer update."""
+    hidden, out = update.hidden[0], update.out
+    return pack_weights({"w1": hidden.kernel[...], "b1": hidden.bias[...], "w2": out.kernel[...], "b2": out.bias[...]})
+
+
+def fused_rollout(
+    layout: FlatLayout, *, angle: float, step_size: float, alive_threshold: float | None, interpret: bool = False
+):
+    """``rollout(packed, flat, fire, count) -> flat``: ``count`` CA steps (an int32, may be
+    traced; at most ``T``) of a ``(B, layout.length, C)`` state, with the fire masks ``(T, B,
+    layout.length)``; differentiable in ``packed`` and ``flat``."""
+    kernel_args = {"angle": angle, "step_size": step_size, "interpret": interpret}
+
+    def run(packed, flat, fire, count, history):
+        steps, batch = fire.shape[:2]
+        # Every state for the backward pass, or two that alternate.
+        states = jnp.zeros((steps + 1, *flat.shape), flat.dtype).at[0].set(flat) if history else jnp.stack([flat, flat])
+        alive = None
+        if alive_threshold is not None:
+            alive = jnp.zeros((steps if history else 1, batch, layout.length), flat.dtype)
+
+        def body(step, buffers):
+            return forward_step(
+                *buffers,
+                fire,
+                packed,
+                step,
+                count,
+                layout,
+                history=history,
+                alive_threshold=alive_threshold,
+                **kernel_args,
+            )
+
+        return jax.lax.fori_loop(0, steps, body, (states, alive))
+
+    @jax.custom_vjp
+    def rollout(packed, flat, fire, count):
+        states, _ = run(packed, flat, fire, count, history=False)
+        return states[count % 2]
+
+    def rollout_fwd(packed, flat, fire, count):
+        states, alive = run(packed, flat, fire, count, history=True)
+        return states[count], (packed, states, fire, alive, count)
+
+    def rollout_bwd(residuals, grad):
+        packed, states, fire, alive, count = residuals
+        steps = fire.shape[0]
+
+        def body(k, carry):
+            partials, grad = carry
+            return backward_step(
+                states, fire, alive, grad, partials, packed, steps - 1 - k, count, layout, **kernel_args
+            )
+
+        start = (weight_partials(grad.shape[0], layout, packed), grad)
+        partials, grad = jax.lax.fori_loop(0, steps, body, start)
+        return partials.sum(axis=(0, 1)), grad, None, None
+
+    rollout.defvjp(rollout_fwd, rollout_bwd)
+    return rollout
+
+
+def fused_rollout_parts(
+    perceive: SobelPerceive, update: ResidualUpdate, alive_threshold: float | None, state: jnp.ndarray
+) -> tuple:
+    """``(flat_state, run, to_grid)``: what ``NCA.rollout`` needs to step ``state (..., H, W, C)``
+    in the kernels' flat layout; ``run(flat, step_keys, count)`` runs the first ``count`` of the
+    steps whose keys are ``step_keys (T, ...)``, each grid drawing its fire masks as ``NCA.step`` does."""
+    *batch_shape, height, width, channels = state.shape
+    layout = FlatLayout(height, width)
+    rollout = fused_rollout(
+        layout,
+        angle=perceive.angle,
+        step_size=update.step_size,
+        alive_threshold=alive_threshold,
+        interpret=jax.default_backend() != "gpu",
+    )
+
+    def to_grid(flat):
+        return layout.from_flat(flat).reshape(*batch_shape, height, width, channels)
+
+    def run(flat, step_keys, count):
+        steps = step_keys.shape[0]
+        fire = jax.vmap(lambda keys: update.fire_mask(keys, (*batch_shape, height, width)))(step_keys)
+        fire = layout.to_flat(fire.reshape(-1, height, width, 1))[..., 0].reshape(steps, -1, layout.length)
+        return rollout(packed_weights(update), flat, fire, jnp.asarray(count, jnp.int32))
+
+    return layout.to_flat(state.reshape(-1, height, width, channels)), run, to_grid
