@@ -64,3 +64,38 @@ def test_backward_kernels_lower_to_triton(alive_threshold):
     names = triton_kernels(gradients, PACKED, STATE, FIRE, COUNT)
     forward = ["_update_kernel", "_alive_kernel"] if alive_threshold is not None else ["_update_kernel"]
     assert names == [*forward, "_grads_kernel", "_stencil_transpose_kernel"]
+
+
+def loop_bodies(jaxpr) -> list:
+    """The bodies of every ``scan`` in ``jaxpr``, nested ones included."""
+    bodies = []
+    for eqn in jaxpr.eqns:
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                if eqn.primitive.name == "scan":
+                    bodies.append(inner)
+                bodies.extend(loop_bodies(inner))
+    return bodies
+
+
+@pytest.mark.parametrize("differentiate", [False, True], ids=["forward", "gradients"])
+def test_the_loops_over_steps_run_nothing_but_the_kernels(differentiate):
+    """Issue 7's GPU profile of a per-step custom VJP: ~20 launches per CA step besides the
+    kernels (stacking residuals, reductions of the weight-gradient partials, fire draws). In
+    the fused rollout, every operation in a loop over CA steps is a Pallas kernel or scalar
+    bookkeeping (the step index), and the loops have a static length (a ``scan``), so XLA:GPU
+    does not sync the host per iteration."""
+    fn = rollout(0.1)
+    if differentiate:
+        fn = jax.grad(lambda p, f, fire, n: rollout(0.1)(p, f, fire, n).sum(), argnums=(0, 1))
+    jaxpr = jax.make_jaxpr(fn)(PACKED, STATE, FIRE, COUNT).jaxpr
+    bodies = loop_bodies(jaxpr)
+    assert len(bodies) == (2 if differentiate else 1)
+    assert not any(eqn.primitive.name == "while" for eqn in jaxpr.eqns)
+    for body in bodies:
+        kernels = [eqn for eqn in body.eqns if eqn.primitive.name == "pallas_call"]
+        assert len(kernels) == 2
+        for eqn in body.eqns:
+            if eqn not in kernels:
+                assert all(v.aval.size <= 2 for v in eqn.outvars), eqn
