@@ -13,5 +13,5 @@ if ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.spli
 fi
 SUITES="growing diffusing scaled rollout"
 timeout 60 python3 experiments/gpu/fused_check.py 2>&1 | tee $OUT/fused_check.txt
-timeout 150 python3 experiments/gpu/sweep.py --sizes growing scaled --steps 16 2>&1 | tee $OUT/sweep.txt
+timeout 200 python3 experiments/gpu/sweep.py --sizes growing diffusing --steps 16 2>&1 | tee $OUT/sweep.txt
 timeout 200 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel xla pallas --max-seconds 8 --json $OUT/gpu.json 2>&1 | tee $OUT/bench.txt

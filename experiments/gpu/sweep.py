@@ -1,14 +1,14 @@
-"""Time the fused Pallas kernels on a GPU for several launches (cells and warps per program).
+"""Time the fused Pallas kernels on a GPU for several launches (cells, warps, hidden chunk).
 
-    python experiments/gpu/sweep.py [--steps N]
+    python experiments/gpu/sweep.py [--steps N] [--sizes growing diffusing scaled]
 
-For the growing (C=16, hidden 128), diffusing (C=64, hidden 256) and scaled (the growing
-model, 64 x 128x128) sizes, times ``forward_step`` (update and alive kernels, keeping every
-state as training does) and ``backward_step`` (gradient kernel, stencil kernel) alone, each
-in a jitted loop of ``--steps`` steps, and prints microseconds per CA step
-(median of 5 calls after one warm-up call) for each launch; ``*`` marks the defaults
-(:func:`~nca_lab.kernels.sobel_mlp_step.forward_launch`, ``Launch()``). Off a GPU the kernels run in
-Pallas' interpreter (slow: use a small ``--steps``).
+For the growing (C=16, hidden 128), diffusing (C=64, hidden 256: two chunks of 128 columns
+by default) and scaled (the growing model, 64 x 128x128) sizes, times ``forward_step``
+(update and alive kernels, keeping every state as training does) and ``backward_step``
+(gradient kernel, stencil kernel) alone, each in a jitted loop of ``--steps`` steps, and
+prints microseconds per CA step (median of 5 calls after one warm-up call) for each launch;
+``*`` marks the defaults (:func:`~nca_lab.kernels.sobel_mlp_step.forward_launch`,
+``Launch()``). Off a GPU the kernels run in Pallas' interpreter (slow: use a small ``--steps``).
 """
 
 import argparse
@@ -23,7 +23,10 @@ from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_launch, f
 
 #: (name, channels, hidden, batch, grid)
 SIZES = [("growing", 16, 128, 8, 72), ("diffusing", 64, 256, 8, 72), ("scaled", 16, 128, 64, 128)]
-LAUNCHES = [Launch(16, 4), Launch(32, 4), Launch(32, 8), Launch(64, 4), Launch(64, 8), Launch(128, 4), Launch(128, 8)]
+LAUNCHES = [
+    *(Launch(cells, warps) for cells in (32, 64, 128) for warps in (4, 8)),
+    *(Launch(cells, 8, hidden_chunk=64) for cells in (32, 64, 128)),
+]
 
 
 def per_step_us(run, arg, steps: int) -> float:
@@ -87,11 +90,11 @@ def sweep(name, channels, hidden, batch, grid, steps, interpret):
         try:
             fwd, bwd = per_step_us(forward, states, steps), per_step_us(backward, flat, steps)
         except Exception as error:  # noqa: BLE001 - a launch Triton cannot compile is reported, not fatal
-            print(f"  cells {launch.cells:3d}, warps {launch.warps}: failed: {str(error).splitlines()[0][:150]}")
+            print(f"  {launch}: failed: {str(error).splitlines()[0][:150]}")
             continue
         fwd_mark = "*" if launch == forward_launch(layout, batch) else " "
         bwd_mark = "*" if launch == Launch() else " "
-        label = f"  cells {launch.cells:3d}, warps {launch.warps}:"
+        label = f"  cells {launch.cells:3d}, warps {launch.warps}, hidden chunk {launch.hidden_chunk:3d}:"
         print(f"{label} forward {fwd:8.1f}{fwd_mark} backward {bwd:8.1f}{bwd_mark}", flush=True)
 
 

@@ -38,13 +38,14 @@ from nca_lab.kernels.sobel_mlp_step import (
     slots,
     sobel_taps,
     step_and_count,
-    unpack_weights,
+    weight_columns,
 )
 
 
-def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked):
+def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, hidden_columns):
     """One block: its weight-gradient shares added to its partial sums, and the perception's
-    cotangent (identity term plus the cell's own cotangent)."""
+    cotangent (identity term plus the cell's own cotangent); the hidden layer a chunk of
+    columns at a time (:class:`~nca_lab.kernels.sobel_mlp_step.Launch`)."""
     step_ref, states_ref, fire_ref, *refs = refs
     alive_ref = refs.pop(0) if masked else None
     grad_ref, w_ref, partials_in, base_ref, dgx_ref, dgy_ref, partials_ref = refs
@@ -58,8 +59,8 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked):
     def dot(a, w, dims=(((1,), (0,)), ((), ()))):
         return jax.lax.dot_general(a, w, dims, precision=precision, preferred_element_type=jnp.float32)
 
-    def accumulate(rows, share):
-        partials_ref[b, j, rows] = partials_in[b, j, rows] + share
+    def accumulate(index, share):
+        partials_ref[(b, j, *index)] = partials_in[(b, j, *index)] + share
 
     @pl.when(step < step_ref[1])
     def _():
@@ -67,28 +68,25 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked):
         # Cells outside the grid may read the undefined margins: zero their features, so that no
         # garbage enters the weight gradients through a product with their zero cotangent.
         features = [jnp.where(inside, f, 0.0) for f in perception(tiles, taps)]
-        channels = features[0].shape[1]
-        *weights, w2t, b1, _ = unpack_weights(w_ref, channels)
-        hidden = sum(dot(f, w) for f, w in zip(features, weights, strict=True)) + b1[None, :]
-        relu = jnp.maximum(hidden, 0.0)
+        c = features[0].shape[1]
         grad_new = grad_ref[b, here, :]
         if masked:
             grad_new = grad_new * alive_ref[mask, b, here][:, None]
         grad_new = jnp.where(inside, grad_new, 0.0)
         grad_delta = grad_new * (fire_ref[step, b, here] * step_size)[:, None]
-        grad_hidden = jnp.where(hidden > 0, dot(grad_delta, w2t), 0.0)
-        for row, feature in enumerate(features):
-            accumulate(pl.ds(row * channels, channels), dot(feature, grad_hidden, TN))
-        accumulate(pl.ds(3 * channels, channels), dot(grad_delta, relu, TN))
-        accumulate(4 * channels, jnp.sum(grad_hidden, axis=0))
-        # b2's gradient fills the first C of its row's ``hidden`` columns (Triton stores whole blocks).
-        db2 = jnp.sum(grad_delta, axis=0)
-        shape = (channels, grad_hidden.shape[1])
-        diagonal = jax.lax.broadcasted_iota(jnp.int32, shape, 0) == jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-        accumulate(4 * channels + 1, jnp.sum(jnp.where(diagonal, db2[:, None], 0.0), axis=0))
-        base_ref[b, here, :] = grad_new + dot(grad_hidden, weights[0], NT)
-        dgx_ref[b, here, :] = dot(grad_hidden, weights[1], NT)
-        dgy_ref[b, here, :] = dot(grad_hidden, weights[2], NT)
+        grad_features = [grad_new, 0.0, 0.0]  # identity, grad_x, grad_y
+        for columns in hidden_columns:
+            *weights, w2t, b1 = weight_columns(w_ref, c, columns)
+            hidden = sum(dot(f, w) for f, w in zip(features, weights, strict=True)) + b1[None, :]
+            grad_hidden = jnp.where(hidden > 0, dot(grad_delta, w2t), 0.0)
+            for row, feature in enumerate(features):
+                accumulate((pl.ds(row * c, c), columns), dot(feature, grad_hidden, TN))
+                grad_features[row] = grad_features[row] + dot(grad_hidden, weights[row], NT)
+            accumulate((pl.ds(3 * c, c), columns), dot(grad_delta, jnp.maximum(hidden, 0.0), TN))
+            accumulate((4 * c, columns), jnp.sum(grad_hidden, axis=0))
+        accumulate((4 * c + 1, pl.ds(0, c)), jnp.sum(grad_delta, axis=0))  # b2: its row's first C columns
+        for out_ref, grad in zip((base_ref, dgx_ref, dgy_ref), grad_features, strict=True):
+            out_ref[b, here, :] = grad
 
 
 def _stencil_transpose_kernel(step_ref, grad_ref, base_ref, dgx_ref, dgy_ref, out_ref, *, layout, cells, taps):
@@ -142,8 +140,8 @@ def backward_step(
         partials: the weight-gradient partial sums so far (:func:`weight_partials`, same ``launch``).
         packed, step, count, layout, angle, step_size, interpret, precision: as for
             ``forward_step``; a step at or past ``count`` passes ``grad`` through unchanged.
-        launch: cells and warps per program of the first kernel (default: :class:`Launch`'s
-            warps, the layout's block).
+        launch: cells, warps and hidden chunk of the first kernel (default: :class:`Launch`'s
+            warps and chunk, the layout's block).
 
     Returns:
         ``(partials, grad)``: the partial sums with this step's gradients added (in place), and
@@ -171,6 +169,7 @@ def backward_step(
         step_size=float(step_size),
         precision=precision,
         masked=masked,
+        hidden_columns=launch.hidden_columns(packed.shape[1]),
     )(*inputs)
     grad = pallas_call(
         _stencil_transpose_kernel,

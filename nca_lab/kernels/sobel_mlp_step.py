@@ -60,25 +60,35 @@ NT = (((1,), (1,)), ((), ()))
 @dataclass(frozen=True)
 class Launch:
     """How a kernel is launched: ``cells`` per program (a power of two dividing the layout's
-    ``block``, as Triton needs) and ``warps`` per program.
+    ``block``, as Triton needs), ``warps`` per program, and the hidden layer's columns a
+    program computes at a time (``hidden_chunk``).
 
-    A program holds ``cells x hidden`` activations in registers. The defaults
-    (:func:`forward_launch`, and this class's for the backward kernel) were measured on an
-    H200 (``experiments/gpu/sweep.py``, 2026-11-30; µs per CA step, forward / backward, at
-    128 cells with 8 warps, then 4): growing (C=16, hidden 128, 8 x 72x72) 35 / 69, then
-    43 / 126; diffusing (C=64, hidden 256) 138 / 477, then 385 / 873; scaled (the growing
-    model, 64 x 128x128) 639 / 1040, then 478 / 1961. Fewer cells per program were no
-    faster, except diffusing's backward at 32 cells and 8 warps (445).
+    A program holds ``cells x hidden_chunk`` activations in registers, and in the backward
+    pass ``C x hidden_chunk`` weight-gradient shares. The defaults (:func:`forward_launch`, and
+    this class's for the backward kernel) were measured on an H200 (``experiments/gpu/sweep.py``,
+    2026-11-30, before ``hidden_chunk``; µs per CA step, forward / backward, at 128 cells with
+    8 warps, then 4): growing (C=16, hidden 128, 8 x 72x72) 35 / 69, then 43 / 126; diffusing
+    (C=64, hidden 256) 138 / 477, then 385 / 873; scaled (the growing model, 64 x 128x128)
+    639 / 1040, then 478 / 1961. Fewer cells per program were no faster, except diffusing's
+    backward at 32 cells and 8 warps (445). Diffusing's whole hidden layer of 256 spilled
+    registers; chunks of 128 make each chunk growing-sized (not yet measured on a GPU).
     """
 
     cells: int = BLOCK
     warps: int = 8
+    hidden_chunk: int = 128
 
     def programs(self, layout: "FlatLayout") -> int:
         """Programs per sample that cover ``layout``'s padded grid."""
         if layout.block % self.cells or self.cells & (self.cells - 1):
             raise ValueError(f"cells per program must be a power of two dividing {layout.block}, got {self.cells}")
         return layout.num_blocks * layout.block // self.cells
+
+    def hidden_columns(self, hidden: int) -> list:
+        """The column ranges (``pl.ds``) of a hidden layer of ``hidden`` units, a chunk each; the
+        whole layer at once where ``hidden_chunk`` does not divide it."""
+        size = self.hidden_chunk if hidden % self.hidden_chunk == 0 else hidden
+        return [pl.ds(start, size) for start in range(0, hidden, size)]
 
 
 #: Programs of a forward step up to which its update kernel runs 8 warps per program, above
@@ -196,11 +206,16 @@ def pack_weights(params: dict) -> jnp.ndarray:
     return jnp.concatenate(rows)
 
 
-def unpack_weights(w_ref, channels: int) -> tuple:
-    """``(w_id, w_gx, w_gy, w2t, b1, b2)`` read from a packed weight ref (:func:`pack_weights`)."""
+def weight_columns(w_ref, channels: int, columns) -> tuple:
+    """``(w_id, w_gx, w_gy, w2t, b1)``, their hidden ``columns`` (a ``pl.ds``), read from a
+    packed weight ref (:func:`pack_weights`)."""
     c = channels
-    rows = [w_ref[pl.ds(i * c, c), :] for i in range(4)]
-    return (*rows, w_ref[4 * c, :], w_ref[4 * c + 1, pl.ds(0, c)])
+    return (*[w_ref[pl.ds(i * c, c), columns] for i in range(4)], w_ref[4 * c, columns])
+
+
+def output_bias(w_ref, channels: int) -> jnp.ndarray:
+    """``b2``, read from a packed weight ref (:func:`pack_weights`)."""
+    return w_ref[4 * channels + 1, pl.ds(0, channels)]
 
 
 def slots(step, history: bool) -> tuple:
@@ -260,6 +275,7 @@ def _update_kernel(
     precision,
     history,
     in_place,
+    hidden_columns,
 ):
     """New cells of one block, their alpha, and the pre-update 3x3 alpha max.
 
@@ -279,9 +295,12 @@ def _update_kernel(
     def _():
         tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
         centre, grad_x, grad_y = perception(tiles, taps)
-        w_id, w_gx, w_gy, w2t, b1, b2 = unpack_weights(w_ref, centre.shape[1])
-        hidden = dot(centre, w_id) + dot(grad_x, w_gx) + dot(grad_y, w_gy) + b1[None, :]
-        delta = (dot(jnp.maximum(hidden, 0.0), w2t, NT) + b2[None, :]) * step_size
+        delta = output_bias(w_ref, centre.shape[1])[None, :]
+        for columns in hidden_columns:
+            w_id, w_gx, w_gy, w2t, b1 = weight_columns(w_ref, centre.shape[1], columns)
+            hidden = dot(centre, w_id) + dot(grad_x, w_gx) + dot(grad_y, w_gy) + b1[None, :]
+            delta = delta + dot(jnp.maximum(hidden, 0.0), w2t, NT)
+        delta = delta * step_size
         fire = fire_ref[step, b, here][:, None]
         new = jnp.where(inside_grid(layout, start, cells)[:, None], centre + delta * fire, 0.0)
         if in_place:
@@ -361,7 +380,7 @@ def forward_step(
         alive_threshold: alive-mask threshold (>= 0: the zero padding then never counts as
             alive, as the reference's ``-inf`` padding), or ``None`` for no masking.
         interpret: run Pallas' interpreter (CPU) instead of compiling a GPU kernel.
-        launch: cells and warps per program of the update kernel (default :func:`forward_launch`).
+        launch: cells, warps and hidden chunk of the update kernel (default :func:`forward_launch`).
         precision: ``precision`` of the dots (``None``: Pallas' default for float32 on Triton, TF32).
 
     Returns:
@@ -373,11 +392,12 @@ def forward_step(
     state_shape = jax.ShapeDtypeStruct(states.shape[1:], states.dtype)
     flag_shape = jax.ShapeDtypeStruct((batch, layout.length), states.dtype)
     in_place = alive_threshold is None
+    launch = launch or forward_launch(layout, batch)
     update = pallas_call(
         _update_kernel,
         batch,
         layout,
-        launch or forward_launch(layout, batch),
+        launch,
         out_shape=(
             jax.ShapeDtypeStruct(states.shape, states.dtype) if in_place else state_shape,
             flag_shape,
@@ -390,6 +410,7 @@ def forward_step(
         precision=precision,
         history=history,
         in_place=in_place,
+        hidden_columns=launch.hidden_columns(packed.shape[1]),
     )
     if in_place:
         return update(step, states, fire, packed)[0], None

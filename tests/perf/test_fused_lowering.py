@@ -14,7 +14,7 @@ import pytest
 from jax import export
 
 from nca_lab.kernels.fused_rollout import fused_rollout
-from nca_lab.kernels.sobel_mlp_step import FlatLayout
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch
 
 C, HIDDEN, BATCH, STEPS = 16, 128, 2, 3
 LAYOUT = FlatLayout(12, 12)
@@ -99,3 +99,17 @@ def test_the_loops_over_steps_run_nothing_but_the_kernels(differentiate):
         for eqn in body.eqns:
             if eqn not in kernels:
                 assert all(v.aval.size <= 2 for v in eqn.outvars), eqn
+
+
+def test_a_hidden_layer_in_chunks_lowers_to_triton():
+    """Diffusing's sizes (C=64, hidden 256): the kernels take the hidden layer in two chunks
+    of 128 columns, loading and storing column blocks of the packed weights and partials."""
+    channels, hidden = 64, 256
+    assert len(Launch().hidden_columns(hidden)) == 2
+    packed, state = spec(4 * channels + 2, hidden), spec(BATCH, LAYOUT.length, channels)
+
+    def gradients(packed, flat, fire, count):
+        return jax.grad(lambda p, f: rollout(None)(p, f, fire, count).sum(), argnums=(0, 1))(packed, flat)
+
+    names = triton_kernels(gradients, packed, state, FIRE, COUNT)
+    assert names == ["_update_kernel", "_grads_kernel", "_stencil_transpose_kernel"]

@@ -92,9 +92,10 @@ def test_one_step_gradients_equal_the_xla_step(alive_threshold):
 
 
 def test_every_launch_computes_the_same_step_and_gradients():
-    """Programs of fewer cells than the layout's block cover the same cells: the forward step,
-    the state's cotangent and the weight gradients (summed over more partials) agree."""
-    upd, x = update(), state()
+    """Programs of fewer cells than the layout's block cover the same cells, and a hidden layer
+    taken in chunks of columns is the same layer: the forward step, the state's cotangent and
+    the weight gradients (summed over more partials) agree."""
+    upd, x = update(hidden=(32,)), state()
     layout = FlatLayout(7, 9, block=16)
     flat = layout.to_flat(x)
     states = jnp.zeros((2, *flat.shape)).at[0].set(flat)
@@ -116,7 +117,12 @@ def test_every_launch_computes_the_same_step_and_gradients():
         return layout.from_flat(out[1]), layout.from_flat(grad), partials.sum(axis=(0, 1))
 
     want = run(None)
-    for launch in (Launch(cells=4, warps=2), Launch(cells=8, warps=4)):
+    assert len(Launch().hidden_columns(32)) == 1 and len(Launch(hidden_chunk=16).hidden_columns(32)) == 2
+    for launch in (
+        Launch(cells=4, warps=2),
+        Launch(cells=8, warps=4, hidden_chunk=16),
+        Launch(cells=16, hidden_chunk=16),
+    ):
         got = run(launch)
         assert_close(got[0], want[0])
         assert_close(got[1], want[1])
