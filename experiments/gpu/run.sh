@@ -1,7 +1,8 @@
 #!/bin/bash
 # One device call: the fused Pallas kernels' GPU check (forward and backward against XLA), their
-# launch sweep, then the harness: both of nca_lab's kernels against one CAX run per case.
-# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 7 minutes.
+# launch sweep, the cost of a drawn rollout length, then the harness: both of nca_lab's kernels
+# against one CAX run per case.
+# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 8 minutes.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -13,5 +14,6 @@ if ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.spli
 fi
 SUITES="growing diffusing scaled rollout"
 timeout 60 python3 experiments/gpu/fused_check.py 2>&1 | tee $OUT/fused_check.txt
-timeout 200 python3 experiments/gpu/sweep.py --sizes growing diffusing --steps 16 2>&1 | tee $OUT/sweep.txt
+timeout 150 python3 experiments/gpu/sweep.py --sizes growing diffusing --steps 16 2>&1 | tee $OUT/sweep.txt
+timeout 100 python3 experiments/gpu/drawn_length.py 2>&1 | tee $OUT/drawn_length.txt
 timeout 200 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel xla pallas --max-seconds 8 --json $OUT/gpu.json 2>&1 | tee $OUT/bench.txt

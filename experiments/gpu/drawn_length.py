@@ -1,0 +1,68 @@
+"""Does a drawn rollout length cost host syncs on a GPU? The trainer's train step against the bench's.
+
+    python experiments/gpu/drawn_length.py [--kernel xla pallas] [--repeats N]
+
+The harness times train steps of a fixed length (the growing case: 96 CA steps). The trainer
+draws each batch's length from a range (``trainer.rollout_steps``, 64-96 in the presets), and
+the XLA path skips the steps past it with a ``lax.cond`` per CA step. XLA:GPU's conditional
+copies its predicate to the host and blocks until it arrives (``ConditionalThunk``), at every
+step forward and backward, so the GPU waits on the host twice per CA step. The fused rollout's
+kernels skip those steps themselves in a loop of static length.
+
+For each kernel this times the growing case's train step (8 x 72x72, pool, clipping and Adam)
+with the length fixed at 96, fixed at 80 (the mean of a 64-96 draw), and drawn from 64-96,
+interleaved in one run (``nca_lab.bench.measure``). A drawn step slower than the fixed-80 one
+is what the syncs cost.
+"""
+
+import argparse
+import statistics
+
+import jax
+from flax import nnx
+
+from nca_lab.bench.measure import Workload, measure
+from nca_lab.bench.nca_lab_impl import LEARNING_RATE, build_model, build_task
+from nca_lab.bench.suites import SUITES
+from nca_lab.train.optim import make_optimizer
+from nca_lab.train.pool import init_pool
+from nca_lab.train.step import make_train_step
+
+LENGTHS = {"fixed 96": (96, 96), "fixed 80": (80, 80), "drawn 64-96": (64, 96)}
+
+
+def workload(kernel: str, rollout_steps: tuple[int, int]) -> Workload:
+    case = SUITES["growing"][0]
+    task = build_task(case)
+    model = build_model(case, task.alive_threshold, kernel=kernel)
+    optimizer = nnx.Optimizer(model, make_optimizer(LEARNING_RATE, gradient="clip"), wrt=nnx.Param)
+    step = make_train_step(task, batch_size=case.batch, rollout_steps=rollout_steps)
+    key = jax.random.key(0)
+    carry = {"pool": init_pool(task, key, task.pool_size)}
+
+    def call(i: int):
+        carry["pool"], metrics = step(model, optimizer, carry["pool"], jax.random.fold_in(key, i))
+        return metrics
+
+    return Workload(call=call, lower=lambda: step.lower(model, optimizer, carry["pool"], key))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kernel", nargs="+", default=["xla", "pallas"], choices=["xla", "pallas"])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    print(jax.devices(), flush=True)
+    for kernel in args.kernel:
+        workloads = {name: workload(kernel, steps) for name, steps in LENGTHS.items()}
+        results = measure(workloads, repeats=args.repeats, warmup=2, memory_budget=float("inf"))
+        for name, result in results.items():
+            if result.times:
+                median = 1e3 * statistics.median(result.times)
+                print(f"{kernel:6s} {name:12s} {median:8.2f} ms per train step", flush=True)
+            else:
+                print(f"{kernel:6s} {name:12s} {result.status}: {result.reason}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
