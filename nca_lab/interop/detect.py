@@ -27,6 +27,8 @@ def read_model(path: str | os.PathLike) -> NCA:
     """
     path = Path(path)
     if path.is_dir():
+        # Imported here: loading a run pulls in Hydra and the trainer, 0.3 s of every grow or
+        # export start that reads a webgl8 or TF.js file and needs neither.
         from nca_lab.train.run import load_model
 
         return load_model(path)
