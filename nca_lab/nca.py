@@ -180,8 +180,8 @@ class NCA(nnx.Module):
                 activations (memory ``O(steps * state)`` instead of ``O(steps * activations)``).
                 Implied by the manual VJP (:attr:`uses_manual_vjp`) and the fused kernels, which
                 always recompute.
-            unroll: steps per scan iteration (``jax.lax.scan``'s ``unroll``); the fused
-                kernels' loop (:mod:`nca_lab.kernels.fused_rollout`) has no scan to unroll.
+            unroll: steps per loop iteration (``jax.lax.scan``'s ``unroll``; for the fused
+                kernels, their loops' over steps, :mod:`nca_lab.kernels.fused_rollout`).
 
         Returns:
             ``(final_state, frames)``; frames is ``(num_steps // frame_every + 1, ..., H, W, C)``
@@ -196,7 +196,9 @@ class NCA(nnx.Module):
         step = jax.checkpoint(self.step) if remat and not self.uses_manual_vjp else self.step
         start, to_grid = state, lambda x: x
         if self.uses_fused_kernel:
-            start, run_fused, to_grid = fused_rollout_parts(self.perceive, self.update, self.alive_threshold, state)
+            start, run_fused, to_grid = fused_rollout_parts(
+                self.perceive, self.update, self.alive_threshold, state, unroll=unroll
+            )
 
         def body(carry, step_key):
             x, i = carry

@@ -12,7 +12,9 @@ kernels skip those steps themselves in a loop of static length.
 For each kernel this times the growing case's train step (8 x 72x72, pool, clipping and Adam)
 with the length fixed at 96, fixed at 80 (the mean of a 64-96 draw), and drawn from 64-96,
 interleaved in one run (``nca_lab.bench.measure``). A drawn step slower than the fixed-80 one
-is what the syncs cost.
+is what the syncs cost; the fixed-96 step bounds the alternative, running every step and
+discarding the ones past the drawn length (no ``lax.cond``): the XLA path should skip that way
+on a GPU if the drawn step is slower than the fixed-96 one.
 """
 
 import argparse

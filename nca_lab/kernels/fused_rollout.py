@@ -51,11 +51,18 @@ def packed_weights(update: ResidualUpdate) -> jnp.ndarray:
 
 
 def fused_rollout(
-    layout: FlatLayout, *, angle: float, step_size: float, alive_threshold: float | None, interpret: bool = False
+    layout: FlatLayout,
+    *,
+    angle: float,
+    step_size: float,
+    alive_threshold: float | None,
+    interpret: bool = False,
+    unroll: int = 1,
 ):
     """``rollout(packed, flat, fire, count) -> flat``: ``count`` CA steps (an int32, may be
     traced; at most ``T``) of a ``(B, layout.length, C)`` state, with the fire masks ``(T, B,
-    layout.length)``; differentiable in ``packed`` and ``flat``."""
+    layout.length)``; differentiable in ``packed`` and ``flat``. ``unroll``: steps per
+    iteration of the loops over steps (fewer iterations, less of their bookkeeping)."""
     kernel_args = {"angle": angle, "step_size": step_size, "interpret": interpret}
 
     def run(packed, flat, fire, count, history):
@@ -79,7 +86,7 @@ def fused_rollout(
                 **kernel_args,
             )
 
-        return jax.lax.fori_loop(0, steps, body, (states, alive))
+        return jax.lax.fori_loop(0, steps, body, (states, alive), unroll=min(unroll, steps))
 
     @jax.custom_vjp
     def rollout(packed, flat, fire, count):
@@ -101,7 +108,7 @@ def fused_rollout(
             )
 
         start = (weight_partials(grad.shape[0], layout, packed), grad)
-        partials, grad = jax.lax.fori_loop(0, steps, body, start)
+        partials, grad = jax.lax.fori_loop(0, steps, body, start, unroll=min(unroll, steps))
         return partials.sum(axis=(0, 1)), grad, None, None
 
     rollout.defvjp(rollout_fwd, rollout_bwd)
@@ -109,11 +116,17 @@ def fused_rollout(
 
 
 def fused_rollout_parts(
-    perceive: SobelPerceive, update: ResidualUpdate, alive_threshold: float | None, state: jnp.ndarray
+    perceive: SobelPerceive,
+    update: ResidualUpdate,
+    alive_threshold: float | None,
+    state: jnp.ndarray,
+    *,
+    unroll: int = 1,
 ) -> tuple:
     """``(flat_state, run, to_grid)``: what ``NCA.rollout`` needs to step ``state (..., H, W, C)``
     in the kernels' flat layout; ``run(flat, step_keys, count)`` runs the first ``count`` of the
-    steps whose keys are ``step_keys (T, ...)``, each grid drawing its fire masks as ``NCA.step`` does."""
+    steps whose keys are ``step_keys (T, ...)``, each grid drawing its fire masks as ``NCA.step``
+    does; ``unroll`` as for :func:`fused_rollout`."""
     *batch_shape, height, width, channels = state.shape
     layout = FlatLayout(height, width)
     rollout = fused_rollout(
@@ -122,6 +135,7 @@ def fused_rollout_parts(
         step_size=update.step_size,
         alive_threshold=alive_threshold,
         interpret=jax.default_backend() != "gpu",
+        unroll=unroll,
     )
 
     def to_grid(flat):

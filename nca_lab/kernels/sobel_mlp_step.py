@@ -265,9 +265,7 @@ def _update_kernel(
     fire_ref,
     w_ref,
     out_ref,
-    pre_ref,
-    alpha_ref,
-    *,
+    *alive_refs,
     layout,
     cells,
     taps,
@@ -277,10 +275,11 @@ def _update_kernel(
     in_place,
     hidden_columns,
 ):
-    """New cells of one block, their alpha, and the pre-update 3x3 alpha max.
+    """New cells of one block; for the alive mask, also their alpha and the pre-update 3x3 alpha max.
 
     With ``in_place`` (no alive mask) ``out_ref`` is the states buffer itself (aliased: the
-    write slot is not the read one); otherwise a buffer of new cells that the alive kernel masks.
+    write slot is not the read one); otherwise a buffer of new cells that the alive kernel
+    masks, and ``alive_refs`` are the pre-update max and the new alpha.
     """
     step = step_ref[0]
     read, write, _ = slots(step, history)
@@ -305,10 +304,11 @@ def _update_kernel(
         new = jnp.where(inside_grid(layout, start, cells)[:, None], centre + delta * fire, 0.0)
         if in_place:
             out_ref[write, b, here, :] = new
-        else:
-            out_ref[b, here, :] = new
-        alpha_ref[b, here] = _alpha(new)
+            return
+        out_ref[b, here, :] = new
+        pre_ref, alpha_ref = alive_refs
         pre_ref[b, here] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
+        alpha_ref[b, here] = _alpha(new)
 
 
 def _alive_kernel(
@@ -398,11 +398,9 @@ def forward_step(
         batch,
         layout,
         launch,
-        out_shape=(
-            jax.ShapeDtypeStruct(states.shape, states.dtype) if in_place else state_shape,
-            flag_shape,
-            flag_shape,
-        ),
+        out_shape=(jax.ShapeDtypeStruct(states.shape, states.dtype),)
+        if in_place
+        else (state_shape, flag_shape, flag_shape),
         interpret=interpret,
         aliases={1: 0} if in_place else None,
         taps=taps,

@@ -165,13 +165,15 @@ def test_a_launch_that_does_not_divide_the_layout_is_refused(cells):
         Launch(cells=cells).programs(FlatLayout(7, 9, block=16))
 
 
-def test_rollout_and_gradients_equal_the_xla_path():
+@pytest.mark.parametrize("unroll", [1, 3], ids=["loop", "unrolled"])
+def test_rollout_and_gradients_equal_the_xla_path(unroll):
+    """A drawn length (3 of 4 steps); unrolled by 3, the loops run a partial last iteration."""
     perceive, upd = SobelPerceive(C), update()
     fused = NCA(perceive, upd, kernel="pallas")
     reference = NCA(perceive, upd, kernel="xla")
     assert fused.uses_fused_kernel and not reference.uses_fused_kernel
     x, keys = state(), jax.random.split(jax.random.key(4), 2)
-    got = rollout_value_and_grads(fused, x, keys, 4, active_steps=jnp.int32(3))
+    got = rollout_value_and_grads(fused, x, keys, 4, active_steps=jnp.int32(3), unroll=unroll)
     want = rollout_value_and_grads(reference, x, keys, 4, active_steps=jnp.int32(3))
     assert_rollouts_agree(got, want)
 
