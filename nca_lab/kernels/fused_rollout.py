@@ -24,13 +24,45 @@ XLA:GPU syncs the host on every iteration of a loop of unknown trip count, and o
 XLA path in Pallas' interpreter.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials
 from nca_lab.kernels.sobel_mlp_step import FlatLayout, forward_step, pack_weights, supports
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.update.residual import ResidualUpdate
+
+#: The mesh whose devices split the batch of the rollouts traced now (:func:`split_over`).
+_MESH: ContextVar[Mesh | None] = ContextVar("fused_rollout_mesh", default=None)
+
+
+@contextmanager
+def split_over(mesh: Mesh | None) -> Iterator[None]:
+    """Fused rollouts traced inside run their kernels on each device's share of the batch.
+
+    XLA's SPMD partitioner has no rule for a Pallas call: on a batch split across devices it
+    would gather the batch and run the whole rollout on every device. Inside this context
+    (the data-parallel train step, :func:`~nca_lab.train.step.make_train_step`) the rollout is
+    a ``shard_map`` over ``mesh``: each device steps its samples, and the weights' gradient
+    is summed across devices. ``None``: no split.
+    """
+    token = _MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _MESH.reset(token)
+
+
+def _split(rollout, mesh: Mesh):
+    """``rollout`` run per device on the batch split over all of ``mesh``'s axes."""
+    batch = PartitionSpec(mesh.axis_names)
+    specs = (PartitionSpec(), batch, PartitionSpec(None, *batch), PartitionSpec())
+    return jax.shard_map(rollout, mesh=mesh, in_specs=specs, out_specs=batch, check_vma=False)
 
 
 def can_fuse(perceive, update, alive_threshold: float | None) -> bool:
@@ -145,6 +177,8 @@ def fused_rollout_parts(
         steps = step_keys.shape[0]
         fire = jax.vmap(lambda keys: update.fire_mask(keys, (*batch_shape, height, width)))(step_keys)
         fire = layout.to_flat(fire.reshape(-1, height, width, 1))[..., 0].reshape(steps, -1, layout.length)
-        return rollout(packed_weights(update), flat, fire, jnp.asarray(count, jnp.int32))
+        mesh = _MESH.get()
+        split = rollout if mesh is None else _split(rollout, mesh)
+        return split(packed_weights(update), flat, fire, jnp.asarray(count, jnp.int32))
 
     return layout.to_flat(state.reshape(-1, height, width, channels)), run, to_grid

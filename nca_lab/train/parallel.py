@@ -7,7 +7,9 @@ XLA's SPMD partitioner then runs each device's share of the rollout locally and 
 gradients across devices (the loss is a mean over the batch), so a data-parallel step
 computes the same update as a single-device one, up to the order of that sum. Each sample
 keeps its own PRNG key, and jax's partitionable threefry gives the same random numbers
-whatever the sharding, so the fire masks do not change either.
+whatever the sharding, so the fire masks do not change either. The fused kernels
+(``kernel=pallas``), which the partitioner cannot split, run per device in a ``shard_map``
+(:func:`~nca_lab.kernels.fused_rollout.split_over`).
 
 Several processes (:mod:`nca_lab.train.multihost`): :func:`data_mesh` spans the devices of all
 of them, and every process builds the same initial pool and model from the same seed, so

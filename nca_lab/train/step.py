@@ -12,6 +12,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from nca_lab.kernels.fused_rollout import split_over
 from nca_lab.nca import NCA
 from nca_lab.tasks.base import Batch, Task
 from nca_lab.train import parallel
@@ -67,7 +68,10 @@ def make_train_step(
         sample_keys = jax.random.split(rollout_key, batch_size)
 
         def loss_fn(model: NCA):
-            final, _ = model.rollout(batch.state, sample_keys, high, active_steps=active, remat=remat, unroll=unroll)
+            with split_over(mesh):
+                final, _ = model.rollout(
+                    batch.state, sample_keys, high, active_steps=active, remat=remat, unroll=unroll
+                )
             return task.loss(final, batch.target).mean(), final
 
         (loss, final), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)

@@ -1,4 +1,4 @@
-"""Data parallelism on 4 forced CPU devices gives the losses of 1 device.
+"""Data parallelism on 4 forced CPU devices gives the losses of 1 device, with either kernel.
 
 Runs in a subprocess: ``--xla_force_host_platform_device_count`` must be set before JAX
 starts, and the other tests keep their single device.
@@ -40,14 +40,17 @@ from nca_lab.train.step import make_train_step
 OVERRIDES = [*TINY, *json.loads(sys.argv[2])]
 out = {"devices": jax.device_count()}
 
-def steps(mesh):
-    task, model, trainer = build(compose(*OVERRIDES))
+def steps(mesh, *extra):
+    task, model, trainer = build(compose(*OVERRIDES, *extra))
     optimizer = nnx.Optimizer(model, trainer.optimizer(trainer.learning_rate), wrt=nnx.Param)
     pool = init_pool(task, jax.random.key(0), task.pool_size)
     if mesh is not None:
         pool = parallel.place(pool, mesh)
         parallel.replicate(mesh, model, optimizer)
     step = make_train_step(task, batch_size=4, rollout_steps=(2, 4), mesh=mesh)
+    if extra and mesh is not None:  # the fused kernels: each device runs them on its samples
+        text = step.lower(model, optimizer, pool, jax.random.key(0)).as_text()
+        out["fused_split"] = "sdy.manual_computation" in text
     losses = []
     for i in range(3):
         pool, metrics = step(model, optimizer, pool, jax.random.key(i))
@@ -57,6 +60,8 @@ def steps(mesh):
 mesh = parallel.data_mesh()
 out["single"], _ = steps(None)
 out["sharded"], out["pool_stays_split"] = steps(mesh)
+out["fused_single"], _ = steps(None, "kernel=pallas")
+out["fused_sharded"], _ = steps(mesh, "kernel=pallas")
 
 def fit(run_dir, data_parallel):
     task, model, trainer = build(compose(*OVERRIDES, f"trainer.data_parallel={data_parallel}"))
@@ -98,6 +103,9 @@ def test_four_devices_give_the_losses_of_one(tmp_path):
     assert out["pool_stays_split"]
     assert len(out["sharded"]) == 3
     for single, sharded in zip(out["single"], out["sharded"], strict=True):
+        assert abs(single - sharded) <= 1e-6 * abs(single)
+    assert out["fused_split"]
+    for single, sharded in zip(out["fused_single"], out["fused_sharded"], strict=True):
         assert abs(single - sharded) <= 1e-6 * abs(single)
     assert len(out["fit_parallel"]) == 3
     for single, sharded in zip(out["fit_single"], out["fit_parallel"], strict=True):
