@@ -10,6 +10,11 @@ hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
 * 143: stopped by SIGTERM or SIGINT: during training after saving a checkpoint; before the
   first step or in the final evaluation at once, with nothing to save (a sweep stops there too).
 
+A process of a run trained by several (``distributed.enabled=true``) whose computation fails,
+as one does when another process dies mid-step, prints one ``error:`` line and exits 1 at once:
+JAX would otherwise wait at exit for the lost process until its heartbeat times out
+(``distributed.heartbeat_timeout_seconds``), then abort.
+
 In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
 the other jobs; the command then exits 1 with one line naming the first failed job.
 """
@@ -50,6 +55,9 @@ class JobFailed(Exception):
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Train one job (Hydra calls this once per job of a multirun)."""
+    from jax.errors import JaxRuntimeError
+
+    from nca_lab.train import multihost
     from nca_lab.train.run import run
     from nca_lab.train.trainer import Preempted, TrainingDiverged
 
@@ -75,6 +83,16 @@ def main(cfg: DictConfig) -> None:
         if sweep:
             raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except JaxRuntimeError as err:
+        if not multihost.is_distributed():
+            raise
+        print(
+            f"error: this process's computation failed, as when another process of the run is lost "
+            f"({one_line(err)}); its last checkpoint resumes the run",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)  # not sys.exit: JAX's exit handler would wait for the lost process
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
 
 

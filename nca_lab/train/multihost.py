@@ -21,11 +21,19 @@ from jax.experimental import multihost_utils
 from nca_lab.errors import ConfigError, is_integer, require
 
 
-def initialize(enabled: bool, coordinator_address: str | None, num_processes: int | None, process_id: int | None):
+def initialize(
+    enabled: bool,
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    heartbeat_timeout_seconds: int = 100,
+):
     """Connect this process to the others (``jax.distributed.initialize``), once per process.
 
     ``enabled`` false: one process. ``None`` arguments are detected by JAX on SLURM, Open MPI,
-    Kubernetes and Cloud TPU. Must run before JAX computes anything.
+    Kubernetes and Cloud TPU. ``heartbeat_timeout_seconds``: how long the others wait for a
+    process that stopped answering (one killed, its host lost) before they stop too (JAX's
+    default, 100). Must run before JAX computes anything.
     """
     require(isinstance(enabled, bool), f"distributed.enabled must be true or false, got {enabled!r}")
     if not enabled or jax.distributed.is_initialized():  # a sweep's later jobs run in the same process
@@ -33,11 +41,17 @@ def initialize(enabled: bool, coordinator_address: str | None, num_processes: in
     for name, value, least in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
         message = f"distributed.{name} must be an integer >= {least} (or null: detected), got {value!r}"
         require(value is None or (is_integer(value) and value >= least), message)
+    require(
+        is_integer(heartbeat_timeout_seconds) and heartbeat_timeout_seconds >= 1,
+        f"distributed.heartbeat_timeout_seconds must be an integer >= 1, got {heartbeat_timeout_seconds!r}",
+    )
     # JAX's preemption service would take SIGTERM from the app's handlers (a stop before or
     # after the training steps was ignored); the training steps agree on stops with any_process.
     jax.config.update("jax_enable_preemption_service", False)
     try:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        jax.distributed.initialize(
+            coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds
+        )
     except ValueError as err:  # no cluster detected
         raise ConfigError(
             f"distributed.enabled=true: {str(err).rstrip('.')} (set distributed.coordinator_address, "
@@ -45,6 +59,11 @@ def initialize(enabled: bool, coordinator_address: str | None, num_processes: in
         ) from err
     except RuntimeError as err:  # JAX already computed something in this process
         raise ConfigError(f"distributed.enabled=true: {err}") from err
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several training one run (:func:`initialize`)."""
+    return jax.distributed.is_initialized()
 
 
 def is_main_process() -> bool:

@@ -139,9 +139,33 @@ def test_sigterm_outside_the_training_steps_still_stops_a_distributed_process():
     assert result.stderr.strip().splitlines()[-1] == "stopped outside"
 
 
+def test_a_lost_process_stops_the_other_at_once_with_one_line(tmp_path):
+    """Killed mid-run (its host lost): the other process's step fails, and it exits with one
+    error line instead of waiting 100 s at exit for the lost one (JAX's heartbeat), then aborting."""
+    run_dir = tmp_path / "run"
+    processes = _start(run_dir, "trainer.steps=1000")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (
+        (run_dir / "metrics.jsonl").exists() and max(_losses(run_dir), default=0) >= 3
+    ):
+        time.sleep(0.2)
+    processes[1][0].kill()
+    killed_at = time.monotonic()
+    (status, err), _ = _finish(processes)
+    assert time.monotonic() - killed_at < 30
+    assert status == 1, err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("error: this process's computation failed, as when another process of the run is lost (")
+    )
+
+
 def test_distributed_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="distributed.num_processes must be an integer >= 1"):
         run(compose(*TINY, "distributed.enabled=true", "distributed.num_processes=0"), tmp_path)
+    with pytest.raises(ConfigError, match="distributed.heartbeat_timeout_seconds must be an integer >= 1, got 0"):
+        run(compose(*TINY, "distributed.enabled=true", "distributed.heartbeat_timeout_seconds=0"), tmp_path)
     result = run_cli(*TINY, "distributed.enabled=true", f"hydra.run.dir={tmp_path / 'run'}")  # no cluster here
     assert result.returncode == 2 and result.stderr == (
         "error: distributed.enabled=true: coordinator_address should be defined (set "
