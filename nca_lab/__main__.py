@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from nca_lab.runtime import STOPPED, configure_jax_environment, stop_on_signals
+from nca_lab.runtime import STOPPED, configure_jax_environment, quiet_checkpoint_write_callbacks, stop_on_signals
 
 #: What a signal before the first training step or in the final evaluation prints; the training
 #: steps install their own handler, which finishes the step and saves first, and restore this one.
@@ -35,6 +35,7 @@ if __name__ == "__main__":
     stop_on_signals(STOPPED_OUTSIDE_TRAINING)  # before the imports below, which take seconds
 
 configure_jax_environment()
+quiet_checkpoint_write_callbacks()
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
