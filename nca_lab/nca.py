@@ -180,8 +180,8 @@ class NCA(nnx.Module):
                 activations (memory ``O(steps * state)`` instead of ``O(steps * activations)``).
                 Implied by the manual VJP (:attr:`uses_manual_vjp`) and the fused kernels, which
                 always recompute.
-            unroll: steps per loop iteration (``jax.lax.scan``'s ``unroll``; for the fused
-                kernels, their loops' over steps, :mod:`nca_lab.kernels.fused_rollout`).
+            unroll: steps per loop iteration (``jax.lax.scan``'s ``unroll``; with the fused
+                kernels, that of their loops over steps, :mod:`nca_lab.kernels.fused_rollout`).
 
         Returns:
             ``(final_state, frames)``; frames is ``(num_steps // frame_every + 1, ..., H, W, C)``
