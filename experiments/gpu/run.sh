@@ -1,8 +1,8 @@
 #!/bin/bash
 # One device call: the fused Pallas kernels' GPU check (forward and backward against XLA), their
-# launch sweep, the cost of a drawn rollout length, then the harness: both of nca_lab's kernels
-# against one CAX run per case.
-# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 8 minutes.
+# launch sweep, the cost of a drawn rollout length, the harness (both of nca_lab's kernels
+# against one CAX run per case), then a profile of the fused growing step.
+# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 9 minutes.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -17,3 +17,5 @@ timeout 60 python3 experiments/gpu/fused_check.py 2>&1 | tee $OUT/fused_check.tx
 timeout 150 python3 experiments/gpu/sweep.py --sizes growing diffusing --steps 16 2>&1 | tee $OUT/sweep.txt
 timeout 100 python3 experiments/gpu/drawn_length.py 2>&1 | tee $OUT/drawn_length.txt
 timeout 200 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel xla pallas --max-seconds 8 --json $OUT/gpu.json 2>&1 | tee $OUT/bench.txt
+# Kernels per CA step of the fused rollout (one traced growing train step), last: it must not starve the harness.
+timeout 60 python3 experiments/gpu/profile.py --suite growing --kernel pallas --calls 2 --out /tmp/traces 2>&1 | tee $OUT/profile.txt
