@@ -6,6 +6,7 @@ Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -156,6 +157,7 @@ class NCA(nnx.Module):
         num_steps: int,
         *,
         active_steps: jax.Array | int | None = None,
+        min_active_steps: int = 0,
         frame_every: int = 0,
         frame_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
         remat: bool = False,
@@ -171,6 +173,10 @@ class NCA(nnx.Module):
             active_steps: run only the first ``active_steps`` steps (may be traced, e.g. a
                 random rollout length); later steps are skipped by ``lax.cond``, so a random
                 length costs no recompile and no wasted compute.
+            min_active_steps: the least ``active_steps`` can be (static): the first that many
+                steps run without a ``lax.cond`` each. XLA:GPU syncs the host on every
+                ``lax.cond`` (its ``ConditionalThunk`` reads the predicate back); the trainer's
+                64-95 draw then syncs 32 times a rollout instead of 96. Used without frames.
             frame_every: if positive, also return the state every ``frame_every`` steps
                 (``num_steps`` must be a multiple), initial state included.
             frame_fn: applied to each frame as it is kept, e.g. :func:`~nca_lab.render.rgba`:
@@ -200,24 +206,29 @@ class NCA(nnx.Module):
                 self.perceive, self.update, self.alive_threshold, state, unroll=unroll
             )
 
-        def body(carry, step_key):
+        def body(carry, step_key, skippable):
             x, i = carry
-            if active_steps is not None:
-                x = jax.lax.cond(i < active_steps, step, lambda s, _: s, x, step_key)
-            else:
-                x = step(x, step_key)
+            x = jax.lax.cond(i < active_steps, step, lambda s, _: s, x, step_key) if skippable else step(x, step_key)
             return (x, i + 1), None
 
-        def run(carry, keys):
+        def scan(carry, keys, skippable):
+            if keys.shape[0] == 0:
+                return carry
+            return jax.lax.scan(partial(body, skippable=skippable), carry, keys, unroll=min(unroll, keys.shape[0]))[0]
+
+        def run(carry, keys, always=0):
+            """The steps of ``keys``; with a drawn length, the first ``always`` of them unconditionally."""
             if not self.uses_fused_kernel:
-                return jax.lax.scan(body, carry, keys, unroll=min(unroll, keys.shape[0]))[0]
+                carry = scan(carry, keys[:always], skippable=False)
+                return scan(carry, keys[always:], skippable=active_steps is not None)
             x, i = carry
             count = keys.shape[0] if active_steps is None else jnp.clip(active_steps - i, 0, keys.shape[0])
             return run_fused(x, keys, count), i + keys.shape[0]
 
         carry = (start, jnp.zeros((), jnp.int32))
         if frame_every <= 0:
-            return to_grid(run(carry, step_keys)[0]), None
+            always = 0 if active_steps is None else min(int(min_active_steps), num_steps)
+            return to_grid(run(carry, step_keys, always)[0]), None
         if num_steps % frame_every:
             raise ValueError(f"num_steps={num_steps} is not a multiple of frame_every={frame_every}")
         chunks = step_keys.reshape(num_steps // frame_every, frame_every, *batch_shape)

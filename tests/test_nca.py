@@ -9,6 +9,8 @@ from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.tasks.growing import seed_state
 from nca_lab.update.residual import ResidualUpdate
 
+from nca_testing import assert_close
+
 C = 8
 
 
@@ -63,6 +65,30 @@ def test_active_steps_runs_only_the_first_steps(model, seeds):
         state = model.step(state, step_keys[:, t])
     np.testing.assert_allclose(skipped, state, atol=1e-6)
     assert not np.allclose(state, model.step(state, step_keys[:, 6]))  # a 7th step would have changed it
+
+
+def test_steps_that_always_run_skip_no_cond_and_change_nothing(model, seeds):
+    """``min_active_steps``: the first steps of a drawn length run without a ``lax.cond`` each
+    (XLA:GPU syncs the host on every one); the same rollout and gradients as with a cond on all."""
+    keys = jax.random.split(jax.random.key(3), 3)
+
+    def loss(m, n, least):
+        final, _ = m.rollout(seeds, keys, 7, active_steps=n, min_active_steps=least)
+        return jnp.mean(final[..., :4] ** 2), final
+
+    def conds_per_scan(least):
+        jaxpr = jax.make_jaxpr(lambda n: model.rollout(seeds, keys, 7, active_steps=n, min_active_steps=least))
+        scans = [e for e in jaxpr(jnp.int32(5)).jaxpr.eqns if e.primitive.name == "scan"]
+        return [(e.params["length"], "cond" in str(e.params["jaxpr"])) for e in scans]
+
+    assert conds_per_scan(0) == [(7, True)]
+    assert conds_per_scan(4) == [(4, False), (3, True)]
+    assert conds_per_scan(7) == [(7, False)]
+    for n in (4, 6):
+        (want, want_final), want_grads = nnx.value_and_grad(loss, has_aux=True)(model, jnp.int32(n), 0)
+        (got, got_final), got_grads = nnx.value_and_grad(loss, has_aux=True)(model, jnp.int32(n), 4)
+        np.testing.assert_array_equal(got_final, want_final)
+        jax.tree.map(assert_close, got_grads, want_grads)  # summed over steps in two scans: rounding
 
 
 def test_remat_and_unroll_do_not_change_results_or_gradients(model, seeds):

@@ -70,7 +70,13 @@ def make_train_step(
         def loss_fn(model: NCA):
             with split_over(mesh):
                 final, _ = model.rollout(
-                    batch.state, sample_keys, high, active_steps=active, remat=remat, unroll=unroll
+                    batch.state,
+                    sample_keys,
+                    high,
+                    active_steps=active,
+                    min_active_steps=low,
+                    remat=remat,
+                    unroll=unroll,
                 )
             return task.loss(final, batch.target).mean(), final
 
