@@ -52,7 +52,7 @@ def fire_mask(x, seed=3):
     return (jax.random.uniform(jax.random.key(seed), (*x.shape[:-1], 1)) < 0.5).astype(jnp.float32)
 
 
-def one_step(upd, alive_threshold, layout, **kw):
+def one_step(upd, alive_threshold, layout):
     """One fused step of a grid state for a given fire mask: a rollout of length 1."""
     rollout = fused_rollout(layout, angle=0.4, step_size=upd.step_size, alive_threshold=alive_threshold, interpret=True)
 
@@ -130,7 +130,7 @@ def test_every_launch_computes_the_same_step_and_gradients():
         assert_close(got[0], want[0])
         assert_close(got[1], want[1])
         assert_close(got[2], want[2])
-    assert float(jnp.abs(want[2]).min(axis=1).max()) > 0  # every row of the packed weights got a gradient
+    assert bool((want[2] != 0).any(axis=1).all())  # every row of the packed weights got a gradient
 
 
 def test_partials_of_another_launch_are_refused():
