@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials
-from nca_lab.kernels.sobel_mlp_step import FlatLayout, forward_step, pack_weights, supports
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, forward_step, pack_weights, slots, supports
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.update.residual import ResidualUpdate
 
@@ -120,14 +120,18 @@ def fused_rollout(
 
         return jax.lax.fori_loop(0, steps, body, (states, alive), unroll=min(unroll, steps))
 
+    def final(states, count, history):
+        """The last state written: the one step ``count``, which did not run, would read."""
+        return states[slots(count, history)[0]]
+
     @jax.custom_vjp
     def rollout(packed, flat, fire, count):
         states, _ = run(packed, flat, fire, count, history=False)
-        return states[count % 2]
+        return final(states, count, history=False)
 
     def rollout_fwd(packed, flat, fire, count):
         states, alive = run(packed, flat, fire, count, history=True)
-        return states[count], (packed, states, fire, alive, count)
+        return final(states, count, history=True), (packed, states, fire, alive, count)
 
     def rollout_bwd(residuals, grad):
         packed, states, fire, alive, count = residuals
