@@ -22,32 +22,12 @@ import argparse
 import statistics
 
 import jax
-from flax import nnx
 
-from nca_lab.bench.measure import Workload, measure
-from nca_lab.bench.nca_lab_impl import LEARNING_RATE, build_model, build_task
+from nca_lab.bench import nca_lab_impl
+from nca_lab.bench.measure import measure
 from nca_lab.bench.suites import SUITES
-from nca_lab.train.optim import make_optimizer
-from nca_lab.train.pool import init_pool
-from nca_lab.train.step import make_train_step
 
 LENGTHS = {"fixed 96": (96, 96), "fixed 80": (80, 80), "drawn 64-96": (64, 96)}
-
-
-def workload(kernel: str, rollout_steps: tuple[int, int]) -> Workload:
-    case = SUITES["growing"][0]
-    task = build_task(case)
-    model = build_model(case, task.alive_threshold, kernel=kernel)
-    optimizer = nnx.Optimizer(model, make_optimizer(LEARNING_RATE, gradient="clip"), wrt=nnx.Param)
-    step = make_train_step(task, batch_size=case.batch, rollout_steps=rollout_steps)
-    key = jax.random.key(0)
-    carry = {"pool": init_pool(task, key, task.pool_size)}
-
-    def call(i: int):
-        carry["pool"], metrics = step(model, optimizer, carry["pool"], jax.random.fold_in(key, i))
-        return metrics
-
-    return Workload(call=call, lower=lambda: step.lower(model, optimizer, carry["pool"], key))
 
 
 def main() -> None:
@@ -57,7 +37,10 @@ def main() -> None:
     args = parser.parse_args()
     print(jax.devices(), flush=True)
     for kernel in args.kernel:
-        workloads = {name: workload(kernel, steps) for name, steps in LENGTHS.items()}
+        case = SUITES["growing"][0]
+        workloads = {
+            name: nca_lab_impl.build(case, kernel=kernel, rollout_steps=steps) for name, steps in LENGTHS.items()
+        }
         results = measure(workloads, repeats=args.repeats, warmup=2, memory_budget=float("inf"))
         for name, result in results.items():
             if result.times:

@@ -48,8 +48,14 @@ def build_task(case: Case):
     )
 
 
-def build(case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1) -> Workload:
-    """The nca_lab workload of ``case``; ``kernel`` and ``unroll`` as in :class:`~nca_lab.nca.NCA`'s rollout."""
+def build(
+    case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1, rollout_steps: tuple[int, int] | None = None
+) -> Workload:
+    """The nca_lab workload of ``case``; ``kernel`` and ``unroll`` as in :class:`~nca_lab.nca.NCA`'s rollout.
+
+    ``rollout_steps``: a train step draws each batch's length from this range, as the trainer
+    does (``experiments/gpu/drawn_length.py``); by default it is the case's ``steps``.
+    """
     task = build_task(case)
     model = build_model(case, task.alive_threshold, seed, kernel if case.perceive == "sobel" else "xla")
     path = ("Pallas fused rollout" if model.uses_fused_kernel else "XLA") + (f", unroll {unroll}" if unroll > 1 else "")
@@ -66,7 +72,8 @@ def build(case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1) -> Wo
             note=f"nca_lab.nca.grow, {path}",
         )
     optimizer = nnx.Optimizer(model, make_optimizer(LEARNING_RATE, gradient="clip"), wrt=nnx.Param)
-    train_step = make_train_step(task, batch_size=case.batch, rollout_steps=(case.steps, case.steps), unroll=unroll)
+    rollout_steps = rollout_steps or (case.steps, case.steps)
+    train_step = make_train_step(task, batch_size=case.batch, rollout_steps=rollout_steps, unroll=unroll)
     carry = {"pool": init_pool(task, key, task.pool_size) if task.pool_size else None}
 
     def call(i: int):
