@@ -56,9 +56,9 @@ class JobFailed(Exception):
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Train one job (Hydra calls this once per job of a multirun)."""
+    import jax
     from jax.errors import JaxRuntimeError
 
-    from nca_lab.train import multihost
     from nca_lab.train.run import run
     from nca_lab.train.trainer import Preempted, TrainingDiverged
 
@@ -85,7 +85,7 @@ def main(cfg: DictConfig) -> None:
             raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     except JaxRuntimeError as err:
-        if not multihost.is_distributed():
+        if jax.process_count() == 1:  # no other process to wait for
             raise
         print(
             f"error: this process's computation failed, as when another process of the run is lost "

@@ -61,11 +61,6 @@ def initialize(
         raise ConfigError(f"distributed.enabled=true: {err}") from err
 
 
-def is_distributed() -> bool:
-    """Whether this process is one of several training one run (:func:`initialize`)."""
-    return jax.distributed.is_initialized()
-
-
 def is_main_process() -> bool:
     """Whether this process writes the run's files (process 0, or the only one)."""
     return jax.process_index() == 0
