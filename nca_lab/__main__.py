@@ -11,9 +11,10 @@ hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
   first step or in the final evaluation at once, with nothing to save (a sweep stops there too).
 
 A process of a run trained by several (``distributed.enabled=true``) whose computation fails,
-as one does when another process dies mid-step, prints one ``error:`` line and exits 1 at once:
-JAX would otherwise wait at exit for the lost process until its heartbeat times out
-(``distributed.heartbeat_timeout_seconds``), then abort.
+as one does when another process dies mid-step, prints one ``error:`` line and exits 1 at once
+(any other unexpected error: its traceback, and exit 1 at once): JAX would otherwise wait at
+exit for the lost process until its heartbeat times out (``distributed.heartbeat_timeout_seconds``),
+then abort.
 
 In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
 the other jobs; the command then exits 1 with one line naming the first failed job.
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from nca_lab.runtime import STOPPED, configure_jax_environment, quiet_checkpoint_write_callbacks, stop_on_signals
@@ -59,6 +61,7 @@ def main(cfg: DictConfig) -> None:
     import jax
     from jax.errors import JaxRuntimeError
 
+    from nca_lab.train.multihost import ProcessLost
     from nca_lab.train.run import run
     from nca_lab.train.trainer import Preempted, TrainingDiverged
 
@@ -84,16 +87,20 @@ def main(cfg: DictConfig) -> None:
         if sweep:
             raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
-    except JaxRuntimeError as err:
-        if jax.process_count() == 1:  # no other process to wait for
+    except Exception as err:
+        if jax.process_count() == 1:
             raise
-        print(
-            f"error: this process's computation failed, as when another process of the run is lost "
-            f"({one_line(err)}); its last checkpoint resumes the run",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(1)  # not sys.exit: JAX's exit handler would wait for the lost process
+        if isinstance(err, JaxRuntimeError | ProcessLost):
+            print(
+                f"error: this process's computation failed, as when another process of the run is lost "
+                f"({one_line(err)}); its last checkpoint resumes the run",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            traceback.print_exc()
+            sys.stderr.flush()
+        os._exit(1)  # not sys.exit: JAX's exit handler would wait for the others, which exit too
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
 
 

@@ -12,13 +12,31 @@ training, a failure of one process to start (a held run dir lock) stops all of t
 stop signal received by any process stops every one after the same step.
 """
 
+import contextlib
 import json
 
 import jax
 import numpy as np
+from jax.errors import JaxRuntimeError
 from jax.experimental import multihost_utils
 
 from nca_lab.errors import ConfigError, is_integer, require
+
+
+class ProcessLost(RuntimeError):
+    """A collective between the processes failed: another process of the run is gone (killed,
+    its host lost), so this one cannot go on either."""
+
+
+@contextlib.contextmanager
+def _collective():
+    """Raise :class:`ProcessLost` for a failed collective. JAX reports a peer that reset its
+    connection as a ``JaxRuntimeError`` or, from a collective failing as it is dispatched,
+    as a ``ValueError`` ("UNKNOWN: Gloo AllGather failed: ... Connection reset by peer")."""
+    try:
+        yield
+    except (JaxRuntimeError, ValueError) as err:
+        raise ProcessLost(str(err)) from err
 
 
 def initialize(
@@ -102,22 +120,26 @@ def any_process(flag: bool) -> bool:
     """Whether ``flag`` is set on any process (a collective: every process must call it)."""
     if jax.process_count() == 1:
         return flag
-    return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+    with _collective():
+        return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
 def sync(name: str) -> None:
     """Wait until every process gets here (``name``: the same point on every process)."""
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"nca_lab:{name}")
+        with _collective():
+            multihost_utils.sync_global_devices(f"nca_lab:{name}")
 
 
 def _gather_text(text: str) -> list[str]:
     """Every process's ``text``, by process index."""
     data = np.frombuffer(text.encode(), dtype=np.uint8)
-    longest = int(np.max(multihost_utils.process_allgather(np.array(len(data)))))
+    with _collective():
+        longest = int(np.max(multihost_utils.process_allgather(np.array(len(data)))))
     padded = np.zeros(longest + 1, dtype=np.uint8)
     padded[: len(data)] = data
-    gathered = multihost_utils.process_allgather(padded)
+    with _collective():
+        gathered = multihost_utils.process_allgather(padded)
     return [bytes(row).rstrip(b"\0").decode() for row in gathered]
 
 
