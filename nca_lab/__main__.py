@@ -11,10 +11,11 @@ hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
   first step or in the final evaluation at once, with nothing to save (a sweep stops there too).
 
 A process of a run trained by several (``distributed.enabled=true``) whose computation fails,
-as one does when another process dies mid-step, prints one ``error:`` line and exits 1 at once
-(any other unexpected error: its traceback, and exit 1 at once): JAX would otherwise wait at
-exit for the lost process until its heartbeat times out (``distributed.heartbeat_timeout_seconds``),
-then abort.
+as one does when another process dies mid-step, prints one ``error:`` line and exits 1 at once;
+so does one that fails alone, with its ``error:`` line (a file it cannot write) or traceback (a
+bug). JAX's exit handler would wait for the others: for a lost one until its heartbeat times out
+(``distributed.heartbeat_timeout_seconds``), for a live one while it waits in a collective for
+this one. Failures that every process meets together (settings, a stop signal) exit as usual.
 
 In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
 the other jobs; the command then exits 1 with one line naming the first failed job.
@@ -59,9 +60,8 @@ class JobFailed(Exception):
 def main(cfg: DictConfig) -> None:
     """Train one job (Hydra calls this once per job of a multirun)."""
     import jax
-    from jax.errors import JaxRuntimeError
 
-    from nca_lab.train.multihost import ProcessLost
+    from nca_lab.train.multihost import failed_computation
     from nca_lab.train.run import run
     from nca_lab.train.trainer import Preempted, TrainingDiverged
 
@@ -86,11 +86,13 @@ def main(cfg: DictConfig) -> None:
             _remove_unused(Path(hydra_cfg.runtime.output_dir))
         if sweep:
             raise JobFailed(message) from err
+        if isinstance(err, OSError) and jax.process_count() > 1:
+            os._exit(1)  # maybe this process's alone: the others wait for it in a collective
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     except Exception as err:
         if jax.process_count() == 1:
             raise
-        if isinstance(err, JaxRuntimeError | ProcessLost):
+        if failed_computation(err):
             print(
                 f"error: this process's computation failed, as when another process of the run is lost "
                 f"({one_line(err)}); its last checkpoint resumes the run",

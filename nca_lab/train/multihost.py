@@ -12,8 +12,8 @@ training, a failure of one process to start (a held run dir lock) stops all of t
 stop signal received by any process stops every one after the same step.
 """
 
-import contextlib
 import json
+import re
 
 import jax
 import numpy as np
@@ -21,22 +21,6 @@ from jax.errors import JaxRuntimeError
 from jax.experimental import multihost_utils
 
 from nca_lab.errors import ConfigError, is_integer, require
-
-
-class ProcessLost(RuntimeError):
-    """A collective between the processes failed: another process of the run is gone (killed,
-    its host lost), so this one cannot go on either."""
-
-
-@contextlib.contextmanager
-def _collective():
-    """Raise :class:`ProcessLost` for a failed collective. JAX reports a peer that reset its
-    connection as a ``JaxRuntimeError`` or, from a collective failing as it is dispatched,
-    as a ``ValueError`` ("UNKNOWN: Gloo AllGather failed: ... Connection reset by peer")."""
-    try:
-        yield
-    except (JaxRuntimeError, ValueError) as err:
-        raise ProcessLost(str(err)) from err
 
 
 def initialize(
@@ -77,6 +61,17 @@ def initialize(
         ) from err
     except RuntimeError as err:  # JAX already computed something in this process
         raise ConfigError(f"distributed.enabled=true: {err}") from err
+
+
+#: How JAX words a computation that failed as it ran: an absl status code, then the cause.
+_FAILED_STATUS = re.compile(r"(CANCELLED|UNKNOWN|INTERNAL|UNAVAILABLE|ABORTED|DEADLINE_EXCEEDED|DATA_LOSS): ")
+
+
+def failed_computation(err: BaseException) -> bool:
+    """Whether ``err`` is a computation failing as it ran, as all of them do once another
+    process of the run is gone: a ``JaxRuntimeError``, or where a collective fails as it is
+    dispatched a ``ValueError`` ("UNKNOWN: Gloo AllGather failed: ... Connection reset by peer")."""
+    return isinstance(err, JaxRuntimeError) or (isinstance(err, ValueError) and bool(_FAILED_STATUS.match(str(err))))
 
 
 def is_main_process() -> bool:
@@ -120,26 +115,22 @@ def any_process(flag: bool) -> bool:
     """Whether ``flag`` is set on any process (a collective: every process must call it)."""
     if jax.process_count() == 1:
         return flag
-    with _collective():
-        return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+    return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
 def sync(name: str) -> None:
     """Wait until every process gets here (``name``: the same point on every process)."""
     if jax.process_count() > 1:
-        with _collective():
-            multihost_utils.sync_global_devices(f"nca_lab:{name}")
+        multihost_utils.sync_global_devices(f"nca_lab:{name}")
 
 
 def _gather_text(text: str) -> list[str]:
     """Every process's ``text``, by process index."""
     data = np.frombuffer(text.encode(), dtype=np.uint8)
-    with _collective():
-        longest = int(np.max(multihost_utils.process_allgather(np.array(len(data)))))
+    longest = int(np.max(multihost_utils.process_allgather(np.array(len(data)))))
     padded = np.zeros(longest + 1, dtype=np.uint8)
     padded[: len(data)] = data
-    with _collective():
-        gathered = multihost_utils.process_allgather(padded)
+    gathered = multihost_utils.process_allgather(padded)
     return [bytes(row).rstrip(b"\0").decode() for row in gathered]
 
 
