@@ -5,8 +5,8 @@ hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
 
 * 2: a mistake on the command line, as one ``error:`` line: nca_lab's own checks and Hydra's
   (an unknown or unparsable override, a missing option, a run dir that cannot be made).
-* 1: a run that failed: training diverged or a file could not be read or written while it
-  ran (one ``error:`` line), or a job of a sweep failed.
+* 1: a run that failed: training diverged, ran out of memory, or a file could not be read or
+  written while it ran (one ``error:`` line), or a job of a sweep failed.
 * 143: stopped by SIGTERM or SIGINT: during training after saving a checkpoint; before the
   first step or in the final evaluation at once, with nothing to save (a sweep stops there too).
 
@@ -63,7 +63,7 @@ def main(cfg: DictConfig) -> None:
 
     from nca_lab.train.multihost import failed_computation
     from nca_lab.train.run import run
-    from nca_lab.train.trainer import Preempted, TrainingDiverged
+    from nca_lab.train.trainer import OutOfMemory, Preempted, TrainingDiverged
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -78,7 +78,7 @@ def main(cfg: DictConfig) -> None:
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(STOPPED)
-    except (ConfigError, TrainingDiverged, OSError) as err:
+    except (ConfigError, TrainingDiverged, OSError, OutOfMemory) as err:
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
         message = f"{where}{one_line(err) if isinstance(err, OSError) else err}"
         print(f"error: {message}", file=sys.stderr)
@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> None:
             _remove_unused(Path(hydra_cfg.runtime.output_dir))
         if sweep:
             raise JobFailed(message) from err
-        if isinstance(err, OSError) and jax.process_count() > 1:
+        if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
             os._exit(1)  # maybe this process's alone: the others wait for it in a collective
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     except Exception as err:

@@ -11,6 +11,13 @@ class ConfigError(ValueError):
     """
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed: Python's ``MemoryError``, or XLA's
+    ``RESOURCE_EXHAUSTED`` status (a ``JaxRuntimeError``, or a ``ValueError`` where it fails as
+    a computation is dispatched)."""
+    return isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err)
+
+
 def require(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from nca_lab.alive import ALIVE_THRESHOLD, ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer  # noqa: E402
-from nca_lab.errors import SEEDS, ConfigError, require  # noqa: E402
+from nca_lab.errors import SEEDS, ConfigError, out_of_memory, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
 from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
@@ -227,7 +227,7 @@ def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
         final, frames = grow_from_seed(model, size, steps, seed, damage)
         return final, write_outputs(out, final, frames)
     except (MemoryError, jax.errors.JaxRuntimeError) as err:
-        if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in str(err):
+        if not out_of_memory(err):
             raise
         raise ConfigError(
             f"growing {size[0]}x{size[1]} for {steps} steps does not fit in memory "

@@ -286,6 +286,27 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_exit_1(tmp_path):
     assert "File too large" in lines[-1]
 
 
+def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path):
+    """A batch too big for the memory was a traceback of some 60 lines ending in XLA's
+    ``RESOURCE_EXHAUSTED``. The child may map 4 GiB; the step wants ~11 GiB."""
+    little_memory = (
+        "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+        "sys.argv[0] = 'nca_lab'; runpy.run_module('nca_lab', run_name='__main__')"
+    )  # in the child, as above
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", little_memory, *TINY, "trainer.batch_size=100000", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and len(lines) == 2 and lines[0] == f"training in {run_dir}", result.stderr[-3000:]
+    assert re.fullmatch(
+        r"error: out of memory \(RESOURCE_EXHAUSTED: Out of memory allocating \d+ bytes\.\): try a smaller "
+        r"trainer\.batch_size, grid \(task\.target_size, task\.padding\) or trainer\.rollout_steps",
+        lines[1],
+    )
+
+
 #: The pieces of the traceback TensorStore's threads print when Orbax's event loop closed first.
 EVENT_LOOP_CLOSED_TRACEBACK = re.compile(
     r"Traceback \(most recent call last\):|File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
-from nca_lab.errors import SEEDS, ConfigError, is_integer, require
+from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory, require
 from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
@@ -28,6 +28,7 @@ from nca_lab.train import multihost
 from nca_lab.train.construct import checked_factory, config_errors, construct
 from nca_lab.train.run_dir_lock import run_dir_lock
 from nca_lab.train.run_settings import completed_summary, setting_changes
+from nca_lab.train.trainer import OutOfMemory
 
 
 class SeedKeys(NamedTuple):
@@ -196,6 +197,14 @@ def _run(cfg: DictConfig, config: dict, run_dir: Path, sweep_dir: Path | None, h
         )
         failed = False
         return summary
+    except (MemoryError, jax.errors.JaxRuntimeError, ValueError) as err:
+        if not out_of_memory(err):
+            raise
+        remat = "" if model.uses_manual_vjp else ", or trainer.remat=true"
+        raise OutOfMemory(
+            f"out of memory ({one_line(err)}): try a smaller trainer.batch_size, grid (task.target_size, "
+            f"task.padding) or trainer.rollout_steps{remat}"
+        ) from None
     finally:
         logger.finish(None if failed else summary, failed=failed)
 

@@ -37,6 +37,10 @@ class TrainingDiverged(RuntimeError):
     """The loss, the gradient or the parameters stopped being finite; the last good checkpoint is kept."""
 
 
+class OutOfMemory(RuntimeError):
+    """The training did not fit in the device's memory; the checkpoints written so far are kept."""
+
+
 class Preempted(RuntimeError):
     """SIGTERM or SIGINT arrived; a checkpoint of the last completed step was saved."""
 
