@@ -178,7 +178,7 @@ def test_a_lost_process_stops_the_other_at_once_with_one_line(tmp_path):
 def test_a_failure_of_one_process_stops_both_at_once(tmp_path, failure, last_line):
     """An error that one process of a distributed run meets alone, a bug (its traceback) or a
     file it cannot write (one line): it exits 1 at once, not waiting at exit for the other,
-    which waits for it in the step's collective (both hung 300 s, then aborted); the other
+    which waits for it in the step's collective (both still waited 300 s later); the other
     then finds it gone (one line)."""
     fail_in_process_1 = (
         "from nca_lab.train import multihost\n"
