@@ -182,13 +182,12 @@ def test_a_failure_of_one_process_stops_both_at_once(tmp_path, failure, last_lin
     then finds it gone (one line)."""
     fail_in_process_1 = (
         "from nca_lab.train import multihost\n"
-        "calls = []\n"
+        "original, calls = multihost.any_process, []\n"
         "def any_process(flag):\n"
         "    calls.append(flag)\n"
         "    if len(calls) == 3:\n"
         f"        raise {failure}\n"
-        "    return multihost.__dict__['_any_process'](flag)\n"
-        "multihost._any_process = multihost.any_process\n"
+        "    return original(flag)\n"
         "multihost.any_process = any_process"
     )
     started = time.monotonic()
