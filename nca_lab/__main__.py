@@ -18,7 +18,8 @@ bug). JAX's exit handler would wait for the others: for a lost one until its hea
 this one. Failures that every process meets together (settings, a stop signal) exit as usual.
 
 In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
-the other jobs; the command then exits 1 with one line naming the first failed job.
+the other jobs; the command then exits 1 with one line naming the first failed job. (Not where
+the job failed alone in a distributed run: its next job could not run without the others.)
 """
 
 import contextlib
@@ -84,10 +85,10 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {message}", file=sys.stderr)
         if made_now and isinstance(err, ConfigError):
             _remove_unused(Path(hydra_cfg.runtime.output_dir))
+        if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
+            os._exit(1)  # maybe this process's alone: the others wait for it in a collective (a sweep too)
         if sweep:
             raise JobFailed(message) from err
-        if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
-            os._exit(1)  # maybe this process's alone: the others wait for it in a collective
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     except Exception as err:
         if jax.process_count() == 1:

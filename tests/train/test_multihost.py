@@ -168,18 +168,19 @@ def test_a_lost_process_stops_the_other_at_once_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("failure", "last_line"),
+    ("failure", "sweep", "last_line"),
     [
-        ("KeyError('a bug in process 1')", "KeyError: 'a bug in process 1'"),
-        ("OSError(28, 'No space left on device')", "error: [Errno 28] No space left on device"),
+        ("KeyError('a bug in process 1')", False, "KeyError: 'a bug in process 1'"),
+        ("OSError(28, 'No space left on device')", False, "error: [Errno 28] No space left on device"),
+        ("OSError(28, 'No space left on device')", True, "error: {job}: [Errno 28] No space left on device"),
     ],
-    ids=["bug", "write"],
+    ids=["bug", "write", "write-in-sweep"],
 )
-def test_a_failure_of_one_process_stops_both_at_once(tmp_path, failure, last_line):
+def test_a_failure_of_one_process_stops_both_at_once(tmp_path, failure, sweep, last_line):
     """An error that one process of a distributed run meets alone, a bug (its traceback) or a
     file it cannot write (one line): it exits 1 at once, not waiting at exit for the other,
     which waits for it in the step's collective (both still waited 300 s later); the other
-    then finds it gone (one line)."""
+    then finds it gone (one line). In a sweep too: its next job cannot run without the other."""
     fail_in_process_1 = (
         "from nca_lab.train import multihost\n"
         "original, calls = multihost.any_process, []\n"
@@ -190,12 +191,14 @@ def test_a_failure_of_one_process_stops_both_at_once(tmp_path, failure, last_lin
         "    return original(flag)\n"
         "multihost.any_process = any_process"
     )
+    one_job_sweep = ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=job"]
+    in_sweep = one_job_sweep if sweep else []
     started = time.monotonic()
-    processes = _start(tmp_path / "run", "trainer.steps=1000", prelude=fail_in_process_1)
+    processes = _start(tmp_path / "run", "trainer.steps=1000", *in_sweep, prelude=fail_in_process_1)
     (status, err), (failed_status, failed_err) = _finish(processes)
     assert time.monotonic() - started < 120, (err[-2000:], failed_err[-2000:])
     assert (status, failed_status) == (1, 1)
-    assert failed_err.strip().splitlines()[-1] == last_line
+    assert failed_err.strip().splitlines()[-1] == last_line.format(job=tmp_path / "sweep" / "job")
     assert err.strip().splitlines()[-1].startswith("error: this process's computation failed")
 
 
