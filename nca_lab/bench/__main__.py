@@ -5,6 +5,7 @@
     python -m nca_lab.bench --suite growing diffusing --peer cax torch
     python -m nca_lab.bench --suite growing rollout --steps 16 --repeats 30
     python -m nca_lab.bench --suite growing --kernel xla pallas --peer cax   # both of nca_lab's paths
+    python -m nca_lab.bench --suite growing --peer cax --compile-repeats 5  # compile times you can compare
 
 On a CPU, rollouts are 8 CA steps long unless ``--steps`` says otherwise (full-length
 rollouts take minutes per step there); the table and the records say how long they were.
@@ -83,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         "each against the same peer runs",
     )
     parser.add_argument("--unroll", type=int, default=1, help="nca_lab's CA steps per scan iteration (default 1)")
+    parser.add_argument(
+        "--compile-repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="compile each implementation N times from cold, in alternating order, and report the medians "
+        "(default 1: one compile varies by tens of percent on a shared machine)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps <= 0:
@@ -91,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--unroll must be positive")
     if args.repeats <= 0:
         parser.error("--repeats must be positive")
+    if args.compile_repeats <= 0:
+        parser.error("--compile-repeats must be positive")
     if args.warmup < 1:
         parser.error("--warmup must be at least 1 (the first call after compiling measures memory)")
     if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     budget = _budget_bytes() if args.memory_budget_gb is None else args.memory_budget_gb * 2**30
     env = {"device": device(), "versions": versions(), **git_state()}
-    env.update(unroll=args.unroll, warmup=args.warmup)
+    env.update(unroll=args.unroll, warmup=args.warmup, compile_repeats=args.compile_repeats)
     print(f"device: {env['device']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
     if on_cpu and args.steps is None:
@@ -156,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
                     failed[label] = f"{type(exc).__name__}: {exc}"[:200]
             results = measure(
-                workloads, repeats=args.repeats, warmup=args.warmup, memory_budget=budget, max_seconds=args.max_seconds
+                workloads,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                memory_budget=budget,
+                max_seconds=args.max_seconds,
+                compile_repeats=args.compile_repeats,
             )
             measured = [(label, work.note, results[label]) for label, work in workloads.items()]
             for label, reason in failed.items():

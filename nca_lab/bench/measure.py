@@ -3,6 +3,11 @@
 Each JAX implementation is compiled ahead of time first (``lower().compile()``, which the
 following jitted calls reuse), so the compile time is measured alone and a plan that does
 not fit in memory is refused before it runs; an eager one (the PyTorch peer) has neither.
+Tracing and lowering (``lower_s``) and XLA's compilation (``compile_s``) are timed apart: a
+first call pays both. One compile on a shared machine varies by tens of percent, so
+``compile_repeats`` compiles every implementation that many times from cold (JAX's caches
+cleared before each round, the order of the implementations reversed every other round, so
+that none always pays for warming what they share) and reports the medians.
 The timed calls of the implementations of a case are interleaved (one step of each in
 turn): on a shared machine, load from other processes then slows all of them alike. Every call is synchronised
 (``jax.block_until_ready``; long steps by :func:`~nca_lab.runtime.wait_for`, which Ctrl-C can stop).
@@ -18,7 +23,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,9 @@ class Measurement:
     rss_peak_bytes: int | None
     status: str = "ok"
     reason: str = ""
+    lower_s: float = 0.0
+    compile_each: list[float] = field(default_factory=list)
+    lower_each: list[float] = field(default_factory=list)
 
     @property
     def peak(self) -> tuple[int | None, str]:
@@ -106,6 +114,7 @@ def measure(
     warmup: int,
     memory_budget: float,
     max_seconds: float | None = None,
+    compile_repeats: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Measurement]:
     """Compile, check the memory plan, warm up, then time ``repeats`` interleaved calls.
@@ -117,27 +126,18 @@ def measure(
         memory_budget: bytes; a plan above it is not run (status ``"too_big"``).
         max_seconds: if given, an implementation whose last warm-up call says its timed
             calls would take longer gets fewer of them (at least 3); records count them.
+        compile_repeats: cold compiles of each JAX implementation (:func:`compile_all`).
         log: progress messages.
     """
     on_cpu = jax.default_backend() == "cpu"
-    results: dict[str, Measurement] = {}
+    results = compile_all(workloads, repeats=compile_repeats, log=log)
     running: dict[str, Workload] = {}
     counts: dict[str, int] = {}
     syncs: dict[str, Callable[[Any], Any]] = {}
     for name, work in workloads.items():
-        planned, compile_s = None, 0.0
-        if work.lower is not None:
-            log(f"  {name}: compiling")
-            try:
-                tick = time.perf_counter()
-                compiled = work.lower().compile()
-                compile_s = time.perf_counter() - tick
-            except Exception as exc:  # noqa: BLE001 - one failing implementation must not stop the run
-                results[name] = Measurement([], float("nan"), None, None, "failed", _first_line(exc))
-                continue
-            planned = plan_bytes(compiled)
-            del compiled
-        results[name] = Measurement([], compile_s, planned, None)
+        planned = results[name].plan_bytes
+        if results[name].status == "failed":
+            continue
         if planned is not None and planned > memory_budget:
             results[name].status = "too_big"
             results[name].reason = f"plans {planned / 2**30:.1f} GiB > budget {memory_budget / 2**30:.1f} GiB"
@@ -178,6 +178,48 @@ def measure(
             except Exception as exc:  # noqa: BLE001
                 results[name].status, results[name].reason = "failed", _first_line(exc)
                 del running[name]
+    return results
+
+
+def compile_all(workloads: dict[str, Workload], *, repeats: int, log: Callable[[str], None]) -> dict[str, Measurement]:
+    """Trace, lower and compile every JAX implementation ``repeats`` times; measurements with no
+    timed calls yet: the median lower and compile times, each round's, and XLA's memory plan.
+
+    With several rounds, JAX's in-memory caches are cleared before each (the persistent cache
+    is the caller's to turn off) and every other round takes the implementations in reverse
+    order. The last round's executables stay cached for the calls that follow. An
+    implementation that fails to compile is ``"failed"`` and left out of later rounds.
+    """
+    results = {name: Measurement([], 0.0, None, None) for name in workloads}
+    compiled_ones = [name for name, work in workloads.items() if work.lower is not None]
+    for round_ in range(repeats):
+        if repeats > 1:
+            jax.clear_caches()
+        order = compiled_ones if round_ % 2 == 0 else compiled_ones[::-1]
+        for name in order:
+            result = results[name]
+            if result.status == "failed":
+                continue
+            log(f"  {name}: compiling" + (f" ({round_ + 1}/{repeats})" if repeats > 1 else ""))
+            try:
+                tick = time.perf_counter()
+                lowered = workloads[name].lower()
+                tock = time.perf_counter()
+                compiled = lowered.compile()
+                done = time.perf_counter()
+            except Exception as exc:  # noqa: BLE001 - one failing implementation must not stop the run
+                results[name] = Measurement([], float("nan"), None, None, "failed", _first_line(exc))
+                continue
+            result.lower_each.append(tock - tick)
+            result.compile_each.append(done - tock)
+            if result.plan_bytes is None:
+                result.plan_bytes = plan_bytes(compiled)
+            del lowered, compiled
+    for name in compiled_ones:
+        result = results[name]
+        if result.status != "failed":
+            result.lower_s = statistics.median(result.lower_each)
+            result.compile_s = statistics.median(result.compile_each)
     return results
 
 

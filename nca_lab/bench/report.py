@@ -70,6 +70,9 @@ def record(case: Case, impl: str, note: str, measurement: Measurement, env: dict
         "repeats": len(measurement.times),
         **times,
         "compile_s": measurement.compile_s,
+        "lower_s": measurement.lower_s,
+        "compile_s_each": measurement.compile_each,
+        "lower_s_each": measurement.lower_each,
         "peak_bytes": peak,
         "peak_source": source,
         "xla_plan_bytes": measurement.plan_bytes,
@@ -87,6 +90,8 @@ def write_json(records: list[dict], path: Path) -> None:
 #: What the table's columns mean, printed under it.
 LEGEND = """\
 n: timed steps per implementation (fewer than --repeats where --max-seconds cut them short)
+lower s, compile s: tracing and lowering the jitted step, then XLA compiling it, before the first
+  call (a first call pays both); medians over --compile-repeats cold rounds
 peer/nca_lab: the peer's median time over nca_lab's on the same case (the fastest of nca_lab's
   kernels, where --kernel named several): above 1, nca_lab is faster
 peak MiB: on a CPU, how much the process's resident memory grew in the first call (rough: memory
@@ -97,7 +102,8 @@ peak MiB: on a CPU, how much the process's resident memory grew in the first cal
 def table(records: list[dict]) -> str:
     """A markdown table, columns padded to line up, with each peer's time divided by nca_lab's on
     the same case (its fastest kernel's; rows name the kernel where a case has several)."""
-    columns = ["suite", "case", "impl", "steps", "n", "median ms", "min ms", "max ms", "compile s", "peak MiB"]
+    columns = ["suite", "case", "impl", "steps", "n", "median ms", "min ms", "max ms", "lower s", "compile s"]
+    columns += ["peak MiB"]
     columns += ["Mcell-steps/s", "peer/nca_lab", "how"]
     ours = [r for r in records if r["impl"] == "nca_lab"]
     variants = Counter((r["suite"], r["case"]) for r in ours)
@@ -120,9 +126,9 @@ def table(records: list[dict]) -> str:
             timing, rate = [r["status"], "", ""], ""
             peak += " (plan)" if r["peak_bytes"] is not None else ""
         how = r["note"] + (f"; {r['reason']}" if r["reason"] else "")
-        compile_s = f"{r['compile_s']:.1f}" if not math.isnan(r["compile_s"]) else "-"
+        compiling = [f"{r[key]:.2f}" if not math.isnan(r[key]) else "-" for key in ("lower_s", "compile_s")]
         rows.append(
-            [r["suite"], r["case"], impl, str(r["steps"]), str(r["repeats"]), *timing, compile_s, peak, rate]
+            [r["suite"], r["case"], impl, str(r["steps"]), str(r["repeats"]), *timing, *compiling, peak, rate]
             + [ratio, how]
         )
     widths = [max(3, *(len(row[i]) for row in rows)) for i in range(len(columns) - 1)] + [3]  # "how" unpadded

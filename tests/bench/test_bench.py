@@ -54,6 +54,7 @@ def test_table_divides_the_peer_by_nca_lab():
         "reason": "",
         "min_ms": 1.0,
         "max_ms": 3.0,
+        "lower_s": 0.5,
         "compile_s": 1.0,
         "peak_bytes": 2**20,
         "cell_steps_per_s": 1e6,
@@ -70,13 +71,15 @@ def test_table_divides_the_peer_by_nca_lab():
     assert cells(lines[0])[:3] == ["suite", "case", "impl"] and len(lines) == 5
     assert len({line.index("| cax") for line in lines[3:]} | {lines[0].index("| impl")}) == 1  # columns line up
     assert "25.00x" in cells(lines[3])
+    assert cells(lines[0])[8:10] == ["lower s", "compile s"] and cells(lines[2])[8:10] == ["0.50", "1.00"]
     assert "too_big" in cells(lines[4]) and "1 (plan)" in cells(lines[4]) and "; plans 90 GiB" in lines[4]
 
 
 def test_with_several_kernels_rows_name_them_and_the_peer_is_divided_by_the_fastest():
     base = {
         "suite": "growing", "case": "8x72x72", "steps": 8, "repeats": 20, "status": "ok", "reason": "",
-        "min_ms": 1.0, "max_ms": 300.0, "compile_s": 1.0, "peak_bytes": 2**20, "cell_steps_per_s": 1e6, "note": "",
+        "min_ms": 1.0, "max_ms": 300.0, "lower_s": 0.5, "compile_s": 1.0, "peak_bytes": 2**20,
+        "cell_steps_per_s": 1e6, "note": "",
     }  # fmt: skip
     lines = table(
         [
@@ -86,7 +89,7 @@ def test_with_several_kernels_rows_name_them_and_the_peer_is_divided_by_the_fast
         ]
     ).splitlines()
     assert [cells(line)[2] for line in lines[2:]] == ["nca_lab (xla)", "nca_lab (pallas)", "cax"]
-    assert [cells(line)[11] for line in lines[2:]] == ["", "", "25.00x"]
+    assert [cells(line)[12] for line in lines[2:]] == ["", "", "25.00x"]
 
 
 def test_cli_runs_each_kernel_against_the_same_peer_run_and_pallas_only_where_it_applies(monkeypatch, capsys, tmp_path):
@@ -114,8 +117,8 @@ def test_cli_runs_each_kernel_against_the_same_peer_run_and_pallas_only_where_it
 def test_the_throughput_keeps_three_significant_figures():
     row = {
         "suite": "attention", "case": "4x72x72", "impl": "nca_lab", "steps": 8, "repeats": 20, "status": "ok",
-        "reason": "", "median_ms": 1e3, "min_ms": 1e3, "max_ms": 1e3, "compile_s": 1.0, "peak_bytes": None,
-        "cell_steps_per_s": 1234.0, "note": "",
+        "reason": "", "median_ms": 1e3, "min_ms": 1e3, "max_ms": 1e3, "lower_s": 0.5, "compile_s": 1.0,
+        "peak_bytes": None, "cell_steps_per_s": 1234.0, "note": "",
     }  # fmt: skip
     assert "0.00123" in cells(table([row]).splitlines()[2])
 
@@ -142,6 +145,9 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
         assert record["min_ms"] <= record["median_ms"] <= record["max_ms"]
         assert record["cell_steps_per_s"] > 0 and record["peak_bytes"] > 0
         assert record["compile_s"] > 0 if record["impl"] != "torch" else record["compile_s"] == 0
+        assert record["lower_s"] > 0 if record["impl"] != "torch" else record["lower_s"] == 0
+        assert record["compile_s_each"] == ([record["compile_s"]] if record["impl"] != "torch" else [])
+        assert record["compile_repeats"] == 1
         assert record["versions"]["jax"] and record["device"].startswith("cpu")
         kernel = "xla" if record["impl"] == "nca_lab" else None  # a peer has no kernel choice
         assert (record["steps"], record["suite_steps"], record["kernel"], record["warmup"]) == (1, 96, kernel, 1)

@@ -1,10 +1,12 @@
 """``measure``: warm-up calls untimed, implementations interleaved, one failure isolated, plans
-over the memory budget not run, ``max_seconds`` trimming the timed calls (no timing asserted)."""
+over the memory budget not run, ``max_seconds`` trimming the timed calls, repeated compiles
+in alternating order (no timing asserted)."""
 
 import time
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from nca_lab.bench.measure import Workload, measure
 
@@ -76,3 +78,44 @@ def test_long_timing_is_announced_with_its_estimate(monkeypatch):
     )
     estimates = [m for m in messages if "timed steps of about" in m]
     assert len(estimates) == 1 and estimates[0].startswith("  slow: 3 timed steps") and "--max-seconds" in estimates[0]
+
+
+def test_repeated_compiles_clear_the_caches_alternate_the_order_and_report_medians(monkeypatch):
+    clears, messages = [], []
+    monkeypatch.setattr(jax, "clear_caches", lambda: clears.append(len(messages)))
+    step = jax.jit(lambda x: x * 2)
+    x = jnp.ones((8,))
+
+    def jitted(name):
+        return Workload(call=lambda i: step(x), lower=lambda: step.lower(x), note=name)
+
+    def broken():
+        raise RuntimeError("cannot lower")
+
+    workloads = {"a": jitted("a"), "b": jitted("b"), "eager": recording([], "eager"), "bad": Workload(None, broken)}
+    results = measure(
+        workloads, repeats=2, warmup=1, memory_budget=float("inf"), compile_repeats=3, log=messages.append
+    )
+    compiling = [m.strip() for m in messages if "compiling" in m]
+    assert compiling == [
+        "a: compiling (1/3)", "b: compiling (1/3)", "bad: compiling (1/3)",
+        "b: compiling (2/3)", "a: compiling (2/3)",
+        "a: compiling (3/3)", "b: compiling (3/3)",
+    ]  # fmt: skip
+    assert clears == [0, 3, 5]  # before each round
+    for name in "ab":
+        result = results[name]
+        assert len(result.compile_each) == len(result.lower_each) == 3 and result.status == "ok"
+        assert result.compile_s == sorted(result.compile_each)[1] and result.lower_s == sorted(result.lower_each)[1]
+        assert len(result.times) == 2 and result.plan_bytes > 0
+    assert (results["bad"].status, results["bad"].reason) == ("failed", "RuntimeError: cannot lower")
+    assert results["eager"].compile_each == [] and results["eager"].compile_s == 0 and len(results["eager"].times) == 2
+
+
+def test_one_compile_leaves_the_caches_alone(monkeypatch):
+    monkeypatch.setattr(jax, "clear_caches", lambda: pytest.fail("caches cleared for a single compile"))
+    step = jax.jit(lambda x: x + 1)
+    x = jnp.ones((4,))
+    work = Workload(call=lambda i: step(x), lower=lambda: step.lower(x))
+    result = measure({"a": work}, repeats=1, warmup=1, memory_budget=float("inf"))["a"]
+    assert result.compile_each == [result.compile_s] and result.lower_each == [result.lower_s]
