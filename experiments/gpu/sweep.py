@@ -26,6 +26,8 @@ SIZES = [("growing", 16, 128, 8, 72), ("diffusing", 64, 256, 8, 72), ("scaled", 
 LAUNCHES = [
     *(Launch(cells, warps) for cells in (32, 64, 128) for warps in (4, 8)),
     *(Launch(cells, 8, hidden_chunk=64) for cells in (32, 64, 128)),
+    # Chunks in a loop: offline (experiments/gpu/registers.py) these spill least.
+    *(Launch(cells, 8, hidden_chunk=chunk, chunk_loop=True) for cells in (64, 128) for chunk in (32, 64)),
 ]
 
 
@@ -94,7 +96,8 @@ def sweep(name, channels, hidden, batch, grid, steps, interpret):
             continue
         fwd_mark = "*" if launch == forward_launch(layout, batch) else " "
         bwd_mark = "*" if launch == Launch() else " "
-        label = f"  cells {launch.cells:3d}, warps {launch.warps}, hidden chunk {launch.hidden_chunk:3d}:"
+        loop = " looped" if launch.chunk_loop else ""
+        label = f"  cells {launch.cells:3d}, warps {launch.warps}, hidden chunk {launch.hidden_chunk:3d}{loop}:"
         print(f"{label} forward {fwd:8.1f}{fwd_mark} backward {bwd:8.1f}{bwd_mark}", flush=True)
 
 

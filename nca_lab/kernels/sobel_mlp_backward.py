@@ -42,7 +42,7 @@ from nca_lab.kernels.sobel_mlp_step import (
 )
 
 
-def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, hidden_columns):
+def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over_hidden):
     """One block: its weight-gradient shares added to its partial sums, and the perception's
     cotangent (identity term plus the cell's own cotangent); the hidden layer a chunk of
     columns at a time (:class:`~nca_lab.kernels.sobel_mlp_step.Launch`)."""
@@ -74,16 +74,21 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, hidd
             grad_new = grad_new * alive_ref[mask, b, here][:, None]
         grad_new = jnp.where(inside, grad_new, 0.0)
         grad_delta = grad_new * (fire_ref[step, b, here] * step_size)[:, None]
-        grad_features = [grad_new, 0.0, 0.0]  # identity, grad_x, grad_y
-        for columns in hidden_columns:
+
+        def add_chunk(columns, grad_features):
             *weights, w2t, b1 = weight_columns(w_ref, c, columns)
             hidden = sum(dot(f, w) for f, w in zip(features, weights, strict=True)) + b1[None, :]
             grad_hidden = jnp.where(hidden > 0, dot(grad_delta, w2t), 0.0)
+            grad_features = list(grad_features)
             for row, feature in enumerate(features):
                 accumulate((pl.ds(row * c, c), columns), dot(feature, grad_hidden, TN))
                 grad_features[row] = grad_features[row] + dot(grad_hidden, weights[row], NT)
             accumulate((pl.ds(3 * c, c), columns), dot(grad_delta, jnp.maximum(hidden, 0.0), TN))
             accumulate((4 * c, columns), jnp.sum(grad_hidden, axis=0))
+            return tuple(grad_features)
+
+        zero = jnp.zeros_like(grad_new)  # identity, grad_x, grad_y
+        grad_features = over_hidden(w_ref.shape[1], add_chunk, (grad_new, zero, zero))
         accumulate((4 * c + 1, pl.ds(0, c)), jnp.sum(grad_delta, axis=0))  # b2: its row's first C columns
         for out_ref, grad in zip((base_ref, dgx_ref, dgy_ref), grad_features, strict=True):
             out_ref[b, here, :] = grad
@@ -169,7 +174,7 @@ def backward_step(
         step_size=float(step_size),
         precision=precision,
         masked=masked,
-        hidden_columns=launch.hidden_columns(packed.shape[1]),
+        over_hidden=launch.over_hidden,
     )(*inputs)
     grad = pallas_call(
         _stencil_transpose_kernel,

@@ -72,11 +72,20 @@ class Launch:
     639 / 1040, then 478 / 1961. Fewer cells per program were no faster, except diffusing's
     backward at 32 cells and 8 warps (445). Diffusing's whole hidden layer of 256 spilled
     registers; chunks of 128 make each chunk growing-sized (not yet measured on a GPU).
+
+    ``chunk_loop``: the chunks run in a loop (``fori_loop``) instead of one after the other in
+    straight-line code, where the compiler interleaves them and keeps several chunks' values
+    live. Counted offline for an H100/H200 (``experiments/gpu/registers.py``, which compiles
+    the kernels with PyPI's Triton without a GPU; bytes spilled per thread, 128 cells, 8
+    warps): growing's gradient kernel spills 1008 with one chunk of 128, 1364 unrolled in
+    chunks of 64, 32 looped, 0 looped in chunks of 32; its update kernel 76 with one chunk,
+    none in chunks of 64 either way. Not yet timed on a GPU, hence off.
     """
 
     cells: int = BLOCK
     warps: int = 8
     hidden_chunk: int = 128
+    chunk_loop: bool = False
 
     def programs(self, layout: "FlatLayout") -> int:
         """Programs per sample that cover ``layout``'s padded grid."""
@@ -89,6 +98,21 @@ class Launch:
         whole layer at once where ``hidden_chunk`` does not divide it."""
         size = self.hidden_chunk if hidden % self.hidden_chunk == 0 else hidden
         return [pl.ds(start, size) for start in range(0, hidden, size)]
+
+    def over_hidden(self, hidden: int, body, carry):
+        """``carry = body(columns, carry)`` for the :meth:`hidden_columns` of a hidden layer of
+        ``hidden`` units, in order: unrolled, or in a ``fori_loop`` with ``chunk_loop``."""
+        columns = self.hidden_columns(hidden)
+        if not self.chunk_loop or len(columns) == 1:
+            for chunk in columns:
+                carry = body(chunk, carry)
+            return carry
+        size = columns[0].size
+
+        def step(k, carry):
+            return body(pl.ds(pl.multiple_of(k * size, size), size), carry)
+
+        return jax.lax.fori_loop(0, len(columns), step, carry)
 
 
 #: Programs of a forward step up to which its update kernel runs 8 warps per program, above
@@ -273,7 +297,7 @@ def _update_kernel(
     precision,
     history,
     in_place,
-    hidden_columns,
+    over_hidden,
 ):
     """New cells of one block; for the alive mask, also their alpha and the pre-update 3x3 alpha max.
 
@@ -294,12 +318,14 @@ def _update_kernel(
     def _():
         tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
         centre, grad_x, grad_y = perception(tiles, taps)
-        delta = output_bias(w_ref, centre.shape[1])[None, :]
-        for columns in hidden_columns:
+
+        def add_chunk(columns, delta):
             w_id, w_gx, w_gy, w2t, b1 = weight_columns(w_ref, centre.shape[1], columns)
             hidden = dot(centre, w_id) + dot(grad_x, w_gx) + dot(grad_y, w_gy) + b1[None, :]
-            delta = delta + dot(jnp.maximum(hidden, 0.0), w2t, NT)
-        delta = delta * step_size
+            return delta + dot(jnp.maximum(hidden, 0.0), w2t, NT)
+
+        bias = jnp.broadcast_to(output_bias(w_ref, centre.shape[1])[None, :], centre.shape)
+        delta = over_hidden(w_ref.shape[1], add_chunk, bias) * step_size
         fire = fire_ref[step, b, here][:, None]
         new = jnp.where(inside_grid(layout, start, cells)[:, None], centre + delta * fire, 0.0)
         if in_place:
@@ -408,7 +434,7 @@ def forward_step(
         precision=precision,
         history=history,
         in_place=in_place,
-        hidden_columns=launch.hidden_columns(packed.shape[1]),
+        over_hidden=launch.over_hidden,
     )
     if in_place:
         return update(step, states, fire, packed)[0], None

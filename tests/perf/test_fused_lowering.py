@@ -14,7 +14,8 @@ import pytest
 from jax import export
 
 from nca_lab.kernels.fused_rollout import fused_rollout
-from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch
+from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials
+from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_step
 
 C, HIDDEN, BATCH, STEPS = 16, 128, 2, 3
 LAYOUT = FlatLayout(12, 12)
@@ -112,4 +113,22 @@ def test_a_hidden_layer_in_chunks_lowers_to_triton():
         return jax.grad(lambda p, f: rollout(None)(p, f, fire, count).sum(), argnums=(0, 1))(packed, flat)
 
     names = triton_kernels(gradients, packed, state, FIRE, COUNT)
+    assert names == ["_update_kernel", "_grads_kernel", "_stencil_transpose_kernel"]
+
+
+def test_chunks_in_a_loop_lower_to_triton():
+    """``Launch(chunk_loop=True)``: the hidden layer's chunks in a ``fori_loop`` inside the
+    update and gradient kernels, with column offsets computed in the loop."""
+    channels, hidden = 64, 256
+    launch = Launch(hidden_chunk=64, chunk_loop=True)
+    packed, state = spec(4 * channels + 2, hidden), spec(BATCH, LAYOUT.length, channels)
+    states = spec(2, BATCH, LAYOUT.length, channels)
+
+    def step_and_back(packed, states, fire, grad):
+        kwargs = {"angle": 0.0, "step_size": 1.0, "launch": launch}
+        states, _ = forward_step(states, None, fire, packed, 0, 1, LAYOUT, history=True, alive_threshold=None, **kwargs)
+        partials = weight_partials(BATCH, LAYOUT, packed, launch)
+        return backward_step(states, fire, None, grad, partials, packed, 0, 1, LAYOUT, **kwargs)
+
+    names = triton_kernels(step_and_back, packed, states, spec(1, BATCH, LAYOUT.length), state)
     assert names == ["_update_kernel", "_grads_kernel", "_stencil_transpose_kernel"]

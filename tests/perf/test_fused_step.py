@@ -125,6 +125,7 @@ def test_every_launch_computes_the_same_step_and_gradients():
         Launch(cells=4, warps=2),
         Launch(cells=8, warps=4, hidden_chunk=16),
         Launch(cells=16, hidden_chunk=16),
+        Launch(cells=8, hidden_chunk=16, chunk_loop=True),
     ):
         got = run(launch)
         assert_close(got[0], want[0])
