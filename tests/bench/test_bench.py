@@ -170,6 +170,7 @@ def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch
         ["--steps", "0"],
         ["--kernel", "cuda"],
         ["--repeats", "0"],
+        ["--compile-repeats", "0"],
         ["--json", "/no/dir/b.json"],
         ["--memory-budget-gb", "0"],
         ["--memory-budget-gb", "nan"],
