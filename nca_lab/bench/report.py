@@ -103,8 +103,7 @@ def table(records: list[dict]) -> str:
     """A markdown table, columns padded to line up, with each peer's time divided by nca_lab's on
     the same case (its fastest kernel's; rows name the kernel where a case has several)."""
     columns = ["suite", "case", "impl", "steps", "n", "median ms", "min ms", "max ms", "lower s", "compile s"]
-    columns += ["peak MiB"]
-    columns += ["Mcell-steps/s", "peer/nca_lab", "how"]
+    columns += ["peak MiB", "Mcell-steps/s", "peer/nca_lab", "how"]
     ours = [r for r in records if r["impl"] == "nca_lab"]
     variants = Counter((r["suite"], r["case"]) for r in ours)
     fastest = {}
