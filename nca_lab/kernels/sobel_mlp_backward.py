@@ -78,13 +78,16 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over
         def add_chunk(columns, grad_features):
             *weights, w2t, b1 = weight_columns(w_ref, c, columns)
             hidden = sum(dot(f, w) for f, w in zip(features, weights, strict=True)) + b1[None, :]
+            # The output layer's share first, so that the activations die before the first layer's
+            # shares and cotangents: offline, 1008 bytes spilled per thread became 28 at the default
+            # launch (experiments/gpu/registers_2026-12-01.md).
+            accumulate((pl.ds(3 * c, c), columns), dot(grad_delta, jnp.maximum(hidden, 0.0), TN))
             grad_hidden = jnp.where(hidden > 0, dot(grad_delta, w2t), 0.0)
+            accumulate((4 * c, columns), jnp.sum(grad_hidden, axis=0))
             grad_features = list(grad_features)
             for row, feature in enumerate(features):
                 accumulate((pl.ds(row * c, c), columns), dot(feature, grad_hidden, TN))
                 grad_features[row] = grad_features[row] + dot(grad_hidden, weights[row], NT)
-            accumulate((pl.ds(3 * c, c), columns), dot(grad_delta, jnp.maximum(hidden, 0.0), TN))
-            accumulate((4 * c, columns), jnp.sum(grad_hidden, axis=0))
             return tuple(grad_features)
 
         zero = jnp.zeros_like(grad_new)  # identity, grad_x, grad_y

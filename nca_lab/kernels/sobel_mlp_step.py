@@ -76,10 +76,11 @@ class Launch:
     ``chunk_loop``: the chunks run in a loop (``fori_loop``) instead of one after the other in
     straight-line code, where the compiler interleaves them and keeps several chunks' values
     live. Counted offline for an H100/H200 (``experiments/gpu/registers.py``, which compiles
-    the kernels with PyPI's Triton without a GPU; bytes spilled per thread, 128 cells, 8
-    warps): growing's gradient kernel spills 1008 with one chunk of 128, 1364 unrolled in
-    chunks of 64, 32 looped, 0 looped in chunks of 32; its update kernel 76 with one chunk,
-    none in chunks of 64 either way. Not yet timed on a GPU, hence off.
+    the kernels with PyPI's Triton without a GPU; bytes spilled per thread): growing's
+    gradient kernel at 128 cells and 8 warps spills 28 with one chunk of 128 (the default),
+    1040 unrolled in chunks of 64 and none looped (231 registers); at 64 cells and 4 warps,
+    where two programs share a multiprocessor, none looped in chunks of 64 or 32 (245 and 190
+    registers). Not yet timed on a GPU, hence off.
     """
 
     cells: int = BLOCK
@@ -317,6 +318,9 @@ def _update_kernel(
     @pl.when(step < step_ref[1])
     def _():
         tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
+        if not in_place:  # first, so that the tiles die with the perception (offline: 76 -> 0 bytes spilled)
+            pre_ref, alpha_ref = alive_refs
+            pre_ref[b, here] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
         centre, grad_x, grad_y = perception(tiles, taps)
 
         def add_chunk(columns, delta):
@@ -332,8 +336,6 @@ def _update_kernel(
             out_ref[write, b, here, :] = new
             return
         out_ref[b, here, :] = new
-        pre_ref, alpha_ref = alive_refs
-        pre_ref[b, here] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
         alpha_ref[b, here] = _alpha(new)
 
 
