@@ -42,11 +42,18 @@ import jax.numpy as jnp  # noqa: E402
 from jax import export  # noqa: E402
 from jax._src.pallas.triton import lowering  # noqa: E402
 
+from nca_lab.bench.suites import SUITES  # noqa: E402
 from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials  # noqa: E402
 from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_launch, forward_step  # noqa: E402
 
-#: (channels, hidden, batch, grid, alive mask) of the bench's cases that have fused kernels.
-SIZES = {"growing": (16, 128, 8, 72, True), "diffusing": (64, 256, 8, 72, False), "scaled": (16, 128, 64, 128, True)}
+
+def _size(case) -> tuple[int, int, int, int, bool]:
+    """``(channels, hidden, batch, grid, alive mask)`` of a bench case (growing tasks mask alive cells)."""
+    return case.channels, case.hidden, case.batch, case.grid, case.task == "growing"
+
+
+#: The bench's train cases that have fused kernels, by suite.
+SIZES = {name: _size(SUITES[name][0]) for name in ("growing", "diffusing", "scaled")}
 #: The kernels that hold hidden activations (the others, the alive mask and the stencil
 #: transpose, hold a few tiles and do not come near the limit).
 HEAVY = ("_update_kernel", "_grads_kernel")
