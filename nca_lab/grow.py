@@ -226,7 +226,7 @@ def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
     try:
         final, frames = grow_from_seed(model, size, steps, seed, damage)
         return final, write_outputs(out, final, frames)
-    except (MemoryError, jax.errors.JaxRuntimeError) as err:
+    except (MemoryError, jax.errors.JaxRuntimeError, ValueError) as err:  # as in train.run (errors.out_of_memory)
         if not out_of_memory(err):
             raise
         raise ConfigError(
