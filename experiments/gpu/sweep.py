@@ -84,9 +84,19 @@ def sweep(name, channels, hidden, batch, grid, steps, interpret):
         @jax.jit
         def backward(grad, launch=launch):
             def body(k, carry):
-                t = steps - 1 - k
                 return backward_step(
-                    states, fire, alive, carry[1], carry[0], packed, t, steps, layout, launch=launch, **common
+                    states,
+                    fire,
+                    alive,
+                    carry[1],
+                    carry[0],
+                    packed,
+                    k,
+                    steps,
+                    layout,
+                    launch=launch,
+                    from_end=True,
+                    **common,
                 )
 
             return jax.lax.fori_loop(0, steps, body, (weight_partials(batch, layout, packed, launch), grad))

@@ -140,7 +140,7 @@ def fused_rollout(
         def body(k, carry):
             partials, grad = carry
             return backward_step(
-                states, fire, alive, grad, partials, packed, steps - 1 - k, count, layout, **kernel_args
+                states, fire, alive, grad, partials, packed, k, count, layout, from_end=True, **kernel_args
             )
 
         start = (weight_partials(grad.shape[0], layout, packed), grad)

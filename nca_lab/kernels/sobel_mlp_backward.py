@@ -37,19 +37,24 @@ from nca_lab.kernels.sobel_mlp_step import (
     perception,
     slots,
     sobel_taps,
-    step_and_count,
+    step_operands,
     weight_columns,
 )
 
 
-def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over_hidden):
+def _step(step_ref, last: int | None):
+    """The step a backward kernel transposes: its ``step`` operand, or that many before ``last``."""
+    return step_ref[0] if last is None else last - step_ref[0]
+
+
+def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over_hidden, last):
     """One block: its weight-gradient shares added to its partial sums, and the perception's
     cotangent (identity term plus the cell's own cotangent); the hidden layer a chunk of
     columns at a time (:class:`~nca_lab.kernels.sobel_mlp_step.Launch`)."""
-    step_ref, states_ref, fire_ref, *refs = refs
+    step_ref, count_ref, states_ref, fire_ref, *refs = refs
     alive_ref = refs.pop(0) if masked else None
     grad_ref, w_ref, partials_in, base_ref, dgx_ref, dgy_ref, partials_ref = refs
-    step = step_ref[0]
+    step = _step(step_ref, last)
     read, _, mask = slots(step, history=True)
     b, j = pl.program_id(0), pl.program_id(1)
     start = layout.margin + j * cells
@@ -62,7 +67,7 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over
     def accumulate(index, share):
         partials_ref[(b, j, *index)] = partials_in[(b, j, *index)] + share
 
-    @pl.when(step < step_ref[1])
+    @pl.when(step < count_ref[0])
     def _():
         tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
         # Cells outside the grid may read the undefined margins: zero their features, so that no
@@ -97,10 +102,14 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over
             out_ref[b, here, :] = grad
 
 
-def _stencil_transpose_kernel(step_ref, grad_ref, base_ref, dgx_ref, dgy_ref, out_ref, *, layout, cells, taps):
+def _stencil_transpose_kernel(
+    step_ref, count_ref, grad_ref, base_ref, dgx_ref, dgy_ref, out_ref, *, layout, cells, taps, last
+):
     """The state's cotangent of one block: its own term plus the Sobel features' cotangents of
     its neighbours; past the drawn rollout length, where the step did not run, the cotangent
-    of its output unchanged."""
+    of its output unchanged. ``out_ref`` is ``grad_ref``'s buffer (each program reads only the
+    cells it writes): the backward loop then carries one cotangent buffer, where XLA copied
+    the kernel's result into it every step (``experiments/gpu/aot.py``)."""
     b, j = pl.program_id(0), pl.program_id(1)
     start = layout.margin + j * cells
     total = base_ref[b, pl.ds(start, cells), :]
@@ -110,7 +119,7 @@ def _stencil_transpose_kernel(step_ref, grad_ref, base_ref, dgx_ref, dgy_ref, ou
             total = total + kx * dgx_ref[b, pl.ds(start - off, cells), :]
         if ky:
             total = total + ky * dgy_ref[b, pl.ds(start - off, cells), :]
-    total = jnp.where(step_ref[0] < step_ref[1], total, grad_ref[b, pl.ds(start, cells), :])
+    total = jnp.where(_step(step_ref, last) < count_ref[0], total, grad_ref[b, pl.ds(start, cells), :])
     out_ref[b, pl.ds(start, cells), :] = jnp.where(inside_grid(layout, start, cells)[:, None], total, 0.0)
 
 
@@ -138,6 +147,7 @@ def backward_step(
     interpret: bool = False,
     launch: Launch | None = None,
     precision=None,
+    from_end: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The backward pass of CA step ``step`` of a rollout that kept every state
     (:func:`~nca_lab.kernels.sobel_mlp_step.forward_step` with ``history``).
@@ -150,6 +160,9 @@ def backward_step(
             ``forward_step``; a step at or past ``count`` passes ``grad`` through unchanged.
         launch: cells, warps and hidden chunk of the first kernel (default: :class:`Launch`'s
             warps and chunk, the layout's block).
+        from_end: ``step`` counts back from the rollout's last step (``T - 1 - step`` is
+            transposed): a loop over the steps in reverse passes its counter as it is, where
+            computing ``T - 1 - k`` was a kernel launch per step (``experiments/gpu/aot.py``).
 
     Returns:
         ``(partials, grad)``: the partial sums with this step's gradients added (in place), and
@@ -161,10 +174,11 @@ def backward_step(
     if partials.shape[:2] != (batch, launch.programs(layout)):
         raise ValueError(f"partials have shape {partials.shape}; this launch needs weight_partials(..., launch)")
     taps = sobel_taps(angle)
-    step = step_and_count(step, count)
+    last = fire.shape[0] - 1 if from_end else None
+    step = step_operands(step, count)
     state_shape = jax.ShapeDtypeStruct(grad.shape, grad.dtype)
     masked = alive is not None
-    inputs = [step, states, fire, *([alive] if masked else []), grad, packed, partials]
+    inputs = [*step, states, fire, *([alive] if masked else []), grad, packed, partials]
     base, dgx, dgy, partials = pallas_call(
         _grads_kernel,
         batch,
@@ -178,6 +192,7 @@ def backward_step(
         precision=precision,
         masked=masked,
         over_hidden=launch.over_hidden,
+        last=last,
     )(*inputs)
     grad = pallas_call(
         _stencil_transpose_kernel,
@@ -186,6 +201,8 @@ def backward_step(
         light_launch(layout),
         out_shape=state_shape,
         interpret=interpret,
+        aliases={2: 0},
         taps=taps,
-    )(step, grad, base, dgx, dgy)
+        last=last,
+    )(*step, grad, base, dgx, dgy)
     return partials, grad

@@ -255,12 +255,14 @@ def slots(step, history: bool) -> tuple:
     return step % 2, (step + 1) % 2, 0
 
 
-def step_and_count(step, count) -> jnp.ndarray:
-    """The int32 ``[step, count]`` operand of the kernels: a kernel of a step at or past
-    ``count`` (the drawn rollout length) writes nothing. The loop over steps keeps its static
-    length, since XLA:GPU syncs the host on every iteration of a loop whose trip count it
-    does not know (``WhileThunk``), and on every ``lax.cond``."""
-    return jnp.stack([jnp.asarray(step, jnp.int32), jnp.asarray(count, jnp.int32)])
+def step_operands(step, count) -> tuple:
+    """The kernels' int32 operands ``(step, count)``, each of shape ``(1,)``: a kernel of a step
+    at or past ``count`` (the drawn rollout length) writes nothing. The loop over steps keeps its
+    static length, since XLA:GPU syncs the host on every iteration of a loop whose trip count it
+    does not know (``WhileThunk``), and on every ``lax.cond``. Two operands, not one stacked
+    pair: reshaping a scalar is free, stacking two was a kernel launch per step and loop
+    (``experiments/gpu/aot.py``)."""
+    return jnp.asarray(step, jnp.int32).reshape(1), jnp.asarray(count, jnp.int32).reshape(1)
 
 
 def pallas_call(
@@ -286,6 +288,7 @@ def pallas_call(
 
 def _update_kernel(
     step_ref,
+    count_ref,
     states_ref,
     fire_ref,
     w_ref,
@@ -315,7 +318,7 @@ def _update_kernel(
     def dot(a, w, dims=(((1,), (0,)), ((), ()))):
         return jax.lax.dot_general(a, w, dims, precision=precision, preferred_element_type=jnp.float32)
 
-    @pl.when(step < step_ref[1])
+    @pl.when(step < count_ref[0])
     def _():
         tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
         if not in_place:  # first, so that the tiles die with the perception (offline: 76 -> 0 bytes spilled)
@@ -341,6 +344,7 @@ def _update_kernel(
 
 def _alive_kernel(
     step_ref,
+    count_ref,
     new_ref,
     pre_ref,
     alpha_ref,
@@ -361,7 +365,7 @@ def _alive_kernel(
     start = layout.margin + j * cells
     here = pl.ds(start, cells)
 
-    @pl.when(step_ref[0] < step_ref[1])
+    @pl.when(step_ref[0] < count_ref[0])
     def _():
         after = functools.reduce(jnp.maximum, [alpha_ref[b, pl.ds(start + off, cells)] for off in layout.offsets()])
         keep = inside_grid(layout, start, cells) & (pre_ref[b, here] > threshold) & (after > threshold)
@@ -416,7 +420,7 @@ def forward_step(
     """
     batch = states.shape[1]
     taps = sobel_taps(angle)
-    step = step_and_count(step, count)
+    step = step_operands(step, count)
     state_shape = jax.ShapeDtypeStruct(states.shape[1:], states.dtype)
     flag_shape = jax.ShapeDtypeStruct((batch, layout.length), states.dtype)
     in_place = alive_threshold is None
@@ -430,7 +434,7 @@ def forward_step(
         if in_place
         else (state_shape, flag_shape, flag_shape),
         interpret=interpret,
-        aliases={1: 0} if in_place else None,
+        aliases={2: 0} if in_place else None,
         taps=taps,
         step_size=float(step_size),
         precision=precision,
@@ -439,8 +443,8 @@ def forward_step(
         over_hidden=launch.over_hidden,
     )
     if in_place:
-        return update(step, states, fire, packed)[0], None
-    new, pre, alpha = update(step, states, fire, packed)
+        return update(*step, states, fire, packed)[0], None
+    new, pre, alpha = update(*step, states, fire, packed)
     return pallas_call(
         _alive_kernel,
         batch,
@@ -448,7 +452,7 @@ def forward_step(
         light_launch(layout),
         out_shape=(jax.ShapeDtypeStruct(states.shape, states.dtype), jax.ShapeDtypeStruct(alive.shape, alive.dtype)),
         interpret=interpret,
-        aliases={4: 0, 5: 1},
+        aliases={5: 0, 6: 1},
         threshold=float(alive_threshold),
         history=history,
-    )(step, new, pre, alpha, states, alive)
+    )(*step, new, pre, alpha, states, alive)

@@ -84,9 +84,12 @@ def loop_bodies(jaxpr) -> list:
 def test_the_loops_over_steps_run_nothing_but_the_kernels(differentiate):
     """Issue 7's GPU profile of a per-step custom VJP: ~20 launches per CA step besides the
     kernels (stacking residuals, reductions of the weight-gradient partials, fire draws). In
-    the fused rollout, every operation in a loop over CA steps is a Pallas kernel or scalar
-    bookkeeping (the step index), and the loops have a static length (a ``scan``), so XLA:GPU
-    does not sync the host per iteration."""
+    the fused rollout, a loop over CA steps runs its two Pallas kernels, increments its counter
+    and reshapes scalars (free), nothing else: stacking the step index with the rollout length,
+    or computing the step from the counter, was one more kernel per step on an H100
+    (``experiments/gpu/aot.py``). The last kernel writes in place into the buffer the loop
+    carries, or XLA copies its result there every step. The loops have a static length (a
+    ``scan``), so XLA:GPU does not sync the host per iteration."""
     fn = rollout(0.1)
     if differentiate:
         fn = jax.grad(lambda p, f, fire, n: rollout(0.1)(p, f, fire, n).sum(), argnums=(0, 1))
@@ -97,9 +100,9 @@ def test_the_loops_over_steps_run_nothing_but_the_kernels(differentiate):
     for body in bodies:
         kernels = [eqn for eqn in body.eqns if eqn.primitive.name == "pallas_call"]
         assert len(kernels) == 2
-        for eqn in body.eqns:
-            if eqn not in kernels:
-                assert all(v.aval.size <= 2 for v in eqn.outvars), eqn
+        others = [eqn.primitive.name for eqn in body.eqns if eqn not in kernels]
+        assert set(others) <= {"add", "reshape", "convert_element_type"} and others.count("add") == 1, others
+        assert kernels[-1].params["input_output_aliases"]
 
 
 def test_a_hidden_layer_in_chunks_lowers_to_triton():
