@@ -206,7 +206,7 @@ def build(case: Case, seed: int = 0) -> Workload:
             )(cs, state)
 
         return Workload(
-            call=lambda i: rollout(cs, state_init), lower=lambda: rollout.lower(cs, state_init), note="nnx.vmap(cs)"
+            call=lambda i: rollout(cs, state_init), trace=lambda: rollout.trace(cs, state_init), note="nnx.vmap(cs)"
         )
 
     wrt = nnx.Param if case.perceive == "attention" else nnx.All(nnx.Param, nnx.PathContains("update"))
@@ -257,7 +257,7 @@ def build(case: Case, seed: int = 0) -> Workload:
 
         return Workload(
             call=call,
-            lower=lambda: train_step.lower(cs, optimizer, carry["pool"], key),
+            trace=lambda: train_step.trace(cs, optimizer, carry["pool"], key),
             note=f"example 40 train_step, pool {case.pool}{remat}",
         )
 
@@ -279,6 +279,6 @@ def build(case: Case, seed: int = 0) -> Workload:
     how = "with example 48's ViTPerceive" if case.perceive == "attention" else "(keeps CAX's alive mask)"
     return Workload(
         call=lambda i: train_step(cs, optimizer, jax.random.fold_in(key, i)),
-        lower=lambda: train_step.lower(cs, optimizer, key),
+        trace=lambda: train_step.trace(cs, optimizer, key),
         note=f"example 43 train_step {how}{remat}",
     )

@@ -45,13 +45,14 @@ class Workload:
     Attributes:
         call: ``call(i)`` runs benchmarked step ``i`` (threading any state, such as a pool,
             from one call to the next) and returns what to synchronise on.
-        lower: ``lower()`` returns the ``jax.stages.Lowered`` of the jitted step; ``None``
+        trace: ``trace()`` returns the ``jax.stages.Traced`` of the jitted step (lowered for
+            this process's devices here, for others by ``experiments/gpu/aot.py``); ``None``
             for an eager implementation (nothing to compile: ``compile_s`` is 0).
         note: how this implementation runs the case (shown in the table).
     """
 
     call: Callable[[int], Any]
-    lower: Callable[[], Any] | None
+    trace: Callable[[], Any] | None
     note: str = ""
 
 
@@ -191,7 +192,7 @@ def compile_all(workloads: dict[str, Workload], *, repeats: int, log: Callable[[
     implementation that fails to compile is ``"failed"`` and left out of later rounds.
     """
     results = {name: Measurement([], 0.0, None, None) for name in workloads}
-    compiled_ones = [name for name, work in workloads.items() if work.lower is not None]
+    compiled_ones = [name for name, work in workloads.items() if work.trace is not None]
     for round_ in range(repeats):
         if repeats > 1:
             jax.clear_caches()
@@ -203,7 +204,7 @@ def compile_all(workloads: dict[str, Workload], *, repeats: int, log: Callable[[
             log(f"  {name}: compiling" + (f" ({round_ + 1}/{repeats})" if repeats > 1 else ""))
             try:
                 tick = time.perf_counter()
-                lowered = workloads[name].lower()
+                lowered = workloads[name].trace().lower()
                 tock = time.perf_counter()
                 compiled = lowered.compile()
                 done = time.perf_counter()

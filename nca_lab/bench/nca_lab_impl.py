@@ -68,7 +68,7 @@ def build(
         keys = jax.random.split(key, case.batch)
         return Workload(
             call=lambda i: grow(model, state, keys, case.steps, unroll=unroll)[0],
-            lower=lambda: grow.lower(model, state, keys, case.steps, unroll=unroll),
+            trace=lambda: grow.trace(model, state, keys, case.steps, unroll=unroll),
             note=f"nca_lab.nca.grow, {path}",
         )
     optimizer = nnx.Optimizer(model, make_optimizer(LEARNING_RATE, gradient="clip"), wrt=nnx.Param)
@@ -83,6 +83,6 @@ def build(
     vjp = "rollout VJP" if model.uses_fused_kernel else "manual VJP" if model.uses_manual_vjp else "autodiff"
     return Workload(
         call=call,
-        lower=lambda: train_step.lower(model, optimizer, carry["pool"], key),
+        trace=lambda: train_step.trace(model, optimizer, carry["pool"], key),
         note=f"make_train_step, {path}, {vjp}" + (f", pool {task.pool_size}" if task.pool_size else ""),
     )

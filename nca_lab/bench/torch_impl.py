@@ -87,7 +87,7 @@ def build(case: Case, seed: int = 0) -> Workload:
         def forward_only(i: int):
             return rollout(state)
 
-        return Workload(call=forward_only, lower=None, note="eager, Python loop, no_grad")
+        return Workload(call=forward_only, trace=None, note="eager, Python loop, no_grad")
 
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     pool = seed_state.expand(max(case.pool, batch_size), -1, -1, -1).clone() if case.task == "growing" else None
@@ -115,4 +115,4 @@ def build(case: Case, seed: int = 0) -> Workload:
         return loss.item()
 
     extra = f", pool {pool.shape[0]}" if pool is not None else ""
-    return Workload(call=train_step, lower=None, note=f"eager, Python loop, {torch.get_num_threads()} threads{extra}")
+    return Workload(call=train_step, trace=None, note=f"eager, Python loop, {torch.get_num_threads()} threads{extra}")

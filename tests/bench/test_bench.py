@@ -227,7 +227,7 @@ def test_a_peer_that_cannot_run_a_case_has_a_record_saying_why(monkeypatch, caps
 def make_trivial_workload():
     from nca_lab.bench.measure import Workload
 
-    return Workload(call=lambda i: i, lower=None, note="trivial")
+    return Workload(call=lambda i: i, trace=None, note="trivial")
 
 
 def test_nothing_measured_is_an_error(monkeypatch, capsys):

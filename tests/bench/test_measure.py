@@ -19,7 +19,7 @@ def recording(log, name, fail_at=None, seconds=0.0):
         time.sleep(seconds)
         return i
 
-    return Workload(call=call, lower=None, note=name)
+    return Workload(call=call, trace=None, note=name)
 
 
 def test_warm_up_calls_are_untimed_and_implementations_interleave():
@@ -47,7 +47,7 @@ def test_a_plan_over_the_memory_budget_is_compiled_but_never_run():
     calls = []
     step = jax.jit(lambda x: x * 2)
     x = jnp.ones((256, 256))
-    work = Workload(call=lambda i: calls.append(i) or step(x), lower=lambda: step.lower(x), note="jit")
+    work = Workload(call=lambda i: calls.append(i) or step(x), trace=lambda: step.trace(x), note="jit")
     result = measure({"big": work}, repeats=3, warmup=1, memory_budget=1024, log=lambda _: None)["big"]
     assert result.status == "too_big" and result.plan_bytes > 1024 and result.compile_s > 0
     assert calls == [] and result.times == []
@@ -87,7 +87,7 @@ def test_repeated_compiles_clear_the_caches_alternate_the_order_and_report_media
     x = jnp.ones((8,))
 
     def jitted(name):
-        return Workload(call=lambda i: step(x), lower=lambda: step.lower(x), note=name)
+        return Workload(call=lambda i: step(x), trace=lambda: step.trace(x), note=name)
 
     def broken():
         raise RuntimeError("cannot lower")
@@ -116,6 +116,6 @@ def test_one_compile_leaves_the_caches_alone(monkeypatch):
     monkeypatch.setattr(jax, "clear_caches", lambda: pytest.fail("caches cleared for a single compile"))
     step = jax.jit(lambda x: x + 1)
     x = jnp.ones((4,))
-    work = Workload(call=lambda i: step(x), lower=lambda: step.lower(x))
+    work = Workload(call=lambda i: step(x), trace=lambda: step.trace(x))
     result = measure({"a": work}, repeats=1, warmup=1, memory_budget=float("inf"))["a"]
     assert result.compile_each == [result.compile_s] and result.lower_each == [result.lower_s]
