@@ -80,7 +80,10 @@ class Launch:
     gradient kernel at 128 cells and 8 warps spills 28 with one chunk of 128 (the default),
     1040 unrolled in chunks of 64 and none looped (231 registers); at 64 cells and 4 warps,
     where two programs share a multiprocessor, none looped in chunks of 64 or 32 (245 and 190
-    registers). Not yet timed on a GPU, hence off.
+    registers). Not yet timed on a GPU, hence off. XLA's own compile for an H100
+    (``experiments/gpu/aot.py``, ``aot_2026-12-01.md``) finds no spills either for growing's
+    looped chunks (of 64: update kernel 118 registers, two programs per multiprocessor instead
+    of one) and refuses diffusing's at 128 cells (more shared memory than a block may have).
     """
 
     cells: int = BLOCK
