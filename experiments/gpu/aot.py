@@ -167,7 +167,9 @@ _KERNEL = re.compile(
 def loop_kernels(dump: Path) -> dict[str, dict]:
     """The kernels in loop bodies of the last module XLA dumped to ``dump`` (its thunk sequence):
     programs, threads and shared memory by name."""
-    sequence = sorted(dump.glob("module_*thunk_sequence_after_thunk_passes.txt"))[-1]
+    # After XLA's thunk passes (command buffers) where they ran, else as emitted.
+    found = sorted(dump.glob("module_*.thunk_sequence_after_thunk_passes.txt"))
+    sequence = (found or sorted(dump.glob("module_*.thunk_sequence.txt")))[-1]
     kernels, in_body = {}, False
     for line in sequence.read_text().splitlines():
         if not line.startswith(" ") or line.strip() in ("body:", "condition:"):
@@ -239,11 +241,15 @@ def build(case, impl: str, unroll: int):
     return nca_lab_impl.build(case, kernel=impl.split(":")[1], unroll=unroll)
 
 
-def report_kernels(dump: Path, spec: str) -> None:
-    """One line per kernel of the loops over CA steps: its launch, registers, spills and how
-    many of its programs an SM holds (``waves``: rounds of programs over all the SMs)."""
+def report_kernels(dump: Path, spec: str, prefix: str = "") -> None:
+    """One line per kernel of the loops over CA steps (those named ``prefix...``; Pallas names
+    kernels after their functions, ``_update_kernel`` and the like): its launch, registers,
+    spills and how many of its programs an SM holds (``waves``: rounds of programs over all
+    the SMs)."""
     cores = int(re.search(r"core_count: (\d+)", spec).group(1))
     for name, kernel in loop_kernels(dump).items():
+        if not name.startswith(prefix):
+            continue
         usage = ptxas_usage(dump, name)
         warps, smem = math.ceil(kernel["threads"] / 32), kernel["smem"] / 1024
         line = f"    {name:<28} {kernel['programs']:6d} programs x {warps:2d} warps, {smem:5.1f} KiB shared"

@@ -9,11 +9,18 @@ by default) and scaled (the growing model, 64 x 128x128) sizes, times ``forward_
 prints microseconds per CA step (median of 5 calls after one warm-up call) for each launch;
 ``*`` marks the defaults (:func:`~nca_lab.kernels.sobel_mlp_step.forward_launch`,
 ``Launch()``). Off a GPU the kernels run in Pallas' interpreter (slow: use a small ``--steps``).
+
+``--compile-only`` needs no GPU: each launch is compiled for an H100 by XLA:GPU
+(:mod:`aot`, with the CUDA plugin installed) and its kernels' registers, bytes spilled and
+programs per SM are printed instead of timings, or why XLA refused the launch: a screen of
+the launches before GPU time is spent on them.
 """
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +30,37 @@ from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_launch, f
 
 #: (name, channels, hidden, batch, grid)
 SIZES = [("growing", 16, 128, 8, 72), ("diffusing", 64, 256, 8, 72), ("scaled", 16, 128, 64, 128)]
-LAUNCHES = [
-    *(Launch(cells, warps) for cells in (32, 64, 128) for warps in (4, 8)),
-    *(Launch(cells, 8, hidden_chunk=64) for cells in (32, 64, 128)),
-    # Chunks in a loop: offline (experiments/gpu/registers.py) these spill least; the last one
-    # not at all, in 190 registers at 4 warps: two programs per multiprocessor.
-    *(Launch(cells, 8, hidden_chunk=chunk, chunk_loop=True) for cells in (64, 128) for chunk in (32, 64)),
+#: Launches to time per size, most promising first (a run cut short still times those and the
+#: defaults). Screened with ``--compile-only`` (``screen_2026-12-01.txt``): registers and spills
+#: of XLA's own compile for an H100. The growing model (growing, scaled): looped chunks of 32
+#: spill nothing and fit more programs per SM (at 64 cells and 4 warps, update 5 and gradients
+#: 3, against 1 and 1 at the default); stop 19 found 32 cells slow (the gradient kernel spills
+#: 17 KB per thread at 8 warps), so they are left out. Diffusing: only looped chunks of 32 at 64
+#: cells and 8 warps spill nothing in either kernel; looped at 128 cells, XLA refuses every chunk
+#: size (shared memory); 32 cells and 8 warps timed best backward in stop 19.
+_GROWING_MODEL = [
+    Launch(128, 8),
+    Launch(128, 4),
     Launch(64, 4, hidden_chunk=32, chunk_loop=True),
+    Launch(64, 8, hidden_chunk=32, chunk_loop=True),
+    Launch(128, 8, hidden_chunk=32, chunk_loop=True),
+    Launch(128, 8, hidden_chunk=64, chunk_loop=True),
+    Launch(64, 4),
+    Launch(64, 8),
 ]
+LAUNCHES = {
+    "growing": _GROWING_MODEL,
+    "scaled": _GROWING_MODEL,
+    "diffusing": [
+        Launch(128, 8),
+        Launch(64, 8, hidden_chunk=32, chunk_loop=True),
+        Launch(64, 4, hidden_chunk=32, chunk_loop=True),
+        Launch(128, 8, hidden_chunk=64),
+        Launch(64, 8, hidden_chunk=64),
+        Launch(32, 8),
+        Launch(32, 8, hidden_chunk=64),
+    ],
+}
 
 
 def per_step_us(run, arg, steps: int) -> float:
@@ -43,7 +73,22 @@ def per_step_us(run, arg, steps: int) -> float:
     return 1e6 * statistics.median(times) / steps
 
 
-def sweep(name, channels, hidden, batch, grid, steps, interpret):
+def compiled_kernels(target, label: str, traced) -> None:
+    """Registers, spills and residency of the Pallas kernels of ``traced`` compiled for ``target``."""
+    import aot
+
+    with tempfile.TemporaryDirectory() as dump:
+        try:
+            aot.compile_for(target, traced, Path(dump))
+        except Exception as error:  # noqa: BLE001 - a launch XLA refuses is reported, not fatal
+            print(f"  {label} failed: {str(error).splitlines()[0][:150]}", flush=True)
+            return
+        print(f"  {label}", flush=True)
+        aot.report_kernels(Path(dump), aot.SPEC.read_text(), prefix="_")
+
+
+def sweep(name, channels, hidden, batch, grid, steps, interpret, target=None):
+    """Time every launch for one size, or with a compile-only ``target`` device, compile it."""
     keys = jax.random.split(jax.random.key(0), 6)
     packed = pack_weights(
         {
@@ -61,16 +106,20 @@ def sweep(name, channels, hidden, batch, grid, steps, interpret):
     common = {"angle": 0.0, "step_size": 1.0, "interpret": interpret}
     states = jnp.zeros((steps + 1, *flat.shape)).at[0].set(flat)
     alive = jnp.zeros((steps, batch, layout.length))
-    states, alive = jax.jit(
-        lambda states, alive: jax.lax.fori_loop(
-            0,
-            steps,
-            lambda t, b: forward_step(*b, fire, packed, t, steps, layout, history=True, alive_threshold=0.1, **common),
-            (states, alive),
-        )
-    )(states, alive)
-    print(f"{name}: C={channels}, hidden {hidden}, {batch} x {grid}x{grid}, {steps} steps; us per step", flush=True)
-    for launch in LAUNCHES:
+    if target is None:  # the alive masks of a real rollout, for the timed backward pass
+        states, alive = jax.jit(
+            lambda states, alive: jax.lax.fori_loop(
+                0,
+                steps,
+                lambda t, b: forward_step(
+                    *b, fire, packed, t, steps, layout, history=True, alive_threshold=0.1, **common
+                ),
+                (states, alive),
+            )
+        )(states, alive)
+    what = "compiled for an H100" if target is not None else "us per step"
+    print(f"{name}: C={channels}, hidden {hidden}, {batch} x {grid}x{grid}, {steps} steps; {what}", flush=True)
+    for launch in LAUNCHES[name]:
 
         @jax.jit
         def forward(states, launch=launch):
@@ -101,6 +150,10 @@ def sweep(name, channels, hidden, batch, grid, steps, interpret):
 
             return jax.lax.fori_loop(0, steps, body, (weight_partials(batch, layout, packed, launch), grad))
 
+        if target is not None:
+            compiled_kernels(target, f"{launch} forward:", forward.trace(states))
+            compiled_kernels(target, f"{launch} backward:", backward.trace(flat))
+            continue
         try:
             fwd, bwd = per_step_us(forward, states, steps), per_step_us(backward, flat, steps)
         except Exception as error:  # noqa: BLE001 - a launch Triton cannot compile is reported, not fatal
@@ -117,12 +170,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=32, help="CA steps per timed scan")
     parser.add_argument("--sizes", nargs="+", default=[s[0] for s in SIZES], choices=[s[0] for s in SIZES])
+    parser.add_argument("--compile-only", action="store_true", help="compile for an H100 here, time nothing")
     args = parser.parse_args()
-    interpret = jax.default_backend() != "gpu"
-    print(jax.devices(), flush=True)
+    target = None
+    if args.compile_only:
+        import aot
+
+        target = aot.h100(aot.SPEC)
+    interpret = jax.default_backend() != "gpu" and target is None
+    print(target or jax.devices(), flush=True)
     for size in SIZES:
         if size[0] in args.sizes:
-            sweep(*size, args.steps, interpret)
+            sweep(*size, args.steps, interpret, target)
 
 
 if __name__ == "__main__":
