@@ -25,11 +25,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from nca_lab.bench.suites import SUITES
 from nca_lab.kernels.sobel_mlp_backward import backward_step, weight_partials
 from nca_lab.kernels.sobel_mlp_step import FlatLayout, Launch, forward_launch, forward_step, pack_weights
 
-#: (name, channels, hidden, batch, grid)
-SIZES = [("growing", 16, 128, 8, 72), ("diffusing", 64, 256, 8, 72), ("scaled", 16, 128, 64, 128)]
+#: (name, channels, hidden, batch, grid) of the bench's train cases that have fused kernels.
+SIZES = [
+    (name, c.channels, c.hidden, c.batch, c.grid)
+    for name in ("growing", "diffusing", "scaled")
+    for c in SUITES[name][:1]
+]
 #: Launches to time per size, most promising first (a run cut short still times those and the
 #: defaults). Screened with ``--compile-only`` (``screen_2026-12-01.txt``): registers and spills
 #: of XLA's own compile for an H100. The growing model (growing, scaled): looped chunks of 32
