@@ -2,7 +2,7 @@
 
     pip install "jax-cuda12-plugin[with-cuda]==$(python -c 'import jax; print(jax.__version__)')" cax
     python experiments/gpu/aot.py [--suite growing diffusing] [--impl nca_lab:xla nca_lab:pallas cax]
-        [--repeats 3] [--dump DIR] [--launch chunk_loop=1 hidden_chunk=64] [--unroll N]
+        [--repeats 3] [--dump DIR] [--launch chunk_loop=1 hidden_chunk=64] [--unroll N] [--rollout-steps 64 96]
         [--spec experiments/gpu/h100_sxm.txtpb]
 
 GPU time is scarce, and much of what decides a GPU step's speed is fixed when XLA compiles it:
@@ -20,7 +20,9 @@ fused kernels are compiled, not interpreted, and active-cell compaction (a CPU p
 Per case and implementation it prints the trace + lowering and compile times (medians of
 ``--repeats`` cold rounds, on this host's CPU), XLA's planned memory, and the kernels a call
 launches: every instruction of the optimised HLO that becomes a kernel or a copy, the bodies
-of loops counted once per iteration (their known trip counts), divided by the case's CA steps.
+of loops counted once per iteration (their known trip counts), divided by the case's CA steps,
+and the host syncs (iterations of loops of unknown length, conditionals: XLA:GPU copies their
+predicate to the host and waits for it).
 The count is static: copies XLA adds at run time (the profile's ``memcpy32_post``) are not
 in it, so it is a lower bound to set against a profile's kernel count. With ``--dump``, XLA's
 dumps of each compile are kept and every kernel in a loop over CA steps gets a line: its
@@ -65,6 +67,8 @@ NO_LAUNCH = {
     "replica-id",
     "opt-barrier",
 }
+#: Entries of :func:`launches` that count host syncs, not launches.
+SYNC_LOOP, SYNC_BRANCH = "(sync: loop of unknown length)", "(sync: conditional)"
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%(\S+) = .*?\s([a-z][a-z0-9-]*)\((.*)$")
 _CALLEES = ("calls", "to_apply", "branch_computations", "true_computation", "false_computation")
@@ -118,7 +122,9 @@ def launches(hlo_text: str) -> Counter:
 
     Every instruction of the entry computation that is not in :data:`NO_LAUNCH` counts once;
     a loop's body (and condition, when its trip count is unknown) counts once per iteration,
-    a call's or branch's computation once.
+    a call's computation once, a conditional's costliest branch once (an upper bound), and
+    loops of unknown length and conditionals are counted apart: each iteration or branch
+    syncs the host with the GPU.
     """
     bodies: dict[str, list[tuple[str, str]]] = {}
     current = None
@@ -134,7 +140,7 @@ def launches(hlo_text: str) -> Counter:
         if current is not None and _INSTRUCTION.match(line):
             bodies[current].append(line)
 
-    def count(name: str, times: int, into: Counter) -> None:
+    def count(name: str, times: int, into: Counter) -> Counter:
         for line in bodies[name]:
             _, opcode, rest = _INSTRUCTION.match(line).groups()
             calls = dict((key, value.strip("{}").replace("%", "").split(", ")) for key, value in _CALLS.findall(rest))
@@ -144,14 +150,18 @@ def launches(hlo_text: str) -> Counter:
                 count(calls["body"][0], times * n, into)
                 if not trip:
                     count(calls["condition"][0], times, into)
-                    into["(loop of unknown length)"] += times
-            elif opcode in ("call", "conditional"):
-                for key in _CALLEES:
-                    for callee in calls.get(key, []):
-                        count(callee, times, into)
+                    into[SYNC_LOOP] += times
+            elif opcode == "conditional":  # its costliest branch; XLA:GPU reads the predicate on the host
+                branches = [callee for key in _CALLEES for callee in calls.get(key, [])]
+                counted = [count(branch, times, Counter()) for branch in branches]
+                into.update(max(counted, key=lambda c: sum(c.values())))
+                into[SYNC_BRANCH] += times
+            elif opcode == "call":
+                count(calls["to_apply"][0], times, into)
             elif opcode not in NO_LAUNCH:
                 kind = re.search(r'"kind":"(__[\w]+)"', rest) or re.search(r"custom_call_target=\"([^\"]+)\"", rest)
                 into[kind.group(1) if kind else opcode] += times
+        return into
 
     total: Counter = Counter()
     count(entry, 1, total)
@@ -232,13 +242,13 @@ def launch_defaults(pairs: list[str]) -> None:
     Launch.__init__.__defaults__ = tuple(defaults.values())
 
 
-def build(case, impl: str, unroll: int):
+def build(case, impl: str, unroll: int, rollout_steps: tuple[int, int] | None = None):
     """The workload of ``impl`` (``nca_lab:<kernel>`` or ``cax``) for ``case``."""
     if impl == "cax":
         from nca_lab.bench import cax_impl
 
         return cax_impl.build(case)
-    return nca_lab_impl.build(case, kernel=impl.split(":")[1], unroll=unroll)
+    return nca_lab_impl.build(case, kernel=impl.split(":")[1], unroll=unroll, rollout_steps=rollout_steps)
 
 
 def report_kernels(dump: Path, spec: str, prefix: str = "") -> None:
@@ -266,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", nargs="+", default=["nca_lab:xla", "nca_lab:pallas", "cax"])
     parser.add_argument("--steps", type=int, default=None, help="CA steps per rollout (default: the suite's)")
     parser.add_argument("--unroll", type=int, default=1, help="nca_lab's CA steps per loop iteration")
+    parser.add_argument(
+        "--rollout-steps", nargs=2, type=int, default=None, metavar=("LO", "HI"),
+        help="nca_lab draws each train step's rollout length from this range, as the trainer does",
+    )  # fmt: skip
     parser.add_argument("--launch", nargs="*", default=[], metavar="KEY=VALUE", help="other Launch defaults")
     parser.add_argument("--repeats", type=int, default=1, help="cold compiles of each (medians reported)")
     parser.add_argument("--spec", type=Path, default=SPEC, help="GpuTargetConfigProto text of the target GPU")
@@ -278,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'case':<22} {'impl':<16} {'lower s':>8} {'compile s':>9} {'GiB':>6} {'launches':>9} {'per CA step':>11}"
+        f" {'syncs':>6}"
         "  most launched, per CA step"
     )
     for case in cases(args.suite, args.steps):
@@ -286,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 with traced_as_on_a_gpu():
-                    work = build(case, impl, args.unroll)
+                    work = build(case, impl, args.unroll, args.rollout_steps and tuple(args.rollout_steps))
                     rounds = []
                     dump = args.dump / f"{case.suite}_{case.name}_{impl.replace(':', '_')}" if args.dump else None
                     for _ in range(args.repeats):
@@ -302,12 +317,13 @@ def main(argv: list[str] | None = None) -> int:
             planned = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
             planned -= stats.alias_size_in_bytes
             kinds = launches(text)
+            syncs = kinds.pop(SYNC_LOOP, 0) + kinds.pop(SYNC_BRANCH, 0)
             total = sum(kinds.values())
             top = ", ".join(f"{kind} {n / case.steps:.1f}" for kind, n in kinds.most_common(5))
             print(
                 f"{case.suite + ' ' + case.name:<22} {impl:<16} {statistics.median(r[0] for r in rounds):8.2f} "
                 f"{statistics.median(r[1] for r in rounds):9.2f} {planned / 2**30:6.2f} {total:9d} "
-                f"{total / case.steps:11.1f}  {top}",
+                f"{total / case.steps:11.1f} {syncs:6d}  {top}",
                 flush=True,
             )
             if dump:

@@ -49,6 +49,17 @@ HloModule jit_f, entry_computation_layout={(f32[4]{0})->f32[4]{0}}
   ROOT %less = pred[] fusion(%i), kind=kLoop, calls=%fused_compare
 }
 
+%small (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  ROOT %one = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_add
+}
+
+%large (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %first = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_add
+  ROOT %second = f32[4]{0} copy(%first)
+}
+
 ENTRY %main (x.1: f32[4]) -> f32[4] {
   %x.1 = f32[4]{0} parameter(0)
   %zero = s32[] constant(0)
@@ -56,20 +67,23 @@ ENTRY %main (x.1: f32[4]) -> f32[4] {
   %known = (s32[], f32[4]{0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
   %unknown = (s32[], f32[4]{0}) while(%known), condition=%cond, body=%body
   %out = f32[4]{0} get-tuple-element(%unknown), index=1
-  ROOT %neg = f32[4]{0} fusion(%out), kind=kLoop, calls=%fused_add, backend_config={"kind":"__custom_fusion"}
+  %flag = pred[] constant(true)
+  %either = f32[4]{0} conditional(%flag, %out, %out), true_computation=%small, false_computation=%large
+  ROOT %neg = f32[4]{0} fusion(%either), kind=kLoop, calls=%fused_add, backend_config={"kind":"__custom_fusion"}
 }
 """
 
 
 def test_loop_bodies_count_once_per_iteration_and_free_instructions_not_at_all(aot):
     counts = aot.launches(HLO)
-    # 5 iterations of the known loop, 1 counted for the unknown one (plus its condition)
+    # 5 iterations of the known loop, 1 counted for the unknown one (plus its condition),
+    # the conditional's larger branch (a fusion and a copy)
     assert counts["__gpu$xla.gpu.triton"] == 6
-    assert counts["copy"] == 6
-    assert counts["fusion"] == 6 + 1  # the bodies' counter, the unknown loop's condition
+    assert counts["copy"] == 6 + 1
+    assert counts["fusion"] == 6 + 1 + 1  # the bodies' counter, the unknown loop's condition, the branch
     assert counts["__custom_fusion"] == 1
-    assert counts["(loop of unknown length)"] == 1
-    assert not {"parameter", "get-tuple-element", "tuple", "constant", "while"} & set(counts)
+    assert counts[aot.SYNC_LOOP] == 1 and counts[aot.SYNC_BRANCH] == 1
+    assert not {"parameter", "get-tuple-element", "tuple", "constant", "while", "conditional"} & set(counts)
 
 
 def test_programs_per_sm_take_the_tightest_limit(aot):
