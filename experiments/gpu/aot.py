@@ -52,16 +52,14 @@ from nca_lab.bench import nca_lab_impl  # noqa: E402
 from nca_lab.bench.suites import cases  # noqa: E402
 
 SPEC = Path(__file__).with_name("h100_sxm.txtpb")
-#: Optimised-HLO instructions that launch nothing (their work is done by others or is free).
+#: Optimised-HLO instructions that launch nothing (free, or their work is done by others);
+#: loops, conditionals and calls count what they run (:func:`launches`).
 NO_LAUNCH = {
     "parameter",
     "constant",
     "get-tuple-element",
     "tuple",
     "bitcast",
-    "while",
-    "conditional",
-    "call",
     "after-all",
     "partition-id",
     "replica-id",
@@ -126,7 +124,7 @@ def launches(hlo_text: str) -> Counter:
     loops of unknown length and conditionals are counted apart: each iteration or branch
     syncs the host with the GPU.
     """
-    bodies: dict[str, list[tuple[str, str]]] = {}
+    bodies: dict[str, list[tuple[str, str]]] = {}  # computation -> (opcode, operands and attributes)
     current = None
     entry = None
     for line in hlo_text.splitlines():
@@ -137,12 +135,12 @@ def launches(hlo_text: str) -> Counter:
             if line.startswith("ENTRY"):
                 entry = current
             continue
-        if current is not None and _INSTRUCTION.match(line):
-            bodies[current].append(line)
+        instruction = _INSTRUCTION.match(line)
+        if current is not None and instruction:
+            bodies[current].append(instruction.groups()[1:])
 
     def count(name: str, times: int, into: Counter) -> Counter:
-        for line in bodies[name]:
-            _, opcode, rest = _INSTRUCTION.match(line).groups()
+        for opcode, rest in bodies[name]:
             calls = dict((key, value.strip("{}").replace("%", "").split(", ")) for key, value in _CALLS.findall(rest))
             if opcode == "while":
                 trip = _TRIP.search(rest)
@@ -185,9 +183,9 @@ def loop_kernels(dump: Path) -> dict[str, dict]:
         if not line.startswith(" ") or line.strip() in ("body:", "condition:"):
             in_body = line.strip() == "body:"
             continue
-        found = _KERNEL.match(line)
-        if in_body and found:
-            name, *sizes = found.groups()
+        kernel = _KERNEL.match(line)
+        if in_body and kernel:
+            name, *sizes = kernel.groups()
             grid, threads = math.prod(map(int, sizes[:3])), math.prod(map(int, sizes[3:6]))
             kernels[name] = {"programs": grid, "threads": threads, "smem": int(sizes[6])}
     return kernels
