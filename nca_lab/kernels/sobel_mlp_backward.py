@@ -175,10 +175,10 @@ def backward_step(
         raise ValueError(f"partials have shape {partials.shape}; this launch needs weight_partials(..., launch)")
     taps = sobel_taps(angle)
     last = fire.shape[0] - 1 if from_end else None
-    step = step_operands(step, count)
+    scalars = step_operands(step, count)
     state_shape = jax.ShapeDtypeStruct(grad.shape, grad.dtype)
     masked = alive is not None
-    inputs = [*step, states, fire, *([alive] if masked else []), grad, packed, partials]
+    inputs = [*scalars, states, fire, *([alive] if masked else []), grad, packed, partials]
     base, dgx, dgy, partials = pallas_call(
         _grads_kernel,
         batch,
@@ -204,5 +204,5 @@ def backward_step(
         aliases={2: 0},
         taps=taps,
         last=last,
-    )(*step, grad, base, dgx, dgy)
+    )(*scalars, grad, base, dgx, dgy)
     return partials, grad

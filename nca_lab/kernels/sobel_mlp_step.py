@@ -423,7 +423,7 @@ def forward_step(
     """
     batch = states.shape[1]
     taps = sobel_taps(angle)
-    step = step_operands(step, count)
+    scalars = step_operands(step, count)
     state_shape = jax.ShapeDtypeStruct(states.shape[1:], states.dtype)
     flag_shape = jax.ShapeDtypeStruct((batch, layout.length), states.dtype)
     in_place = alive_threshold is None
@@ -446,8 +446,8 @@ def forward_step(
         over_hidden=launch.over_hidden,
     )
     if in_place:
-        return update(*step, states, fire, packed)[0], None
-    new, pre, alpha = update(*step, states, fire, packed)
+        return update(*scalars, states, fire, packed)[0], None
+    new, pre, alpha = update(*scalars, states, fire, packed)
     return pallas_call(
         _alive_kernel,
         batch,
@@ -458,4 +458,4 @@ def forward_step(
         aliases={5: 0, 6: 1},
         threshold=float(alive_threshold),
         history=history,
-    )(*step, new, pre, alpha, states, alive)
+    )(*scalars, new, pre, alpha, states, alive)
