@@ -1,6 +1,6 @@
 """Timing and memory of benchmark workloads, several implementations in one process.
 
-Each JAX implementation is compiled ahead of time first (``lower().compile()``, which the
+Each JAX implementation is compiled ahead of time first (``trace().lower().compile()``, which the
 following jitted calls reuse), so the compile time is measured alone and a plan that does
 not fit in memory is refused before it runs; an eager one (the PyTorch peer) has neither.
 Tracing and lowering (``lower_s``) and XLA's compilation (``compile_s``) are timed apart: a
