@@ -16,6 +16,7 @@ import argparse
 import functools
 import importlib
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -131,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             parser.error(str(exc))
     budget = _budget_bytes() if args.memory_budget_gb is None else args.memory_budget_gb * 2**30
-    env = {"device": device(), "versions": versions(), **git_state()}
+    # XLA_FLAGS change XLA's programs, and so the times: every record says which were set.
+    env = {"device": device(), "versions": versions(), "xla_flags": os.environ.get("XLA_FLAGS", ""), **git_state()}
     env.update(unroll=args.unroll, warmup=args.warmup, compile_repeats=args.compile_repeats)
     print(f"device: {env['device']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
+    if env["xla_flags"]:
+        print(f"XLA_FLAGS: {env['xla_flags']}")
     if on_cpu and args.steps is None:
         own = ", ".join(f"{name} {SUITES[name][0].steps}" for name in SUITES)
         print(f"CPU: rollouts shortened to {CPU_STEPS} CA steps (the suites' own: {own}; --steps N sets them)")
