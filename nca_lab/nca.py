@@ -174,9 +174,10 @@ class NCA(nnx.Module):
                 random rollout length); later steps are skipped by ``lax.cond``, so a random
                 length costs no recompile and no wasted compute.
             min_active_steps: the least ``active_steps`` can be (static): the first that many
-                steps run without a ``lax.cond`` each. XLA:GPU syncs the host on every
-                ``lax.cond`` (its ``ConditionalThunk`` reads the predicate back); the trainer's
-                64-95 draw then syncs 32 times a rollout instead of 96. Used without frames.
+                steps run without a ``lax.cond`` each. XLA:GPU reads a ``lax.cond``'s predicate
+                back to the host (``ConditionalThunk``: a sync) unless it captures the cond in a
+                CUDA graph (command buffers; CUDA >= 12.3); the trainer's 64-95 draw then has 32
+                conds a rollout instead of 96. Used without frames.
             frame_every: if positive, also return the state every ``frame_every`` steps
                 (``num_steps`` must be a multiple), initial state included.
             frame_fn: applied to each frame as it is kept, e.g. :func:`~nca_lab.render.rgba`:

@@ -69,7 +69,7 @@ def test_active_steps_runs_only_the_first_steps(model, seeds):
 
 def test_steps_that_always_run_skip_no_cond_and_change_nothing(model, seeds):
     """``min_active_steps``: the first steps of a drawn length run without a ``lax.cond`` each
-    (XLA:GPU syncs the host on every one); the same rollout and gradients as with a cond on all."""
+    (XLA:GPU may sync the host on each); the same rollout and gradients as with a cond on all."""
     keys = jax.random.split(jax.random.key(3), 3)
 
     def loss(m, n, least):

@@ -21,8 +21,14 @@ Per case and implementation it prints the trace + lowering and compile times (me
 ``--repeats`` cold rounds, on this host's CPU), XLA's planned memory, and the kernels a call
 launches: every instruction of the optimised HLO that becomes a kernel or a copy, the bodies
 of loops counted once per iteration (their known trip counts), divided by the case's CA steps,
-and the host syncs (iterations of loops of unknown length, conditionals: XLA:GPU copies their
-predicate to the host and waits for it).
+and the possible host syncs (iterations of loops of unknown length, conditionals: run from the
+host, XLA:GPU copies their predicate to the host and waits for it).
+What this cannot show: which thunks XLA:GPU records into command buffers (CUDA graphs). It
+keeps the types that need CUDA >= 12.3 (``CONDITIONAL``, ``WHILE``, cuBLAS, custom calls) only
+where the driver's version says so, and a compile-only device has no driver: here only
+fusions and copies are captured, and every conditional is run from the host. On a GPU with a
+recent driver a conditional inside a captured sequence becomes a CUDA graph node and syncs
+nothing (``experiments/gpu/README.md``, command buffers).
 The count is static: copies XLA adds at run time (the profile's ``memcpy32_post``) are not
 in it, so it is a lower bound to set against a profile's kernel count. With ``--dump``, XLA's
 dumps of each compile are kept and every kernel in a loop over CA steps gets a line: its
@@ -65,7 +71,7 @@ NO_LAUNCH = {
     "replica-id",
     "opt-barrier",
 }
-#: Entries of :func:`launches` that count host syncs, not launches.
+#: Entries of :func:`launches` that count possible host syncs, not launches.
 SYNC_LOOP, SYNC_BRANCH = "(sync: loop of unknown length)", "(sync: conditional)"
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%(\S+) = .*?\s([a-z][a-z0-9-]*)\((.*)$")
@@ -122,7 +128,7 @@ def launches(hlo_text: str) -> Counter:
     a loop's body (and condition, when its trip count is unknown) counts once per iteration,
     a call's computation once, a conditional's costliest branch once (an upper bound), and
     loops of unknown length and conditionals are counted apart: each iteration or branch
-    syncs the host with the GPU.
+    run from the host syncs it with the GPU.
     """
     bodies: dict[str, list[tuple[str, str]]] = {}  # computation -> (opcode, operands and attributes)
     current = None

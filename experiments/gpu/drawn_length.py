@@ -5,10 +5,13 @@
 The harness times train steps of a fixed length (the growing case: 96 CA steps). The trainer
 draws each batch's length from a range (``trainer.rollout_steps``, 64-96 in the presets), and
 the XLA path skips the steps past it with a ``lax.cond`` on each step past the range's lower
-bound (``NCA.rollout``'s ``min_active_steps``: here 32 of 96). XLA:GPU's conditional copies its
-predicate to the host and blocks until it arrives (``ConditionalThunk``), at each of those
-steps forward and backward. The fused rollout's kernels skip steps themselves in a loop of
-static length.
+bound (``NCA.rollout``'s ``min_active_steps``: here 32 of 96). Run from the host, XLA:GPU's
+conditional copies its predicate to the host and blocks until it arrives (``ConditionalThunk``),
+at each of those steps forward and backward; captured in a command buffer (a CUDA graph
+conditional node: XLA's default where driver and runtime are CUDA >= 12.3, if everything around
+it in the loop body can be captured too) it costs no sync. Which one a GPU gets, a compile
+without the GPU (``aot.py``) cannot tell. The fused rollout's kernels skip steps themselves in
+a loop of static length.
 
 For each kernel this times the growing case's train step (8 x 72x72, pool, clipping and Adam)
 with the length fixed at 96, fixed at 80 (the mean of a 64-96 draw), and drawn from 64-96,

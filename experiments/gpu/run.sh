@@ -1,8 +1,10 @@
 #!/bin/bash
-# One device call: the fused Pallas kernels' GPU check (forward and backward against XLA), their
-# launch sweep, the cost of a drawn rollout length, the harness (both of nca_lab's kernels
-# against one CAX run per case), then a profile of the fused growing step.
-# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 9 minutes.
+# One device call: the fused Pallas kernels' GPU check (forward and backward against XLA), the
+# harness (both of nca_lab's kernels against one CAX run per case), the harness again with XLA's
+# while loops in command buffers, the launch sweep, the cost of a drawn rollout length, then a
+# profile of the fused growing step. Most wanted first: a part cut short by the device call's
+# limit loses only what follows it.
+# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 9.5 minutes.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -14,8 +16,12 @@ if ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.spli
 fi
 SUITES="growing diffusing scaled rollout"
 timeout 60 python3 experiments/gpu/fused_check.py 2>&1 | tee $OUT/fused_check.txt
-timeout 150 python3 experiments/gpu/sweep.py --sizes growing diffusing --steps 16 2>&1 | tee $OUT/sweep.txt
-timeout 100 python3 experiments/gpu/drawn_length.py 2>&1 | tee $OUT/drawn_length.txt
 timeout 200 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel xla pallas --max-seconds 8 --json $OUT/gpu.json 2>&1 | tee $OUT/bench.txt
+# XLA runs a while loop's iterations from the host unless WHILE is among its command-buffer
+# types (not by default): then the whole loop is one CUDA graph (experiments/gpu/README.md).
+XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE" timeout 100 python3 -m nca_lab.bench --suite $SUITES --kernel xla pallas \
+  --max-seconds 4 --json $OUT/gpu_while.json 2>&1 | tee $OUT/bench_while.txt
+timeout 110 python3 experiments/gpu/sweep.py --sizes growing diffusing --steps 16 2>&1 | tee $OUT/sweep.txt
+timeout 60 python3 experiments/gpu/drawn_length.py --repeats 10 2>&1 | tee $OUT/drawn_length.txt
 # Kernels per CA step of the fused rollout (one traced growing train step), last: it must not starve the harness.
-timeout 60 python3 experiments/gpu/profile.py --suite growing --kernel pallas --calls 2 --out /tmp/traces 2>&1 | tee $OUT/profile.txt
+timeout 40 python3 experiments/gpu/profile.py --suite growing --kernel pallas --calls 2 --out /tmp/traces 2>&1 | tee $OUT/profile.txt

@@ -19,7 +19,7 @@ per CA step besides the four Pallas kernels (``experiments/bench/h200_2026-11-30
 
 Steps past the drawn rollout length (``count``) do nothing: their kernels see ``count`` and
 return at once (backward, the cotangent passes through). The loops keep their static length:
-XLA:GPU syncs the host on every iteration of a loop of unknown trip count, and on every
+XLA:GPU syncs the host on every iteration of a loop of unknown trip count, and may on every
 ``lax.cond``. ``tests/perf/test_fused_step.py`` checks states, frames and gradients against the
 XLA path in Pallas' interpreter.
 """

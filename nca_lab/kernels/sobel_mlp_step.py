@@ -262,7 +262,7 @@ def step_operands(step, count) -> tuple:
     """The kernels' int32 operands ``(step, count)``, each of shape ``(1,)``: a kernel of a step
     at or past ``count`` (the drawn rollout length) writes nothing. The loop over steps keeps its
     static length, since XLA:GPU syncs the host on every iteration of a loop whose trip count it
-    does not know (``WhileThunk``), and on every ``lax.cond``. Two operands, not one stacked
+    does not know (``WhileThunk``), and may on every ``lax.cond``. Two operands, not one stacked
     pair: reshaping a scalar is free, stacking two was a kernel launch per step and loop
     (``experiments/gpu/aot.py``)."""
     return jnp.asarray(step, jnp.int32).reshape(1), jnp.asarray(count, jnp.int32).reshape(1)
