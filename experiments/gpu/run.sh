@@ -1,9 +1,9 @@
 #!/bin/bash
 # One device call: the fused Pallas kernels' GPU check (forward and backward against XLA), the
 # harness (both of nca_lab's kernels against one CAX run per case), the harness again with XLA's
-# while loops in command buffers, the launch sweep, the cost of a drawn rollout length, then a
-# profile of the fused growing step. Most wanted first: a part cut short by the device call's
-# limit loses only what follows it.
+# while loops in command buffers and with two CA steps per loop iteration, the launch sweep,
+# then the cost of a drawn rollout length. Most wanted first: a part cut short by the device
+# call's limit loses only what follows it. (profile.sh profiles the cases, in a call of its own.)
 # Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT. About 9.5 minutes.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -19,9 +19,11 @@ timeout 60 python3 experiments/gpu/fused_check.py 2>&1 | tee $OUT/fused_check.tx
 timeout 200 python3 -m nca_lab.bench --suite $SUITES --peer cax --kernel xla pallas --max-seconds 8 --json $OUT/gpu.json 2>&1 | tee $OUT/bench.txt
 # XLA runs a while loop's iterations from the host unless WHILE is among its command-buffer
 # types (not by default): then the whole loop is one CUDA graph (experiments/gpu/README.md).
-XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE" timeout 100 python3 -m nca_lab.bench --suite $SUITES --kernel xla pallas \
-  --max-seconds 4 --json $OUT/gpu_while.json 2>&1 | tee $OUT/bench_while.txt
+XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE" timeout 90 python3 -m nca_lab.bench --suite growing diffusing rollout \
+  --kernel xla pallas --max-seconds 4 --json $OUT/gpu_while.json 2>&1 | tee $OUT/bench_while.txt
+# Two CA steps per iteration: the loop bodies hold 5 thunks or more, and XLA records them as one
+# CUDA graph with any driver (aot_2026-12-01.md); one graph launch per iteration.
+timeout 60 python3 -m nca_lab.bench --suite growing rollout --kernel pallas --unroll 2 --max-seconds 4 \
+  --json $OUT/gpu_unroll2.json 2>&1 | tee $OUT/bench_unroll2.txt
 timeout 110 python3 experiments/gpu/sweep.py --sizes growing diffusing --steps 16 2>&1 | tee $OUT/sweep.txt
-timeout 60 python3 experiments/gpu/drawn_length.py --repeats 10 2>&1 | tee $OUT/drawn_length.txt
-# Kernels per CA step of the fused rollout (one traced growing train step), last: it must not starve the harness.
-timeout 40 python3 experiments/gpu/profile.py --suite growing --kernel pallas --calls 2 --out /tmp/traces 2>&1 | tee $OUT/profile.txt
+timeout 50 python3 experiments/gpu/drawn_length.py --repeats 10 2>&1 | tee $OUT/drawn_length.txt
