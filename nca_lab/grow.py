@@ -191,11 +191,14 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     except OSError as err:
         raise ConfigError(f"{out}: cannot create the output dir ({err.strerror})") from err
     scale = max(1, PICTURE_PIXELS // max(final.shape[:2]))
-    gif = save_gif(to_uint8(to_rgb(frames), scale), out / "rollout.gif")
-    png = save_png(to_uint8(to_rgb(final), scale), out / "final.png")
     npy = out / "final_state.npy"
-    with atomic_path(npy) as tmp, open(tmp, "wb") as file:
-        np.save(file, final.astype(np.float32))
+    try:
+        gif = save_gif(to_uint8(to_rgb(frames), scale), out / "rollout.gif")
+        png = save_png(to_uint8(to_rgb(final), scale), out / "final.png")
+        with atomic_path(npy) as tmp, open(tmp, "wb") as file:
+            np.save(file, final.astype(np.float32))
+    except OSError as err:  # a read-only dir, a full disk: each file is written whole or not at all
+        raise ConfigError(f"{out}: cannot write ({err.strerror})") from err
     return [gif, png, npy]
 
 

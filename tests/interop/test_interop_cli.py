@@ -98,6 +98,19 @@ def test_running_out_of_memory_is_one_line(error, tmp_path, capsys, monkeypatch)
     )
 
 
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """A write that fails (here a directory where ``final.png`` goes: a read-only dir or a full
+    disk fail the same way, also as root) is one line and exit 2, the files written before it
+    left whole."""
+    out = tmp_path / "out"
+    (out / "final.png").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        grow_cli.main([str(WEBGL8), "--steps", "3", "--size", "8", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {out}: cannot write (Is a directory)\n"
+    assert sorted(p.name for p in out.iterdir()) == ["final.png", "rollout.gif"]  # no temporary file left
+
+
 def test_export_writes_a_file_that_loads_back(tmp_path, capsys):
     out = tmp_path / "sub" / "no_tail.webgl8.json"
     export_cli.main([str(TFJS_GRAPH), "--format", "webgl8", "--out", str(out)])
