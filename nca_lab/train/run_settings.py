@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nca_lab.errors import require
+from nca_lab.errors import is_integer, require
 
 #: The settings that say what a checkpoint is a run of. Resuming under others would continue
 #: that run while the run dir's config says something else; trainer, logger and execution
@@ -52,7 +52,8 @@ def completed_summary(run_dir: Path, config: dict) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     steps = config["trainer"]["steps"]
     # deleting summary.json only trains on: at the same steps it would evaluate again, at fewer it is refused
-    hint = f" (delete its summary.json to train on to step {steps})" if steps > summary["step"] else ""
+    train_on = is_integer(steps) and steps > summary["step"]  # no advice for a trainer.steps that is no count
+    hint = f" (delete its summary.json to train on to step {steps})" if train_on else ""
     print(f"skipped {run_dir}: already completed at step {summary['step']}{hint}", file=sys.stderr)
     return summary
 

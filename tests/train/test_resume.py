@@ -175,7 +175,7 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
     assert f"skipped {tmp_path}: already completed at step 2 (delete its summary.json to train on to step 3)\n" in (
         capsys.readouterr().err
     )
-    for steps in (2, 1):  # deleting summary.json would evaluate again, or be refused: no such advice
+    for steps in (2, 1, "null"):  # deleting summary.json would evaluate again, or be refused: no such advice
         run_app(tmp_path, f"trainer.steps={steps}")
         assert capsys.readouterr().err.endswith(f"skipped {tmp_path}: already completed at step 2\n")
 
