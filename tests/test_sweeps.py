@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from nca_testing import REPO, TINY, run_cli
 from wandb_records import read_run
@@ -33,6 +34,14 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert second.returncode == 0
     assert second.stderr.count("already completed") == 2
     assert all(len(read_run(d)["runs"]) == 1 for d in job_dirs)  # no new W&B runs
+
+
+def test_no_distributed_setting_names_a_job_dir():
+    """How a job is launched is not what it trains: re-running a sweep across hosts, or with
+    another heartbeat timeout, finds its jobs' dirs again (the README's list of exclusions)."""
+    config = OmegaConf.load(REPO / "conf" / "config.yaml")
+    excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
+    assert {f"distributed.{key}" for key in config.distributed} <= excluded
 
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=local"]], ids=["basic", "submitit_local"])
