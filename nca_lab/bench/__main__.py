@@ -30,7 +30,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 
 from nca_lab.bench import nca_lab_impl  # noqa: E402
-from nca_lab.bench.measure import Measurement, measure  # noqa: E402
+from nca_lab.bench.measure import Measurement, first_line, measure  # noqa: E402
 from nca_lab.bench.report import LEGEND, device, record, table, versions, write_json  # noqa: E402
 from nca_lab.bench.suites import CPU_STEPS, SUITES, cases  # noqa: E402
 from nca_lab.log.manifest import git_state  # noqa: E402
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     workloads[label] = build(case)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
-                    failed[label] = f"{type(exc).__name__}: {exc}"[:200]
+                    failed[label] = first_line(exc)
             results = measure(
                 workloads,
                 repeats=args.repeats,

@@ -156,7 +156,7 @@ def measure(
                 wait_for(work.call(i))
                 last = time.perf_counter() - tick
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory
-            results[name].status, results[name].reason = "failed", _first_line(exc)
+            results[name].status, results[name].reason = "failed", first_line(exc)
             continue
         running[name] = work
         syncs[name] = wait_for if last > POLLED_SECONDS else jax.block_until_ready
@@ -177,7 +177,7 @@ def measure(
                 syncs[name](work.call(warmup + i))
                 results[name].times.append(time.perf_counter() - tick)
             except Exception as exc:  # noqa: BLE001
-                results[name].status, results[name].reason = "failed", _first_line(exc)
+                results[name].status, results[name].reason = "failed", first_line(exc)
                 del running[name]
     return results
 
@@ -209,7 +209,7 @@ def compile_all(workloads: dict[str, Workload], *, repeats: int, log: Callable[[
                 compiled = lowered.compile()
                 done = time.perf_counter()
             except Exception as exc:  # noqa: BLE001 - one failing implementation must not stop the run
-                results[name] = Measurement([], float("nan"), None, None, "failed", _first_line(exc))
+                results[name] = Measurement([], float("nan"), None, None, "failed", first_line(exc))
                 continue
             result.lower_each.append(tock - tick)
             result.compile_each.append(done - tock)
@@ -232,6 +232,7 @@ def summary(measurement: Measurement) -> dict[str, float]:
     return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times)}
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``exc`` as a table cell: its type and the first line of its message, at most 200 characters."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]

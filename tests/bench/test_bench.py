@@ -198,12 +198,14 @@ def test_the_torch_peer_is_refused_off_a_cpu(monkeypatch, capsys):
 
 def test_the_command_fails_when_nca_lab_cannot_run_a_case(monkeypatch, capsys):
     def broken(case, **kwargs):
-        raise RuntimeError("no such kernel")
+        raise RuntimeError("no such kernel\n  where XLA says more, on lines of their own")
 
     monkeypatch.setattr("nca_lab.bench.nca_lab_impl.build", broken)
     assert bench_main(["--suite", "growing", "--steps", "1", "--repeats", "1"]) == 1
-    err = capsys.readouterr().err
-    assert "nca_lab: could not build: RuntimeError: no such kernel" in err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "nca_lab: could not build: RuntimeError: no such kernel\n" in err  # its first line only
+    assert "on lines of their own" not in captured.out + err  # the table's rows stay one line each
     assert "error: nca_lab failed on growing 8x72x72" in err
 
 
