@@ -176,8 +176,8 @@ class NCA(nnx.Module):
             min_active_steps: the least ``active_steps`` can be (static): the first that many
                 steps run without a ``lax.cond`` each. XLA:GPU reads a ``lax.cond``'s predicate
                 back to the host (``ConditionalThunk``: a sync) unless it captures the cond in a
-                CUDA graph (command buffers; CUDA >= 12.3); the trainer's 64-95 draw then has 32
-                conds a rollout instead of 96. Used without frames.
+                CUDA graph (command buffers; CUDA >= 12.3); the trainer's 64-95 draw then has 31
+                conds a rollout instead of 95. Used without frames.
             frame_every: if positive, also return the state every ``frame_every`` steps
                 (``num_steps`` must be a multiple), initial state included.
             frame_fn: applied to each frame as it is kept, e.g. :func:`~nca_lab.render.rgba`:

@@ -3,9 +3,10 @@
 Reference: CAX's "Diffusing Neural Cellular Automata" example (Faldor and Cully,
 ``maxencefaldor/cax`` ``examples/43_diffusing_nca.ipynb``), after the forward process of
 denoising diffusion models (Ho et al., NeurIPS 2020): the NCA starts from
-``(1 - a) * target + a * noise`` with one ``a ~ U[0, 1]`` per sample and hidden channels at
-zero, runs without a seed or an alive mask (CAX's example keeps its ``NCAUpdate`` alive
-mask; a denoiser must keep every pixel), and is scored on the RGBA of its final state.
+``(1 - a) * target + a * noise`` with one ``a ~ U[noise_range]`` (default [0, 1]) per sample
+and hidden channels at zero, runs without a seed or an alive mask (CAX's example keeps its
+``NCAUpdate`` alive mask; a denoiser must keep every pixel), and is scored on the RGBA of its
+final state.
 At ``a = 1`` nothing of the target is left and the NCA must generate it. CAX draws standard
 normal noise and clips the mix to [0, 1]; here the default noise is uniform in [0, 1] (so the
 mix stays in [0, 1] without clipping), and ``noise="normal"`` gives unclipped standard normal

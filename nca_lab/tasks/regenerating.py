@@ -11,6 +11,7 @@ lowest-loss samples of each batch lose random discs of cells so it must also reg
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.errors import require
@@ -33,7 +34,7 @@ class RegeneratingTask(GrowingTask):
         self,
         num_channels: int,
         *,
-        target: str = "🦎",
+        target: str | Image.Image = "🦎",
         target_size: int = 40,
         padding: int = 16,
         centre_on_body: bool = True,
@@ -48,7 +49,7 @@ class RegeneratingTask(GrowingTask):
 
         Args:
             num_channels: state channels (at least 4: RGBA).
-            target: an emoji character or the path of an image file.
+            target: an emoji character or the path of an image file; from Python also a PIL image.
             target_size: a larger target is shrunk to fit this square (a smaller one is used as is).
             padding: empty cells around the target on every side.
             centre_on_body: shift the target so the seed (centre cell) lies on it.
