@@ -1,6 +1,5 @@
 """The benchmark's records, table and environment description."""
 
-import importlib.metadata
 import json
 import math
 import os
@@ -13,19 +12,14 @@ import jax
 from nca_lab.atomic import write_text_atomically
 from nca_lab.bench.measure import Measurement, summary
 from nca_lab.bench.suites import Case, suite_steps
+from nca_lab.log.manifest import package_version
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "nca_lab", "cax", "torch")
 
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the packages that matter (``None`` if absent)."""
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return {"python": platform.python_version(), **{name: package_version(name) for name in PACKAGES}}
 
 
 def device() -> str:

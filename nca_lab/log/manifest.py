@@ -44,7 +44,8 @@ def checkout(package_parent: Path = PACKAGE_PARENT) -> Path | None:
     return package_parent if top and Path(top).resolve() == package_parent.resolve() else None
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or ``None`` if it is not installed."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -64,7 +65,7 @@ def manifest(seed: int) -> dict:
     """Git SHA and dirty flag (when run from a checkout), package versions, seed, host and devices."""
     return {
         **git_state(),
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": {name: package_version(name) for name in PACKAGES},
         "python": platform.python_version(),
         "seed": int(seed),
         "host": socket.gethostname(),
