@@ -40,7 +40,7 @@ import optax
 from flax import nnx
 
 from nca_lab.bench.measure import Workload
-from nca_lab.bench.suites import TARGET_SIZE, Case
+from nca_lab.bench.suites import FIRE_RATE, LEARNING_RATE, TARGET_SIZE, Case
 from nca_lab.data.images import load_target
 from nca_lab.errors import require
 
@@ -58,8 +58,6 @@ CAX_04 = "return_states" in _CALL_KEYWORDS
 if not CAX_04 and "sow" not in _CALL_KEYWORDS:  # pragma: no cover - an unknown CAX release
     raise ImportError(f"the CAX peer supports CAX 0.3.x and 0.4.x; ComplexSystem.__call__ takes {list(_CALL_KEYWORDS)}")
 
-LEARNING_RATE = 2e-3
-
 
 class SobelNCA(ComplexSystem):
     """The ``GrowingNCA`` / ``DiffusingNCA`` class of CAX's examples, sized by a case."""
@@ -76,7 +74,7 @@ class SobelNCA(ComplexSystem):
             channel_size=channel_size,
             perception_size=3 * channel_size,
             hidden_layer_sizes=(hidden_size,),
-            cell_dropout_rate=0.5,
+            cell_dropout_rate=1 - FIRE_RATE,
             zeros_init=True,
             rngs=rngs,
         )
@@ -157,7 +155,7 @@ class ViTNCA(ComplexSystem):
             channel_size=channel_size,
             perception_size=48,
             hidden_layer_sizes=(hidden_size,),
-            cell_dropout_rate=0.5,
+            cell_dropout_rate=1 - FIRE_RATE,
             zeros_init=True,
             rngs=rngs,
         )

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nca_lab.bench.measure import Workload
-from nca_lab.bench.suites import TARGET_SIZE, Case
+from nca_lab.bench.suites import FIRE_RATE, LEARNING_RATE, TARGET_SIZE, Case
 from nca_lab.nca import NCA, grow
 from nca_lab.perceive.attention import AttentionPerceive
 from nca_lab.perceive.sobel import SobelPerceive
@@ -25,8 +25,6 @@ from nca_lab.train.pool import init_pool
 from nca_lab.train.step import make_train_step
 from nca_lab.update.residual import ResidualUpdate
 
-LEARNING_RATE = 2e-3
-
 
 def build_model(case: Case, alive_threshold: float | None, seed: int = 0, kernel: str = "xla") -> NCA:
     """The NCA of ``case``: Sobel or local-attention perceive, residual MLP update."""
@@ -35,7 +33,9 @@ def build_model(case: Case, alive_threshold: float | None, seed: int = 0, kernel
         perceive = AttentionPerceive(case.channels, perception_size=48, num_heads=4, rngs=rngs)
     else:
         perceive = SobelPerceive(case.channels)
-    update = ResidualUpdate(perceive.out_features, case.channels, hidden_sizes=[case.hidden], rngs=rngs)
+    update = ResidualUpdate(
+        perceive.out_features, case.channels, hidden_sizes=[case.hidden], fire_rate=FIRE_RATE, rngs=rngs
+    )
     return NCA(perceive, update, alive_threshold=alive_threshold, kernel=kernel)
 
 

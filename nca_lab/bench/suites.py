@@ -9,6 +9,10 @@ Growing NCA (Mordvintsev et al., Distill 2020): 72 = 40 + 2 * 16.
 from dataclasses import dataclass, replace
 
 TARGET_SIZE = 40
+#: The settings every implementation trains with (those of CAX's examples): Adam's learning
+#: rate and the probability that a cell updates at a step.
+LEARNING_RATE = 2e-3
+FIRE_RATE = 0.5
 #: Rollout length used on a CPU when ``--steps`` is not given: full-length rollouts take
 #: minutes per step there (the peer's more than a minute per growing step).
 CPU_STEPS = 8

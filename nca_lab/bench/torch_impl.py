@@ -15,8 +15,9 @@ Requires PyTorch (``pip install torch``); the attention suite has no PyTorch pee
 
 import numpy as np
 
+from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.bench.measure import Workload
-from nca_lab.bench.suites import TARGET_SIZE, Case
+from nca_lab.bench.suites import FIRE_RATE, LEARNING_RATE, TARGET_SIZE, Case
 from nca_lab.data.images import load_target
 from nca_lab.errors import require
 from nca_lab.perceive.sobel import sobel_kernels
@@ -27,10 +28,6 @@ try:
     from torch import nn
 except ImportError as exc:  # pragma: no cover - exercised only without PyTorch
     raise ImportError("the PyTorch peer needs PyTorch: pip install torch") from exc
-
-LEARNING_RATE = 2e-3
-ALIVE_THRESHOLD = 0.1
-FIRE_RATE = 0.5
 
 
 class TorchNCA(nn.Module):
