@@ -31,6 +31,7 @@ from nca_lab.kernels.sobel_mlp_step import (
     TN,
     FlatLayout,
     Launch,
+    dot,
     inside_grid,
     light_launch,
     pallas_call,
@@ -47,7 +48,7 @@ def _step(step_ref, last: int | None):
     return step_ref[0] if last is None else last - step_ref[0]
 
 
-def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over_hidden, last):
+def _grads_kernel(*refs, layout, cells, taps, step_size, masked, over_hidden, last):
     """One block: its weight-gradient shares added to its partial sums, and the perception's
     cotangent (identity term plus the cell's own cotangent); the hidden layer a chunk of
     columns at a time (:class:`~nca_lab.kernels.sobel_mlp_step.Launch`)."""
@@ -60,9 +61,6 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, precision, masked, over
     start = layout.margin + j * cells
     here = pl.ds(start, cells)
     inside = inside_grid(layout, start, cells)[:, None]
-
-    def dot(a, w, dims=(((1,), (0,)), ((), ()))):
-        return jax.lax.dot_general(a, w, dims, precision=precision, preferred_element_type=jnp.float32)
 
     def accumulate(index, share):
         partials_ref[(b, j, *index)] = partials_in[(b, j, *index)] + share
@@ -146,7 +144,6 @@ def backward_step(
     step_size: float,
     interpret: bool = False,
     launch: Launch | None = None,
-    precision=None,
     from_end: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The backward pass of CA step ``step`` of a rollout that kept every state
@@ -156,7 +153,7 @@ def backward_step(
         states, fire, alive: the rollout's buffers after its forward pass.
         grad: cotangent of the step's output state, ``(B, layout.length, C)``.
         partials: the weight-gradient partial sums so far (:func:`weight_partials`, same ``launch``).
-        packed, step, count, layout, angle, step_size, interpret, precision: as for
+        packed, step, count, layout, angle, step_size, interpret: as for
             ``forward_step``; a step at or past ``count`` passes ``grad`` through unchanged.
         launch: cells, warps and hidden chunk of the first kernel (default: :class:`Launch`'s
             warps and chunk, the layout's block).
@@ -189,7 +186,6 @@ def backward_step(
         aliases={len(inputs) - 1: 3},
         taps=taps,
         step_size=float(step_size),
-        precision=precision,
         masked=masked,
         over_hidden=launch.over_hidden,
         last=last,

@@ -52,9 +52,16 @@ from nca_lab.perceive.sobel import sobel_kernels
 #: Cells the flat layout is padded to a multiple of: the most cells a program may take.
 BLOCK = 128
 
-#: ``a^T b`` and ``a b^T`` as ``dot_general`` dimension numbers.
+#: ``a b``, ``a^T b`` and ``a b^T`` as ``dot_general`` dimension numbers.
+NN = (((1,), (0,)), ((), ()))
 TN = (((0,), (0,)), ((), ()))
 NT = (((1,), (1,)), ((), ()))
+
+
+def dot(a, w, dims=NN):
+    """The kernels' products, accumulated in float32; float32 operands run at Pallas' default
+    precision on Triton, TF32."""
+    return jax.lax.dot_general(a, w, dims, preferred_element_type=jnp.float32)
 
 
 @dataclass(frozen=True)
@@ -301,7 +308,6 @@ def _update_kernel(
     cells,
     taps,
     step_size,
-    precision,
     history,
     in_place,
     over_hidden,
@@ -317,9 +323,6 @@ def _update_kernel(
     b, j = pl.program_id(0), pl.program_id(1)
     start = layout.margin + j * cells
     here = pl.ds(start, cells)
-
-    def dot(a, w, dims=(((1,), (0,)), ((), ()))):
-        return jax.lax.dot_general(a, w, dims, precision=precision, preferred_element_type=jnp.float32)
 
     @pl.when(step < count_ref[0])
     def _():
@@ -391,7 +394,6 @@ def forward_step(
     alive_threshold: float | None,
     interpret: bool = False,
     launch: Launch | None = None,
-    precision=None,
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """CA step ``step`` of a rollout in the flat layout, written in place into its buffers.
 
@@ -416,7 +418,6 @@ def forward_step(
             alive, as the reference's ``-inf`` padding), or ``None`` for no masking.
         interpret: run Pallas' interpreter (CPU) instead of compiling a GPU kernel.
         launch: cells, warps and hidden chunk of the update kernel (default :func:`forward_launch`).
-        precision: ``precision`` of the dots (``None``: Pallas' default for float32 on Triton, TF32).
 
     Returns:
         ``(states, alive)``, the buffers with this step written.
@@ -440,7 +441,6 @@ def forward_step(
         aliases={2: 0} if in_place else None,
         taps=taps,
         step_size=float(step_size),
-        precision=precision,
         history=history,
         in_place=in_place,
         over_hidden=launch.over_hidden,
