@@ -31,13 +31,13 @@ from nca_lab.errors import require
 AXIS = "data"
 
 
-def data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
-    """A one-axis ``"data"`` mesh over ``devices`` (default: every device of every process).
+def data_mesh() -> jax.sharding.Mesh:
+    """A one-axis ``"data"`` mesh over every device of every process.
 
     ``AxisType.Auto`` keeps the classic behaviour (sharding propagated by XLA), which
     ``jax.make_mesh`` no longer defaults to.
     """
-    devices = jax.devices() if devices is None else devices
+    devices = jax.devices()
     return jax.make_mesh((len(devices),), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
