@@ -145,6 +145,22 @@ def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
 
 #: Errors of composing the config or of making the run dir: the user's input, not a bug.
 USER_ERRORS = (ConfigCompositionException, OverrideParseException, OmegaConfBaseException, OSError)
+#: What Hydra writes before it re-raises a failed job's exception (``JobReturn.return_value``).
+HYDRA_JOB_FAILED = "Error executing job with overrides:"
+
+
+class _WithoutHydraJobLine:
+    """``sys.stderr`` without Hydra's :data:`HYDRA_JOB_FAILED` line: the job's ``error:`` line
+    has said what failed, and the command ends with one line naming the job."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return len(text) if text.startswith(HYDRA_JOB_FAILED) else self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def cli() -> None:
@@ -160,7 +176,11 @@ def cli() -> None:
     sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])
     stop_on_signals(STOPPED_OUTSIDE_TRAINING)
     try:
-        main()
+        with contextlib.redirect_stderr(sys.stderr if full_report else _WithoutHydraJobLine(sys.stderr)):
+            main()
+    except BrokenPipeError:  # the output piped into a command that has read enough (--help | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flushes no more into it
+        sys.exit(1)
     except JobFailed as failed:  # Hydra re-raises the first failed job's (from its process, for submitit)
         if full_report:
             raise

@@ -26,7 +26,38 @@ def compose(*overrides: str):
     from hydra import initialize_config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=[quote_non_ascii(o) for o in overrides])
+        cfg = hydra_compose("config", overrides=[quote_non_ascii(o) for o in overrides])
+    check_top_level(cfg)
+    return cfg
+
+
+def check_top_level(cfg) -> None:
+    """Refuse a config whose top level is not ``config.yaml``'s (:class:`~nca_lab.errors.ConfigError`).
+
+    Hydra refuses ``seedd=3``, but ``+seedd=3`` adds the key, and nothing reads it: the run
+    trained with seed 0. Inside a group the constructors refuse unknown keys; here nothing else
+    would. ``~seed`` removes a setting the app needs: one line here, not OmegaConf's error later.
+    """
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from nca_lab.errors import ConfigError
+
+    primary = OmegaConf.load(config_dir() / "config.yaml")
+    choices = {
+        group: choice for entry in primary.defaults if isinstance(entry, DictConfig) for group, choice in entry.items()
+    }
+    required = (set(primary) - {"defaults", "hydra"}) | {group for group, choice in choices.items() if choice}
+    known = required | set(choices)  # and the groups off by default (experiment)
+    for key in cfg:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else "the top-level settings: " + ", ".join(sorted(known))
+            raise ConfigError(f"unknown setting {key} ({hint})")
+    missing = sorted(required - set(cfg))
+    if missing:
+        raise ConfigError(f"the config has no {missing[0]}, which nca_lab needs (removed by ~{missing[0]}?)")
 
 
 _OVERRIDE = re.compile(r"([~+]{0,2}[\w.@/-]+)=(.*)", re.DOTALL)

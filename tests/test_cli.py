@@ -142,6 +142,9 @@ BAD_SETTINGS = [
     (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
     (["compact_cells=true", "kernel=pallas"], "compact_cells=true needs kernel=xla"),
     (["perceive=learned", "perceive.features=48"], "perceive.features does not apply to mode=depthwise, got 48"),
+    (["+seedd=3"], "unknown setting seedd (did you mean seed?)"),  # Hydra adds it; nothing would read it
+    (["+colour=red"], "unknown setting colour (the top-level settings: compact_cells, distributed, experiment,"),
+    (["~seed"], "the config has no seed, which nca_lab needs (removed by ~seed?)"),
 ]
 
 #: Through the command: Hydra's errors, a missing checkpoint (found when training starts), one
@@ -161,6 +164,8 @@ BAD_INPUTS = [
     ),
     (["logger=wandb", "+logger.colour=red"], "unknown or missing option for logger"),
     (["+distributed.colour=red"], "a bad value for distributed: initialize() got an unexpected keyword argument"),
+    (["+seedd=3"], "unknown setting seedd (did you mean seed?)"),
+    (["~seed"], "the config has no seed, which nca_lab needs (removed by ~seed?)"),
 ]
 
 
@@ -249,6 +254,17 @@ def test_help_names_the_command_and_lists_the_groups():
     assert result.returncode == 0
     assert result.stdout.startswith("python -m nca_lab [overrides]: train a Neural Cellular Automaton")
     assert "perceive: attention, learned, sobel" in result.stdout and "__main__" not in result.stdout
+
+
+def test_help_into_a_pipe_closed_early_says_nothing_more():
+    """``python -m nca_lab --help | head -2``: the reader stops early; no ``error: Broken pipe``."""
+    read, write = os.pipe()
+    os.close(read)  # as head's end once it has read enough: every write fails
+    result = subprocess.run(
+        [sys.executable, "-m", "nca_lab", "--help"], cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True
+    )
+    os.close(write)
+    assert (result.returncode, result.stderr) == (1, "")
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])

@@ -50,6 +50,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, launcher):
     result = run_cli("-m", *launcher, "update.fire_rate=1.5,0.5", *TINY, f"hydra.sweep.dir={sweep_dir}")
     assert result.returncode == 1
     assert "fire_rate must be in (0, 1], got 1.5" in result.stderr
+    assert "Error executing job" not in result.stderr  # Hydra's line: the job's error: line said it
     failed_dir = next(p for p in sweep_dir.iterdir() if "update.fire_rate=1.5" in p.name.split(","))
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: the sweep's other jobs ran; the first that failed: {failed_dir}: "

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
+from nca_lab.config import check_top_level
 from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory, require
 from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
@@ -135,6 +136,7 @@ def run(
     ``hydra_records`` (Hydra's ``config.yaml``, ``hydra.yaml``, ``overrides.yaml``) go into
     ``run_dir/.hydra`` when training starts: a command refused or skipped leaves the run's own.
     """
+    check_top_level(cfg)
     run_dir, records = Path(run_dir), hydra_records or {}
     with config_errors("distributed"):
         multihost.initialize(**cfg.distributed)
