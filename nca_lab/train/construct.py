@@ -79,7 +79,7 @@ def config_errors(group: str):
     """Turn errors of building ``group`` from its config into one-line :class:`ConfigError`s.
 
     A :class:`ConfigError` raised by a constructor is re-raised as is; a ``TypeError`` or
-    ``ValueError`` (a value of the wrong type: ``update.hidden_sizes=128``) names the group;
+    ``ValueError`` (a value a constructor did not check, an unexpected keyword) names the group;
     anything else from Hydra's ``instantiate`` (an unknown option) keeps its first line.
     """
     try:

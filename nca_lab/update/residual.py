@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nca_lab.errors import require
+from nca_lab.errors import is_integer, require
 from nca_lab.update.base import Update
 
 
@@ -54,10 +54,15 @@ class ResidualUpdate(Update):
             zero_init: start the last layer at zero (the paper), making the initial CA the identity.
             rngs: parameter initialisation stream.
         """
-        hidden_sizes = [int(h) for h in hidden_sizes]
+        require(
+            isinstance(hidden_sizes, Sequence)
+            and not isinstance(hidden_sizes, str)
+            and all(is_integer(h) and h > 0 for h in hidden_sizes),
+            f"update.hidden_sizes must be a list of positive integers, got {hidden_sizes!r}",
+        )
+        hidden_sizes = list(hidden_sizes)
         require(int(perception_size) > 0, f"perception_size must be positive, got {perception_size}")
         require(int(num_channels) > 0, f"num_channels must be positive, got {num_channels}")
-        require(all(h > 0 for h in hidden_sizes), f"update.hidden_sizes must be positive, got {hidden_sizes}")
         require(0.0 < fire_rate <= 1.0, f"update.fire_rate must be in (0, 1], got {fire_rate}")
         self.fire_rate = float(fire_rate)
         self.step_size = float(step_size)
