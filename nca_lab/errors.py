@@ -1,6 +1,8 @@
 """The one exception type nca_lab reports to users as a single line, that line, and the checks that raise it."""
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class ConfigError(ValueError):
@@ -16,6 +18,18 @@ def out_of_memory(err: BaseException) -> bool:
     ``RESOURCE_EXHAUSTED`` status (a ``JaxRuntimeError``, or a ``ValueError`` where it fails as
     a computation is dispatched)."""
     return isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err)
+
+
+@contextmanager
+def out_of_memory_as(error: Callable[[BaseException], Exception]) -> Iterator[None]:
+    """Run the block; an allocation that fails in it (:func:`out_of_memory`) is raised as
+    ``error(err)``, one line instead of XLA's report and the traceback under it."""
+    try:
+        yield
+    except Exception as err:
+        if not out_of_memory(err):
+            raise
+        raise error(err) from None
 
 
 def require(condition: bool, message: str) -> None:

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from nca_lab.alive import ALIVE_THRESHOLD, ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer  # noqa: E402
-from nca_lab.errors import SEEDS, ConfigError, out_of_memory, require  # noqa: E402
+from nca_lab.errors import SEEDS, ConfigError, out_of_memory_as, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
 from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
@@ -226,16 +226,12 @@ def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
 
 def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool, out: Path):
     """Grow and write the outputs: ``(final_state, paths)``; running out of memory is a :class:`ConfigError`."""
-    try:
+    too_big = ConfigError(
+        f"growing {size[0]}x{size[1]} for {steps} steps does not fit in memory (try a smaller --size or fewer --steps)"
+    )
+    with out_of_memory_as(lambda err: too_big):
         final, frames = grow_from_seed(model, size, steps, seed, damage)
         return final, write_outputs(out, final, frames)
-    except (MemoryError, jax.errors.JaxRuntimeError, ValueError) as err:  # as in train.run (errors.out_of_memory)
-        if not out_of_memory(err):
-            raise
-        raise ConfigError(
-            f"growing {size[0]}x{size[1]} for {steps} steps does not fit in memory "
-            "(try a smaller --size or fewer --steps)"
-        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
 from nca_lab.config import check_top_level
-from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory, require
+from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory_as, require
 from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
@@ -192,21 +192,22 @@ def _run(cfg: DictConfig, config: dict, run_dir: Path, sweep_dir: Path | None, h
         except (ConfigError, OSError) as err:
             error = err
     multihost.raise_together(error)
-    failed = True
-    try:
-        summary = trainer.fit(
-            model, task, key=seed_keys(int(cfg.seed)).run, run_dir=run_dir, logger=logger, config=config
-        )
-        failed = False
-        return summary
-    except (MemoryError, jax.errors.JaxRuntimeError, ValueError) as err:
-        if not out_of_memory(err):
-            raise
-        remat = "" if model.uses_manual_vjp else ", or trainer.remat=true"
-        raise OutOfMemory(
+    remat = "" if model.uses_manual_vjp else ", or trainer.remat=true"
+
+    def too_big(err: BaseException) -> OutOfMemory:
+        return OutOfMemory(
             f"out of memory ({one_line(err)}): try a smaller trainer.batch_size, grid (task.target_size, "
             f"task.padding) or trainer.rollout_steps{remat}"
-        ) from None
+        )
+
+    failed = True
+    try:
+        with out_of_memory_as(too_big):
+            summary = trainer.fit(
+                model, task, key=seed_keys(int(cfg.seed)).run, run_dir=run_dir, logger=logger, config=config
+            )
+        failed = False
+        return summary
     finally:
         logger.finish(None if failed else summary, failed=failed)
 
