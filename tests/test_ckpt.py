@@ -77,8 +77,9 @@ def test_keeps_the_last_k_and_the_best_also_across_a_resume(tmp_path):
         save(checkpointer, step, loss)
     assert sorted(checkpointer.manager.all_steps()) == [2, 4, 5]
     resumed = RunCheckpointer(tmp_path, keep_last=2)  # a new process: the losses come from disk
-    for step, loss in [(6, 0.8), (7, 0.05)]:
-        save(resumed, step, loss)
+    save(resumed, 6, 0.8)
+    assert sorted(resumed.manager.all_steps()) == [2, 5, 6]  # step 2's loss, 0.1, still the best
+    save(resumed, 7, 0.05)
     assert sorted(resumed.manager.all_steps()) == [6, 7]
 
 

@@ -52,6 +52,8 @@ def test_logger_options_instantiate(option, tmp_path):
     logger = instantiate(cfg.logger)(config={}, run_dir=tmp_path, name="t", run_id=None)
     logger.log({"loss": 1.0}, 1)
     logger.finish({"loss": 1.0})
+    assert type(logger).__name__ == {"wandb": "WandbLogger", "none": "NullLogger"}[option]
+    assert list(tmp_path.iterdir()) == []  # metrics.jsonl is the trainer's; W&B disabled writes nothing
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -40,6 +40,16 @@ def test_grow_options(tmp_path):
     assert final.shape == (20, 30, 16) and np.isfinite(final).all()
     with Image.open(out / "rollout.gif") as gif:
         assert gif.size == (300, 200)
+    options[options.index("--seed") + 1] = "4"
+    grow_cli.main([str(TFJS_GRAPH), *options, "--out", str(tmp_path / "seed4")])
+    assert not np.array_equal(np.load(tmp_path / "seed4" / "final_state.npy"), final)  # --seed draws the updates
+
+
+def test_fire_rate_and_angle_reach_the_model():
+    model = grow_cli.configure(read_model(WEBGL8), str(WEBGL8), fire_rate=0.7, angle=45.0)
+    assert model.update.fire_rate == 0.7 and model.perceive.angle == pytest.approx(math.pi / 4)  # degrees in
+    unchanged = grow_cli.configure(read_model(WEBGL8), str(WEBGL8), fire_rate=None, angle=None)
+    assert unchanged.update.fire_rate == 0.5 and unchanged.perceive.angle == 0.0
 
 
 def test_damage_cuts_a_hole_that_regrows():

@@ -52,7 +52,7 @@ def rollout(alive_threshold):
 def test_forward_kernels_lower_to_triton(alive_threshold):
     """The rollout without differentiation: its loop of update (and alive) kernels."""
     names = triton_kernels(rollout(alive_threshold), PACKED, STATE, FIRE, COUNT)
-    assert names == ["_update_kernel", "_alive_kernel"] if alive_threshold is not None else ["_update_kernel"]
+    assert names == (["_update_kernel", "_alive_kernel"] if alive_threshold is not None else ["_update_kernel"])
 
 
 @pytest.mark.parametrize("alive_threshold", [0.1, None], ids=["alive", "no_alive"])

@@ -66,6 +66,27 @@ def tiny_nca():
     return build
 
 
+@pytest.fixture(scope="session")
+def drifting_nca():
+    """``drifting_nca(num_channels, rate)``: every cell adds ``rate`` to every channel at every
+    step (zero weights, bias ``rate``, every cell fires), no alive masking: after ``k`` steps a
+    state is exactly its start plus ``k * rate``, so a task's metrics at each horizon are known."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from nca_lab.nca import NCA
+    from nca_lab.perceive.sobel import SobelPerceive
+    from nca_lab.update.residual import ResidualUpdate
+
+    def build(num_channels: int, rate: float) -> NCA:
+        perceive = SobelPerceive(num_channels)
+        update = ResidualUpdate(perceive.out_features, num_channels, hidden_sizes=[4], fire_rate=1.0, rngs=nnx.Rngs(0))
+        update.out.bias[...] = jnp.full((num_channels,), rate)
+        return NCA(perceive, update, alive_threshold=None)
+
+    return build
+
+
 def smoke_overrides(task: str, mnist_root: Path) -> list[str]:
     """Overrides for a 2-step run of ``task`` on a tiny grid."""
     if task == "mnist_inpainting":

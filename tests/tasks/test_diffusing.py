@@ -77,6 +77,20 @@ def test_evaluation_of_an_identity_nca_matches_the_noisy_input(task, tiny_nca):
     assert inputs == sorted(inputs, reverse=True)  # more noise, lower PSNR
 
 
+def test_evaluation_scores_the_states_after_the_horizon(task, drifting_nca):
+    """A drift of ``rate`` a step on every pixel: each level's PSNR is that of its noisy inputs
+    moved by ``horizon * rate`` and clipped to [0, 1] as shown, not of the inputs."""
+    rate, horizon, n, key = 0.05, 3, 2, jax.random.key(0)
+    metrics = task.evaluate(drifting_nca(6, rate), key, horizon=horizon, n=n)
+    _, noisy = task._levels(jax.random.split(key)[0], n)  # the draw evaluate makes
+    rgba = np.asarray(noisy)[..., :4]
+    for i, level in enumerate(LEVELS):
+        moved = np.clip(rgba[i * n : (i + 1) * n] + horizon * rate, 0.0, 1.0)
+        expected = psnr(np.mean(np.square(moved - np.asarray(task.target))))
+        assert metrics[f"psnr_{level}"] == pytest.approx(expected, rel=1e-5), level
+        assert metrics[f"psnr_{level}"] != pytest.approx(metrics[f"psnr_input_{level}"], rel=1e-3), level
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [

@@ -21,14 +21,6 @@ def task():
     return GrowingTask(C, target_size=8, padding=2, render_scale=2)
 
 
-def drifting_nca(rate: float) -> NCA:
-    """Every cell adds ``rate`` to every channel at every step (zero weights, bias ``rate``), no masking."""
-    perceive = SobelPerceive(C)
-    update = ResidualUpdate(perceive.out_features, C, hidden_sizes=[4], fire_rate=1.0, rngs=nnx.Rngs(0))
-    update.out.bias[...] = jnp.full((C,), rate)
-    return NCA(perceive, update, alive_threshold=None)
-
-
 def test_the_seed_is_one_cell_with_alpha_and_hidden_channels_set():
     seed = seed_state((5, 6), C)
     living = np.argwhere(seed.any(axis=-1))
@@ -50,17 +42,17 @@ def test_the_loss_is_the_rgba_mean_squared_error_and_ignores_hidden_channels(tas
     assert float(task.loss(state.at[0, 0, 0, 0].set(1.0), task.target[None])[0]) != pytest.approx(expected)
 
 
-def test_evaluation_scores_the_state_at_one_and_two_horizons(task):
+def test_evaluation_scores_the_state_at_one_and_two_horizons(task, drifting_nca):
     rate, horizon = 0.01, 3
-    metrics = task.evaluate(drifting_nca(rate), jax.random.key(0), horizon=horizon, n=2)
+    metrics = task.evaluate(drifting_nca(C, rate), jax.random.key(0), horizon=horizon, n=2)
     seed = jnp.asarray(seed_state((12, 12), C))[None]
     for name, steps in (("mse", horizon), ("mse_2x", 2 * horizon)):
         expected = float(task.loss(seed + steps * rate, task.target[None])[0])
         assert metrics[name] == pytest.approx(expected, rel=1e-5), name
 
 
-def test_render_is_twice_the_horizon_and_a_row_of_target_and_samples(task):
-    rendering = task.render(drifting_nca(0.0), jax.random.key(0), horizon=3, n=2)
+def test_render_is_twice_the_horizon_and_a_row_of_target_and_samples(task, drifting_nca):
+    rendering = task.render(drifting_nca(C, 0.0), jax.random.key(0), horizon=3, n=2)
     assert rendering.frames.shape == (2 * 3 + 1, 24, 24, 3)  # initial state included, 2 px per cell
     assert rendering.final.shape[0] == 24 and rendering.final.shape[1] > 3 * 24  # target + 2 samples
 

@@ -112,13 +112,16 @@ def test_evaluation_scores_hidden_pixels_only(task, tiny_nca, mnist_root):
     assert metrics["psnr"] == pytest.approx(10 * np.log10(1 / metrics["mse"]))
 
 
-def test_evaluation_reads_the_test_split(tmp_path, tiny_nca):
+def test_evaluation_reads_the_test_split(tmp_path, tiny_nca, drifting_nca):
     train = np.random.default_rng(0).integers(1, 256, (16, 12, 12), dtype=np.uint8)
     write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte", train)
     write_idx(raw_dir(tmp_path) / "t10k-images-idx3-ubyte", np.zeros((8, 12, 12), np.uint8))
     task = MnistInpaintingTask(6, data_root=str(tmp_path), pool_size=8, eval_samples=8)
     metrics = task.evaluate(tiny_nca(6, None), jax.random.key(0), horizon=2)
     assert metrics["mse_masked_input"] == 0.0 and metrics["mse"] == 0.0  # blank test digits: nothing to get wrong
+    # The NCA's score is its state after the horizon: 2 steps of +0.05 make every pixel 0.1.
+    drifted = task.evaluate(drifting_nca(6, 0.05), jax.random.key(0), horizon=2)
+    assert drifted["mse"] == pytest.approx(0.1**2, rel=1e-5) and drifted["mse_masked_input"] == 0.0
     assert float(np.mean(np.asarray(task.sample(jax.random.key(0), 4).target) ** 2)) > 0  # training draws train
 
 

@@ -83,6 +83,25 @@ def test_evaluation_damages_the_grown_state_and_recovers_from_the_damaged_one(ta
     assert metrics["mse_recovered"] == pytest.approx(damaged_mse, rel=1e-6)  # the identity keeps the damage
 
 
+def test_evaluation_scores_each_horizon_and_the_recovery_from_the_damage(task, drifting_nca, monkeypatch):
+    """A state that drifts by ``rate`` a step: each metric is the loss of the state at its own
+    horizon (1, 2, 5 and 10 times ``horizon``), the damage acts on the grown state, and the
+    recovery runs ``horizon`` steps from the damaged one."""
+    rate, horizon = 0.004, 3
+    monkeypatch.setattr(task, "damage", lambda state, key: jnp.zeros_like(state))
+    metrics = task.evaluate(drifting_nca(6, rate), jax.random.key(0), horizon=horizon, n=2)
+    seed = task.sample(None, 1).state
+
+    def loss(state) -> float:
+        return float(np.mean(task.loss(state, task.target[None])))
+
+    for name, k in (("mse", 1), ("mse_2x", 2), ("mse_5x", 5), ("mse_10x", 10)):
+        assert metrics[name] == pytest.approx(loss(seed + k * horizon * rate), rel=1e-5), name
+    assert metrics["mse_damaged"] == pytest.approx(loss(jnp.zeros_like(seed)), rel=1e-6)
+    assert metrics["mse_recovered"] == pytest.approx(loss(jnp.zeros_like(seed) + horizon * rate), rel=1e-5)
+    assert len({round(v, 6) for v in metrics.values()}) == len(metrics)  # every horizon tells apart
+
+
 def test_render_shows_grow_damage_recover(task, tiny_nca):
     rendering = task.render(tiny_nca(6, task.alive_threshold), jax.random.key(0), horizon=3, n=2)
     assert rendering.frames.shape == (4 + 10 + 3, 48, 48, 3)

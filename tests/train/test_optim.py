@@ -14,6 +14,31 @@ def test_adam_has_the_epsilon_of_the_authors_keras_adam():
     assert float(updates["w"][0]) == pytest.approx(-0.5, rel=1e-3)
 
 
+def test_clip_scales_down_only_gradients_above_its_global_norm():
+    """Adam's first step is the same for any gradient scale, so two steps tell: a gradient of
+    global norm 10 then one of 0.1. Clipped at 1, the first enters Adam's moments at norm 1 and
+    the second step differs from the unclipped one; under a bound above both, nothing changes."""
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(1)}
+    grads = [{"a": jnp.array([6.0, 0.0]), "b": jnp.array([8.0])}, {"a": jnp.array([0.06, 0.0]), "b": jnp.array([0.08])}]
+
+    def second_step(**options):
+        optimizer = make_optimizer(1.0, **options)
+        state = optimizer.init(params)
+        for g in grads:
+            updates, state = optimizer.update(g, state, params)
+        return jnp.concatenate([updates["a"], updates["b"]])
+
+    unclipped = second_step(gradient="none")
+    assert jnp.allclose(second_step(gradient="clip", clip_norm=100.0), unclipped)
+    clipped = second_step(gradient="clip", clip_norm=1.0)
+    assert not jnp.allclose(clipped, unclipped, rtol=1e-2)
+    # by hand: Adam's moments of the clipped gradients (0.6, 0, 0.8) then (0.06, 0, 0.08)
+    g1, g2 = jnp.array([0.6, 0.0, 0.8]), jnp.array([0.06, 0.0, 0.08])
+    m = (0.9 * 0.1 * g1 + 0.1 * g2) / (1 - 0.9**2)
+    v = (0.999 * 0.001 * g1**2 + 0.001 * g2**2) / (1 - 0.999**2)
+    assert jnp.allclose(clipped, -m / (jnp.sqrt(v) + 1e-7), rtol=1e-4, atol=1e-6)
+
+
 def test_normalize_divides_each_parameter_by_its_norm():
     from nca_lab.train.optim import normalize_per_parameter
 
