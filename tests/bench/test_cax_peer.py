@@ -34,7 +34,7 @@ def test_cax_peer_updates_with_the_residual_mlp_of_nca_lab():
     update dropped with probability 1 - fire rate; with nca_lab's weights, nca_lab's update."""
     peer = cax_impl.SobelNCA(CHANNELS, HIDDEN, rngs=nnx.Rngs(0))
     first, last = peer.update.layers
-    assert first.kernel[...].shape == (1, 1, 3 * CHANNELS, HIDDEN) and last.kernel[...].shape == (1, 1, HIDDEN, CHANNELS)
+    assert (first.kernel[...].shape, last.kernel[...].shape) == ((1, 1, 3 * CHANNELS, HIDDEN), (1, 1, HIDDEN, CHANNELS))
     assert not np.asarray(last.kernel[...]).any() and peer.update.dropout.rate == 1 - FIRE_RATE
 
     ours = ResidualUpdate(3 * CHANNELS, CHANNELS, hidden_sizes=[HIDDEN], zero_init=False, rngs=nnx.Rngs(1))
