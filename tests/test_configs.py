@@ -81,3 +81,5 @@ def test_submitit_launcher_presets_compose(launcher, target):
         cfg = hydra_compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.launcher.timeout_min == 240
+    if launcher == "slurm":  # README: one GPU per job, a job that times out is requeued
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.max_num_timeout > 0

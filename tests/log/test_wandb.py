@@ -32,16 +32,18 @@ def test_falls_back_to_offline_when_online_init_fails(tmp_path, monkeypatch, cap
     import wandb
 
     real_init = wandb.init
+    online_timeouts = []
 
     def failing_online_init(*args, mode=None, **kwargs):
         if mode == "online":
+            online_timeouts.append(kwargs["settings"].init_timeout)  # how long W&B may try: init_timeout
             raise TimeoutError("no network")
         return real_init(*args, mode=mode, **kwargs)
 
     monkeypatch.setattr(wandb, "init", failing_online_init)
     monkeypatch.setattr(wandb_logger, "_has_api_key", lambda _: True)
     logger = wandb_logger.WandbLogger(config={"a": 1}, run_dir=tmp_path, name="t", mode="online", init_timeout=1)
-    assert logger.mode == "offline"
+    assert logger.mode == "offline" and online_timeouts == [1.0]
     logger.log({"loss": 1.0}, 1)
     logger.finish({"loss": 1.0})
     err = capsys.readouterr().err
