@@ -14,8 +14,8 @@ import types
 import pytest
 
 from nca_lab.bench.__main__ import main as bench_main
-from nca_lab.bench.report import table
-from nca_lab.bench.suites import SUITES, cases
+from nca_lab.bench.report import LEGEND, table
+from nca_lab.bench.suites import CPU_STEPS, SUITES, cases
 
 from nca_testing import REPO, run_cli
 
@@ -152,6 +152,18 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
         kernel = "xla" if record["impl"] == "nca_lab" else None  # a peer has no kernel choice
         assert (record["steps"], record["suite_steps"], record["kernel"], record["warmup"]) == (1, 96, kernel, 1)
         assert len(record["git_sha"]) == 40 and isinstance(record["git_dirty"], bool)  # the tests run in a checkout
+
+
+def test_on_a_cpu_rollouts_are_shortened_unless_steps_says_otherwise(tmp_path, capsys):
+    """README: on a CPU the rollouts are 8 CA steps long unless --steps N; the output says so,
+    the records keep both lengths, and the legend follows the table."""
+    out = tmp_path / "b.json"
+    assert bench_main(["--suite", "growing", "--repeats", "1", "--warmup", "1", "--json", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"CPU: rollouts shortened to {CPU_STEPS} CA steps (the suites' own: growing 96" in stdout
+    assert LEGEND.strip() in stdout and stdout.index("| growing") < stdout.index(LEGEND.strip()[:40])
+    (record,) = json.loads(out.read_text())
+    assert (record["steps"], record["suite_steps"], record["repeats"]) == (CPU_STEPS, 96, 1)
 
 
 def test_a_missing_peer_package_is_one_line_saying_how_to_install_it(monkeypatch, capsys):
