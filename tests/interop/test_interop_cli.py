@@ -52,6 +52,13 @@ def test_fire_rate_and_angle_reach_the_model():
     assert unchanged.update.fire_rate == 0.5 and unchanged.perceive.angle == 0.0
 
 
+def test_a_released_model_grows_into_a_dir_named_by_its_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8"])
+    grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--damage"])
+    assert sorted(p.name for p in (tmp_path / "outputs" / "grow").iterdir()) == [WEBGL8.stem, f"{WEBGL8.stem}_damage"]
+
+
 def test_damage_cuts_a_hole_that_regrows():
     model = read_model(WEBGL8)
     _, frames = grow_cli.grow_from_seed(model, (72, 72), 160, seed=0, damage=True)
