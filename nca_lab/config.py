@@ -6,6 +6,7 @@ Its files are ``conf/`` at the top of a checkout, ``nca_lab/conf`` in a wheel: t
 install and from an installed wheel.
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -40,24 +41,30 @@ def check_top_level(cfg) -> None:
     """
     import difflib
 
-    from omegaconf import DictConfig, OmegaConf
-
     from nca_lab.errors import ConfigError
+
+    required, known = _top_level()
+    for key in cfg:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {close[0]}?" if close else "the top-level settings: " + ", ".join(sorted(known))
+            raise ConfigError(f"unknown setting {key} ({hint})")
+    missing = sorted(required - set(cfg))
+    if missing:
+        raise ConfigError(f"the config has no {missing[0]}, which nca_lab needs (removed by ~{missing[0]}?)")
+
+
+@functools.cache
+def _top_level() -> tuple[frozenset[str], frozenset[str]]:
+    """``config.yaml``'s top-level keys: those every config needs, and all it may have (read once)."""
+    from omegaconf import DictConfig, OmegaConf
 
     primary = OmegaConf.load(config_dir() / "config.yaml")
     choices = {
         group: choice for entry in primary.defaults if isinstance(entry, DictConfig) for group, choice in entry.items()
     }
     required = (set(primary) - {"defaults", "hydra"}) | {group for group, choice in choices.items() if choice}
-    known = required | set(choices)  # and the groups off by default (experiment)
-    for key in cfg:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]}?" if close else "the top-level settings: " + ", ".join(sorted(known))
-            raise ConfigError(f"unknown setting {key} ({hint})")
-    missing = sorted(required - set(cfg))
-    if missing:
-        raise ConfigError(f"the config has no {missing[0]}, which nca_lab needs (removed by ~{missing[0]}?)")
+    return frozenset(required), frozenset(required | set(choices))  # and the groups off by default (experiment)
 
 
 _OVERRIDE = re.compile(r"([~+]{0,2}[\w.@/-]+)=(.*)", re.DOTALL)

@@ -78,3 +78,16 @@ def test_a_constant_rate_and_a_schedule_keep_the_same_state():
     assert jax.tree.structure(constant) == jax.tree.structure(scheduled)
     updates, _ = make_optimizer(1e-3, gradient="none").update({"w": jnp.ones(3)}, constant, params)
     assert updates["w"].tolist() == pytest.approx([-1e-3] * 3, rel=1e-4)
+
+
+def test_the_trainer_config_shows_every_optimizer_option_at_its_default():
+    """A researcher reads the optimizer's options in ``conf/trainer/default.yaml`` (and sweeps
+    ``trainer.optimizer.b2=...``): none is hidden in the code, and the file says what runs."""
+    import inspect
+
+    from nca_lab.config import compose
+
+    options = {k: v for k, v in compose().trainer.optimizer.items() if not k.startswith("_")}
+    parameters = inspect.signature(make_optimizer).parameters
+    defaults = {name: p.default for name, p in parameters.items() if name != "learning_rate"}
+    assert options == defaults
