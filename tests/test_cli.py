@@ -141,6 +141,10 @@ BAD_SETTINGS = [
     (["trainer.optimizer.gradient=sgd"], "trainer.optimizer.gradient must be one of"),
     (["trainer.optimizer.clip_norm=0"], "trainer.optimizer.clip_norm must be positive"),
     (["trainer.keep_last=0"], "trainer.keep_last must be an integer >= 1, got 0"),
+    # optional options (``int | None``) too: these were truncated to 2 and 48, and read as 1.0
+    (["perceive=learned", "perceive.channel_multiplier=2.5"], "perceive.channel_multiplier must be an integer"),
+    (["perceive=attention", "perceive.qkv_features=48.7"], "perceive.qkv_features must be an integer, got 48.7"),
+    (["perceive=attention", "perceive.padding=true"], "perceive.padding must be a number, got True"),
     (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
     (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
     (["compact_cells=true", "kernel=pallas"], "compact_cells=true needs kernel=xla"),

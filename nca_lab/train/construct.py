@@ -35,7 +35,7 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
     traceback; an option annotated ``int``, ``float`` or ``bool`` must hold one
     (``task.target_size=1.5`` was truncated, ``task.centre_on_body=no`` read as true), one
     annotated ``Literal[...]`` one of its values (``logger.mode=ofline`` is refused before the
-    model is built, not after).
+    model is built, not after); an optional one (``int | None``) may also be null.
     """
     with config_errors(group):
         factory = instantiate(node)
@@ -49,7 +49,9 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
         raise ConfigError(f"unknown or missing option for {group}: {err}") from None
     for name, value in factory.keywords.items():
         parameter = signature.parameters.get(name)  # None: taken by a ``**kwargs``
-        kind = inspect.Parameter.empty if parameter is None else parameter.annotation
+        kind, optional = _without_none(inspect.Parameter.empty if parameter is None else parameter.annotation)
+        if value is None and optional:
+            continue
         number = is_integer(value) or isinstance(value, float)
         require(kind not in (int, "int") or is_integer(value), f"{group}.{name} must be an integer, got {value!r}")
         require(kind not in (float, "float") or number, f"{group}.{name} must be a number, got {value!r}")
@@ -57,21 +59,23 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
         require(kind not in (bool, "bool") or switch, f"{group}.{name} must be true or false, got {value!r}")
         choices = _literal_values(kind)
         if choices is not None and value not in choices:
-            allowed = ", ".join("null" if c is None else repr(c) for c in choices)
+            allowed = ", ".join(map(repr, choices)) + (", null" if optional else "")
             raise ConfigError(f"{group}.{name} must be one of {allowed}, got {value!r}")
     return factory
 
 
-def _literal_values(kind) -> tuple | None:
-    """The values a ``Literal[...]`` annotation allows, ``None`` included if it is optional; ``None`` for others."""
-    if typing.get_origin(kind) is typing.Literal:
-        return typing.get_args(kind)
+def _without_none(kind) -> tuple[object, bool]:
+    """``(X, True)`` for an optional annotation ``X | None``, ``(kind, False)`` for any other."""
     members = typing.get_args(kind)
-    if len(members) == 2 and type(None) in members:
+    if typing.get_origin(kind) is not typing.Literal and len(members) == 2 and type(None) in members:
         (other,) = (m for m in members if m is not type(None))
-        inner = _literal_values(other)
-        return None if inner is None else (*inner, None)
-    return None
+        return other, True
+    return kind, False
+
+
+def _literal_values(kind) -> tuple | None:
+    """The values a ``Literal[...]`` annotation allows; ``None`` for others."""
+    return typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
 
 
 @contextmanager
