@@ -51,6 +51,10 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from nca_lab.config import config_dir, quote_non_ascii  # noqa: E402
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 
+#: The user's ``HYDRA_FULL_ERROR``, for the jobs: :func:`cli` sets Hydra's own to 1, so that
+#: Hydra raises its errors; with the user's at 1, nca_lab's errors keep their traceback too.
+USER_FULL_ERROR = "NCA_LAB_FULL_ERROR"
+
 
 class JobFailed(Exception):
     """A job of a sweep failed (its ``error:`` line is printed); raised, not exited, so that
@@ -80,11 +84,13 @@ def main(cfg: DictConfig) -> None:
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(STOPPED)
     except (ConfigError, TrainingDiverged, OSError, OutOfMemory) as err:
+        if made_now and isinstance(err, ConfigError):
+            _remove_unused(Path(hydra_cfg.runtime.output_dir))
+        if os.environ.get(USER_FULL_ERROR) == "1" and jax.process_count() == 1:
+            raise  # with its traceback: where a new module's constructor failed, say
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
         message = f"{where}{one_line(err) if isinstance(err, OSError) else err}"
         print(f"error: {message}", file=sys.stderr)
-        if made_now and isinstance(err, ConfigError):
-            _remove_unused(Path(hydra_cfg.runtime.output_dir))
         if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
             os._exit(1)  # maybe this process's alone: the others wait for it in a collective (a sweep too)
         if sweep:
@@ -168,10 +174,11 @@ def cli() -> None:
 
     Hydra prints its own errors over several lines; with ``HYDRA_FULL_ERROR=1`` it raises
     them instead, which is how they reach this handler. A user who set that variable keeps
-    Hydra's full report.
+    Hydra's full report, and the traceback of nca_lab's errors (:data:`USER_FULL_ERROR`).
     """
     logging.raiseExceptions = False  # a log file on a full disk is not a page of "Logging error"
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ[USER_FULL_ERROR] = "1" if full_report else "0"  # in the environment: submitit's jobs read it too
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = map(quote_non_ascii, sys.argv[1:])
     stop_on_signals(STOPPED_OUTSIDE_TRAINING)

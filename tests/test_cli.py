@@ -224,6 +224,15 @@ def test_hydra_full_error_keeps_hydras_full_report(tmp_path):
     assert "Traceback" in result.stderr and "Key 'bogus' is not in struct" in result.stderr
 
 
+def test_hydra_full_error_keeps_the_traceback_of_nca_labs_errors_too(tmp_path):
+    """Hydra's message says to set it, and a new module's author needs the frame where their
+    constructor failed: it was one line all the same."""
+    result = run_cli(*TINY, "update.fire_rate=1.5", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "residual.py" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("update.fire_rate must be in (0, 1], got 1.5")
+
+
 def test_unreadable_image_is_one_clear_line(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"garbage")
