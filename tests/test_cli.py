@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 from PIL import Image
 
@@ -69,6 +70,29 @@ class MisSizedPerceive(Perceive):
         return state
 
 
+class ReshapingPerceive(MisSizedPerceive):
+    """One that shapes its output by the out_features it declares, as Sobel does: the check's
+    trace failed inside ``reshape``, a traceback."""
+
+    def __call__(self, state):
+        return state.reshape(*state.shape[:-1], self.out_features)
+
+
+class UncalledPerceive(Perceive):
+    """One whose author forgot ``__call__``: it was the base class's bare NotImplementedError."""
+
+    def __init__(self, num_channels: int, *, angle: float = 0.0, rngs=None):
+        self.num_channels, self.out_features = num_channels, num_channels
+
+
+class WideUpdate(ResidualUpdate):
+    """An update that returns one channel too many: it was a traceback from the rollout's scan,
+    after ``training in ...``."""
+
+    def __call__(self, state, perception, key):
+        return jnp.concatenate([state, state[..., :1]], axis=-1)
+
+
 class AutodiffUpdate(ResidualUpdate):
     """A researcher's own update (a subclass is not the residual update the fast paths are for)."""
 
@@ -118,6 +142,15 @@ BAD_SETTINGS = [
     (
         ["perceive._target_=test_cli.MisSizedPerceive"],
         "MisSizedPerceive.out_features is 32, but its perception has 16 features",
+    ),
+    (
+        ["perceive._target_=test_cli.ReshapingPerceive"],
+        "ReshapingPerceive fails on inputs of shape [1, 3, 3, 16]: cannot reshape array of shape (1, 3, 3, 16)",
+    ),
+    (["perceive._target_=test_cli.UncalledPerceive"], "UncalledPerceive must implement __call__"),
+    (
+        ["update._target_=test_cli.WideUpdate"],
+        "WideUpdate returns float32[1, 3, 3, 17] for a state float32[1, 3, 3, 16]: the next state must have",
     ),
     (
         ["task=regenerating", "task.pool_size=4", "task.damage_n=2"],

@@ -53,9 +53,9 @@ def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     require(is_integer(seed) and seed in SEEDS, f"seed must be an integer from 0 to {SEEDS[-1]}, got {seed!r}")
     rngs = nnx.Rngs(params=seed_keys(seed).init)
     perceive = construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
-    update = construct(
-        cfg["update"], "update", perception_size=_perception_size(perceive, channels), num_channels=channels, rngs=rngs
-    )
+    perception_size = _perception_size(perceive, channels)
+    update = construct(cfg["update"], "update", perception_size=perception_size, num_channels=channels, rngs=rngs)
+    _check_next_state(update, channels, perception_size)
     return NCA(
         perceive, update, alive_threshold=alive_threshold, kernel=str(cfg.kernel), compact_cells=cfg.compact_cells
     )
@@ -67,9 +67,35 @@ def _perception_size(perceive, channels: int) -> int:
     name = type(perceive).__name__
     declared = getattr(perceive, "out_features", None)
     require(declared is not None, f"{name} must set out_features (see nca_lab.perceive.base.Perceive)")
-    computed = jax.eval_shape(perceive, jax.ShapeDtypeStruct((1, 3, 3, channels), jnp.float32)).shape[-1]
+    hint = f" (is its out_features, {declared}, right?)"
+    computed = _traced(perceive, hint, jax.ShapeDtypeStruct((1, 3, 3, channels), jnp.float32)).shape[-1]
     require(computed == declared, f"{name}.out_features is {declared}, but its perception has {computed} features")
     return declared
+
+
+def _check_next_state(update, channels: int, perception_size: int) -> None:
+    """A new update must return a state of the state's shape and dtype: one line here, not a
+    traceback from inside the rollout's scan once training has started."""
+    state = jax.ShapeDtypeStruct((1, 3, 3, channels), jnp.float32)
+    perception = jax.ShapeDtypeStruct((1, 3, 3, perception_size), jnp.float32)
+    out = _traced(update, "", state, perception, jax.random.split(jax.random.key(0), 1))
+    require(
+        (out.shape, out.dtype) == (state.shape, state.dtype),
+        f"{type(update).__name__} returns {out.dtype}{list(out.shape)} for a state float32{list(state.shape)}: "
+        "the next state must have the state's shape and dtype",
+    )
+
+
+def _traced(module, hint: str, *inputs) -> jax.ShapeDtypeStruct:
+    """What ``module(*inputs)`` returns, traced; a module that fails on them is one line naming it."""
+    name = type(module).__name__
+    try:
+        return jax.eval_shape(module, *inputs)
+    except NotImplementedError:
+        raise ConfigError(f"{name} must implement __call__") from None
+    except (TypeError, ValueError) as err:
+        shapes = ", ".join(str(list(x.shape)) for x in inputs)
+        raise ConfigError(f"{name} fails on inputs of shape {shapes}: {one_line(err)}{hint}") from err
 
 
 def load_model(path: str | Path, step: int | None = None):
