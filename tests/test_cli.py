@@ -93,6 +93,14 @@ class WideUpdate(ResidualUpdate):
         return jnp.concatenate([state, state[..., :1]], axis=-1)
 
 
+class RngsFreePerceive(UncalledPerceive):
+    """A constructor without ``rngs``: the line said "unexpected keyword argument 'rngs'", a
+    keyword the user never wrote."""
+
+    def __init__(self, num_channels: int):
+        self.num_channels, self.out_features = num_channels, num_channels
+
+
 class AutodiffUpdate(ResidualUpdate):
     """A researcher's own update (a subclass is not the residual update the fast paths are for)."""
 
@@ -148,6 +156,11 @@ BAD_SETTINGS = [
         "ReshapingPerceive fails on inputs of shape [1, 3, 3, 16]: cannot reshape array of shape (1, 3, 3, 16)",
     ),
     (["perceive._target_=test_cli.UncalledPerceive"], "UncalledPerceive must implement __call__"),
+    (
+        ["perceive._target_=test_cli.RngsFreePerceive", "~perceive.angle"],
+        "RngsFreePerceive must take rngs= (nca_lab passes num_channels=, rngs=)",
+    ),
+    (["perceive._partial_=false"], "the perceive config needs _partial_: true (nca_lab passes num_channels=, rngs=)"),
     (
         ["update._target_=test_cli.WideUpdate"],
         "WideUpdate returns float32[1, 3, 3, 17] for a state float32[1, 3, 3, 16]: the next state must have",

@@ -37,11 +37,17 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
     annotated ``Literal[...]`` one of its values (``logger.mode=ofline`` is refused before the
     model is built, not after); an optional one (``int | None``) may also be null.
     """
+    supplied = tuple(supplied)
+    named = ", ".join(f"{name}=" for name in supplied)
+    require(node.get("_partial_") is True, f"the {group} config needs _partial_: true (nca_lab passes {named})")
     with config_errors(group):
         factory = instantiate(node)
     target = factory.func
     # the constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)
     signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        for name in supplied:
+            require(name in signature.parameters, f"{target.__qualname__} must take {name}= (nca_lab passes {named})")
     options = {**factory.keywords, **dict.fromkeys(supplied)}  # code's win over the yaml's (``logger.group``)
     try:
         signature.bind(*((None,) if inspect.isclass(target) else ()), *factory.args, **options)

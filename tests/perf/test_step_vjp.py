@@ -16,12 +16,13 @@ from nca_lab.perceive.attention import AttentionPerceive
 from nca_lab.perceive.learned import LearnedPerceive
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.tasks.growing import seed_state
+from nca_lab.train.construct import construct
 from nca_lab.train.pool import init_pool
 from nca_lab.train.run import build
 from nca_lab.train.step import make_train_step
 from nca_lab.update.residual import ResidualUpdate
 
-from nca_testing import TINY, assert_rollouts_agree, rollout_value_and_grads
+from nca_testing import REPO, TINY, assert_rollouts_agree, rollout_value_and_grads
 
 C = 8
 
@@ -78,6 +79,15 @@ def test_random_length_remat_and_unroll():
 def test_perceives_with_parameters(perceive):
     fast, reference = pair(perceive())
     assert_same(fast, reference, start(batch=(2,), grid=6), jax.random.split(jax.random.key(4), 2), steps=2)
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "conf" / "perceive").glob("*.yaml")))
+def test_every_perceive_config(name):
+    """``Perceive``'s promise, any perceive works with the manual step VJP and active cells,
+    checked for each yaml in ``conf/perceive/`` as configured: a new one is, with nothing to add."""
+    perceive = construct(compose(f"perceive={name}").perceive, "perceive", num_channels=C, rngs=nnx.Rngs(2))
+    fast, reference = pair(perceive)
+    assert_same(fast, reference, start(batch=(2,), grid=6), jax.random.split(jax.random.key(5), 2), steps=2)
 
 
 def test_delta_vjp_equals_autodiff():
