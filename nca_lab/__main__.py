@@ -74,6 +74,7 @@ def main(cfg: DictConfig) -> None:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     made_now = not sweep and _made_by_hydra_now(hydra_cfg)
     try:
+        _check_own_dir(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd))
         summary = run(
             cfg,
             hydra_cfg.runtime.output_dir,
@@ -111,6 +112,18 @@ def main(cfg: DictConfig) -> None:
             sys.stderr.flush()
         os._exit(1)  # not sys.exit: JAX's exit handler would wait for the others, which exit too
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
+
+
+def _check_own_dir(run_dir: Path, launch_dir: Path) -> None:
+    """Refuse a run dir that is the dir the command was started in, or holds it: an empty
+    ``hydra.run.dir=`` (a shell variable unset) trained into a checkout's top, among its files."""
+    if launch_dir.resolve().is_relative_to(run_dir.resolve()):
+        log = run_dir / "__main__.log"
+        with contextlib.suppress(OSError):  # Hydra's, empty: made for this command
+            if log.stat().st_size == 0:
+                log.unlink()
+        where = f"the run dir {run_dir} holds the current directory"
+        raise ConfigError(f"{where} (an empty hydra.run.dir?): give the run a dir of its own")
 
 
 #: What Hydra and the run dir lock put into a run dir before nca_lab writes anything.

@@ -264,6 +264,20 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
     assert blocker.read_text() == "not a directory"
 
 
+@pytest.mark.parametrize("run_dir", ["", "..", "."])
+def test_a_run_dir_that_holds_the_current_directory_is_refused(run_dir, tmp_path):
+    """``hydra.run.dir=$UNSET``: it trained into the dir the command ran in, among its files."""
+    here = tmp_path / "checkout"
+    here.mkdir()
+    result = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=here, env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: the run dir {(here / run_dir).resolve()} holds the current directory (an empty hydra.run.dir?): "
+        "give the run a dir of its own"
+    ]
+    assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["checkout"]
+
+
 def test_hydra_full_error_keeps_hydras_full_report(tmp_path):
     result = run_cli(*TINY, "trainer.bogus=1", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode == 1
