@@ -184,6 +184,17 @@ def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
     return state, np.stack(frames)
 
 
+def check_not_a_run(out: Path) -> None:
+    """Refuse an output dir that is a training run's dir or inside its checkpoints:
+    ``--out <run dir>`` overwrote the run's own ``rollout.gif`` and ``final.png``."""
+    resolved = out.resolve()
+    for run in (resolved, *resolved.parents):  # the nearest run dir, if any: <run>/grown is fine
+        if (run / "config_resolved.yaml").is_file() or (run / CHECKPOINTS).is_dir():
+            inside = run == resolved or resolved.is_relative_to(run / CHECKPOINTS)
+            require(not inside, f"{out}: that is where the run {run} keeps its own files; give --out another dir")
+            return
+
+
 def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path]:
     """Write ``rollout.gif`` (of RGBA ``frames``), ``final.png`` and ``final_state.npy`` into ``out``."""
     try:
@@ -241,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
         grid, steps, name = trained_setting(args.model)
         out = Path(args.out) if args.out else Path("outputs") / "grow" / (name + "_damage" * args.damage)
+        check_not_a_run(out)
         size = (args.size[0], args.size[-1]) if args.size else grid
         steps = args.steps or steps
         final, paths = grow_and_write(model, size, steps, args.seed, args.damage, out)

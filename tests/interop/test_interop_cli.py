@@ -128,6 +128,25 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["final.png", "rollout.gif"]  # no temporary file left
 
 
+def test_an_output_that_is_a_runs_own_dir_is_refused(tmp_path, capsys):
+    """``--out <run dir>`` overwrote the run's ``rollout.gif`` and ``final.png`` (and inside its
+    checkpoints it would write among Orbax's files); a dir inside the run is fine."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "2").mkdir(parents=True)
+    (run / "config_resolved.yaml").write_text("seed: 0\n")
+    (run / "final.png").write_bytes(b"the run's own")
+    for out in (run, run / "checkpoints" / "2", run / "checkpoints" / "grown"):
+        with pytest.raises(SystemExit) as exit_info:
+            grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--out", str(out)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == (
+            f"error: {out}: that is where the run {run} keeps its own files; give --out another dir\n"
+        )
+    assert (run / "final.png").read_bytes() == b"the run's own" and not (run / "checkpoints" / "grown").exists()
+    grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--out", str(run / "grown")])
+    assert (run / "grown" / "final.png").is_file()
+
+
 def test_export_writes_a_file_that_loads_back(tmp_path, capsys):
     out = tmp_path / "sub" / "no_tail.webgl8.json"
     export_cli.main([str(TFJS_GRAPH), "--format", "webgl8", "--out", str(out)])
