@@ -139,8 +139,9 @@ def _made_by_hydra_now(hydra_cfg: DictConfig) -> bool:
 
 
 def _remove_unused(run_dir: Path) -> None:
-    """Delete the run dir Hydra made for a command that was refused (its log empty), so that
-    mistyped commands do not leave a trail of empty timestamped dirs under ``outputs/``."""
+    """Delete the run dir Hydra made for a command that was refused (its log empty), and its
+    day's dir if that is left empty, so that mistyped commands leave no trail of empty
+    timestamped dirs under ``outputs/``."""
     with contextlib.suppress(OSError):  # a dir already gone, or not removable: nothing to tidy
         names = {path.name for path in run_dir.iterdir()}
         log = run_dir / "__main__.log"
@@ -148,6 +149,7 @@ def _remove_unused(run_dir: Path) -> None:
             for name in names:
                 (run_dir / name).unlink()
             run_dir.rmdir()
+            run_dir.parent.rmdir()  # the day's dir, if this was its only run (else not empty: kept)
 
 
 def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """``python -m nca_lab`` as a user runs it: outputs of a run, and one clear line for bad input."""
 
+import datetime
 import json
 import os
 import re
@@ -247,8 +248,11 @@ def test_bad_input_is_one_clear_line(overrides, message, tmp_path):
 def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     result = run_cli(*TINY, "trainer.steps=0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: trainer.steps must be")
-    left = list((tmp_path / "outputs").rglob("*"))
-    assert len(left) == 1 and left[0].is_dir() and not any(left[0].iterdir())  # the day's dir, empty
+    assert list((tmp_path / "outputs").rglob("*")) == []  # nor the day's dir, which only it was in
+    other = tmp_path / "outputs" / datetime.date.today().isoformat() / "00-00-00"  # a day with another run
+    other.mkdir(parents=True)
+    assert run_cli(*TINY, "trainer.steps=0", cwd=tmp_path).returncode == 2
+    assert sorted((tmp_path / "outputs").rglob("*")) == [other.parent, other]
     named = tmp_path / "mine"  # a run dir named by the user is theirs: kept
     named.mkdir()
     assert run_cli(*TINY, "trainer.steps=0", f"hydra.run.dir={named}").returncode == 2
