@@ -15,9 +15,10 @@ class Logger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Record scalars at ``step``."""
 
-    def resume(self, earlier: list[dict]) -> None:
-        """A resumed run's records so far (``{"step": ..., **metrics}``, from ``metrics.jsonl``),
-        for a logger that may not hold them: its earlier attempt died before flushing them."""
+    def resume(self, earlier: list[dict], renders: dict[int, dict[str, Path]]) -> None:
+        """A resumed run's records so far (``{"step": ..., **metrics}``, from ``metrics.jsonl``)
+        and its renderings by step (as :meth:`log_media` had them), for a logger that may not
+        hold them: its earlier attempt died before flushing them."""
 
     def log_media(self, paths: dict[str, Path], step: int) -> None:
         """Record pictures (``.png``) and animations (``.gif``) written by the run."""

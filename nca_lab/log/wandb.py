@@ -2,7 +2,7 @@
 
 Online without an API key or without network, ``wandb.init`` either fails or hangs for
 minutes; this logger falls back to offline mode with one warning line (sync later with
-``wandb sync <run_dir>/wandb/offline-run-*``).
+``wandb sync <run_dir>/wandb/latest-run``: a resumed run's newest dir holds its whole history).
 """
 
 import json
@@ -104,15 +104,20 @@ class WandbLogger(Logger):
         """Log scalars under dashboard names (``train/...``, ``perf/...``, ``eval/...``)."""
         self.run.log({DASHBOARD_NAMES.get(k, k): v for k, v in metrics.items()}, step=step)
 
-    def resume(self, earlier: list[dict]) -> None:
-        """Offline, log the earlier steps again: a resumed offline run is a new file, and the
-        last one (``wandb sync``) then holds the whole history. W&B buffers that file in 32 KiB
-        blocks, so a job killed (or stopped in its final evaluation) left little or nothing of
-        it. Online, the server already has them."""
+    def resume(self, earlier: list[dict], renders: dict[int, dict[str, Path]]) -> None:
+        """Offline, log the earlier steps and renderings again, in step order: a resumed
+        offline run is a new file, and the last one (``wandb sync``) then holds the whole
+        history. W&B buffers that file in 32 KiB blocks, so a job killed (or stopped in its
+        final evaluation) left little or nothing of it. Online, the server already has them."""
         if self.mode != "offline":
             return
-        for record in earlier:
-            self.log({k: v for k, v in record.items() if k != "step" and v is not None}, record["step"])
+        scalars = [(record["step"], 0, record) for record in earlier]
+        pictures = [(step, 1, media) for step, media in renders.items()]
+        for step, is_media, entry in sorted(scalars + pictures, key=lambda event: event[:2]):
+            if is_media:
+                self.log_media(entry, step)
+            else:
+                self.log({k: v for k, v in entry.items() if k != "step" and v is not None}, step)
 
     def log_media(self, paths: dict[str, Path], step: int) -> None:
         """Log PNGs as images and GIFs as videos (no moviepy needed for a file)."""
@@ -144,7 +149,7 @@ def _has_api_key(wandb) -> bool:
 
 def _sync(run_dir) -> str:
     """The command that uploads an offline run of ``run_dir``."""
-    return f"`wandb sync {run_dir}/wandb/offline-run-*`"
+    return f"`wandb sync {run_dir}/wandb/latest-run`"
 
 
 def _warn(message: str) -> None:

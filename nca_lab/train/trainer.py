@@ -8,6 +8,7 @@ last checkpoint, and a non-finite loss stops the run before anything poisoned is
 
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from nca_lab.atomic import write_text_atomically
+from nca_lab.atomic import atomic_path, write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
 from nca_lab.errors import is_integer, require
 from nca_lab.log.base import Logger, NullLogger
@@ -31,6 +32,9 @@ from nca_lab.tasks.base import Task
 from nca_lab.train import multihost, parallel
 from nca_lab.train.pool import check_damage, init_pool
 from nca_lab.train.step import make_train_step
+
+#: The run dir's subdir of every rendering by step (``renders/<step>/rollout.gif``, ``final.png``).
+RENDERS = "renders"
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,7 +87,8 @@ class Trainer:
             unroll: CA steps per scan iteration.
             log_every: steps between ``metrics.jsonl`` lines (and logger calls), besides the first and last step.
             eval_every: steps between evaluations (0: only at the end).
-            render_every: steps between renderings of ``rollout.gif``/``final.png`` (0: only at the end).
+            render_every: steps between renderings of ``rollout.gif``/``final.png``, each kept in
+                ``renders/<step>/`` (0: only at the end).
             checkpoint_every: steps between checkpoints (0: only at the end).
             keep_last: checkpoints kept (the newest), besides the best by loss.
             keep_best: also keep the checkpoint of lowest training loss.
@@ -208,7 +213,7 @@ class Trainer:
     ) -> dict:
         """Train ``model`` in place, resuming if :meth:`resume_source` finds a checkpoint.
 
-        Writes ``metrics.jsonl``, ``checkpoints/``, ``rollout.gif``, ``final.png`` and, last,
+        Writes ``metrics.jsonl``, ``checkpoints/``, ``renders/``, ``rollout.gif``, ``final.png`` and, last,
         ``summary.json`` (its presence marks a completed run). ``config`` is stored in every
         checkpoint. Returns the final metrics. With several processes, every one calls this
         and saves its share of each checkpoint; only process 0 writes the other files.
@@ -259,7 +264,7 @@ class Trainer:
         }
         metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps) if main else None
         if start and main:
-            logger.resume(metrics_file.earlier)
+            logger.resume(metrics_file.earlier, earlier_renders(run_dir, start))
         pending: list[tuple[int, dict]] = []
         bar = tqdm(
             total=self.steps, initial=start, disable=not (self.progress and main), unit="step", dynamic_ncols=True
@@ -346,14 +351,31 @@ class Trainer:
         return metrics
 
     def _render(self, model, task, key, run_dir, step, logger) -> None:
+        """``renders/<step>/`` keeps each rendering (a run's progress, and what a resumed W&B
+        run logs again); ``rollout.gif`` and ``final.png`` beside it are the latest."""
         rendering = task.render(model, key, self.horizon)  # on every process: the model's arrays may span them
         if not multihost.is_main_process():
             return
+        kept = run_dir / RENDERS / str(step)
+        kept.mkdir(parents=True, exist_ok=True)
         paths = {
-            "rollout": save_gif(rendering.frames, run_dir / "rollout.gif"),
-            "final": save_png(rendering.final, run_dir / "final.png"),
+            "rollout": save_gif(rendering.frames, kept / "rollout.gif"),
+            "final": save_png(rendering.final, kept / "final.png"),
         }
+        for path in paths.values():
+            with atomic_path(run_dir / path.name) as tmp:
+                shutil.copyfile(path, tmp)
         logger.log_media(paths, step)
+
+
+def earlier_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
+    """The renderings :meth:`Trainer._render` kept up to step ``until``, by step: ``{"rollout": gif, "final": png}``."""
+    renders = {}
+    for kept in (run_dir / RENDERS).glob("*"):
+        media = {"rollout": kept / "rollout.gif", "final": kept / "final.png"}
+        if kept.name.isdigit() and int(kept.name) <= until and all(p.is_file() for p in media.values()):
+            renders[int(kept.name)] = media
+    return dict(sorted(renders.items()))
 
 
 @contextmanager

@@ -58,7 +58,8 @@ def test_no_api_key_means_offline_with_one_warning(tmp_path, monkeypatch, capsys
     logger.finish()
     err = capsys.readouterr().err
     assert logger.mode == "offline" and "no W&B API key" in err
-    assert f"wandb sync {tmp_path}/wandb/offline-run-*" in err  # what to run once online
+    assert f"wandb sync {tmp_path}/wandb/latest-run" in err  # what to run once online
+    assert (tmp_path / "wandb" / "latest-run").resolve() == next(tmp_path.glob("wandb/offline-run-*"))
 
 
 def test_wandb_mode_environment_is_respected(tmp_path, monkeypatch):
@@ -109,14 +110,17 @@ def test_a_run_resumes_its_own_w_and_b_run_and_one_resumed_elsewhere_gets_a_new_
 
 def test_a_resumed_offline_run_holds_the_whole_history(tmp_path):
     """W&B buffers an offline run's file in 32 KiB blocks: a job killed (or stopped in its final
-    evaluation) left a file of 7 bytes. The resumed run's file logs the earlier steps again."""
+    evaluation) left a file of 7 bytes. The resumed run's file logs the earlier steps again,
+    and the earlier renderings (``renders/<step>/``): it had the scalars only."""
     import shutil
 
     from nca_lab.config import compose
     from nca_lab.log.metrics_file import read_metrics
     from nca_lab.train.run import run
 
-    settings = compose(*WANDB_TINY, "trainer.steps=4", "trainer.checkpoint_every=2", "trainer.log_every=1")
+    settings = compose(
+        *WANDB_TINY, "trainer.steps=4", "trainer.checkpoint_every=2", "trainer.log_every=1", "trainer.render_every=1"
+    )
     run(settings, tmp_path)
     for lost in ("summary.json", "checkpoints/4", "wandb"):  # died after step 3, its W&B file lost
         shutil.rmtree(tmp_path / lost) if (tmp_path / lost).is_dir() else (tmp_path / lost).unlink()
@@ -125,3 +129,7 @@ def test_a_resumed_offline_run_holds_the_whole_history(tmp_path):
     logged = {row["_step"]: row["train/loss"] for row in history if "train/loss" in row}
     assert logged == {r["step"]: r["loss"] for r in read_metrics(tmp_path) if "loss" in r}
     assert sorted(logged) == [1, 2, 3, 4]
+    pictures = [row["_step"] for row in history if {"media/final/path", "media/rollout/path"} <= row.keys()]
+    assert pictures == [1, 2, 3, 4]  # in step order, once each
+    assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == ["1", "2", "3", "4"]
+    assert (tmp_path / "final.png").read_bytes() == (tmp_path / "renders" / "4" / "final.png").read_bytes()
