@@ -135,6 +135,7 @@ BAD_SETTINGS = [
     (["trainer.batch_size=2.5"], "trainer.batch_size must be an integer >= 1, got 2.5"),
     (["trainer.steps=-1"], "trainer.steps must be an integer >= 1, got -1"),
     (["trainer.learning_rate=0"], "trainer.learning_rate must be positive (or a schedule), got 0"),
+    (["trainer.learning_rate.factor=-1"], "trainer.learning_rate.factor must be positive, got -1"),  # optax's words
     (["trainer.learning_rate.boundaries=abc"], "trainer.learning_rate.boundaries must be a non-empty list of steps"),
     (["trainer.learning_rate.boundaries=[]"], "(a constant rate is trainer.learning_rate=<value>), got []"),
     (["num_channels=0"], "num_channels"),

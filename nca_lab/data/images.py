@@ -70,11 +70,17 @@ def load_rgba(source: "str | Image.Image") -> Image.Image:
         isinstance(source, str) and source.strip() != "",
         f"task.target must be an emoji character or an image path, got {source!r}",
     )
-    path = Path(source).expanduser() if looks_like_path(source) else emoji_path(source)
+    path = Path(source).expanduser() if looks_like_path(source) else emoji_path(source.strip())
+    require(not path.is_dir(), f"{path} is a directory: task.target must be an emoji character or an image path")
     if not path.is_file():
         raise ConfigError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
+            if "A" not in img.getbands() and "transparency" not in img.info:
+                print(
+                    f"note: {path} has no alpha channel: all of it, its background too, is the pattern to grow",
+                    file=sys.stderr,
+                )
             return to_8bit(img, str(path)).convert("RGBA")
     except (UnidentifiedImageError, OSError) as err:
         raise ConfigError(f"cannot read image {path}: {err}") from err

@@ -70,6 +70,7 @@ def step_decay(init_value: float, boundaries: list[int], factor: float = 0.1) ->
     ``boundary`` updates; the authors' ``PiecewiseConstantDecay`` changes it one update later.
     """
     require(init_value > 0, f"trainer.learning_rate.init_value must be positive, got {init_value}")
+    require(factor > 0, f"trainer.learning_rate.factor must be positive, got {factor}")
     steps = [] if isinstance(boundaries, str) else list(boundaries)
     require(
         steps and all(map(is_integer, steps)),

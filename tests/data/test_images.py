@@ -44,7 +44,11 @@ def test_twemoji_lizard_gets_its_body_under_the_seed():
 
 @pytest.mark.parametrize(
     ("source", "message"),
-    [("not-an-emoji", "unknown emoji"), ("/nonexistent/picture.png", "image not found")],
+    [
+        ("not-an-emoji", "unknown emoji"),
+        ("/nonexistent/picture.png", "image not found"),
+        ("/", "/ is a directory: task.target must be an emoji character or an image path"),  # was "not found"
+    ],
 )
 def test_bad_sources(source, message):
     with pytest.raises(ConfigError, match=message):
@@ -124,3 +128,24 @@ def test_a_fully_transparent_image_is_refused(tmp_path):
 def test_a_target_that_is_no_text_is_refused(source):
     with pytest.raises(ConfigError, match="task.target must be an emoji character or an image path"):
         load_target(source)
+
+
+def test_an_emoji_with_spaces_around_is_that_emoji():
+    """``'task.target=🦎 '``, as a shell quote easily has it, was an unknown emoji."""
+    np.testing.assert_array_equal(load_target(" 🦎 "), load_target("🦎"))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_picture_without_alpha_says_its_background_is_grown_too(mode, tmp_path, capsys):
+    """A photo or a JPEG: the whole rectangle, background included, is the target (loss ~0.16
+    against ~0.03 with alpha); it trained without a word."""
+    path = tmp_path / "photo.png"
+    Image.new(mode, (8, 8), 200).save(path)
+    target = load_target(str(path), size=8, padding=0)
+    assert (target[..., 3] == 1).all()
+    assert capsys.readouterr().err == (
+        f"note: {path} has no alpha channel: all of it, its background too, is the pattern to grow\n"
+    )
+    Image.new("RGBA", (8, 8), (200, 0, 0, 255)).save(path)
+    load_target(str(path), size=8, padding=0)
+    assert capsys.readouterr().err == ""
