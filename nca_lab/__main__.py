@@ -25,6 +25,7 @@ the job failed alone in a distributed run: its next job could not run without th
 import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -48,7 +49,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from nca_lab.config import config_dir, quote_non_ascii  # noqa: E402
+from nca_lab.config import config_dir, mistyped_setting, quote_non_ascii  # noqa: E402
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 
 #: The user's ``HYDRA_FULL_ERROR``, for the jobs: :func:`cli` sets Hydra's own to 1, so that
@@ -211,7 +212,9 @@ def cli() -> None:
     except USER_ERRORS as err:
         if full_report:
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        mistyped = re.match(r"Could not override '([\w.]+)'", str(err))
+        message = mistyped and mistyped_setting(mistyped[1], sys.argv[1:])
+        print(f"error: {message or one_line(err)}", file=sys.stderr)
         sys.exit(2)
 
 

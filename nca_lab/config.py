@@ -39,16 +39,12 @@ def check_top_level(cfg) -> None:
     trained with seed 0. Inside a group the constructors refuse unknown keys; here nothing else
     would. ``~seed`` removes a setting the app needs: one line here, not OmegaConf's error later.
     """
-    import difflib
-
-    from nca_lab.errors import ConfigError
+    from nca_lab.errors import ConfigError, nearest
 
     required, known = _top_level()
     for key in cfg:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"did you mean {close[0]}?" if close else "the top-level settings: " + ", ".join(sorted(known))
-            raise ConfigError(f"unknown setting {key} ({hint})")
+            raise ConfigError(f"unknown setting {key} ({nearest(key, sorted(known))})")
     missing = sorted(required - set(cfg))
     if missing:
         raise ConfigError(f"the config has no {missing[0]}, which nca_lab needs (removed by ~{missing[0]}?)")
@@ -81,3 +77,29 @@ def quote_non_ascii(arg: str) -> str:
     if not match or arg.isascii() or any(c in match[2] for c in "'\"[]{}()"):
         return arg
     return f"{match[1]}=" + ",".join(v if v.isascii() else f"'{v}'" for v in match[2].split(","))
+
+
+def mistyped_setting(key: str, overrides: list[str]) -> str | None:
+    """What to say of Hydra's "Could not override '<key>'": ``unknown setting trainer.step (did
+    you mean trainer.steps?)``. Hydra's own advice, ``+trainer.step=...``, was a setting
+    nothing reads, which nca_lab then refuses; it is right only for an option its class takes
+    that the yaml leaves out, and then ``None`` keeps Hydra's words (also when the other
+    overrides do not compose, a sweep's ``a=1,2``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from nca_lab.errors import nearest
+    from nca_lab.train.construct import option_names
+
+    parent, _, leaf = key.rpartition(".")
+    others = [o for o in overrides if (m := _OVERRIDE.fullmatch(o)) and m[1].lstrip("~+") != key]
+    try:
+        cfg = compose(*(o for o in others if not o.startswith("hydra.")))
+    except Exception:  # noqa: BLE001 - any error of the others: Hydra's message stands
+        return None
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return None
+    if "_target_" in node and leaf in (option_names(node) or ()):
+        return None  # an option its class takes: Hydra's "+key=..." is right
+    names = [name for name in node if not name.startswith("_")]
+    return f"unknown setting {key} ({nearest(leaf, names, parent)})"

@@ -1,5 +1,6 @@
 """The one exception type nca_lab reports to users as a single line, that line, and the checks that raise it."""
 
+import difflib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,3 +63,11 @@ def one_line(err: BaseException) -> str:
 #: The seeds JAX tells apart: ``jax.random.key`` keeps the low 32 bits (``2**32 + s`` draws as
 #: ``s``, ``-1`` as ``2**32 - 1``) and a seed of 2**63 or more does not convert at all.
 SEEDS = range(2**32)
+
+
+def nearest(name: str, names: list[str], where: str = "") -> str:
+    """The hint for a mistyped setting ``name`` in ``where`` (a group; "" for the top level):
+    the nearest of ``names`` or, none near, all of them."""
+    close = difflib.get_close_matches(name, names, n=1)
+    prefix = f"{where}." if where else ""
+    return f"did you mean {prefix}{close[0]}?" if close else f"the {where or 'top-level'} settings: {', '.join(names)}"

@@ -146,9 +146,23 @@ BAD_SETTINGS = [
     (["trainer.rollout_steps=[true,3]"], "rollout_steps must be [low, high] with 0 < low <= high"),  # True was 1
     (["trainer.learning_rate=true"], "trainer.learning_rate must be positive (or a schedule), got True"),
     (["perceive.mode=dilated", "perceive=learned"], "perceive.mode"),
-    (["+task.colour=red"], "unknown or missing option for task"),
-    (["+perceive.colour=red"], "unknown or missing option for perceive: got an unexpected keyword argument 'colour'"),
-    (["+update.colour=red"], "unknown or missing option for update: got an unexpected keyword argument 'colour'"),
+    (["+task.colour=red"], "unknown setting task.colour (the task settings: target, target_size, padding,"),
+    (["+perceive.colour=red"], "unknown setting perceive.colour (the perceive settings: angle)"),
+    (["+update.hiden_sizes=[3]"], "unknown setting update.hiden_sizes (did you mean update.hidden_sizes?)"),
+    (["+trainer.step=3"], "unknown setting trainer.step (did you mean trainer.steps?)"),  # was Python's words
+    (
+        ["+trainer.optimizer.b3=1"],
+        "unknown setting trainer.optimizer.b3 (the trainer.optimizer settings: learning_rate, gradient,",
+    ),
+    (["+trainer.learning_rate.factr=1"], "unknown setting trainer.learning_rate.factr (did you mean"),
+    (["~trainer.batch_size"], "the config has no trainer.batch_size, which Trainer needs (removed by ~trainer.batch"),
+    (
+        ["perceive._target_=nca_lab.perceive.sobel.SobelPercieve"],  # a page of Hydra's words
+        "perceive._target_: cannot import nca_lab.perceive.sobel.SobelPercieve (did you mean "
+        "nca_lab.perceive.sobel.SobelPerceive?)",
+    ),
+    (["perceive._target_=nosuch.Perceive"], "perceive._target_: cannot import nosuch.Perceive (no module nosuch)"),
+    (["perceive._target_=nca_lab.perceive.sobel"], "perceive._target_: nca_lab.perceive.sobel is not a class or a"),
     (
         ["perceive._target_=test_cli.MisSizedPerceive"],
         "MisSizedPerceive.out_features is 32, but its perception has 16 features",
@@ -209,7 +223,9 @@ BAD_INPUTS = [
     BAD_SETTINGS[9],
     (["perceive.no_such_option=1"], "no_such_option"),
     (["trainer.resume=/no/such/run"], "no such checkpoint"),
-    (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
+    (["trainer.bogus=1"], "unknown setting trainer.bogus (the trainer settings: steps, batch_size, rollout_steps,"),
+    (["trainer.step=3"], "unknown setting trainer.step (did you mean trainer.steps?)"),  # Hydra: "use +trainer.step"
+    (["perceve=learned"], "unknown setting perceve (did you mean perceive?)"),
     (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive':"),
     (["experiment=quick_grow"], "Could not find 'experiment/quick_grow' Available options in 'experiment':"),
     (["task.target=a=b"], "mismatched input"),
@@ -217,7 +233,7 @@ BAD_INPUTS = [
         ["logger=wandb", "logger.mode=ofline"],
         "logger.mode must be one of 'online', 'offline', 'disabled', null, got 'ofline'",
     ),
-    (["logger=wandb", "+logger.colour=red"], "unknown or missing option for logger"),
+    (["logger=wandb", "+logger.colour=red"], "unknown setting logger.colour (the logger settings: project,"),
     (["+distributed.colour=red"], "a bad value for distributed: initialize() got an unexpected keyword argument"),
     (["+seedd=3"], "unknown setting seedd (did you mean seed?)"),
     (["~seed"], "the config has no seed, which nca_lab needs (removed by ~seed?)"),

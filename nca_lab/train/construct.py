@@ -7,7 +7,9 @@ group through :func:`construct` or :func:`checked_factory` instead, so a user's 
 root, split off :mod:`nca_lab.train.run`: with it, the only module that reads config nodes.
 """
 
+import difflib
 import functools
+import importlib
 import inspect
 import typing
 from collections.abc import Iterable
@@ -17,7 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from nca_lab.errors import ConfigError, is_integer, one_line, require
+from nca_lab.errors import ConfigError, is_integer, nearest, one_line, require
 
 
 def construct(node: DictConfig, group: str, **supplied):
@@ -40,14 +42,11 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
     supplied = tuple(supplied)
     named = ", ".join(f"{name}=" for name in supplied)
     require(node.get("_partial_") is True, f"the {group} config needs _partial_: true (nca_lab passes {named})")
+    check_names(node, group, supplied)
     with config_errors(group):
         factory = instantiate(node)
     target = factory.func
-    # the constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)
-    signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
-    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        for name in supplied:
-            require(name in signature.parameters, f"{target.__qualname__} must take {name}= (nca_lab passes {named})")
+    signature = _signature(target)
     options = {**factory.keywords, **dict.fromkeys(supplied)}  # code's win over the yaml's (``logger.group``)
     try:
         signature.bind(*((None,) if inspect.isclass(target) else ()), *factory.args, **options)
@@ -68,6 +67,76 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
             allowed = ", ".join(map(repr, choices)) + (", null" if optional else "")
             raise ConfigError(f"{group}.{name} must be one of {allowed}, got {value!r}")
     return factory
+
+
+def check_names(node: DictConfig, group: str, supplied: tuple[str, ...] | None = ()) -> None:
+    """Check a config node's option names against its ``_target_``'s parameters (and those of
+    the nodes in it), before anything is built: a typo is "unknown setting trainer.step (did
+    you mean trainer.steps?)", not Python's "unexpected keyword argument", and a missing one
+    names the setting. A constructor must take the ``supplied`` names (what code passes it)
+    by keyword; ``None``: not known here (a ``_partial_`` node inside another).
+    """
+    for name, value in node.items():  # nodes inside it are built by Hydra first: a schedule, an optimizer
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_names(value, f"{group}.{name}", None if value.get("_partial_") else ())
+    target = _located(node.get("_target_"), group)
+    parameters = _signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return  # takes anything
+    by_code = supplied or ()
+    named = ", ".join(f"{name}=" for name in by_code)
+    for name in by_code:
+        require(name in parameters, f"{target.__qualname__} must take {name}= (nca_lab passes {named})")
+    settable = [name for name in settable_names(parameters) if name not in by_code]
+    for name in node:
+        if not name.startswith("_") and name not in parameters:  # not Hydra's _target_, _partial_, ...
+            raise ConfigError(f"unknown setting {group}.{name} ({nearest(name, settable, group)})")
+    for name in settable if supplied is not None else ():
+        if parameters[name].default is inspect.Parameter.empty and name not in node:
+            key = f"{group}.{name}"
+            raise ConfigError(f"the config has no {key}, which {target.__qualname__} needs (removed by ~{key}?)")
+
+
+def settable_names(parameters) -> list[str]:
+    """The names a config may set of a constructor's ``parameters`` (keyword-passable, not ``self``)."""
+    return [n for n, p in parameters.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def option_names(node: DictConfig) -> list[str] | None:
+    """What a node with a ``_target_`` may set (None if its target does not import)."""
+    try:
+        return settable_names(_signature(_located(node.get("_target_"), "")).parameters)
+    except ConfigError:
+        return None
+
+
+def _located(path, group: str):
+    """What a ``_target_`` path names; one that does not import is one line, with the nearest
+    name where a module has no such attribute (``SobelPercieve``)."""
+    require(isinstance(path, str) and path, f"the {group} config needs a _target_ (the class it builds)")
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module, then attributes
+        module = ".".join(parts[:split])
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if f"{module}.".startswith(f"{err.name}."):
+                continue  # it, or a package above it, is no module: a shorter prefix
+            raise ConfigError(f"{group}._target_: cannot import {path} ({err})") from None  # it imports a missing one
+        for name in parts[split:]:
+            if not hasattr(found, name):
+                close = difflib.get_close_matches(name, [n for n in dir(found) if not n.startswith("_")], n=1)
+                hint = f"did you mean {module}.{close[0]}?" if close else f"{module} has no {name}"
+                raise ConfigError(f"{group}._target_: cannot import {path} ({hint})")
+            found = getattr(found, name)
+        require(callable(found), f"{group}._target_: {path} is not a class or a function")
+        return found
+    raise ConfigError(f"{group}._target_: cannot import {path} (no module {parts[0]})")
+
+
+def _signature(target) -> inspect.Signature:
+    """The constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)."""
+    return inspect.signature(target.__init__ if inspect.isclass(target) else target)
 
 
 def _without_none(kind) -> tuple[object, bool]:

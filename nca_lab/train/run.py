@@ -26,7 +26,7 @@ from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
 from nca_lab.train import multihost
-from nca_lab.train.construct import checked_factory, config_errors, construct
+from nca_lab.train.construct import check_names, checked_factory, config_errors, construct
 from nca_lab.train.run_dir_lock import run_dir_lock
 from nca_lab.train.run_settings import completed_summary, setting_changes
 from nca_lab.train.trainer import OutOfMemory
@@ -129,6 +129,7 @@ def build(cfg: DictConfig) -> tuple:
         f"num_channels must be an integer >= 4 (RGBA), got {cfg.num_channels!r}",
     )
     task = construct(cfg.task, "task", num_channels=cfg.num_channels)
+    check_names(cfg.trainer, "trainer")
     with config_errors("trainer"):
         trainer = instantiate(cfg.trainer)
     trainer.check(task)
