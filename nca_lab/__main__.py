@@ -116,9 +116,11 @@ def main(cfg: DictConfig) -> None:
 
 
 def _check_own_dir(run_dir: Path, launch_dir: Path) -> None:
-    """Refuse a run dir that is the dir the command was started in, or holds it: an empty
+    """Refuse a run dir that is the dir the command was started in, or holds it, unless it holds
+    a run (``cd <run>; python -m nca_lab hydra.run.dir=.`` resumes it): an empty
     ``hydra.run.dir=`` (a shell variable unset) trained into a checkout's top, among its files."""
-    if launch_dir.resolve().is_relative_to(run_dir.resolve()):
+    holds_a_run = (run_dir / "config_resolved.yaml").is_file()
+    if launch_dir.resolve().is_relative_to(run_dir.resolve()) and not holds_a_run:
         log = run_dir / "__main__.log"
         with contextlib.suppress(OSError):  # Hydra's, empty: made for this command
             if log.stat().st_size == 0:
@@ -150,7 +152,8 @@ def _remove_unused(run_dir: Path) -> None:
             for name in names:
                 (run_dir / name).unlink()
             run_dir.rmdir()
-            run_dir.parent.rmdir()  # the day's dir, if this was its only run (else not empty: kept)
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):  # the day's dir (config.yaml's hydra.run.dir)
+                run_dir.parent.rmdir()  # if this was its only run (else not empty: kept)
 
 
 def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:

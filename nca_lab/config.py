@@ -84,16 +84,23 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
     you mean trainer.steps?)``. Hydra's own advice, ``+trainer.step=...``, was a setting
     nothing reads, which nca_lab then refuses; it is right only for an option its class takes
     that the yaml leaves out, and then ``None`` keeps Hydra's words (also when the other
-    overrides do not compose, a sweep's ``a=1,2``)."""
+    overrides do not compose). A sweep's other settings are taken at their first values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
 
     from nca_lab.errors import nearest
     from nca_lab.train.construct import option_names
 
     parent, _, leaf = key.rpartition(".")
-    others = [o for o in overrides if (m := _OVERRIDE.fullmatch(o)) and m[1].lstrip("~+") != key]
     try:
-        cfg = compose(*(o for o in others if not o.startswith("hydra.")))
+        given = [o for o in overrides if _OVERRIDE.fullmatch(o) and not o.startswith("-") or o.startswith("~")]
+        parsed = OverridesParser.create().parse_overrides(given)  # not flags, nor their values (--cfg job)
+        others = [  # a sweep's first value of each swept setting
+            f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in parsed
+            if o.key_or_group.lstrip("~+") != key and not o.key_or_group.startswith("hydra.")
+        ]
+        cfg = compose(*others)
     except Exception:  # noqa: BLE001 - any error of the others: Hydra's message stands
         return None
     node = OmegaConf.select(cfg, parent) if parent else cfg

@@ -38,7 +38,7 @@ from nca_lab.errors import SEEDS, ConfigError, out_of_memory_as, require  # noqa
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
 from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
-from nca_lab.render import rgba, save_gif, save_png, to_rgb, to_uint8  # noqa: E402
+from nca_lab.render import RENDERS, rgba, save_gif, save_png, to_rgb, to_uint8  # noqa: E402
 from nca_lab.tasks.growing import seed_state  # noqa: E402
 
 #: The article's grid and steps, for models that do not say what they were trained on.
@@ -185,12 +185,13 @@ def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, dam
 
 
 def check_not_a_run(out: Path) -> None:
-    """Refuse an output dir that is a training run's dir or inside its checkpoints:
-    ``--out <run dir>`` overwrote the run's own ``rollout.gif`` and ``final.png``."""
+    """Refuse an output dir that is a training run's dir (it has ``metrics.jsonl``) or inside
+    its checkpoints or renderings: ``--out <run dir>`` overwrote the run's own ``rollout.gif``
+    and ``final.png``."""
     resolved = out.resolve()
     for run in (resolved, *resolved.parents):  # the nearest run dir, if any: <run>/grown is fine
-        if (run / "config_resolved.yaml").is_file() or (run / CHECKPOINTS).is_dir():
-            inside = run == resolved or resolved.is_relative_to(run / CHECKPOINTS)
+        if (run / "metrics.jsonl").is_file():
+            inside = run == resolved or any(resolved.is_relative_to(run / kept) for kept in (CHECKPOINTS, RENDERS))
             require(not inside, f"{out}: that is where the run {run} keeps its own files; give --out another dir")
             return
 

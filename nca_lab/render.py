@@ -13,6 +13,9 @@ from PIL import Image
 
 from nca_lab.atomic import atomic_path
 
+#: A run dir's subdir of every rendering by step (``renders/<step>/rollout.gif``, ``final.png``).
+RENDERS = "renders"
+
 
 def rgba(state):
     """The RGBA channels of ``state (..., H, W, C)``: all a picture shows (a rollout's ``frame_fn``)."""

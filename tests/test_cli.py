@@ -162,6 +162,10 @@ BAD_SETTINGS = [
         "nca_lab.perceive.sobel.SobelPerceive?)",
     ),
     (["perceive._target_=nosuch.Perceive"], "perceive._target_: cannot import nosuch.Perceive (no module nosuch)"),
+    (
+        ["perceive._target_=test_cli.MisSizedPerceive.__cal__"],  # attributes of attributes: the path to them
+        "perceive._target_: cannot import test_cli.MisSizedPerceive.__cal__ (test_cli.MisSizedPerceive has no __cal__)",
+    ),
     (["perceive._target_=nca_lab.perceive.sobel"], "perceive._target_: nca_lab.perceive.sobel is not a class or a"),
     (
         ["perceive._target_=test_cli.MisSizedPerceive"],
@@ -262,6 +266,13 @@ def test_bad_input_is_one_clear_line(overrides, message, tmp_path):
     assert not (run_dir / "config_resolved.yaml").exists()  # refused before the run dir is written
 
 
+def test_a_mistyped_setting_in_a_sweep_names_the_nearest_one(tmp_path):
+    """The nearest setting is found with the sweep's other settings at their first values."""
+    result = run_cli("-m", "seed=1,2", "trainer.stepz=2", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown setting trainer.stepz (did you mean trainer.steps?)\n"
+
+
 def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     result = run_cli(*TINY, "trainer.steps=0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: trainer.steps must be")
@@ -297,6 +308,14 @@ def test_a_run_dir_that_holds_the_current_directory_is_refused(run_dir, tmp_path
         "give the run a dir of its own"
     ]
     assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["checkout"]
+
+
+def test_a_run_dir_that_holds_a_run_may_be_the_current_directory(tmp_path):
+    """``cd <run>; python -m nca_lab hydra.run.dir=.`` continues that run."""
+    first = run_cli(*TINY, f"hydra.run.dir={tmp_path}")
+    assert first.returncode == 0
+    again = run_cli(*TINY, "hydra.run.dir=.", cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+    assert again.returncode == 0 and f"skipped {tmp_path}: already completed at step 2" in again.stderr
 
 
 def test_hydra_full_error_keeps_hydras_full_report(tmp_path):

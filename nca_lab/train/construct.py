@@ -40,8 +40,6 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
     model is built, not after); an optional one (``int | None``) may also be null.
     """
     supplied = tuple(supplied)
-    named = ", ".join(f"{name}=" for name in supplied)
-    require(node.get("_partial_") is True, f"the {group} config needs _partial_: true (nca_lab passes {named})")
     check_names(node, group, supplied)
     with config_errors(group):
         factory = instantiate(node)
@@ -73,9 +71,16 @@ def check_names(node: DictConfig, group: str, supplied: tuple[str, ...] | None =
     """Check a config node's option names against its ``_target_``'s parameters (and those of
     the nodes in it), before anything is built: a typo is "unknown setting trainer.step (did
     you mean trainer.steps?)", not Python's "unexpected keyword argument", and a missing one
-    names the setting. A constructor must take the ``supplied`` names (what code passes it)
-    by keyword; ``None``: not known here (a ``_partial_`` node inside another).
+    names the setting. A node given ``supplied`` names (what code passes its constructor, by
+    keyword) must be ``_partial_`` and its constructor take them; ``None``: not known here (a
+    ``_partial_`` node inside another).
     """
+    by_code = supplied or ()
+    named = ", ".join(f"{name}=" for name in by_code)
+    require(
+        not by_code or node.get("_partial_") is True,
+        f"the {group} config needs _partial_: true (nca_lab passes {named})",
+    )
     for name, value in node.items():  # nodes inside it are built by Hydra first: a schedule, an optimizer
         if isinstance(value, DictConfig) and "_target_" in value:
             check_names(value, f"{group}.{name}", None if value.get("_partial_") else ())
@@ -83,13 +88,12 @@ def check_names(node: DictConfig, group: str, supplied: tuple[str, ...] | None =
     parameters = _signature(target).parameters
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return  # takes anything
-    by_code = supplied or ()
-    named = ", ".join(f"{name}=" for name in by_code)
+    keywords = settable_names(parameters)
     for name in by_code:
-        require(name in parameters, f"{target.__qualname__} must take {name}= (nca_lab passes {named})")
-    settable = [name for name in settable_names(parameters) if name not in by_code]
+        require(name in keywords, f"{target.__qualname__} must take {name}= (nca_lab passes {named})")
+    settable = [name for name in keywords if name not in by_code]
     for name in node:
-        if not name.startswith("_") and name not in parameters:  # not Hydra's _target_, _partial_, ...
+        if not name.startswith("_") and name not in keywords:  # not Hydra's _target_, _partial_, ...
             raise ConfigError(f"unknown setting {group}.{name} ({nearest(name, settable, group)})")
     for name in settable if supplied is not None else ():
         if parameters[name].default is inspect.Parameter.empty and name not in node:
@@ -122,11 +126,14 @@ def _located(path, group: str):
         except ModuleNotFoundError as err:
             if f"{module}.".startswith(f"{err.name}."):
                 continue  # it, or a package above it, is no module: a shorter prefix
-            raise ConfigError(f"{group}._target_: cannot import {path} ({err})") from None  # it imports a missing one
-        for name in parts[split:]:
+            raise ConfigError(f"{group}._target_: cannot import {path} ({err})") from err  # it imports a missing one
+        except Exception as err:  # noqa: BLE001 - a module that fails as it loads: the user's code, one line
+            raise ConfigError(f"{group}._target_: cannot import {path} ({one_line(err)})") from err
+        for depth, name in enumerate(parts[split:], split):
             if not hasattr(found, name):
                 close = difflib.get_close_matches(name, [n for n in dir(found) if not n.startswith("_")], n=1)
-                hint = f"did you mean {module}.{close[0]}?" if close else f"{module} has no {name}"
+                where = ".".join(parts[:depth])
+                hint = f"did you mean {where}.{close[0]}?" if close else f"{where} has no {name}"
                 raise ConfigError(f"{group}._target_: cannot import {path} ({hint})")
             found = getattr(found, name)
         require(callable(found), f"{group}._target_: {path} is not a class or a function")

@@ -25,11 +25,13 @@ from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memo
 from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
+from nca_lab.perceive.base import Perceive
 from nca_lab.train import multihost
 from nca_lab.train.construct import check_names, checked_factory, config_errors, construct
 from nca_lab.train.run_dir_lock import run_dir_lock
 from nca_lab.train.run_settings import completed_summary, setting_changes
 from nca_lab.train.trainer import OutOfMemory
+from nca_lab.update.base import Update
 
 
 class SeedKeys(NamedTuple):
@@ -87,12 +89,12 @@ def _check_next_state(update, channels: int, perception_size: int) -> None:
 
 
 def _traced(module, hint: str, *inputs) -> jax.ShapeDtypeStruct:
-    """What ``module(*inputs)`` returns, traced; a module that fails on them is one line naming it."""
+    """What ``module(*inputs)`` returns, traced (on an abstract copy: a module that updates its
+    own state as it runs is left as it was); a module that fails on them is one line naming it."""
     name = type(module).__name__
+    require(type(module).__call__ not in (Perceive.__call__, Update.__call__), f"{name} must implement __call__")
     try:
-        return jax.eval_shape(module, *inputs)
-    except NotImplementedError:
-        raise ConfigError(f"{name} must implement __call__") from None
+        return nnx.eval_shape(lambda module, *inputs: module(*inputs), module, *inputs)
     except (TypeError, ValueError) as err:
         shapes = ", ".join(str(list(x.shape)) for x in inputs)
         raise ConfigError(f"{name} fails on inputs of shape {shapes}: {one_line(err)}{hint}") from err

@@ -27,14 +27,11 @@ from nca_lab.errors import is_integer, require
 from nca_lab.log.base import Logger, NullLogger
 from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
-from nca_lab.render import save_gif, save_png
+from nca_lab.render import RENDERS, save_gif, save_png
 from nca_lab.tasks.base import Task
 from nca_lab.train import multihost, parallel
 from nca_lab.train.pool import check_damage, init_pool
 from nca_lab.train.step import make_train_step
-
-#: The run dir's subdir of every rendering by step (``renders/<step>/rollout.gif``, ``final.png``).
-RENDERS = "renders"
 
 
 class TrainingDiverged(RuntimeError):
@@ -263,8 +260,10 @@ class Trainer:
             "pool_size": task.pool_size,  # for grow: a pool trains the pattern to persist
         }
         metrics_file = MetricsFile(run_dir, resume_step=start, redo_evaluation=start == self.steps) if main else None
-        if start and main:
-            logger.resume(metrics_file.earlier, earlier_renders(run_dir, start))
+        if main:  # the final step's evaluation and rendering, if saved, are made again (redo_evaluation)
+            renders = kept_renders(run_dir, until=start - 1 if start == self.steps else start)
+            if start:
+                logger.resume(metrics_file.earlier, renders)
         pending: list[tuple[int, dict]] = []
         bar = tqdm(
             total=self.steps, initial=start, disable=not (self.progress and main), unit="step", dynamic_ncols=True
@@ -368,13 +367,17 @@ class Trainer:
         logger.log_media(paths, step)
 
 
-def earlier_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
-    """The renderings :meth:`Trainer._render` kept up to step ``until``, by step: ``{"rollout": gif, "final": png}``."""
+def kept_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
+    """The renderings :meth:`Trainer._render` kept up to step ``until``, by step:
+    ``{"rollout": gif, "final": png}``. Later ones, of an attempt that died after the
+    checkpoint this run resumes (or before its first), are deleted: they are not this run's."""
     renders = {}
     for kept in (run_dir / RENDERS).glob("*"):
         media = {"rollout": kept / "rollout.gif", "final": kept / "final.png"}
         if kept.name.isdigit() and int(kept.name) <= until and all(p.is_file() for p in media.values()):
             renders[int(kept.name)] = media
+        else:
+            shutil.rmtree(kept, ignore_errors=True)
     return dict(sorted(renders.items()))
 
 

@@ -130,12 +130,14 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
 
 def test_an_output_that_is_a_runs_own_dir_is_refused(tmp_path, capsys):
     """``--out <run dir>`` overwrote the run's ``rollout.gif`` and ``final.png`` (and inside its
-    checkpoints it would write among Orbax's files); a dir inside the run is fine."""
+    checkpoints or renderings it would write among Orbax's files or over a kept rendering); a
+    dir inside the run is fine."""
     run = tmp_path / "run"
     (run / "checkpoints" / "2").mkdir(parents=True)
-    (run / "config_resolved.yaml").write_text("seed: 0\n")
+    (run / "renders" / "2").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.1}\n')
     (run / "final.png").write_bytes(b"the run's own")
-    for out in (run, run / "checkpoints" / "2", run / "checkpoints" / "grown"):
+    for out in (run, run / "checkpoints" / "2", run / "checkpoints" / "grown", run / "renders" / "2"):
         with pytest.raises(SystemExit) as exit_info:
             grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--out", str(out)])
         assert exit_info.value.code == 2
@@ -145,6 +147,10 @@ def test_an_output_that_is_a_runs_own_dir_is_refused(tmp_path, capsys):
     assert (run / "final.png").read_bytes() == b"the run's own" and not (run / "checkpoints" / "grown").exists()
     grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--out", str(run / "grown")])
     assert (run / "grown" / "final.png").is_file()
+    mine = tmp_path / "mine"  # a dir of one's own that happens to have a checkpoints/ is no run
+    (mine / "checkpoints").mkdir(parents=True)
+    grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--out", str(mine / "checkpoints" / "grown")])
+    assert (mine / "checkpoints" / "grown" / "final.png").is_file()
 
 
 def test_export_writes_a_file_that_loads_back(tmp_path, capsys):

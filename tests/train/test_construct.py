@@ -20,3 +20,12 @@ def test_literal_choices_are_checked_optional_ones_accept_null():
     checked_factory(compose("logger=wandb", "logger.mode=null").logger, "logger", SUPPLIED)
     with pytest.raises(ConfigError, match="logger.mode must be one of 'online', 'offline', 'disabled', null"):
         checked_factory(compose("logger=wandb", "logger.mode=sometimes").logger, "logger", SUPPLIED)
+
+
+def test_a_target_whose_module_fails_as_it_loads_is_one_line(tmp_path, monkeypatch):
+    """A new module with a bad import of its own: Hydra had wrapped it in one line; it was a
+    traceback once the target was located by nca_lab."""
+    (tmp_path / "broken_perceive.py").write_text("from os import no_such_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^perceive._target_: cannot import broken_perceive.P \(cannot import name"):
+        checked_factory(compose("perceive._target_=broken_perceive.P").perceive, "perceive", ("num_channels", "rngs"))
