@@ -93,6 +93,9 @@ def main(cfg: DictConfig) -> None:
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
         message = f"{where}{one_line(err) if isinstance(err, OSError) else err}"
         print(f"error: {message}", file=sys.stderr)
+        if sweep:  # the job's dir says why it has no results, once the sweep's output has scrolled away
+            with contextlib.suppress(OSError), open(Path(hydra_cfg.runtime.output_dir) / "__main__.log", "a") as log:
+                log.write(f"error: {message}\n")
         if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
             os._exit(1)  # maybe this process's alone: the others wait for it in a collective (a sweep too)
         if sweep:

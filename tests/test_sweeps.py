@@ -58,6 +58,8 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, launcher):
     )
     finished = [p.name for p in sweep_dir.iterdir() if (p / "summary.json").exists()]
     assert len(finished) == 1 and "update.fire_rate=0.5" in finished[0].split(",")
+    log = (failed_dir / "__main__.log").read_text()  # why the job has no results, after the output scrolled away
+    assert f"error: {failed_dir}: update.fire_rate must be in (0, 1], got 1.5" in log.splitlines()  # submitit logs on
 
 
 def test_a_run_that_diverges_exits_1_with_one_line(tmp_path):
