@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from nca_lab.errors import ConfigError, require
+from nca_lab.errors import ConfigError, one_line, require
 from nca_lab.interop.tfjs_graph import is_tfjs_graph, read_tfjs_graph
 from nca_lab.interop.webgl8 import is_webgl8, read_webgl8
 from nca_lab.nca import NCA
@@ -34,10 +34,15 @@ def read_model(path: str | os.PathLike) -> NCA:
         return load_model(path)
     require(path.is_file(), f"{path}: no such file or directory")
     document = _read_json(path)
-    if is_webgl8(document):
-        return read_webgl8(document, str(path))
-    if is_tfjs_graph(document):
-        return read_tfjs_graph(document, str(path))
+    for is_format, read, name in ((is_webgl8, read_webgl8, "webgl8"), (is_tfjs_graph, read_tfjs_graph, "TF.js graph")):
+        if is_format(document):
+            try:
+                return read(document, str(path))
+            except ConfigError:
+                raise
+            except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as err:
+                # what the reader's own checks did not foresee (a "size": "one", a list for an object)
+                raise ConfigError(f"{path}: a malformed {name} model ({one_line(err)})") from err
     raise ConfigError(
         f"{path}: neither a webgl8 model (a JSON list of layers with data_b64) nor a TF.js graph-model "
         '(a JSON object with "format": "graph-model" and modelTopology)'

@@ -17,7 +17,6 @@ Reference: Mordvintsev et al., "Growing Neural Cellular Automata", Distill 2020;
 
 import base64
 import binascii
-import math
 
 import numpy as np
 
@@ -151,9 +150,10 @@ def _decode_layer(layer, where: str, sizes: tuple[int, int]) -> tuple[np.ndarray
     scales = []
     for field in ("weight_scale", "bias_scale"):
         value = layer[field]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
         require(
-            isinstance(value, int | float) and math.isfinite(value) and value >= 0,
-            f"{where}: {field} must be a finite number >= 0, got {value!r}",
+            number and 0 <= value <= float(np.finfo(np.float32).max),  # false for nan; past it, a float32 is inf
+            f"{where}: {field} must be a finite float32 >= 0, got {value!r}",
         )
         scales.append(np.float32(value))
     payload = _base64_bytes(layer["data_b64"], where)

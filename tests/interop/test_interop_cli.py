@@ -237,6 +237,15 @@ BAD_INPUTS = {
         _edit_json(WEBGL8, _webgl8_layer(1, type="float16")),
         "layer 2: type 'float16' is not supported",
     ),
+    "webgl8 scale past float32": (  # it grew nothing, with a note that blamed the task
+        _edit_json(WEBGL8, _webgl8_layer(0, weight_scale=1e39)),
+        "layer 1: weight_scale must be a finite float32 >= 0, got 1e+39",
+    ),
+    "webgl8 scale true": (_edit_json(WEBGL8, _webgl8_layer(1, bias_scale=True)), "bias_scale must be a finite"),
+    "graph size not a number": (  # the readers' checks did not foresee it: a traceback
+        _edit_json(TFJS_GRAPH, _graph_nodes(_set_shape("conv2d_15/Conv2D/ReadVariableOp/resource", [1, 1, "one", 16]))),
+        "a malformed TF.js graph model (invalid literal for int() with base 10: 'one')",
+    ),
     "graph wrong layer size": (
         _edit_json(TFJS_GRAPH, _graph_nodes(_set_shape("conv2d_15/Conv2D/ReadVariableOp/resource", [1, 1, 128, 8]))),
         "the layer 2 kernel has shape [1, 1, 128, 8], expected [1, 1, 128, 16]",
