@@ -8,6 +8,7 @@ needed only to download, and only when asked.
 """
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     header = 4 + 4 * ndim
     require(len(raw) >= header, f"{path} is truncated: {len(raw)} bytes, the header alone needs {header}")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # np.prod wraps around past int64
     require(
         len(raw) == expected,
         f"{path} is {'truncated' if len(raw) < expected else 'too long'}: {len(raw)} bytes, "
@@ -85,7 +86,12 @@ def raw_dir(root: str | Path) -> Path:
 
 
 def _find(root: str | Path, split: str) -> Path | None:
-    name = raw_dir(root) / IMAGE_FILES[split]
+    return _file_in(raw_dir(root), split)
+
+
+def _file_in(directory: Path, split: str) -> Path | None:
+    """The split's IDX file in ``directory``, plain or gzipped (the plain one first)."""
+    name = directory / IMAGE_FILES[split]
     return next((p for p in (name, name.with_name(name.name + ".gz")) if p.is_file()), None)
 
 
@@ -119,11 +125,19 @@ def load_mnist_images(root: str | Path, split: str, *, download: bool = False) -
     root = Path(root).expanduser()
     if _find(root, split) is None and download:
         _download(root)
+    require(not root.is_file(), f"MNIST root task.data_root={str(root)!r} is a file: give the dir that holds MNIST/raw")
     require(
         root.is_dir(),
         f"MNIST root task.data_root={str(root)!r} does not exist: create {raw_dir(root)} and {HOW_TO_GET}",
     )
     path = _find(root, split)
+    if path is None and _file_in(root, split) is not None:  # the files themselves, or MNIST/raw, given
+        above = root.parent.parent if root.parts[-2:] == ("MNIST", "raw") else None
+        hint = f"set task.data_root={above}" if above else f"move them into {raw_dir(root)}"
+        raise ConfigError(
+            f"MNIST {split} images are in {root} itself; nca_lab reads <data_root>/MNIST/raw "
+            f"(torchvision's layout): {hint}"
+        )
     require(path is not None, f"MNIST {split} images not found in {raw_dir(root)}: {HOW_TO_GET}")
     images = read_idx(path)
     require(

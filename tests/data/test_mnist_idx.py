@@ -105,6 +105,28 @@ def test_load_errors_say_what_is_missing_and_how_to_get_it(tmp_path):
         load_mnist_images(tmp_path, "valid")
 
 
+def test_a_data_root_that_is_the_files_dir_or_a_file_says_so(tmp_path):
+    """The easiest mistake: pointing task.data_root at the folder that holds the files. It said
+    they were not found in <that folder>/MNIST/raw; a file as data_root, that it did not exist."""
+    write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte.gz", DIGITS)
+    with pytest.raises(ConfigError, match=f"are in {raw_dir(tmp_path)} itself; .*: set task.data_root={tmp_path}$"):
+        load_mnist_images(raw_dir(tmp_path), "train")
+    flat = tmp_path / "flat"
+    write_idx(flat / "train-images-idx3-ubyte", DIGITS)
+    with pytest.raises(ConfigError, match=f"are in {flat} itself; .*: move them into {raw_dir(flat)}$"):
+        load_mnist_images(flat, "train")
+    with pytest.raises(ConfigError, match="is a file: give the dir that holds MNIST/raw"):
+        load_mnist_images(flat / "train-images-idx3-ubyte", "train")
+
+
+def test_a_header_too_big_for_int64_counts_its_bytes_right(tmp_path):
+    """``np.prod`` of the header's sizes wrapped around: "needs -17179869163 bytes"."""
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 8, 4]) + b"\xff\xff\xff\xff" * 4)
+    with pytest.raises(ConfigError, match=f"needs {20 + (2**32 - 1) ** 4}$"):
+        read_idx(path)
+
+
 def test_load_rejects_files_that_are_not_images(tmp_path):
     write_idx(raw_dir(tmp_path) / "train-images-idx3-ubyte", np.arange(10, dtype=np.uint8))  # a labels file
     with pytest.raises(ConfigError, match=r"should hold uint8 images \(N, H, W\)"):
