@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     # XLA_FLAGS change XLA's programs, and so the times: every record says which were set.
     env = {"device": device(), "versions": versions(), "xla_flags": os.environ.get("XLA_FLAGS", ""), **git_state()}
     env.update(unroll=args.unroll, warmup=args.warmup, compile_repeats=args.compile_repeats)
+    # a record's ``repeats`` are the steps timed, which --max-seconds may cut below those asked
+    env.update(repeats_asked=args.repeats, max_seconds=args.max_seconds, memory_budget_bytes=budget)
     print(f"device: {env['device']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
     if env["xla_flags"]:

@@ -148,6 +148,8 @@ def test_cli_writes_one_record_per_implementation(tmp_path):
         assert record["lower_s"] > 0 if record["impl"] != "torch" else record["lower_s"] == 0
         assert record["compile_s_each"] == ([record["compile_s"]] if record["impl"] != "torch" else [])
         assert record["compile_repeats"] == 1 and record["xla_flags"] == ""  # as the run's environment said
+        assert (record["repeats_asked"], record["max_seconds"]) == (1, None)  # the settings too (no time limit)
+        assert record["memory_budget_bytes"] > 0
         assert record["versions"]["jax"] and record["device"].startswith("cpu")
         kernel = "xla" if record["impl"] == "nca_lab" else None  # a peer has no kernel choice
         assert (record["steps"], record["suite_steps"], record["kernel"], record["warmup"]) == (1, 96, kernel, 1)
