@@ -44,10 +44,15 @@ def is_integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def os_reason(err: OSError) -> str:
+    """Why an OS call failed, in words: a directory made where a file is ("File exists") says so."""
+    return "a file, not a directory" if isinstance(err, FileExistsError) else err.strerror or str(err)
+
+
 def one_line(err: BaseException) -> str:
     """``err``'s message as one line: Hydra's and OmegaConf's span several, with a cause."""
     if isinstance(err, OSError) and err.filename:
-        return f"{err.filename}: {err.strerror}"
+        return f"{err.filename}: {os_reason(err)}"
     lines = []
     for line in str(err).splitlines():
         if line.startswith("Config search path"):

@@ -22,7 +22,7 @@ if __name__ == "__main__":
 configure_jax_environment()
 
 from nca_lab.atomic import write_text_atomically  # noqa: E402
-from nca_lab.errors import ConfigError  # noqa: E402
+from nca_lab.errors import ConfigError, one_line  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.interop.original import FIRE_RATE  # noqa: E402
 from nca_lab.interop.webgl8 import to_webgl8  # noqa: E402
@@ -53,6 +53,9 @@ def export(checkpoint: str, out: Path, fmt: str = "webgl8") -> list[str]:
     text = json.dumps(document)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # one_line: a parent that is a file is named
+        raise ConfigError(f"{out}: cannot create its dir ({one_line(err)})") from err
+    try:
         write_text_atomically(out, text)
     except OSError as err:
         raise ConfigError(f"{out}: cannot write ({err.strerror})") from err

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from nca_lab.alive import ALIVE_THRESHOLD, ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer  # noqa: E402
-from nca_lab.errors import SEEDS, ConfigError, out_of_memory_as, require  # noqa: E402
+from nca_lab.errors import SEEDS, ConfigError, one_line, out_of_memory_as, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
 from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
@@ -201,7 +201,7 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"{out}: cannot create the output dir ({err.strerror})") from err
+        raise ConfigError(f"{out}: cannot create the output dir ({one_line(err)})") from err
     scale = max(1, PICTURE_PIXELS // max(final.shape[:2]))
     npy = out / "final_state.npy"
     try:

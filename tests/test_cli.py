@@ -293,6 +293,8 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
     result = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}")
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {blocker / 'run'}: Not a directory"
+    result = run_cli(*TINY, f"hydra.run.dir={blocker}")  # it said "File exists"
+    assert (result.returncode, result.stderr.strip()) == (2, f"error: {blocker}: a file, not a directory")
     assert blocker.read_text() == "not a directory"
 
 

@@ -128,6 +128,21 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["final.png", "rollout.gif"]  # no temporary file left
 
 
+def test_an_output_under_a_file_names_the_file(tmp_path, capsys):
+    """It said "cannot write (File exists)", of a file nowhere named."""
+    blocker = tmp_path / "model.json"
+    blocker.write_text("mine")
+    for run, argv in (
+        (export_cli.main, [str(WEBGL8), "--out", str(blocker / "x.json")]),
+        (grow_cli.main, [str(WEBGL8), "--steps", "2", "--size", "8", "--out", str(blocker)]),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run(argv)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.endswith(f"({blocker}: a file, not a directory)\n")
+    assert blocker.read_text() == "mine"
+
+
 def test_an_output_that_is_a_runs_own_dir_is_refused(tmp_path, capsys):
     """``--out <run dir>`` overwrote the run's ``rollout.gif`` and ``final.png`` (and inside its
     checkpoints or renderings it would write among Orbax's files or over a kept rendering); a
