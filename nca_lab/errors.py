@@ -1,6 +1,7 @@
 """The one exception type nca_lab reports to users as a single line, that line, and the checks that raise it."""
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,7 +47,8 @@ def is_integer(value) -> bool:
 
 def os_reason(err: OSError) -> str:
     """Why an OS call failed, in words: a directory made where a file is ("File exists") says so."""
-    return "a file, not a directory" if isinstance(err, FileExistsError) else err.strerror or str(err)
+    in_the_way = isinstance(err, FileExistsError) and err.filename and os.path.isfile(err.filename)
+    return "a file, not a directory" if in_the_way else err.strerror or str(err)
 
 
 def one_line(err: BaseException) -> str:
