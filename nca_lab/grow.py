@@ -36,6 +36,7 @@ from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer  # noqa: E402
 from nca_lab.errors import SEEDS, ConfigError, one_line, out_of_memory_as, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
+from nca_lab.log.metrics_file import METRICS  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
 from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
 from nca_lab.render import RENDERS, rgba, save_gif, save_png, to_rgb, to_uint8  # noqa: E402
@@ -190,7 +191,7 @@ def check_not_a_run(out: Path) -> None:
     and ``final.png``."""
     resolved = out.resolve()
     for run in (resolved, *resolved.parents):  # the nearest run dir, if any: <run>/grown is fine
-        if (run / "metrics.jsonl").is_file():
+        if (run / METRICS).is_file():
             inside = run == resolved or any(resolved.is_relative_to(run / kept) for kept in (CHECKPOINTS, RENDERS))
             require(not inside, f"{out}: that is where the run {run} keeps its own files; give --out another dir")
             return

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from nca_lab.atomic import write_text_atomically
 
+#: The file in a run dir; its presence marks a dir a run trained in (``grow`` will not write there).
+METRICS = "metrics.jsonl"
+
 
 class MetricsFile:
     """Appends ``{"step": ..., **metrics}`` lines to ``<run_dir>/metrics.jsonl``."""
@@ -22,7 +25,7 @@ class MetricsFile:
         ``redo_evaluation`` also the evaluation lines of ``resume_step`` itself (the final
         evaluation follows the final checkpoint, and a run resumed there evaluates again).
         """
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         #: The records of earlier attempts that stand (a resumed run's history so far).
         self.earlier: list[dict] = []
         if self.path.exists():
@@ -52,7 +55,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     A last line cut short (the disk filled, or the job was killed, while it was written) is
     left out, so a run can resume after it; the line is rewritten from the checkpoint's step on.
     """
-    text = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8")
+    text = (Path(run_dir) / METRICS).read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and not text.endswith("\n") and not _is_json(lines[-1]):
         lines.pop()

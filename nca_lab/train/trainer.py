@@ -355,12 +355,10 @@ class Trainer:
         rendering = task.render(model, key, self.horizon)  # on every process: the model's arrays may span them
         if not multihost.is_main_process():
             return
-        kept = run_dir / RENDERS / str(step)
-        kept.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "rollout": save_gif(rendering.frames, kept / "rollout.gif"),
-            "final": save_png(rendering.final, kept / "final.png"),
-        }
+        paths = _rendering_files(run_dir / RENDERS / str(step))
+        paths["rollout"].parent.mkdir(parents=True, exist_ok=True)
+        save_gif(rendering.frames, paths["rollout"])
+        save_png(rendering.final, paths["final"])
         for path in paths.values():
             with atomic_path(run_dir / path.name) as tmp:
                 shutil.copyfile(path, tmp)
@@ -373,12 +371,17 @@ def kept_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
     checkpoint this run resumes (or before its first), are deleted: they are not this run's."""
     renders = {}
     for kept in (run_dir / RENDERS).glob("*"):
-        media = {"rollout": kept / "rollout.gif", "final": kept / "final.png"}
+        media = _rendering_files(kept)
         if kept.name.isdigit() and int(kept.name) <= until and all(p.is_file() for p in media.values()):
             renders[int(kept.name)] = media
         else:
             shutil.rmtree(kept, ignore_errors=True)
     return dict(sorted(renders.items()))
+
+
+def _rendering_files(kept: Path) -> dict[str, Path]:
+    """The files of one rendering in ``kept``, by the name the logger shows them under."""
+    return {"rollout": kept / "rollout.gif", "final": kept / "final.png"}
 
 
 @contextmanager
