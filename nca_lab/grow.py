@@ -57,10 +57,20 @@ PICTURE_PIXELS = 320
 MAX_STEPS, MAX_SIDE = 1_000_000, 4096
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows ``--size H [W]``: argparse has no "one or two values", so ``nargs="+"`` (checked
+    after parsing) would show ``H [W ...]``."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        return "H [W]" if action.dest == "size" else super()._format_args(action, default_metavar)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; malformed values exit with argparse's usage message."""
     parser = argparse.ArgumentParser(
-        prog="python -m nca_lab.grow", description="Grow a pattern from the seed with a trained NCA."
+        prog="python -m nca_lab.grow",
+        description="Grow a pattern from the seed with a trained NCA.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help="nca_lab run dir or checkpoint, webgl8 JSON or TF.js graph JSON")
     parser.add_argument(
@@ -74,7 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--size",
         type=int,
         nargs="+",
-        metavar=("H", "W"),
         help="grid H [W] (default: a run's grid; 72 for a released model)",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random cell updates (default 0)")
@@ -93,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         default=None,
         metavar="DIR",
-        help="output dir (default outputs/grow/<model name>[_damage], overwritten by the next grow of that model)",
+        help="output dir (default outputs/grow/<model name> and the options given, e.g. _64x64_seed3_damage; "
+        "overwritten by the next grow of that model with those options)",
     )
     args = parser.parse_args(argv)
     if args.size is not None and len(args.size) > 2:
@@ -237,6 +247,26 @@ def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
     return (tuple(grid) if grid else ARTICLE_GRID), steps, name
 
 
+def default_out(name: str, args: argparse.Namespace) -> Path:
+    """``outputs/grow/<name>`` and each option given, so that variants of one model's grow
+    (another seed, angle, size, ...) do not overwrite each other:
+    ``<name>_<H>x<W>_steps<N>_seed<S>_fire<P>_angle<A>_damage``."""
+    parts = [name]
+    if args.size:
+        parts.append(f"{args.size[0]}x{args.size[-1]}")
+    if args.steps:
+        parts.append(f"steps{args.steps}")
+    if args.seed:  # seed 0 is the default
+        parts.append(f"seed{args.seed}")
+    if args.fire_rate is not None:
+        parts.append(f"fire{args.fire_rate:.12g}")
+    if args.angle is not None:
+        parts.append(f"angle{args.angle:.12g}")
+    if args.damage:
+        parts.append("damage")
+    return Path("outputs") / "grow" / "_".join(parts)
+
+
 def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool, out: Path):
     """Grow and write the outputs: ``(final_state, paths)``; running out of memory is a :class:`ConfigError`."""
     too_big = ConfigError(
@@ -253,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
         grid, steps, name = trained_setting(args.model)
-        out = Path(args.out) if args.out else Path("outputs") / "grow" / (name + "_damage" * args.damage)
+        out = Path(args.out) if args.out else default_out(name, args)
         check_not_a_run(out)
         size = (args.size[0], args.size[-1]) if args.size else grid
         steps = args.steps or steps

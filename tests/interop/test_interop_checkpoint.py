@@ -57,18 +57,18 @@ def test_the_default_out_dir_names_the_run_and_step_so_grows_of_others_do_not_co
     monkeypatch.chdir(tmp_path)
     run_name = f"{tiny_run.parent.name}_{tiny_run.name}"
     sources = {
-        tiny_run: f"{run_name}_step2",  # the newest checkpoint
-        tiny_run / "checkpoints": f"{run_name}_step2",
-        tiny_run / "checkpoints" / "1": f"{run_name}_step1",
+        tiny_run: f"{run_name}_step2_8x8_steps2",  # the newest checkpoint
+        tiny_run / "checkpoints": f"{run_name}_step2_8x8_steps2",
+        tiny_run / "checkpoints" / "1": f"{run_name}_step1_8x8_steps2",
     }
     for source, name in sources.items():
         grow_cli.main([str(source), "--steps", "2", "--size", "8"])
         assert (tmp_path / "outputs" / "grow" / name / "final.png").is_file()
     grow_cli.main([str(tiny_run), "--steps", "2", "--size", "8", "--damage"])
     assert sorted(p.name for p in (tmp_path / "outputs" / "grow").iterdir()) == [
-        f"{run_name}_step1",
-        f"{run_name}_step2",
-        f"{run_name}_step2_damage",
+        f"{run_name}_step1_8x8_steps2",
+        f"{run_name}_step2_8x8_steps2",
+        f"{run_name}_step2_8x8_steps2_damage",
     ]
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -56,7 +57,26 @@ def test_a_released_model_grows_into_a_dir_named_by_its_file(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8"])
     grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--damage"])
-    assert sorted(p.name for p in (tmp_path / "outputs" / "grow").iterdir()) == [WEBGL8.stem, f"{WEBGL8.stem}_damage"]
+    grown = sorted(p.name for p in (tmp_path / "outputs" / "grow").iterdir())
+    assert grown == [f"{WEBGL8.stem}_8x8_steps2", f"{WEBGL8.stem}_8x8_steps2_damage"]
+
+
+def test_variants_of_a_grow_get_dirs_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    variants = {
+        (): WEBGL8.stem,
+        ("--seed", "3"): f"{WEBGL8.stem}_seed3",
+        ("--angle", "45", "--fire-rate", "0.25"): f"{WEBGL8.stem}_fire0.25_angle45",
+        ("--size", "20", "30", "--steps", "7", "--damage"): f"{WEBGL8.stem}_20x30_steps7_damage",
+    }
+    for options, name in variants.items():
+        assert grow_cli.default_out(WEBGL8.stem, grow_cli.parse_args([str(WEBGL8), *options])) == Path(
+            "outputs", "grow", name
+        )
+    grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--seed", "1"])
+    grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8", "--seed", "2"])
+    grown = sorted(p.name for p in (tmp_path / "outputs" / "grow").iterdir())
+    assert grown == [f"{WEBGL8.stem}_8x8_steps2_seed1", f"{WEBGL8.stem}_8x8_steps2_seed2"]
 
 
 def test_damage_cuts_a_hole_that_regrows():
