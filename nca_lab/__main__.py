@@ -18,7 +18,8 @@ bug). JAX's exit handler would wait for the others: for a lost one until its hea
 this one. Failures that every process meets together (settings, a stop signal) exit as usual.
 
 In a sweep (``-m``) a job that fails prints its ``error:`` line and the sweep goes on with
-the other jobs; the command then exits 1 with one line naming the first failed job. (Not where
+the other jobs; the command then exits 1 with one line naming the first failed job (and how many
+failed, where the jobs ran in this process: Hydra's basic launcher). (Not where
 the job failed alone in a distributed run: its next job could not run without the others.)
 """
 
@@ -62,6 +63,11 @@ class JobFailed(Exception):
     Hydra's launcher goes on with the other jobs and reports the failure at the end."""
 
 
+#: How many of a sweep's jobs this process ran and how many failed: the count for the sweep's
+#: last line where the jobs run in this process (Hydra's basic launcher; submitit's run in others).
+_jobs_here = {"ran": 0, "failed": 0}
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Train one job (Hydra calls this once per job of a multirun)."""
@@ -73,6 +79,7 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    _jobs_here["ran"] += sweep
     made_now = not sweep and _made_by_hydra_now(hydra_cfg)
     try:
         _check_own_dir(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd))
@@ -99,6 +106,7 @@ def main(cfg: DictConfig) -> None:
         if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
             os._exit(1)  # maybe this process's alone: the others wait for it in a collective (a sweep too)
         if sweep:
+            _jobs_here["failed"] += 1
             raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     except Exception as err:
@@ -213,7 +221,14 @@ def cli() -> None:
     except JobFailed as failed:  # Hydra re-raises the first failed job's (from its process, for submitit)
         if full_report:
             raise
-        print(f"error: the sweep's other jobs ran; the first that failed: {failed}", file=sys.stderr)
+        if _jobs_here["failed"]:
+            ran, failed_here = _jobs_here["ran"], _jobs_here["failed"]
+            print(
+                f"error: {failed_here} of the sweep's {ran} jobs failed, the others ran; the first: {failed}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: the sweep's other jobs ran; the first that failed: {failed}", file=sys.stderr)
         sys.exit(1)
     except USER_ERRORS as err:
         if full_report:
