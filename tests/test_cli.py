@@ -181,6 +181,11 @@ BAD_SETTINGS = [
         "RngsFreePerceive must take rngs= (nca_lab passes num_channels=, rngs=)",
     ),
     (["perceive._partial_=false"], "the perceive config needs _partial_: true (nca_lab passes num_channels=, rngs=)"),
+    (  # was replaced by the code's 16 without a word
+        ["+perceive.num_channels=3"],
+        "perceive.num_channels is not a setting: nca_lab passes it (num_channels=, rngs=); remove it from the config",
+    ),
+    (["+task.num_channels=3"], "task.num_channels is not a setting: nca_lab passes it (num_channels=)"),
     (
         ["update._target_=test_cli.WideUpdate"],
         "WideUpdate returns float32[1, 3, 3, 17] for a state float32[1, 3, 3, 16]: the next state must have",

@@ -72,8 +72,8 @@ def check_names(node: DictConfig, group: str, supplied: tuple[str, ...] | None =
     the nodes in it), before anything is built: a typo is "unknown setting trainer.step (did
     you mean trainer.steps?)", not Python's "unexpected keyword argument", and a missing one
     names the setting. A node given ``supplied`` names (what code passes its constructor, by
-    keyword) must be ``_partial_`` and its constructor take them; ``None``: not known here (a
-    ``_partial_`` node inside another).
+    keyword) must be ``_partial_``, its constructor take them and the node not set them; ``None``:
+    not known here (a ``_partial_`` node inside another).
     """
     by_code = supplied or ()
     named = ", ".join(f"{name}=" for name in by_code)
@@ -91,6 +91,10 @@ def check_names(node: DictConfig, group: str, supplied: tuple[str, ...] | None =
     keywords = settable_names(parameters)
     for name in by_code:
         require(name in keywords, f"{target.__qualname__} must take {name}= (nca_lab passes {named})")
+        require(  # else silently replaced by code's value: +perceive.num_channels=3 trained with 16
+            node.get(name) is None,
+            f"{group}.{name} is not a setting: nca_lab passes it ({named}); remove it from the config",
+        )
     settable = [name for name in keywords if name not in by_code]
     for name in node:
         if not name.startswith("_") and name not in keywords:  # not Hydra's _target_, _partial_, ...
