@@ -75,6 +75,17 @@ SEEDS = range(2**32)
 def nearest(name: str, names: list[str], where: str = "") -> str:
     """The hint for a mistyped setting ``name`` in ``where`` (a group; "" for the top level):
     the nearest of ``names`` or, none near, all of them."""
-    close = difflib.get_close_matches(name, names, n=1)
+    close = closest(name, names)
     prefix = f"{where}." if where else ""
-    return f"did you mean {prefix}{close[0]}?" if close else f"the {where or 'top-level'} settings: {', '.join(names)}"
+    return f"did you mean {prefix}{close}?" if close else f"the {where or 'top-level'} settings: {', '.join(names)}"
+
+
+def closest(name: str, names: list[str]) -> str | None:
+    """The one of ``names`` that ``name`` most likely meant: the nearest by difflib's ratio or,
+    none near, the shortest that begins with it (``Sobel`` for ``SobelPerceive``, too short
+    for the ratio), matching case first; ``None`` if neither."""
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return close[0]
+    longer = [n for n in names if n.startswith(name)] or [n for n in names if n.lower().startswith(name.lower())]
+    return min(longer, key=len, default=None)

@@ -161,6 +161,11 @@ BAD_SETTINGS = [
         "perceive._target_: cannot import nca_lab.perceive.sobel.SobelPercieve (did you mean "
         "nca_lab.perceive.sobel.SobelPerceive?)",
     ),
+    (
+        ["perceive._target_=nca_lab.perceive.sobel.Sobel"],  # too short for difflib's ratio: the name it begins
+        "perceive._target_: cannot import nca_lab.perceive.sobel.Sobel "
+        "(did you mean nca_lab.perceive.sobel.SobelPerceive?)",
+    ),
     (["perceive._target_=nosuch.Perceive"], "perceive._target_: cannot import nosuch.Perceive (no module nosuch)"),
     (
         ["perceive._target_=test_cli.MisSizedPerceive.__cal__"],  # attributes of attributes: the path to them

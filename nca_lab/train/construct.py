@@ -7,7 +7,6 @@ group through :func:`construct` or :func:`checked_factory` instead, so a user's 
 root, split off :mod:`nca_lab.train.run`: with it, the only module that reads config nodes.
 """
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -19,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from nca_lab.errors import ConfigError, is_integer, nearest, one_line, require
+from nca_lab.errors import ConfigError, closest, is_integer, nearest, one_line, require
 
 
 def construct(node: DictConfig, group: str, **supplied):
@@ -135,9 +134,9 @@ def _located(path, group: str):
             raise ConfigError(f"{group}._target_: cannot import {path} ({one_line(err)})") from err
         for depth, name in enumerate(parts[split:], split):
             if not hasattr(found, name):
-                close = difflib.get_close_matches(name, [n for n in dir(found) if not n.startswith("_")], n=1)
+                close = closest(name, [n for n in dir(found) if not n.startswith("_")])
                 where = ".".join(parts[:depth])
-                hint = f"did you mean {where}.{close[0]}?" if close else f"{where} has no {name}"
+                hint = f"did you mean {where}.{close}?" if close else f"{where} has no {name}"
                 raise ConfigError(f"{group}._target_: cannot import {path} ({hint})")
             found = getattr(found, name)
         require(callable(found), f"{group}._target_: {path} is not a class or a function")
