@@ -36,7 +36,7 @@ class GrowingTask(Task):
         target_size: int = 40,
         padding: int = 16,
         centre_on_body: bool = True,
-        alive_threshold: float = ALIVE_THRESHOLD,
+        alive_threshold: float | None = ALIVE_THRESHOLD,
         render_scale: int = 4,
     ):
         """Load the target and build the seed.
@@ -49,13 +49,13 @@ class GrowingTask(Task):
             padding: empty cells around the target on every side.
             centre_on_body: shift the target so the seed (centre cell) lies on it
                 (see :func:`~nca_lab.data.images.body_at_centre`).
-            alive_threshold: alpha threshold of the alive mask.
+            alive_threshold: alpha threshold of the alive mask; ``None`` turns masking off (an ablation).
             render_scale: pixels per cell in the rendered pictures.
         """
         super().__init__(num_channels, render_scale)
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), bool(centre_on_body)))
         self.grid_shape = tuple(self.target.shape[:2])
-        self.alive_threshold = float(alive_threshold)
+        self.alive_threshold = None if alive_threshold is None else float(alive_threshold)
         self.seed = jnp.asarray(seed_state(self.grid_shape, self.num_channels))
 
     def sample(self, key: jax.Array, n: int) -> Batch:

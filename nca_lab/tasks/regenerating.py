@@ -38,7 +38,7 @@ class RegeneratingTask(GrowingTask):
         target_size: int = 40,
         padding: int = 16,
         centre_on_body: bool = True,
-        alive_threshold: float = ALIVE_THRESHOLD,
+        alive_threshold: float | None = ALIVE_THRESHOLD,
         render_scale: int = 4,
         pool_size: int = 1024,
         damage_n: int = 3,
@@ -53,7 +53,7 @@ class RegeneratingTask(GrowingTask):
             target_size: a larger target is shrunk to fit this square (a smaller one is used as is).
             padding: empty cells around the target on every side.
             centre_on_body: shift the target so the seed (centre cell) lies on it.
-            alive_threshold: alpha threshold of the alive mask.
+            alive_threshold: alpha threshold of the alive mask; ``None`` turns masking off (an ablation).
             render_scale: pixels per cell in the rendered pictures.
             pool_size: states in the sample pool (the paper: 1024).
             damage_n: lowest-loss samples of each batch that are damaged (the paper: 3);

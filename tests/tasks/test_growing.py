@@ -7,11 +7,15 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.tasks.growing import GrowingTask, seed_state
+from nca_lab.train.run import build
 from nca_lab.update.residual import ResidualUpdate
+
+from nca_testing import TINY
 
 C = 6
 
@@ -78,3 +82,14 @@ def test_a_subclass_grows_a_picture_it_draws():
 def test_an_image_without_a_visible_pixel_is_refused():
     with pytest.raises(ConfigError, match="the given image: the image has no visible pixel"):
         GrowingTask(8, target=Image.new("RGBA", (4, 4)), target_size=4, padding=1)
+
+
+@pytest.mark.parametrize("task_name", ["growing", "regenerating"])
+def test_alive_masking_can_be_turned_off_from_the_config(task_name):
+    """``task.alive_threshold=null``, the ablation: it was refused as not a number."""
+    pool = ["task.pool_size=2", "task.damage_n=0"] if task_name == "regenerating" else []
+    task, model, _ = build(compose(*TINY, f"task={task_name}", "task.alive_threshold=null", *pool))
+    assert task.alive_threshold is None and model.alive_threshold is None
+    hidden_only = jnp.zeros((1, 5, 5, model.num_channels)).at[..., 4:].set(1.0)  # masking would zero every cell
+    stepped = model.step(hidden_only, jax.random.split(jax.random.key(0), 1))
+    np.testing.assert_array_equal(stepped, hidden_only)  # the zero-initialised last layer: unchanged
