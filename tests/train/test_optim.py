@@ -91,3 +91,19 @@ def test_the_trainer_config_shows_every_optimizer_option_at_its_default():
     parameters = inspect.signature(make_optimizer).parameters
     defaults = {name: p.default for name, p in parameters.items() if name != "learning_rate"}
     assert options == defaults
+
+
+def test_the_trainers_python_defaults_are_the_configs():
+    """A notebook's ``Trainer(...)`` without the schedule options checkpoints and renders as the
+    command does (it had none until the end, and logged twice as often)."""
+    import inspect
+
+    from nca_lab.config import compose
+    from nca_lab.train.trainer import Trainer
+
+    config = compose().trainer
+    parameters = inspect.signature(Trainer.__init__).parameters
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    assert {name: config[name] for name in defaults} == {
+        name: list(value) if isinstance(value, tuple) else value for name, value in defaults.items()
+    }
