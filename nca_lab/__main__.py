@@ -50,8 +50,12 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from nca_lab.config import config_dir, mistyped_setting, quote_non_ascii  # noqa: E402
+from nca_lab.config import JOB_DIR_RESOLVER, config_dir, job_dir_name, mistyped_setting, quote_non_ascii  # noqa: E402
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
+
+OmegaConf.register_new_resolver(
+    JOB_DIR_RESOLVER, job_dir_name, replace=True
+)  # here: submitit's jobs import this module
 
 #: The user's ``HYDRA_FULL_ERROR``, for the jobs: :func:`cli` sets Hydra's own to 1, so that
 #: Hydra raises its errors; with the user's at 1, nca_lab's errors keep their traceback too.
@@ -224,7 +228,7 @@ def cli() -> None:
         if _jobs_here["failed"]:
             ran, failed_here = _jobs_here["ran"], _jobs_here["failed"]
             print(
-                f"error: {failed_here} of the sweep's {ran} jobs failed, the others ran; the first: {failed}",
+                f"error: {failed_here} of the sweep's {ran} jobs failed; the first: {failed}",
                 file=sys.stderr,
             )
         else:

@@ -44,6 +44,12 @@ def _shapes(tree) -> dict:
     }
 
 
+def check_checkpoint_path(directory: Path) -> None:
+    """Refuse a path with a backslash: Orbax's TensorStore reads it as ``/``, so a checkpoint's
+    arrays went to a stray tree beside it, and the checkpoint held no weights."""
+    require("\\" not in str(directory), f"{directory}: Orbax cannot keep checkpoints under a path with a backslash")
+
+
 class RunCheckpointer:
     """Saves and restores the checkpoints of one run under ``<run_dir>/checkpoints``.
 
@@ -54,6 +60,7 @@ class RunCheckpointer:
         """Open (and with ``create``, make) the checkpoint directory; paths are made absolute."""
         require(keep_last > 0, f"trainer.keep_last must be positive, got {keep_last}")
         self.directory = Path(directory).expanduser().resolve()
+        check_checkpoint_path(self.directory)
         loss = lambda metrics: metrics["loss"]  # noqa: E731
         policies = [checkpoint_managers.LatestN(keep_last)]
         if keep_best:

@@ -66,6 +66,20 @@ def _top_level() -> tuple[frozenset[str], frozenset[str]]:
 _OVERRIDE = re.compile(r"([~+]{0,2}[\w.@/-]+)=(.*)", re.DOTALL)
 
 
+#: The resolver ``conf/config.yaml`` names a sweep job's dir with (``hydra.sweep.subdir``).
+JOB_DIR_RESOLVER = "nca_lab.job_dir"
+
+
+def job_dir_name(override_dirname: str) -> str:
+    """A sweep job's dir name: Hydra's ``job.override_dirname`` without its backslashes.
+
+    Hydra escapes ``:``, spaces, braces and the like in it with ``\\`` (``run_name=a\\:b``), and
+    Orbax's TensorStore reads a backslash as ``/``: the job's checkpoints were written to a
+    stray tree beside its dir, and the run said ``done`` with no weights in them.
+    """
+    return override_dirname.replace("\\", "")
+
+
 def quote_non_ascii(arg: str) -> str:
     """``task.target=🦋`` as Hydra can parse it: ``task.target='🦋'``.
 

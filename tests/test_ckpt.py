@@ -148,3 +148,11 @@ def test_an_optimizer_of_another_kind_is_named_in_the_error(tmp_path):
     other = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
     with pytest.raises(ConfigError, match="different optimizer state, from another trainer.optimizer: "):
         RunCheckpointer.find(tmp_path).restore(model, other, None)
+
+
+def test_a_path_with_a_backslash_is_refused(tmp_path):
+    """Orbax's TensorStore reads ``\\`` as ``/``: the arrays went to a stray tree beside the
+    checkpoint, which then held no weights, and nothing said so."""
+    with pytest.raises(ConfigError, match=r"Orbax cannot keep checkpoints under a path with a backslash"):
+        RunCheckpointer(tmp_path / "run_name=a\\:b" / "checkpoints")
+    assert not (tmp_path / "run_name=a\\:b").exists()

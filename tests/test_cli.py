@@ -460,3 +460,11 @@ EVENT_LOOP_CLOSED_TRACEBACK = re.compile(
 
 def test_compose_from_python_takes_an_emoji_as_the_command_does():
     assert compose("task.target=🦋").task.target == "🦋"
+
+
+def test_a_run_dir_with_a_backslash_is_refused_before_training(tmp_path):
+    run_dir = tmp_path / "a\\b"
+    result = run_cli(*TINY, f"hydra.run.dir='{run_dir}'")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {run_dir}: Orbax cannot keep checkpoints under a path with a backslash"
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "manifest.json").exists()

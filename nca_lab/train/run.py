@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
-from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
+from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer, check_checkpoint_path
 from nca_lab.config import check_top_level
 from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory_as, require
 from nca_lab.log.base import NullLogger
@@ -167,6 +167,7 @@ def run(
     """
     check_top_level(cfg)
     run_dir, records = Path(run_dir), hydra_records or {}
+    check_checkpoint_path(run_dir.resolve())  # before anything is written there
     with config_errors("distributed"):
         multihost.initialize(**cfg.distributed)
     config = OmegaConf.to_container(cfg, resolve=True)
