@@ -17,9 +17,9 @@ SWEEP = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "log
 
 def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     sweep_dir = tmp_path / "outputs" / "multirun" / "2026-11-30" / "10-00-00"  # as Hydra names it
-    # a value Hydra escapes in the dir name (run_name=a\\:b): Orbax took the backslash for a
-    # '/', and the checkpoints held no weights
-    args = ["-m", "seed=0,1", *SWEEP, "run_name=a:b", f"hydra.sweep.dir={sweep_dir}"]
+    # a value Hydra escapes in the dir name (logger.tags=[a\\:b]): Orbax took the backslash for
+    # a '/', and the checkpoints held no weights
+    args = ["-m", "seed=0,1", *SWEEP, "logger.tags=[a:b]", f"hydra.sweep.dir={sweep_dir}"]
     first = run_cli(*args, "distributed.process_id=0")  # a process's own settings do not name job dirs
     assert first.returncode == 0, first.stderr[-3000:]
     job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "summary.json").exists())
@@ -27,12 +27,13 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert not any("distributed" in d.name for d in job_dirs)
     assert "seed=0" in job_dirs[0].name.split(",")
     assert "seed=1" in job_dirs[1].name.split(",")
-    assert "run_name=a:b" in job_dirs[0].name.split(",")
+    assert "logger.tags=[a:b]" in job_dirs[0].name.split(",")
     assert load_model(job_dirs[0]).update.out.kernel[...].any()  # trained weights, read back
     runs = [read_run(d) for d in job_dirs]
     assert all(len(r["runs"]) == 1 for r in runs)
     assert runs[0]["run_id"] != runs[1]["run_id"]
     assert runs[0]["group"] == runs[1]["group"] == "multirun/2026-11-30/10-00-00"  # the sweep is the W&B group
+    assert [r["name"] for r in runs] == [d.name for d in job_dirs]  # the overrides, without the group's path
     assert [r["config"]["seed"] for r in runs] == [0, 1]
     assert runs[0]["summary"]["train/loss"] != runs[1]["summary"]["train/loss"]
 

@@ -59,13 +59,14 @@ def finished_records(path: Path, timeout: float = 60.0) -> list:
 def read_run(run_dir: Path) -> dict:
     """Config keys, history rows and summary of the one finished offline W&B run under ``run_dir/wandb``."""
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-    out = {"runs": files, "config": {}, "history": [], "summary": {}, "run_id": None, "group": None}
+    out = {"runs": files, "config": {}, "history": [], "summary": {}, "run_id": None, "group": None, "name": None}
     for file in files:
         for record in finished_records(file):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 out["run_id"] = record.run.run_id
                 out["group"] = record.run.run_group or None
+                out["name"] = record.run.display_name or None
                 out["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
             elif kind == "config":
                 out["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})

@@ -23,8 +23,12 @@ class Logger:
     def log_media(self, paths: dict[str, Path], step: int) -> None:
         """Record pictures (``.png``) and animations (``.gif``) written by the run."""
 
-    def finish(self, summary: dict[str, float] | None = None, *, failed: bool = False) -> None:
-        """Close the run (always called, also on failure)."""
+    def finish(
+        self, summary: dict[str, float] | None = None, *, error: str | None = None, preempted: bool = False
+    ) -> None:
+        """Close the run (always called): finished with its ``summary``, failed with the one-line
+        ``error`` that ended it, or ``preempted`` (stopped by a signal after saving a checkpoint,
+        to be resumed)."""
 
 
 class NullLogger(Logger):

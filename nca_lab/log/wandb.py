@@ -129,13 +129,20 @@ class WandbLogger(Logger):
             )
         self.run.log(media, step=step)
 
-    def finish(self, summary: dict[str, float] | None = None, *, failed: bool = False) -> None:
-        """Write the summary and close the run (exit code 1 if the job failed)."""
-        if summary:
-            for key, value in summary.items():
-                if key != "step":
-                    self.run.summary[DASHBOARD_NAMES.get(key, key)] = value
-        self.run.finish(exit_code=1 if failed else 0)
+    def finish(
+        self, summary: dict[str, float] | None = None, *, error: str | None = None, preempted: bool = False
+    ) -> None:
+        """Write the summary and close the run. A failed one (exit code 1) says why in its
+        summary's ``error``, which the dashboard showed nowhere; a preempted one is marked so,
+        not failed, while it waits to be resumed (a requeued SLURM job)."""
+        for key, value in (summary or {}).items():
+            if key != "step":
+                self.run.summary[DASHBOARD_NAMES.get(key, key)] = value
+        if error is not None:
+            self.run.summary["error"] = error
+        if preempted:
+            self.run.mark_preempting()
+        self.run.finish(exit_code=1 if error is not None or preempted else 0)
 
 
 def _has_api_key(wandb) -> bool:

@@ -30,7 +30,7 @@ from nca_lab.train import multihost
 from nca_lab.train.construct import check_names, checked_factory, config_errors, construct
 from nca_lab.train.run_dir_lock import run_dir_lock
 from nca_lab.train.run_settings import completed_summary, setting_changes
-from nca_lab.train.trainer import OutOfMemory
+from nca_lab.train.trainer import OutOfMemory, Preempted
 from nca_lab.update.base import Update
 
 
@@ -217,7 +217,11 @@ def _run(cfg: DictConfig, config: dict, run_dir: Path, sweep_dir: Path | None, h
             _write_records(run_dir, config, hydra_records)
             with config_errors("logger"):
                 logger = logger_factory(
-                    config=config, run_dir=run_dir, name=cfg.run_name or _default_name(run_dir), run_id=run_id, **extra
+                    config=config,
+                    run_dir=run_dir,
+                    name=cfg.run_name or _run_name(run_dir, sweep_dir),
+                    run_id=run_id,
+                    **extra,
                 )
         except (ConfigError, OSError) as err:
             error = err
@@ -230,16 +234,19 @@ def _run(cfg: DictConfig, config: dict, run_dir: Path, sweep_dir: Path | None, h
             f"task.padding) or trainer.rollout_steps{remat}"
         )
 
-    failed = True
     try:
         with out_of_memory_as(too_big):
             summary = trainer.fit(
                 model, task, key=seed_keys(int(cfg.seed)).run, run_dir=run_dir, logger=logger, config=config
             )
-        failed = False
-        return summary
-    finally:
-        logger.finish(None if failed else summary, failed=failed)
+    except Preempted:
+        logger.finish(preempted=True)
+        raise
+    except BaseException as err:
+        logger.finish(error=f"{type(err).__name__}: {one_line(err)}")
+        raise
+    logger.finish(summary)
+    return summary
 
 
 def _write_records(run_dir: Path, config: dict, hydra_records: dict[str, str]) -> None:
@@ -250,6 +257,13 @@ def _write_records(run_dir: Path, config: dict, hydra_records: dict[str, str]) -
         (run_dir / ".hydra").mkdir(exist_ok=True)
     for name, text in hydra_records.items():
         write_text_atomically(run_dir / ".hydra" / name, text)
+
+
+def _run_name(run_dir: Path, sweep_dir: Path | None) -> str:
+    """The W&B run's default name: a sweep's job by its dir's name, its overrides (the sweep is
+    its group: with the group's path in front, the dashboard cut every name to the same
+    ``multirun/2026-...``); a single run as :func:`_default_name` says."""
+    return run_dir.name if sweep_dir is not None else _default_name(run_dir)
 
 
 def _default_name(run_dir: Path) -> str:

@@ -133,3 +133,30 @@ def test_a_resumed_offline_run_holds_the_whole_history(tmp_path):
     assert pictures == [1, 2, 3, 4]  # in step order, once each
     assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == ["1", "2", "3", "4"]
     assert (tmp_path / "final.png").read_bytes() == (tmp_path / "renders" / "4" / "final.png").read_bytes()
+
+
+def test_a_failed_run_says_why_and_a_preempted_one_is_marked_so(tmp_path, monkeypatch):
+    """A diverged run's W&B run held an exit code and nothing else; a preempted one (SIGTERM, a
+    checkpoint saved, to be requeued) showed as failed."""
+    from nca_lab.config import compose
+    from nca_lab.train import trainer as trainer_module
+    from nca_lab.train.run import run
+
+    from wandb_records import finished_records
+
+    diverged = tmp_path / "diverged"
+    with pytest.raises(trainer_module.TrainingDiverged):
+        run(compose(*WANDB_TINY, "trainer.learning_rate.init_value=1e38", "trainer.log_every=1"), diverged)
+    error = read_run(diverged)["summary"]["error"]
+    assert error.startswith("TrainingDiverged: training diverged at step ")
+
+    def stopped(*args, **kwargs):
+        raise trainer_module.Preempted("stopped after step 1; checkpoint saved")
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", stopped)
+    preempted = tmp_path / "preempted"
+    with pytest.raises(trainer_module.Preempted):
+        run(compose(*WANDB_TINY), preempted)
+    (file,) = read_run(preempted)["runs"]
+    kinds = [record.WhichOneof("record_type") for record in finished_records(file)]
+    assert "preempting" in kinds and "error" not in read_run(preempted)["summary"]
