@@ -92,6 +92,9 @@ def main(cfg: DictConfig) -> None:
             hydra_cfg.runtime.output_dir,
             sweep_dir=hydra_cfg.sweep.dir if sweep else None,
             hydra_records=hydra_records(cfg, hydra_cfg),
+            choices={
+                group: choice for group, choice in hydra_cfg.runtime.choices.items() if not group.startswith("hydra/")
+            },
         )
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)

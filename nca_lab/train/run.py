@@ -151,7 +151,12 @@ def build(cfg: DictConfig) -> tuple:
 
 
 def run(
-    cfg: DictConfig, run_dir: Path, *, sweep_dir: Path | None = None, hydra_records: dict[str, str] | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    sweep_dir: Path | None = None,
+    hydra_records: dict[str, str] | None = None,
+    choices: dict[str, str | None] | None = None,
 ) -> dict:
     """Train as ``cfg`` says, writing everything into ``run_dir``; return the final metrics.
 
@@ -164,6 +169,9 @@ def run(
     a time: another that holds ``run_dir`` (:func:`run_dir_lock`) makes this one stop.
     ``hydra_records`` (Hydra's ``config.yaml``, ``hydra.yaml``, ``overrides.yaml``) go into
     ``run_dir/.hydra`` when training starts: a command refused or skipped leaves the run's own.
+    ``choices`` (each config group's option: ``perceive: sobel``) go to the logger's config
+    too, to filter and group a sweep's runs by on a dashboard (the config itself holds only
+    what they compose to: ``perceive._target_``).
     """
     check_top_level(cfg)
     run_dir, records = Path(run_dir), hydra_records or {}
@@ -181,10 +189,17 @@ def run(
             except ConfigError as err:
                 error = err
         multihost.raise_together(error)
-        return _run(cfg, config, run_dir, sweep_dir, records)
+        return _run(cfg, config, run_dir, sweep_dir, records, choices or {})
 
 
-def _run(cfg: DictConfig, config: dict, run_dir: Path, sweep_dir: Path | None, hydra_records: dict[str, str]) -> dict:
+def _run(
+    cfg: DictConfig,
+    config: dict,
+    run_dir: Path,
+    sweep_dir: Path | None,
+    hydra_records: dict[str, str],
+    choices: dict[str, str | None],
+) -> dict:
     """:func:`run` once this process may train in ``run_dir``; ``config`` is ``cfg`` resolved."""
     completed = run_dir / "summary.json"
     if completed.is_file():
@@ -217,7 +232,7 @@ def _run(cfg: DictConfig, config: dict, run_dir: Path, sweep_dir: Path | None, h
             _write_records(run_dir, config, hydra_records)
             with config_errors("logger"):
                 logger = logger_factory(
-                    config=config,
+                    config={**config, "choices": choices} if choices else config,
                     run_dir=run_dir,
                     name=cfg.run_name or _run_name(run_dir, sweep_dir),
                     run_id=run_id,

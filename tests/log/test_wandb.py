@@ -18,6 +18,8 @@ def test_offline_run_holds_config_history_summary_and_media(tmp_path):
     assert len(run["runs"]) == 1
     assert {"perceive", "update", "task", "trainer", "seed", "manifest"} <= set(run["config"])
     assert run["config"]["trainer"]["steps"] == 3
+    choices = {"perceive": "sobel", "update": "residual", "task": "growing", "trainer": "default", "logger": "wandb"}
+    assert run["config"]["choices"] == {**choices, "experiment": None}  # to filter a sweep's runs by: perceive=sobel
     assert run["config"]["manifest"]["seed"] == 0 and "jax" in run["config"]["manifest"]["packages"]
     keys = set().union(*run["history"])
     assert {"train/loss", "train/lr", "train/grad_norm", "perf/steps_per_s", "eval/mse"} <= keys
