@@ -290,7 +290,7 @@ class Trainer:
             last = record
             if not write:
                 return
-            if step > tick_step:
+            if tick_step is not None:  # not on the first line: its steps include the compile
                 record["steps_per_s"] = (step - tick_step) / (now - tick)
             tick, tick_step = now, step
             if metrics_file is not None:
@@ -306,7 +306,7 @@ class Trainer:
 
         try:
             with _stop_signals() as stop:
-                tick, tick_step, previous = time.perf_counter(), start, None
+                tick, tick_step, previous = 0.0, None, None  # the speed is timed from the first line on
                 for step in range(start + 1, self.steps + 1):
                     pool, out = train_step(model, optimizer, pool, jax.random.fold_in(train_key, step))
                     # One step in flight: JAX would queue every step up to the next log line,
