@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 
 class ConfigError(ValueError):
-    """A bad setting or input, caught before any compile and shown as one line.
+    """A bad setting or input, caught before training starts and shown as one line.
 
     The entry points print ``error: <message>`` and exit with status 2 instead of a
     traceback, so the message must say what is wrong and, where it helps, how to fix it.

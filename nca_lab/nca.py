@@ -144,6 +144,7 @@ class NCA(nnx.Module):
             fire = self.update.fire_mask(key, state.shape[:-1])
             compact = self.compacts(math.prod(state.shape[:-1]))
             return residual_step(self.perceive, self.update, self.alive_threshold, state, fire, compact=compact)
+        # Any other update: autodiff's reference path; residual_step computes the same formula.
         new_state = self.update(state, self.perceive(state), key)
         if self.alive_threshold is None:
             return new_state

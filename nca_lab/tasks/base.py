@@ -71,7 +71,7 @@ class Task:
         return state
 
     def evaluate(self, model: NCA, key: jax.Array, horizon: int) -> dict[str, float]:
-        """Evaluation metrics after ``horizon`` steps (the training rollout length).
+        """Evaluation metrics after ``horizon`` steps (the longest training rollout, ``trainer.rollout_steps[1]``).
 
         Keys carry no ``eval/`` prefix; the trainer adds it.
         """

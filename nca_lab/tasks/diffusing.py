@@ -34,7 +34,7 @@ def corrupt(target: jax.Array, a: jax.Array, noise: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("num_channels", "noise"))
-def noisy_states(key: jax.Array, target: jax.Array, a: jax.Array, num_channels: int, noise: str) -> jax.Array:
+def _noisy_states(key: jax.Array, target: jax.Array, a: jax.Array, num_channels: int, noise: str) -> jax.Array:
     """States ``(N, H, W, C)``: RGBA ``corrupt(target, a, noise)`` for levels ``a (N,)``, hidden channels zero.
 
     ``noise`` is ``"uniform"`` (each value uniform in [0, 1]) or ``"normal"`` (standard normal).
@@ -95,7 +95,7 @@ class DiffusingTask(Task):
 
     def noisy_states(self, key: jax.Array, a: jax.Array) -> jax.Array:
         """States ``(N, H, W, C)`` whose RGBA is the target corrupted at levels ``a (N,)``, hidden zero."""
-        return noisy_states(key, self.target, a, self.num_channels, self.noise)
+        return _noisy_states(key, self.target, a, self.num_channels, self.noise)
 
     def sample(self, key: jax.Array, n: int) -> Batch:
         """``n`` noised targets, each at its own level ``a ~ U[noise_range]``."""

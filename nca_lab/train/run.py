@@ -204,8 +204,8 @@ def _run(
     completed = run_dir / "summary.json"
     if completed.is_file():
         return completed_summary(run_dir, config)
-    in_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None
-    extra = {"group": _default_name(sweep_dir)} if in_sweep else {}
+    group_by_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None  # a logger with group: null
+    extra = {"group": _default_name(sweep_dir)} if group_by_sweep else {}
     logger_factory = checked_factory(cfg.logger, "logger", ("config", "run_dir", "name", "run_id", *extra))
     task, model, trainer = build(cfg)
     resumed = trainer.resume_source(run_dir)

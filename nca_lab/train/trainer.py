@@ -88,7 +88,8 @@ class Trainer:
                 ``renders/<step>/`` (0: only at the end).
             checkpoint_every: steps between checkpoints (0: only at the end).
             keep_last: checkpoints kept (the newest), besides the best by loss.
-            keep_best: also keep the checkpoint of lowest training loss.
+            keep_best: also keep the checkpoint of lowest training loss: the loss of the batch
+                of its step, which with a sample pool (reseeded and damaged samples) is noisy.
             resume: continue the run saved at this path (run dir or checkpoint) when the run
                 dir has no checkpoints of its own (those are resumed automatically).
             init_from: start from the weights saved at this path (optimizer and step fresh).
@@ -269,10 +270,10 @@ class Trainer:
             total=self.steps, initial=start, disable=not (self.progress and main), unit="step", dynamic_ncols=True
         )
 
-        def flush(step: int, now: float, *, write: bool = True) -> None:
+        def fetch_metrics(step: int, now: float, *, log: bool = True) -> None:
             """Fetch the pending step metrics (one device sync); stop on the first non-finite one.
 
-            With ``write``, the last step's metrics also go to ``metrics.jsonl`` and the logger.
+            With ``log``, the last step's metrics also go to ``metrics.jsonl`` and the logger.
             """
             nonlocal last, tick, tick_step
             if not pending:
@@ -288,7 +289,7 @@ class Trainer:
             pending.clear()
             record = {**values, "lr": self.lr_at(step)}
             last = record
-            if not write:
+            if not log:
                 return
             if tick_step is not None:  # not on the first line: its steps include the compile
                 record["steps_per_s"] = (step - tick_step) / (now - tick)
@@ -317,7 +318,7 @@ class Trainer:
                     bar.update(1)
                     checkpoint_due = step == self.steps or (self.checkpoint_every and step % self.checkpoint_every == 0)
                     if step % self.log_every == 0 or step in (1, self.steps):
-                        flush(step, time.perf_counter())
+                        fetch_metrics(step, time.perf_counter())
                     if self.eval_every and step % self.eval_every == 0 and step < self.steps:
                         self._evaluate(model, task, eval_key, step, metrics_file, logger)
                     if self.render_every and step % self.render_every == 0 and step < self.steps:
@@ -326,7 +327,7 @@ class Trainer:
                     # an uninterrupted one does; a stop between log steps writes no extra line.
                     stopping = multihost.any_process(stop.is_set())  # every process stops after the same step
                     if checkpoint_due or stopping:
-                        flush(step, time.perf_counter(), write=False)
+                        fetch_metrics(step, time.perf_counter(), log=False)
                         where = save(step)
                     if stopping:
                         raise Preempted(f"by a signal after step {step}; checkpoint saved to {where}")

@@ -75,7 +75,12 @@ class ResidualUpdate(Update):
         self.out = nnx.Linear(sizes[-1], int(num_channels), kernel_init=last_init, rngs=rngs)
 
     def delta(self, perception: jnp.ndarray) -> jnp.ndarray:
-        """The proposed change ``step_size * MLP(perception)``, shape ``(..., H, W, C)``."""
+        """The proposed change ``step_size * MLP(perception)``, shape ``(..., H, W, C)``.
+
+        :meth:`delta_vjp` (and the fused kernels of :mod:`nca_lab.kernels`) mirror it by hand:
+        change them together (``tests/perf/test_step_vjp.py`` checks they agree), or change it
+        in a subclass, which trains by autodiff.
+        """
         h = perception
         for layer in self.hidden:
             h = jax.nn.relu(layer(h))
