@@ -50,7 +50,14 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from nca_lab.config import JOB_DIR_RESOLVER, config_dir, job_dir_name, mistyped_setting, quote_non_ascii  # noqa: E402
+from nca_lab.config import (  # noqa: E402
+    JOB_DIR_RESOLVER,
+    config_dir,
+    job_dir_name,
+    mistyped_setting,
+    quote_non_ascii,
+    set_by_experiment,
+)
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 
 OmegaConf.register_new_resolver(
@@ -85,6 +92,7 @@ def main(cfg: DictConfig) -> None:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     _jobs_here["ran"] += sweep
     made_now = not sweep and _made_by_hydra_now(hydra_cfg)
+    choices = {group: choice for group, choice in hydra_cfg.runtime.choices.items() if not group.startswith("hydra/")}
     try:
         _check_own_dir(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd))
         summary = run(
@@ -92,9 +100,7 @@ def main(cfg: DictConfig) -> None:
             hydra_cfg.runtime.output_dir,
             sweep_dir=hydra_cfg.sweep.dir if sweep else None,
             hydra_records=hydra_records(cfg, hydra_cfg),
-            choices={
-                group: choice for group, choice in hydra_cfg.runtime.choices.items() if not group.startswith("hydra/")
-            },
+            choices=choices,
         )
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
@@ -105,7 +111,8 @@ def main(cfg: DictConfig) -> None:
         if os.environ.get(USER_FULL_ERROR) == "1" and jax.process_count() == 1:
             raise  # with its traceback: where a new module's constructor failed, say
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
-        message = f"{where}{one_line(err) if isinstance(err, OSError) else err}"
+        reason = one_line(err) if isinstance(err, OSError) else set_by_experiment(str(err), choices.get("experiment"))
+        message = f"{where}{reason}"
         print(f"error: {message}", file=sys.stderr)
         if sweep:  # the job's dir says why it has no results, once the sweep's output has scrolled away
             with contextlib.suppress(OSError), open(Path(hydra_cfg.runtime.output_dir) / "__main__.log", "a") as log:

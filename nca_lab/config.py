@@ -124,3 +124,28 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
         return None  # an option its class takes: Hydra's "+key=..." is right
     names = [name for name in node if not name.startswith("_")]
     return f"unknown setting {key} ({nearest(leaf, names, parent)})"
+
+
+def set_by_experiment(message: str, experiment: str | None) -> str:
+    """``message`` of an unknown setting, said to be the ``experiment``'s where its preset sets
+    it: ``experiment=quick_growing task=mnist_inpainting`` was "unknown setting task.target_size
+    (did you mean task.patch_size?)", a setting the user never wrote."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found = re.match(r"unknown setting ([\w.]+) ", message)
+    preset_file = config_dir() / "experiment" / f"{experiment}.yaml"
+    if not found or experiment is None or not preset_file.is_file():
+        return message
+    preset = OmegaConf.load(preset_file)
+    if OmegaConf.select(preset, found[1]) is None:
+        return message
+    group = found[1].split(".")[0]
+    picks = [
+        e[f"override /{group}"]
+        for e in preset.get("defaults", [])
+        if isinstance(e, DictConfig) and f"override /{group}" in e
+    ]
+    made_for = f" for {group}={picks[0]}" if picks else ""
+    return (
+        f"unknown setting {found[1]}: experiment={experiment} sets it{made_for} (drop experiment= for another {group})"
+    )

@@ -283,6 +283,17 @@ def test_a_mistyped_setting_in_a_sweep_names_the_nearest_one(tmp_path):
     assert result.stderr == "error: unknown setting trainer.stepz (did you mean trainer.steps?)\n"
 
 
+def test_a_setting_an_experiment_made_for_another_group_says_so(tmp_path):
+    """It was "unknown setting task.target_size (did you mean task.patch_size?)": a setting the
+    user never wrote, with a hint at another."""
+    result = run_cli("experiment=quick_growing", "task=mnist_inpainting", "logger=none", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: unknown setting task.target_size: experiment=quick_growing sets it for task=growing "
+        "(drop experiment= for another task)\n"
+    )
+
+
 def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     result = run_cli(*TINY, "trainer.steps=0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: trainer.steps must be")
