@@ -60,9 +60,8 @@ from nca_lab.config import (  # noqa: E402
 )
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 
-OmegaConf.register_new_resolver(
-    JOB_DIR_RESOLVER, job_dir_name, replace=True
-)  # here: submitit's jobs import this module
+# Registered as this module loads: submitit's jobs load it too, to unpickle main.
+OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name, replace=True)
 
 #: The user's ``HYDRA_FULL_ERROR``, for the jobs: :func:`cli` sets Hydra's own to 1, so that
 #: Hydra raises its errors; with the user's at 1, nca_lab's errors keep their traceback too.
@@ -235,14 +234,13 @@ def cli() -> None:
     except JobFailed as failed:  # Hydra re-raises the first failed job's (from its process, for submitit)
         if full_report:
             raise
-        if _jobs_here["failed"]:
-            ran, failed_here = _jobs_here["ran"], _jobs_here["failed"]
-            print(
-                f"error: {failed_here} of the sweep's {ran} jobs failed; the first: {failed}",
-                file=sys.stderr,
-            )
-        else:
-            print(f"error: the sweep's other jobs ran; the first that failed: {failed}", file=sys.stderr)
+        ran, failed_here = _jobs_here["ran"], _jobs_here["failed"]
+        how_many = (
+            f"{failed_here} of the sweep's {ran} jobs failed; the first:"
+            if failed_here  # counted where the jobs ran in this process
+            else "the sweep's other jobs ran; the first that failed:"
+        )
+        print(f"error: {how_many} {failed}", file=sys.stderr)
         sys.exit(1)
     except USER_ERRORS as err:
         if full_report:
