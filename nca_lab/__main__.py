@@ -60,7 +60,8 @@ from nca_lab.config import (  # noqa: E402
 )
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 
-# Registered as this module loads: submitit's jobs load it too, to unpickle main.
+# Registered before Hydra composes; launchers that run jobs elsewhere (submitit) take it along
+# with Hydra's state, which holds OmegaConf's resolvers.
 OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir_name, replace=True)
 
 #: The user's ``HYDRA_FULL_ERROR``, for the jobs: :func:`cli` sets Hydra's own to 1, so that
@@ -110,7 +111,7 @@ def main(cfg: DictConfig) -> None:
         if os.environ.get(USER_FULL_ERROR) == "1" and jax.process_count() == 1:
             raise  # with its traceback: where a new module's constructor failed, say
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
-        reason = one_line(err) if isinstance(err, OSError) else set_by_experiment(str(err), choices.get("experiment"))
+        reason = one_line(err) if isinstance(err, OSError) else set_by_experiment(str(err), choices)
         message = f"{where}{reason}"
         print(f"error: {message}", file=sys.stderr)
         if sweep:  # the job's dir says why it has no results, once the sweep's output has scrolled away
@@ -123,6 +124,7 @@ def main(cfg: DictConfig) -> None:
             raise JobFailed(message) from err
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     except Exception as err:
+        _jobs_here["failed"] += sweep  # a bug's traceback: a failed job too
         if jax.process_count() == 1:
             raise
         if failed_computation(err):

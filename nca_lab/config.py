@@ -126,26 +126,32 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
     return f"unknown setting {key} ({nearest(leaf, names, parent)})"
 
 
-def set_by_experiment(message: str, experiment: str | None) -> str:
-    """``message`` of an unknown setting, said to be the ``experiment``'s where its preset sets
-    it: ``experiment=quick_growing task=mnist_inpainting`` was "unknown setting task.target_size
-    (did you mean task.patch_size?)", a setting the user never wrote."""
+def set_by_experiment(message: str, choices: dict[str, str | None]) -> str:
+    """``message`` of an unknown setting, said to be the chosen experiment's where its preset
+    sets it for a group the command then chose otherwise: ``experiment=quick_growing
+    task=mnist_inpainting`` was "unknown setting task.target_size (did you mean
+    task.patch_size?)", a setting the user never wrote. Other messages, and presets outside
+    ``conf/experiment/``, are left as they are."""
     from omegaconf import DictConfig, OmegaConf
 
-    found = re.match(r"unknown setting ([\w.]+) ", message)
+    experiment, found = choices.get("experiment"), re.match(r"unknown setting ([\w.]+) ", message)
     preset_file = config_dir() / "experiment" / f"{experiment}.yaml"
     if not found or experiment is None or not preset_file.is_file():
         return message
-    preset = OmegaConf.load(preset_file)
-    if OmegaConf.select(preset, found[1]) is None:
+    key = found[1]
+    group = key.split(".")[0]
+    try:
+        preset = OmegaConf.load(preset_file)
+        unset = object()
+        sets_it = OmegaConf.select(preset, key, default=unset, throw_on_resolution_failure=False) is not unset
+        picks = [
+            e[f"override /{group}"]
+            for e in preset.get("defaults", [])
+            if isinstance(e, DictConfig) and f"override /{group}" in e
+        ]
+    except Exception:  # noqa: BLE001 - a preset that does not load on its own: the message stands
         return message
-    group = found[1].split(".")[0]
-    picks = [
-        e[f"override /{group}"]
-        for e in preset.get("defaults", [])
-        if isinstance(e, DictConfig) and f"override /{group}" in e
-    ]
-    made_for = f" for {group}={picks[0]}" if picks else ""
-    return (
-        f"unknown setting {found[1]}: experiment={experiment} sets it{made_for} (drop experiment= for another {group})"
-    )
+    if not sets_it or not picks or choices.get(group) == picks[0]:
+        return message  # the preset's own group: a typo in the preset, which the message's hint serves
+    made_for = f"experiment={experiment} sets it for {group}={picks[0]}"
+    return f"unknown setting {key}: {made_for} (drop experiment= for another {group})"

@@ -83,9 +83,9 @@ def nearest(name: str, names: list[str], where: str = "") -> str:
 def closest(name: str, names: list[str]) -> str | None:
     """The one of ``names`` that ``name`` most likely meant: the nearest by difflib's ratio or,
     none near, the shortest that begins with it (``Sobel`` for ``SobelPerceive``, too short
-    for the ratio), matching case first; ``None`` if neither."""
+    for the ratio; 3 characters at least), matching case first; ``None`` if neither."""
     close = difflib.get_close_matches(name, names, n=1)
-    if close:
-        return close[0]
+    if close or len(name) < 3:
+        return close[0] if close else None
     longer = [n for n in names if n.startswith(name)] or [n for n in names if n.lower().startswith(name.lower())]
     return min(longer, key=len, default=None)

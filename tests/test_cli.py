@@ -294,6 +294,19 @@ def test_a_setting_an_experiment_made_for_another_group_says_so(tmp_path):
     )
 
 
+def test_only_a_preset_setting_for_a_group_chosen_otherwise_is_blamed_on_the_experiment():
+    from nca_lab.config import set_by_experiment
+
+    unknown = "unknown setting task.target_size (did you mean task.patch_size?)"
+    other_task = {"experiment": "quick_growing", "task": "mnist_inpainting"}
+    assert set_by_experiment(unknown, other_task).startswith("unknown setting task.target_size: experiment=quick")
+    own_task = {"experiment": "quick_growing", "task": "growing"}  # a typo of the preset's: the hint serves
+    assert set_by_experiment(unknown, own_task) == unknown
+    not_in_preset = "unknown setting task.colour (the task settings: ...)"
+    assert set_by_experiment(not_in_preset, other_task) == not_in_preset
+    assert set_by_experiment(unknown, {"experiment": "no_such_preset", "task": "x"}) == unknown
+
+
 def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     result = run_cli(*TINY, "trainer.steps=0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: trainer.steps must be")

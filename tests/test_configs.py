@@ -83,3 +83,11 @@ def test_submitit_launcher_presets_compose(launcher, target):
     assert cfg.hydra.launcher.timeout_min == 240
     if launcher == "slurm":  # README: one GPU per job, a job that times out is requeued
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.max_num_timeout > 0
+
+
+def test_a_did_you_mean_needs_three_characters_to_go_by_a_prefix():
+    from nca_lab.errors import closest
+
+    names = ["SOBEL_X", "SobelPerceive", "np", "sobel_kernels"]
+    assert closest("Sobel", names) == "SobelPerceive"  # too short for difflib's ratio: the name it begins
+    assert closest("", names) is None and closest("S", names) is None  # not "np" or a constant

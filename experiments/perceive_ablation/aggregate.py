@@ -37,7 +37,8 @@ def load_runs(sweep_dirs: list[Path]) -> list[dict]:
                 "seed": config["seed"],
                 "summary": json.loads(summary_path.read_text()),
                 "curve": [(r["step"], r["loss"]) for r in records if "loss" in r],
-                "steps_per_s": [r["steps_per_s"] for r in records if "steps_per_s" in r][1:],
+                # the first line's speed held the compile (nca_lab no longer reports it; older runs did)
+                "steps_per_s": [r["steps_per_s"] for r in records[1:] if "steps_per_s" in r],
             }
         )
     return runs
