@@ -77,7 +77,9 @@ def nearest(name: str, names: list[str], where: str = "") -> str:
     the nearest of ``names`` or, none near, all of them."""
     close = closest(name, names)
     prefix = f"{where}." if where else ""
-    return f"did you mean {prefix}{close}?" if close else f"the {where or 'top-level'} settings: {', '.join(names)}"
+    if close:
+        return f"did you mean {prefix}{close}?"
+    return f"the {where or 'top-level'} settings: {', '.join(names)}" if names else f"{where} takes no settings"
 
 
 def closest(name: str, names: list[str]) -> str | None:

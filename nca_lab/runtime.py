@@ -50,9 +50,27 @@ def quiet_checkpoint_write_callbacks() -> None:
     sys.unraisablehook = hook
 
 
+#: What a stop by :func:`stop_on_signals`'s handler runs before the process exits, newest
+#: first: :func:`on_stop`.
+_AT_STOP: list[Callable[[], None]] = []
+
+
+@contextlib.contextmanager
+def on_stop(callback: Callable[[], None]):
+    """Inside, a stop by :func:`stop_on_signals`'s handler runs ``callback`` before the process
+    exits: a run's logger closes its run (W&B's stayed "running") when a signal comes outside the
+    training steps, before the first or in the final evaluation."""
+    _AT_STOP.append(callback)
+    try:
+        yield
+    finally:
+        _AT_STOP.remove(callback)
+
+
 def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None) -> dict:
-    """Make SIGTERM and SIGINT print ``message`` (one line), run ``before_exit``, and exit
-    :data:`STOPPED` at once; return the handlers they had (for ``signal.signal`` to restore).
+    """Make SIGTERM and SIGINT print ``message`` (one line), run ``before_exit`` and what
+    :func:`on_stop` holds, and exit :data:`STOPPED` at once; return the handlers they had (for
+    ``signal.signal`` to restore).
 
     Not by raising ``KeyboardInterrupt``: raised in an import it is a page of traceback,
     inside XLA's compiler it crashed the process (SIGSEGV), and in a garbage-collection
@@ -61,9 +79,9 @@ def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None)
 
     def stop(signum, frame) -> None:
         del signum, frame
-        if before_exit is not None:
+        for callback in [before_exit or (lambda: None), *reversed(_AT_STOP)]:
             with contextlib.suppress(Exception):  # stopping must not turn into a traceback
-                before_exit()
+                callback()
         os.write(2, f"{message}\n".encode())
         os._exit(STOPPED)
 

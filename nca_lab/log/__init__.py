@@ -1,1 +1,1 @@
-"""Experiment loggers: one interface, a no-op and a Weights & Biases implementation."""
+"""Experiment loggers: one interface (``base.Logger``), each implementation a module (``logger=<name>``)."""

@@ -140,6 +140,8 @@ class WandbLogger(Logger):
                 self.run.summary[DASHBOARD_NAMES.get(key, key)] = value
         if error is not None:
             self.run.summary["error"] = error
+        elif "error" in self.run.summary.keys():  # noqa: SIM118 - W&B's Summary has no __contains__; a resumed run's earlier error
+            del self.run.summary["error"]
         if preempted:
             self.run.mark_preempting()
         self.run.finish(exit_code=1 if error is not None or preempted else 0)

@@ -26,6 +26,7 @@ from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.nca import NCA
 from nca_lab.perceive.base import Perceive
+from nca_lab.runtime import on_stop
 from nca_lab.train import multihost
 from nca_lab.train.construct import check_names, checked_factory, config_errors, construct
 from nca_lab.train.run_dir_lock import run_dir_lock
@@ -250,18 +251,27 @@ def _run(
         )
 
     try:
-        with out_of_memory_as(too_big):
+        with out_of_memory_as(too_big), on_stop(lambda: logger.finish(preempted=True)):
             summary = trainer.fit(
                 model, task, key=seed_keys(int(cfg.seed)).run, run_dir=run_dir, logger=logger, config=config
             )
     except Preempted:
-        logger.finish(preempted=True)
+        _finish_after_failure(logger, preempted=True)
         raise
     except BaseException as err:
-        logger.finish(error=f"{type(err).__name__}: {one_line(err)}")
+        _finish_after_failure(logger, error=f"{type(err).__name__}: {one_line(err)}")
         raise
     logger.finish(summary)
     return summary
+
+
+def _finish_after_failure(logger, **how) -> None:
+    """Close the logger of a run that failed or stopped; a failure of the logger's own then is a
+    warning, so that the run's error (its line, its exit status) is the one reported."""
+    try:
+        logger.finish(**how)
+    except Exception as err:  # noqa: BLE001 - any error of a logger's
+        print(f"warning: the logger did not close its run ({one_line(err)})", file=sys.stderr)
 
 
 def _write_records(run_dir: Path, config: dict, hydra_records: dict[str, str]) -> None:

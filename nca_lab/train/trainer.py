@@ -255,7 +255,7 @@ class Trainer:
         metadata = {
             "config": config or {},
             "alive_threshold": model.alive_threshold,
-            "wandb_run_id": logger.run_id,
+            "wandb_run_id": logger.run_id,  # any logger's run id (the name of the first, kept for saved runs)
             "grid": list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3]),  # for grow
             "horizon": self.horizon,
             "pool_size": task.pool_size,  # for grow: a pool trains the pattern to persist

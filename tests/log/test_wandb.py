@@ -1,5 +1,7 @@
 """W&B logging read back from offline run files; never blocking or failing a run."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from nca_lab.log import wandb as wandb_logger
@@ -162,3 +164,48 @@ def test_a_failed_run_says_why_and_a_preempted_one_is_marked_so(tmp_path, monkey
     (file,) = read_run(preempted)["runs"]
     kinds = [record.WhichOneof("record_type") for record in finished_records(file)]
     assert "preempting" in kinds and "error" not in read_run(preempted)["summary"]
+
+
+def test_a_signal_outside_the_training_steps_closes_the_run_as_preempted(tmp_path, monkeypatch):
+    """Before the first step or in the final evaluation the command exits at once (nothing to
+    save); the W&B run was left "running", its file without an exit record."""
+    import os
+    import signal
+
+    from nca_lab.config import compose
+    from nca_lab.runtime import stop_on_signals
+    from nca_lab.train import trainer as trainer_module
+    from nca_lab.train.run import run
+
+    from wandb_records import finished_records
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(status):
+        raise Exited(status)
+
+    def final_evaluation_stopped(*args, **kwargs):
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # the command's handler, as a signal runs it
+
+    previous = stop_on_signals("stopped: outside the training steps")
+    try:
+        monkeypatch.setattr(os, "_exit", exit_now)
+        monkeypatch.setattr(trainer_module.Trainer, "fit", final_evaluation_stopped)
+        with pytest.raises(Exited, match="143"):
+            run(compose(*WANDB_TINY), tmp_path)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    (file,) = read_run(tmp_path)["runs"]
+    kinds = [record.WhichOneof("record_type") for record in finished_records(file)]
+    assert "preempting" in kinds and kinds[-1] == "exit"
+
+
+def test_a_finished_resumed_run_drops_an_earlier_attempts_error():
+    calls = []
+    run = SimpleNamespace(summary={"error": "OSError: disk full"}, finish=lambda exit_code: calls.append(exit_code))
+    logger = object.__new__(wandb_logger.WandbLogger)
+    logger.run = run
+    logger.finish({"loss": 0.5})
+    assert run.summary == {"train/loss": 0.5} and calls == [0]
