@@ -115,6 +115,10 @@ class RunCheckpointer:
         """``step``, or :meth:`default_step`; :class:`ConfigError` if there is no such checkpoint."""
         step = self.default_step() if step is None else step
         steps = sorted(self.manager.all_steps())
+        if not steps and (self.directory / CHECKPOINTS).is_dir():  # RunCheckpointer(<run dir>), not find
+            raise ConfigError(
+                f"{self.directory}: a run dir; its checkpoints: RunCheckpointer.find({str(self.directory)!r})"
+            )
         require(step in steps, f"{self.directory}: no checkpoint of step {step} (there are {steps or 'none'})")
         return step
 

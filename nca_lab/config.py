@@ -25,9 +25,16 @@ def compose(*overrides: str):
     :func:`nca_lab.train.run.build` or :func:`~nca_lab.train.run.run`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException
 
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[quote_non_ascii(o) for o in overrides])
+    from nca_lab.errors import ConfigError, one_line
+
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=[quote_non_ascii(o) for o in overrides])
+    except ConfigCompositionException as err:  # the command's words for a mistyped setting, not Hydra's
+        mistyped = re.match(r"Could not override '([\w.]+)'", str(err))
+        raise ConfigError((mistyped and mistyped_setting(mistyped[1], list(overrides))) or one_line(err)) from err
     check_top_level(cfg)
     return cfg
 

@@ -42,14 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def export(checkpoint: str, out: Path, fmt: str = "webgl8") -> list[str]:
+def export(checkpoint: str | Path, out: str | Path, fmt: str = "webgl8") -> list[str]:
     """Write the model at ``checkpoint`` to ``out`` in format ``fmt``; returns notes for the user.
+
+    A model in memory: ``nca_lab.interop.to_webgl8(model)`` gives the document to write.
 
     Raises:
         ConfigError: the model cannot be read or does not fit the format.
     """
+    out = Path(out)
     model = read_model(checkpoint)
-    document = FORMATS[fmt](model, checkpoint)
+    document = FORMATS[fmt](model, str(checkpoint))
     text = json.dumps(document)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

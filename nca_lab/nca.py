@@ -14,7 +14,7 @@ from flax import nnx
 
 from nca_lab.active_cells import MIN_CELLS
 from nca_lab.alive import ALIVE_THRESHOLD, alive_mask
-from nca_lab.errors import require
+from nca_lab.errors import is_integer, require
 from nca_lab.kernels.fused_rollout import can_fuse, fused_rollout_parts
 from nca_lab.perceive.base import Perceive
 from nca_lab.step_vjp import residual_step
@@ -195,6 +195,8 @@ class NCA(nnx.Module):
             ``(final_state, frames)``; frames is ``(num_steps // frame_every + 1, ..., H, W, C)``
             (what ``frame_fn`` makes of it) or ``None``.
         """
+        if not is_integer(num_steps) or num_steps < 0:  # else a reshape's error, deep in JAX
+            raise ValueError(f"num_steps must be a Python int >= 0 (static: the scan's length), got {num_steps!r}")
         key = self.grid_keys(state, key)
         batch_shape = state.shape[:-3]
         flat_keys = jnp.reshape(key, (-1,))

@@ -54,18 +54,29 @@ def tile(images: Sequence[np.ndarray], columns: int | None = None, gap: int = 2)
     return grid
 
 
+def _pictures(images: np.ndarray) -> np.ndarray:
+    """``images`` checked to be uint8 RGB: a float state in [0, 1] was written as a black picture,
+    a raw 8-channel state as RGBA (:func:`to_uint8` of :func:`to_rgb` makes them pictures)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim < 3 or images.shape[-1] != 3:
+        raise ValueError(
+            f"expected uint8 RGB pictures (..., H, W, 3), got {images.dtype} {images.shape}: see to_uint8(to_rgb(x))"
+        )
+    return images
+
+
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 ``(H, W, 3)`` image as PNG, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(_pictures(image)).save(tmp, format="PNG")
     return path
 
 
 def save_gif(frames: Sequence[np.ndarray] | np.ndarray, path: str | os.PathLike, fps: int = 20) -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as a looping GIF, atomically."""
     path = Path(path)
-    pictures = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    pictures = [Image.fromarray(f) for f in _pictures(frames)]
     with atomic_path(path) as tmp:
         pictures[0].save(
             tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=max(1, round(1000 / fps)), loop=0

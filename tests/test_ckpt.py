@@ -156,3 +156,14 @@ def test_a_path_with_a_backslash_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"Orbax cannot keep checkpoints under a path with a backslash"):
         RunCheckpointer(tmp_path / "run_name=a\\:b" / "checkpoints")
     assert not (tmp_path / "run_name=a\\:b").exists()
+
+
+def test_a_checkpointer_opened_on_a_run_dir_points_to_find(tmp_path):
+    """It said "no checkpoint of step None (there are none)"."""
+    _, model, optimizer, _ = trained_state(steps=0)
+    RunCheckpointer(tmp_path / "checkpoints").save(
+        1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+    )
+    with pytest.raises(ConfigError, match=r"a run dir; its checkpoints: RunCheckpointer\.find\("):
+        RunCheckpointer(tmp_path, create=False).restore_model(model)
+    RunCheckpointer.find(tmp_path).restore_model(model)

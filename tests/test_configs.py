@@ -102,3 +102,13 @@ def test_a_group_without_settings_says_so():
     from nca_lab.errors import nearest
 
     assert nearest("colour", [], "logger") == "logger takes no settings"  # was "the logger settings: "
+
+
+def test_compose_words_a_mistyped_setting_as_the_command_does():
+    """From a notebook it was Hydra's "Could not override ... use +trainer.step=3", a setting nothing reads."""
+    from nca_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^unknown setting trainer\.step \(did you mean trainer\.steps\?\)$"):
+        compose("trainer.step=3")
+    with pytest.raises(ConfigError, match=r"Could not find 'perceive/nope'"):
+        compose("perceive=nope")

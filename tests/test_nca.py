@@ -149,3 +149,14 @@ def test_bad_state_or_key_is_named_at_trace_time(model, seeds, method, state, ke
     run = model.step if method == "step" else lambda s, k: model.rollout(s, k, 2)
     with pytest.raises(error, match=message):
         jax.jit(run)(state(seeds), key())
+
+
+@pytest.mark.parametrize("num_steps", [-3, 2.0, "jit"], ids=["negative", "float", "traced"])
+def test_a_bad_number_of_steps_is_one_line(model, seeds, num_steps):
+    """They were a reshape's error deep in JAX, or an unhashable tracer's."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"num_steps must be a Python int >= 0 \(static: the scan's length\)"):
+        if num_steps == "jit":
+            jax.jit(lambda s, k, n: model.rollout(s, k, n))(seeds, keys, 2)
+        else:
+            model.rollout(seeds, keys, num_steps)

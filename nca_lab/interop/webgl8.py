@@ -70,7 +70,7 @@ def read_webgl8(document, source: str) -> NCA:
     return original_nca(filter_major_to_tf(w1), b1, w2, b2)
 
 
-def to_webgl8(model: NCA, source: str) -> list[dict]:
+def to_webgl8(model: NCA, source: str = "the model") -> list[dict]:
     """The webgl8 document of ``model``, quantised as the authors' ``pack_layer`` does.
 
     The step size is folded into the last layer (the demo has none). The fire rate and the

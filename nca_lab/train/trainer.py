@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from nca_lab.atomic import atomic_path, write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
-from nca_lab.errors import is_integer, require
+from nca_lab.errors import ConfigError, is_integer, require
 from nca_lab.log.base import Logger, NullLogger
 from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
@@ -216,6 +216,13 @@ class Trainer:
         checkpoint. Returns the final metrics. With several processes, every one calls this
         and saves its share of each checkpoint; only process 0 writes the other files.
         """
+        try:  # saved with each checkpoint: a DictConfig failed at the first save, after its steps
+            json.dumps(config)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"config= must be plain JSON data, saved with each checkpoint (from a DictConfig: "
+                f"OmegaConf.to_container(cfg, resolve=True)); {err}"
+            ) from err
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         logger = logger or NullLogger()

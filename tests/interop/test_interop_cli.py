@@ -356,3 +356,10 @@ def test_ctrl_c_is_one_line_and_143(module, delay, tmp_path):
     }[module]
     assert interrupted(*args, module=module, after=delay) == (143, "stopped: by a signal\n")
     assert not (tmp_path / "grown").exists()
+
+
+def test_export_from_python_takes_paths_as_strings(tmp_path):
+    """``export(source, "<file>")`` failed: 'str' object has no attribute 'parent'."""
+    out = tmp_path / "sub" / "lizard.json"
+    assert export_cli.export(str(WEBGL8), str(out)) == []
+    assert json.loads(out.read_text()) == json.loads(WEBGL8.read_text())  # the released file, byte-equal in JSON

@@ -10,6 +10,7 @@ from flax import nnx
 
 from nca_lab.ckpt import RunCheckpointer
 from nca_lab.config import compose
+from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.train.run import build, seed_keys
 from nca_lab.train.trainer import TrainingDiverged
@@ -95,3 +96,12 @@ def test_a_seeds_weight_keys_share_no_bits_with_its_training_keys():
     run_keys = jax.random.key_data(jax.random.split(keys.run, 8))
     assert weight_keys.isdisjoint(bytes(np.asarray(k)) for k in run_keys)
     assert len(weight_keys) == 8
+
+
+def test_a_config_that_is_not_json_is_refused_before_the_first_step(tmp_path):
+    """A DictConfig from compose() trained, then failed at the first checkpoint save, inside Orbax's threads."""
+    cfg = compose(*TINY)
+    task, model, trainer = build(cfg)
+    with pytest.raises(ConfigError, match=r"config= must be plain JSON data, .*OmegaConf.to_container"):
+        trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path, config=cfg)
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
