@@ -27,7 +27,8 @@ class NCA(nnx.Module):
 
     States are channels-last ``(..., H, W, C)``: RGB (premultiplied by alpha) in 0-2, alpha
     in 3, hidden channels after. Every method is pure (keys in, states out), so it composes
-    with ``jit``, ``vmap``, ``grad`` and ``remat``.
+    with ``jit``, ``vmap``, ``grad`` and ``remat`` (forward-mode ``jvp``/``jacfwd`` with
+    ``manual_vjp=False``: the manual step VJP is a ``custom_vjp``).
     """
 
     def __init__(

@@ -123,6 +123,11 @@ class Trainer:
             f"trainer.rollout_steps must be [low, high] with 0 < low <= high, or one length, got {given!r}",
         )
         require(not (resume and init_from), "set at most one of trainer.resume and trainer.init_from")
+        require(
+            callable(optimizer),
+            f"trainer.optimizer must make the optimizer from the learning rate (optax.adam, not optax.adam(1e-3)), "
+            f"got {type(optimizer).__name__}",
+        )
         optimizer(learning_rate)  # its settings are checked when it is built: now, before any compile
         self.steps = steps
         self.batch_size = batch_size

@@ -107,3 +107,16 @@ def test_the_trainers_python_defaults_are_the_configs():
     assert {name: config[name] for name in defaults} == {
         name: list(value) if isinstance(value, tuple) else value for name, value in defaults.items()
     }
+
+
+def test_an_optimizer_instead_of_its_factory_is_one_line():
+    """``Trainer(optimizer=optax.adam(1e-3))`` was "'GradientTransformationExtraArgs' object is not callable"."""
+    import optax
+    import pytest
+
+    from nca_lab.errors import ConfigError
+    from nca_lab.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match=r"make the optimizer from the learning rate \(optax.adam, not optax"):
+        Trainer(steps=1, batch_size=1, learning_rate=1e-3, optimizer=optax.adam(1e-3))
+    Trainer(steps=1, batch_size=1, learning_rate=1e-3, optimizer=optax.adam)
