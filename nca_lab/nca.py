@@ -64,6 +64,15 @@ class NCA(nnx.Module):
                 VJP. ``"auto"``: on a CPU, for steps of at least
                 :data:`~nca_lab.active_cells.MIN_CELLS` cells; ``True`` or ``False`` force it.
         """
+        if isinstance(update, ResidualUpdate):  # a hand-built pair that does not fit: one line, not dot_general's
+            takes, makes = (update.hidden[0] if update.hidden else update.out).in_features, update.out.out_features
+            gives, channels = perceive.out_features, perceive.num_channels
+            require(
+                (takes, makes) == (gives, channels),
+                f"the update is sized for perceptions of {takes} features and {makes} channels; the perceive "
+                f"gives {gives} features of {channels} channels: ResidualUpdate(perceive.out_features, "
+                "perceive.num_channels, ...)",
+            )
         require(kernel in ("xla", "pallas"), f"kernel must be xla or pallas, got {kernel!r}")
         require(
             compact_cells in ("auto", True, False), f"compact_cells must be auto, true or false, got {compact_cells!r}"

@@ -160,3 +160,15 @@ def test_a_bad_number_of_steps_is_one_line(model, seeds, num_steps):
             jax.jit(lambda s, k, n: model.rollout(s, k, n))(seeds, keys, 2)
         else:
             model.rollout(seeds, keys, num_steps)
+
+
+def test_a_hand_built_update_of_the_wrong_size_is_one_line():
+    """It was a dot_general error 13 frames deep in flax, at the first step."""
+    from nca_lab.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"sized for perceptions of 32 features and 16 channels; the perceive gives 48"
+    ):
+        NCA(SobelPerceive(16), ResidualUpdate(32, 16, rngs=nnx.Rngs(0)))
+    with pytest.raises(ConfigError, match=r"and 8 channels; the perceive gives 48 features of 16 channels"):
+        NCA(SobelPerceive(16), ResidualUpdate(48, 8, rngs=nnx.Rngs(0)))
