@@ -241,8 +241,15 @@ class Trainer:
         def fresh_pool():
             return init_pool(task, pool_key, task.pool_size) if task.pool_size else None
 
+        grid = list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3])
         start, last = 0, {}
         if source is not None:  # the saved pool replaces a fresh one, of which only the shapes are needed
+            trained_on = source.metadata().get("grid", grid)  # another task's grid (a notebook's) carried on silently
+            require(
+                trained_on == grid,
+                f"{source.directory}: trained on a {trained_on[0]}x{trained_on[1]} grid, this task's is "
+                f"{grid[0]}x{grid[1]}: resume it with its own task, or train a new run dir from its weights",
+            )
             start, pool, train_key, saved = source.restore(model, optimizer, jax.eval_shape(fresh_pool))
             last = {"loss": saved["loss"]}  # what summary.json reports if the run had no step left
         else:
@@ -268,7 +275,7 @@ class Trainer:
             "config": config or {},
             "alive_threshold": model.alive_threshold,
             "wandb_run_id": logger.run_id,  # any logger's run id (the name of the first, kept for saved runs)
-            "grid": list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3]),  # for grow
+            "grid": grid,  # for grow
             "horizon": self.horizon,
             "pool_size": task.pool_size,  # for grow: a pool trains the pattern to persist
         }

@@ -203,3 +203,11 @@ def test_a_warm_start_from_another_model_is_refused_before_the_run_dir_is_writte
     assert not (target / "config_resolved.yaml").exists() and "training in" not in capsys.readouterr().err
     run_app(target, "trainer.steps=1", f"trainer.init_from={source}")  # the same model warm-starts
     assert (target / "summary.json").is_file()
+
+
+def test_fit_refuses_to_resume_a_run_of_another_grid(tmp_path):
+    """From Python, fit on a run dir with another task's grid carried the run on without a word."""
+    fit(tmp_path, "trainer.steps=2")
+    with pytest.raises(ConfigError, match=r"trained on a 12x12 grid, this task's is 14x14: resume it with its own"):
+        fit(tmp_path, "trainer.steps=4", "task.padding=3")
+    assert RunCheckpointer(tmp_path / "checkpoints", create=False).latest_step() == 2
