@@ -3,8 +3,9 @@
 Compares, with the same weights and the same function (``padding=None``, the masked form):
 
 * ``local``: :class:`nca_lab.perceive.attention.AttentionPerceive`, 9 shifted slices;
-* ``dense``: the common formulation (CAX's ``examples/48_attention_nca``, ViTCA): ``H * W``
-  tokens, an ``(HW) x (HW)`` score matrix per head, masked to the 3x3 neighbourhood;
+* ``dense``: CAX's formulation (``examples/48_attention_nca``): ``H * W`` tokens, an
+  ``(HW) x (HW)`` score matrix per head, masked to the 3x3 neighbourhood (ViTCA gathers the 9
+  neighbours with one-hot convolutions instead, linear in cells like ``local``);
 * ``sobel``: the fixed Sobel perceive, as a reference for the cost of a plain NCA.
 
 Each perceive feeds the residual update of ``conf/update/residual.yaml``. For every grid,

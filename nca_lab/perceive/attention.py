@@ -4,8 +4,9 @@ Reference: Tesfaldet et al., "Attention-based Neural Cellular Automata", NeurIPS
 (ViTCA): every cell is a token that attends only to its Moore neighbourhood, so the rule
 stays local and can run on any grid. CAX's example (``examples/48_attention_nca``) computes
 this by flattening the grid to ``H * W`` tokens and masking a dense ``(HW) x (HW)`` attention
-matrix, which costs ``O((HW)^2)`` time and memory (27M mask entries per head on a 72x72
-grid). Here the 9 keys and values of a cell are read as shifted slices of one padded grid
+matrix, which costs ``O((HW)^2)`` time and memory (a 27M-entry mask on a 72x72 grid, and a
+score matrix of that size per head); ViTCA gathers the 9 neighbours with a convolution of
+one-hot filters. Here the 9 keys and values of a cell are read as shifted slices of one padded grid
 (:mod:`nca_lab.perceive.stencil`), so time and memory grow linearly with the cells and neither a
 gather nor any ``HW x HW`` array (scores or mask) is ever built.
 
@@ -19,6 +20,15 @@ on one grid runs unchanged on another, and away from the border the rule is tran
 equivariant like every other NCA perceive. Absolute encodings (ViTCA's Fourier features, CAX's learned row and
 column embeddings) were left out: they tie the rule to a position on the grid, and CAX's
 learned table even fixes the largest grid.
+
+Other differences from ViTCA's model, for comparing with its numbers: no LayerNorm (ViTCA
+normalises before the attention, its feed-forward block and its output head); no feed-forward
+block (``x + FF(LN x)``, GELU): the residual update's ReLU MLP stands in for it and ViTCA's
+zero-initialised output head; its default sizes differ (ViTCA's code: one head of width 32);
+at the border ViTCA zero-pads the projected keys and values, which stay in the softmax with
+score 0, a rule neither ``padding`` setting reproduces (only the cells on the border ring
+perceive differently). ViTCA also keeps the corrupted input in channels the
+update never changes; nca_lab's tasks write it into the updated state.
 """
 
 import jax
@@ -44,8 +54,8 @@ class AttentionPerceive(Perceive):
     * perception ``= e_{ij} + (sum_o a_o v_o) W_out``, the residual form of a transformer
       block (ViTCA's ``x + MHSA(x)``), so the update sees its own cell undiluted.
 
-    With ``padding=None`` the neighbours outside the grid are left out of the softmax (the
-    masked formulation of ViTCA and CAX) instead of being cells of a constant state.
+    With ``padding=None`` the neighbours outside the grid are left out of the softmax (as CAX's
+    dense mask does) instead of being cells of a constant state.
     """
 
     def __init__(

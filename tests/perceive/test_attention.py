@@ -1,6 +1,6 @@
 """Tests of the local-attention perceive, against a dense masked-attention oracle.
 
-The oracle is the common formulation (CAX's attention NCA, ViTCA): flatten the grid to
+The oracle is nca_lab's function computed as CAX's attention NCA does: flatten the grid to
 ``H * W`` tokens, compute every query-key score and mask all but the 3x3 neighbourhood.
 It is written here with NumPy in float64, independently of the shifted-slice code.
 """
