@@ -21,8 +21,9 @@ equivariant like every other NCA perceive. Absolute encodings (ViTCA's Fourier f
 column embeddings) were left out: they tie the rule to a position on the grid, and CAX's
 learned table even fixes the largest grid.
 
-Other differences from ViTCA's model, for comparing with its numbers: no LayerNorm (ViTCA
-normalises before the attention, its feed-forward block and its output head); no feed-forward
+Other differences from ViTCA's model, for comparing with its numbers: LayerNorm only before
+the attention with ``layer_norm=True`` (ViTCA normalises there, before its feed-forward block
+and before its output head); no feed-forward
 block (``x + FF(LN x)``, GELU): the residual update's ReLU MLP stands in for it and ViTCA's
 zero-initialised output head; its default sizes differ (ViTCA's code: one head of width 32);
 at the border ViTCA zero-pads the projected keys and values, which stay in the softmax with
@@ -47,7 +48,8 @@ class AttentionPerceive(Perceive):
     For a state ``x`` of shape ``(..., H, W, C)``:
 
     * tokens ``e = x W_e + b_e`` (``perception_size`` features), computed on the grid padded
-      by one cell of value ``padding``;
+      by one cell of value ``padding``; with ``layer_norm``, queries, keys and values are
+      made from ``LayerNorm(e)`` instead (a pre-norm transformer block, ViTCA's ``x + MHSA(LN x)``);
     * per head ``h`` and offset ``o = (dr, dc)``, with ``n = (i + dr, j + dc)``:
       ``k_o = e_n W_k + r_k[o]``, ``v_o = e_n W_v + r_v[o]``, ``q = e_{ij} W_q``;
     * ``a_o = softmax_o(q . k_o / sqrt(d_head))`` over the 9 offsets;
@@ -66,6 +68,7 @@ class AttentionPerceive(Perceive):
         num_heads: int = 4,
         qkv_features: int | None = None,
         padding: float | None = 0.0,
+        layer_norm: bool = False,
         rngs: nnx.Rngs,
     ):
         """Build the perceive.
@@ -77,6 +80,7 @@ class AttentionPerceive(Perceive):
             qkv_features: total width of queries, keys and values (default ``perception_size``).
             padding: the state value of the cells outside the grid (0: empty cells, as the
                 other perceives), or ``None`` to leave them out of the attention.
+            layer_norm: normalise the tokens before the attention (ViTCA's pre-norm).
             rngs: parameter initialisation stream.
         """
         qkv_features = perception_size if qkv_features is None else qkv_features
@@ -102,12 +106,15 @@ class AttentionPerceive(Perceive):
         relative_init = nnx.initializers.normal(stddev=1.0)
         self.key_offsets = nnx.Param(relative_init(rngs.params(), (3, 3, qkv)))
         self.value_offsets = nnx.Param(relative_init(rngs.params(), (3, 3, qkv)))
+        # Last: the other weights are those of the same seed without it (an ablation changes one thing).
+        self.norm = nnx.LayerNorm(self.out_features, rngs=rngs) if layer_norm else None
 
     def __call__(self, state: jnp.ndarray) -> jnp.ndarray:
         """Perception ``(..., H, W, perception_size)`` of a state ``(..., H, W, C)``."""
         height, width = state.shape[-3], state.shape[-2]
         tokens = self.embed(pad_grid(state, 0.0 if self.padding is None else self.padding))
-        q, k, v = jnp.split(self.qkv(tokens), 3, axis=-1)  # on the padded grid
+        normed = tokens if self.norm is None else self.norm(tokens)
+        q, k, v = jnp.split(self.qkv(normed), 3, axis=-1)  # on the padded grid
 
         def split_heads(x: jnp.ndarray) -> jnp.ndarray:
             return x.reshape(*x.shape[:-1], self.num_heads, self.head_size)

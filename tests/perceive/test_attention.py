@@ -30,7 +30,12 @@ def _dense_masked(perceive: AttentionPerceive, grid: np.ndarray) -> np.ndarray:
     n, heads, size = height * width, perceive.num_heads, perceive.head_size
     param = lambda p: np.asarray(p[...], np.float64)  # noqa: E731
     tokens = grid.reshape(n, -1) @ param(perceive.embed.kernel) + param(perceive.embed.bias)
-    q, k, v = (t.reshape(n, heads, size) for t in np.split(tokens @ param(perceive.qkv.kernel), 3, axis=-1))
+    normed = tokens
+    if perceive.norm is not None:  # LayerNorm: each token to zero mean and unit variance, then scale and shift
+        centred = tokens - tokens.mean(-1, keepdims=True)
+        normed = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + perceive.norm.epsilon)
+        normed = normed * param(perceive.norm.scale) + param(perceive.norm.bias)
+    q, k, v = (t.reshape(n, heads, size) for t in np.split(normed @ param(perceive.qkv.kernel), 3, axis=-1))
     rel_k = param(perceive.key_offsets).reshape(9, heads, size)
     rel_v = param(perceive.value_offsets).reshape(9, heads, size)
 
@@ -76,6 +81,17 @@ def test_matches_dense_masked_attention(grid, heads, padding):
     perceive = _perceive(num_heads=heads, padding=padding)
     state = _state(grid)
     np.testing.assert_allclose(perceive(state), dense_oracle(perceive, state), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", [0.0, None])
+def test_layer_norm_matches_the_oracle_and_changes_the_perception(padding):
+    perceive, plain = _perceive(padding=padding, layer_norm=True), _perceive(padding=padding)
+    perceive.norm.scale[...] = jax.random.uniform(jax.random.key(3), (16,), minval=0.5, maxval=1.5)  # not the init's
+    perceive.norm.bias[...] = jax.random.normal(jax.random.key(4), (16,)) * 0.1
+    state = _state((6, 7))
+    np.testing.assert_allclose(perceive(state), dense_oracle(perceive, state), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(perceive.qkv.kernel[...], plain.qkv.kernel[...])  # the seed's other weights
+    assert not np.allclose(perceive(state), plain(state), atol=1e-3)
 
 
 def test_matches_oracle_with_separate_qkv_width_and_batch_dims():
