@@ -118,8 +118,11 @@ def table(records: list[dict]) -> str:
         else:
             timing, rate = [r["status"], "", ""], ""
             peak += " (plan)" if r["peak_bytes"] is not None else ""
-        how = r["note"] + (f"; {r['reason']}" if r["reason"] else "")
-        compiling = [f"{r[key]:.2f}" if not math.isnan(r[key]) else "-" for key in ("lower_s", "compile_s")]
+        how = "; ".join(part for part in (r["note"], r["reason"]) if part)
+        # a key missing (records from before lower_s) or null (NaN in JSON): not measured
+        compiling = [
+            "-" if r.get(key) is None or math.isnan(r[key]) else f"{r[key]:.2f}" for key in ("lower_s", "compile_s")
+        ]
         rows.append(
             [r["suite"], r["case"], impl, str(r["steps"]), str(r["repeats"]), *timing, *compiling, peak, rate]
             + [ratio, how]

@@ -72,7 +72,10 @@ def test_table_divides_the_peer_by_nca_lab():
     assert len({line.index("| cax") for line in lines[3:]} | {lines[0].index("| impl")}) == 1  # columns line up
     assert "25.00x" in cells(lines[3])
     assert cells(lines[0])[8:10] == ["lower s", "compile s"] and cells(lines[2])[8:10] == ["0.50", "1.00"]
-    assert "too_big" in cells(lines[4]) and "1 (plan)" in cells(lines[4]) and "; plans 90 GiB" in lines[4]
+    assert "too_big" in cells(lines[4]) and "1 (plan)" in cells(lines[4]) and cells(lines[4])[-1] == "plans 90 GiB"
+    earlier = {k: v for k, v in base.items() if k != "lower_s"} | {"compile_s": None}  # a record read back from JSON
+    read_back = table([{**earlier, "impl": "nca_lab", "median_ms": 10.0}]).splitlines()  # older, or NaN as null
+    assert cells(read_back[2])[8:10] == ["-", "-"]
 
 
 def test_with_several_kernels_rows_name_them_and_the_peer_is_divided_by_the_fastest():
