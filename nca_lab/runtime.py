@@ -79,7 +79,7 @@ def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None)
 
     def stop(signum, frame) -> None:
         del signum, frame
-        for callback in [before_exit or (lambda: None), *reversed(_AT_STOP)]:
+        for callback in filter(None, (before_exit, *reversed(_AT_STOP))):
             with contextlib.suppress(Exception):  # stopping must not turn into a traceback
                 callback()
         os.write(2, f"{message}\n".encode())

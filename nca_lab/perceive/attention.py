@@ -22,14 +22,14 @@ column embeddings) were left out: they tie the rule to a position on the grid, a
 learned table even fixes the largest grid.
 
 Other differences from ViTCA's model, for comparing with its numbers: LayerNorm only before
-the attention with ``layer_norm=True`` (ViTCA normalises there, before its feed-forward block
-and before its output head); no feed-forward
-block (``x + FF(LN x)``, GELU): the residual update's ReLU MLP stands in for it and ViTCA's
-zero-initialised output head; its default sizes differ (ViTCA's code: one head of width 32);
-at the border ViTCA zero-pads the projected keys and values, which stay in the softmax with
-score 0, a rule neither ``padding`` setting reproduces (only the cells on the border ring
-perceive differently). ViTCA also keeps the corrupted input in channels the
-update never changes; nca_lab's tasks write it into the updated state.
+the attention, with ``layer_norm=True`` (ViTCA normalises there, before its feed-forward block
+and before its output head); no feed-forward block (``x + FF(LN x)``, GELU): the residual
+update's ReLU MLP stands in for it and for ViTCA's zero-initialised output head; other default
+sizes (ViTCA's code: one head of width 32); at the border ViTCA zero-pads the projected keys
+and values, which stay in the softmax with score 0, a rule neither ``padding`` setting
+reproduces (only the cells on the border ring perceive differently). ViTCA also keeps the
+corrupted input in channels the update never changes; nca_lab's tasks write it into the
+updated state.
 """
 
 import jax
