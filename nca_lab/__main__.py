@@ -52,9 +52,9 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from nca_lab.config import (  # noqa: E402
     JOB_DIR_RESOLVER,
+    composition_error,
     config_dir,
     job_dir_name,
-    mistyped_setting,
     quote_non_ascii,
     set_by_experiment,
 )
@@ -247,9 +247,7 @@ def cli() -> None:
     except USER_ERRORS as err:
         if full_report:
             raise
-        mistyped = re.match(r"Could not override '([\w.]+)'", str(err))
-        message = mistyped and mistyped_setting(mistyped[1], sys.argv[1:])
-        print(f"error: {message or one_line(err)}", file=sys.stderr)
+        print(f"error: {composition_error(err, sys.argv[1:])}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -27,14 +27,13 @@ def compose(*overrides: str):
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
-    from nca_lab.errors import ConfigError, one_line
+    from nca_lab.errors import ConfigError
 
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=[quote_non_ascii(o) for o in overrides])
     except ConfigCompositionException as err:  # the command's words for a mistyped setting, not Hydra's
-        mistyped = re.match(r"Could not override '([\w.]+)'", str(err))
-        raise ConfigError((mistyped and mistyped_setting(mistyped[1], list(overrides))) or one_line(err)) from err
+        raise ConfigError(composition_error(err, list(overrides))) from err
     check_top_level(cfg)
     return cfg
 
@@ -98,6 +97,15 @@ def quote_non_ascii(arg: str) -> str:
     if not match or arg.isascii() or any(c in match[2] for c in "'\"[]{}()"):
         return arg
     return f"{match[1]}=" + ",".join(v if v.isascii() else f"'{v}'" for v in match[2].split(","))
+
+
+def composition_error(err: Exception, overrides: list[str]) -> str:
+    """One line for an error of composing the config from ``overrides``: Hydra's "Could not
+    override '<key>'" as :func:`mistyped_setting` words it, any other as its first line."""
+    from nca_lab.errors import one_line
+
+    mistyped = re.match(r"Could not override '([\w.]+)'", str(err))
+    return (mistyped and mistyped_setting(mistyped[1], overrides)) or one_line(err)
 
 
 def mistyped_setting(key: str, overrides: list[str]) -> str | None:
