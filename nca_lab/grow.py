@@ -120,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--angle must be a finite number of degrees")
     if args.damage and args.steps is not None and args.steps < 2:
         parser.error("--damage needs --steps of at least 2 (the hole is cut halfway through)")
+    if args.size is not None:
+        args.size = (args.size[0], args.size[-1])  # (H, W): one side is a square
     return args
 
 
@@ -253,7 +255,7 @@ def default_out(name: str, args: argparse.Namespace) -> Path:
     ``<name>_<H>x<W>_steps<N>_seed<S>_fire<P>_angle<A>_damage``."""
     parts = [name]
     if args.size:
-        parts.append(f"{args.size[0]}x{args.size[-1]}")
+        parts.append(f"{args.size[0]}x{args.size[1]}")
     if args.steps:
         parts.append(f"steps{args.steps}")
     if args.seed:  # seed 0 is the default
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         grid, steps, name = trained_setting(args.model)
         out = Path(args.out) if args.out else default_out(name, args)
         check_not_a_run(out)
-        size = (args.size[0], args.size[-1]) if args.size else grid
+        size = args.size or grid
         steps = args.steps or steps
         final, paths = grow_and_write(model, size, steps, args.seed, args.damage, out)
     except ConfigError as err:
