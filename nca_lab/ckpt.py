@@ -7,7 +7,12 @@ directory and renames it when complete, so a process killed mid-save leaves the 
 checkpoint loadable.
 """
 
+import json
 import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +83,8 @@ class RunCheckpointer:
         arrays = ("model", "optimizer", "rng", "pool")
         handlers = {item: ocp.StandardCheckpointHandler(use_ocdbt=False) for item in arrays}
         handlers["meta"] = ocp.JsonCheckpointHandler()
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        with _readable(lambda: _unreadable_loss(self.directory), lambda: f"move it out of {self.directory}"):
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self.selected_step: int | None = None
 
     @classmethod
@@ -122,6 +128,16 @@ class RunCheckpointer:
         require(step in steps, f"{self.directory}: no checkpoint of step {step} (there are {steps or 'none'})")
         return step
 
+    def _reading(self, step: int):
+        """:func:`_readable` for checkpoint ``step``: the way out is the checkpoint before it."""
+
+        def way_out() -> str:
+            earlier = [s for s in self.manager.all_steps() if s < step]
+            before = f"step {max(earlier)}" if earlier else "there is none"
+            return f"move it out of {self.directory} to use the checkpoint before it ({before})"
+
+        return _readable(lambda: self.directory / str(step), way_out)
+
     def save(
         self,
         step: int,
@@ -153,13 +169,15 @@ class RunCheckpointer:
     def metadata(self, step: int | None = None) -> dict:
         """The JSON metadata of checkpoint ``step`` (default: :meth:`default_step`)."""
         step = self._step(step)
-        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        with self._reading(step):
+            return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def restore_model(self, model: nnx.Module, step: int | None = None) -> None:
         """Load the saved variables into ``model`` in place (a warm start, or inference)."""
         step = self._step(step)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, "model")))["model"]
-        _assign(model, restored, f"{self.directory / str(step)}")
+        with self._reading(step):
+            restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, "model")))
+        _assign(model, restored["model"], f"{self.directory / str(step)}")
 
     def check_fits(self, model: nnx.Module, step: int | None = None) -> None:
         """Raise :class:`ConfigError` unless checkpoint ``step``'s model fits ``model``, reading
@@ -172,7 +190,8 @@ class RunCheckpointer:
     def _saved(self, step: int, item: str):
         """The arrays of ``item`` in checkpoint ``step``, as shapes and dtypes on this process's first device."""
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        saved = self.manager.item_metadata(step)[item]
+        with self._reading(step):
+            saved = self.manager.item_metadata(step)[item]
         return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved)
 
     def _on_one_device(self, step: int, *items: str) -> dict:
@@ -197,7 +216,8 @@ class RunCheckpointer:
             f"{where} does not fit this config (one of them trains with a sample pool, the other without)",
         )
         arrays = ("model", "optimizer", "rng") + (("pool",) if pool is not None else ())
-        restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, *arrays)))
+        with self._reading(step):
+            restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, *arrays)))
         _assign(model, restored["model"], where)
         _assign(optimizer, restored["optimizer"], where, "optimizer state, from another trainer.optimizer")
         if pool is not None:
@@ -206,6 +226,44 @@ class RunCheckpointer:
             pool = type(pool)(**saved)
         key = jax.random.wrap_key_data(np.asarray(restored["rng"]["key_data"]))
         return step, pool, key, meta
+
+
+@contextmanager
+def _readable(where: Callable[[], Path], way_out: Callable[[], str]) -> Iterator[None]:
+    """Orbax's and TensorStore's errors in reading a damaged checkpoint (a file cut short, an
+    item deleted: a full disk, a copy that broke off) as one :class:`ConfigError` naming it,
+    instead of a traceback. Every re-run would fail the same way, so the line ends with
+    ``way_out()``: which checkpoint to move aside, and what is read then."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - Orbax wraps TensorStore's ValueError in a bare Exception
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        reason = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+        reason = reason.splitlines()[0].split(" [tensorstore_spec=")[0]  # not TensorStore's JSON spec
+        sys.unraisablehook = partial(_without_abandoned_reads, sys.unraisablehook)
+        raise ConfigError(f"{where()}: a damaged checkpoint? It cannot be read ({reason}); {way_out()}") from err
+
+
+def _without_abandoned_reads(hook: Callable, unraisable) -> None:
+    """``hook``, but quiet about the reads of a damaged checkpoint that Orbax left pending: each
+    fails again as it is collected, a page of traceback under the line that said why."""
+    if getattr(unraisable.object, "__qualname__", "") != "_read_array_index_and_device_put":
+        hook(unraisable)
+
+
+def _unreadable_loss(directory: Path) -> Path:
+    """The first checkpoint in ``directory`` whose saved loss is not JSON (Orbax reads each
+    one when it opens the directory), or the directory if none is."""
+    for step in sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()):
+        try:
+            json.loads((directory / str(step) / "metrics" / "metrics").read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return directory / str(step)
+    return directory
 
 
 def _names(tree) -> set[str]:

@@ -1,6 +1,8 @@
 """Orbax checkpoints: full round trip, warm start, bad paths and incompatible configs."""
 
 import logging
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -167,3 +169,49 @@ def test_a_checkpointer_opened_on_a_run_dir_points_to_find(tmp_path):
     with pytest.raises(ConfigError, match=r"a run dir; its checkpoints: RunCheckpointer\.find\("):
         RunCheckpointer(tmp_path, create=False).restore_model(model)
     RunCheckpointer.find(tmp_path).restore_model(model)
+
+
+DAMAGES = {  # what a full disk, a copy that broke off or a bad sector leaves in checkpoint 2
+    "an array cut short": lambda step: next((step / "model").glob("update.out.kernel/0*")).write_bytes(b""),
+    "an item deleted": lambda step: shutil.rmtree(step / "optimizer"),
+    "the metadata cut short": lambda step: (step / "meta" / "metadata").write_text("{"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_one_before(tmp_path, damage):
+    """Orbax and TensorStore raised a traceback of some 150 lines at every resume or grow of it."""
+    _, model, optimizer, _ = trained_state(steps=0)
+    checkpointer = RunCheckpointer(tmp_path / "checkpoints")
+    for step in (1, 2):
+        checkpointer.save(
+            step, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+        )
+    DAMAGES[damage](tmp_path / "checkpoints" / "2")
+    found = RunCheckpointer.find(tmp_path)
+    where = re.escape(str(tmp_path / "checkpoints"))
+    expected = (
+        rf"^{where}/2: a damaged checkpoint\? It cannot be read \(.+\); "
+        rf"move it out of {where} to use the checkpoint before it \(step 1\)$"
+    )
+    with pytest.raises(ConfigError, match=expected) as caught:
+        found.restore(model, optimizer, None)
+    assert "\n" not in str(caught.value) and "tensorstore_spec" not in str(caught.value)
+    (tmp_path / "checkpoints" / "2").rename(tmp_path / "damaged")  # as the line says: the one before is read
+    assert RunCheckpointer.find(tmp_path).restore(model, optimizer, None)[0] == 1
+
+
+def test_a_damaged_saved_loss_names_its_checkpoint(tmp_path):
+    """Orbax reads every checkpoint's loss when it opens the dir: an old one's stopped the newest's use."""
+    _, model, optimizer, _ = trained_state(steps=0)
+    checkpointer = RunCheckpointer(tmp_path / "checkpoints")
+    for step in (1, 2):
+        checkpointer.save(
+            step, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+        )
+    (tmp_path / "checkpoints" / "1" / "metrics" / "metrics").write_text("")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{tmp_path}/checkpoints/1: a damaged checkpoint\? .+; move it out of {tmp_path}/checkpoints$",
+    ):
+        RunCheckpointer.find(tmp_path)
