@@ -10,13 +10,19 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; it becomes ``path`` when the block completes.
 
-    A rename within a directory is atomic, so readers see the old file or the new one. If the
-    block raises, the temporary file is removed and ``path`` is left as it was.
+    A rename within a directory is atomic, so readers see the old file or the new one. The
+    file is synced to disk before the rename: else a machine crash could leave ``path`` renamed
+    but empty. If the block raises, the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: several may write a file
     try:
         yield tmp
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -29,3 +29,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_text_is_written_whole_as_utf8(tmp_path):
     path = write_text_atomically(tmp_path / "config_resolved.yaml", "target: 🦎\n")
     assert path.read_bytes() == "target: 🦎\n".encode() and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_the_file_is_synced_to_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """Else a machine crash can leave the new name on an empty file (a summary.json of 0 bytes)."""
+    import os
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd)
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a))) or replace(a, b))
+    write_text_atomically(tmp_path / "summary.json", "{}\n")
+    tmp = str(tmp_path / f".summary.json.{os.getpid()}.tmp")
+    assert events == [("fsync", tmp), ("replace", tmp)]

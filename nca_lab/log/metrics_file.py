@@ -6,9 +6,11 @@ written before it died (a resume rewrites the file whole or not at all).
 
 import json
 import math
+import os
 from pathlib import Path
 
 from nca_lab.atomic import write_text_atomically
+from nca_lab.errors import ConfigError
 
 #: The file in a run dir; its presence marks a dir a run trained in (``grow`` will not write there).
 METRICS = "metrics.jsonl"
@@ -44,6 +46,13 @@ class MetricsFile:
         self._file.write(json.dumps({"step": step, **clean}) + "\n")
         self._file.flush()
 
+    def sync(self) -> None:
+        """Make the lines written so far durable (``fsync``): a flush only hands them to the OS,
+        which a machine crash can lose while a later checkpoint (Orbax syncs its files) survives;
+        the resumed run would then miss them for good."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def close(self) -> None:
         """Close the file."""
         self._file.close()
@@ -55,11 +64,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
     A last line cut short (the disk filled, or the job was killed, while it was written) is
     left out, so a run can resume after it; the line is rewritten from the checkpoint's step on.
     """
-    text = (Path(run_dir) / METRICS).read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and not text.endswith("\n") and not _is_json(lines[-1]):
+    path = Path(run_dir) / METRICS
+    text = path.read_text(encoding="utf-8")
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if lines and not text.endswith("\n") and not _is_json(lines[-1][1]):
         lines.pop()
-    return [json.loads(line) for line in lines]
+    records = []
+    for number, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:  # damaged in the middle: not by a kill, which cuts the end only
+            raise ConfigError(f"{path}: line {number} is not JSON ({line[:40]!r}): mend or delete it") from err
+    return records
 
 
 def _is_json(line: str) -> bool:

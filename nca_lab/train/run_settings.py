@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nca_lab.errors import is_integer, require
+from nca_lab.errors import ConfigError, is_integer, require
 
 #: The settings that say what a checkpoint is a run of. Resuming under others would continue
 #: that run while the run dir's config says something else; trainer, logger and execution
@@ -49,7 +49,13 @@ def completed_summary(run_dir: Path, config: dict) -> dict:
         f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir "
         f"(trainer.init_from={run_dir} starts from its weights)",
     )
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    completed = run_dir / "summary.json"
+    try:
+        summary = json.loads(completed.read_text(encoding="utf-8"))
+    except ValueError as err:  # written atomically; damaged since (a copy that broke off, say)
+        raise ConfigError(
+            f"{completed} cannot be read ({err}): delete it to evaluate the run again from its last checkpoint"
+        ) from err
     steps = config["trainer"]["steps"]
     # deleting summary.json only trains on: at the same steps it would evaluate again, at fewer it is refused
     train_on = is_integer(steps) and steps > summary["step"]  # no advice for a trainer.steps that is no count

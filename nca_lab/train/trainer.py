@@ -319,6 +319,8 @@ class Trainer:
             bar.set_postfix(loss=f"{record['loss']:.4g}")
 
         def save(step: int) -> Path:
+            if metrics_file is not None:  # its lines on disk first: a crash cannot keep a checkpoint past them
+                metrics_file.sync()
             metadata_now = {**metadata, "loss": last["loss"]}
             return checkpointer.save(
                 step, model=model, optimizer=optimizer, pool=pool, key=train_key, metadata=metadata_now
@@ -350,6 +352,9 @@ class Trainer:
                         where = save(step)
                     if stopping:
                         raise Preempted(f"by a signal after step {step}; checkpoint saved to {where}")
+                if multihost.any_process(stop.is_set()):  # one came while the final checkpoint was written
+                    last_saved = checkpointer.directory / str(self.steps)
+                    raise Preempted(f"by a signal after step {self.steps}; checkpoint saved to {last_saved}")
             bar.close()
             evaluation = self._evaluate(model, task, eval_key, self.steps, metrics_file, logger)
             self._render(model, task, eval_key, run_dir, self.steps, logger)

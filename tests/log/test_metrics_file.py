@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import MetricsFile, read_metrics
 
 
@@ -50,3 +51,12 @@ def test_a_resume_that_cannot_rewrite_the_file_keeps_every_line(tmp_path, monkey
     monkeypatch.undo()
     assert read_metrics(tmp_path) == records
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_a_line_damaged_in_the_middle_is_one_line_naming_it(tmp_path):
+    """It was a JSONDecodeError's traceback at every resume (a kill only ever cuts the last line)."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n\n{"step": 2, "lo\n{"step": 3, "loss": 0.3}\n')
+    with pytest.raises(
+        ConfigError, match=r"metrics\.jsonl: line 3 is not JSON \('\{\"step\": 2, \"lo'\): mend or delete it$"
+    ):
+        read_metrics(tmp_path)

@@ -1,6 +1,7 @@
 """Preemption and crashes lose nothing: a run stopped by SIGTERM or killed by SIGKILL and then
 resumed logs exactly what an uninterrupted run logs (CPU, same seed and config)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -146,6 +147,49 @@ def test_a_run_killed_after_its_last_checkpoint_reports_the_saved_loss_and_evalu
     fit(tmp_path)
     (tmp_path / "summary.json").unlink()  # as if killed after the final evaluation, before the summary
     assert (fit(tmp_path), logged(tmp_path)) == uninterrupted
+
+
+def test_a_signal_while_the_final_checkpoint_is_written_stops_before_the_evaluation(
+    tmp_path, monkeypatch, uninterrupted
+):
+    """It was lost: the run evaluated, rendered, wrote summary.json and exited 0, past a
+    cluster's grace period."""
+    save = RunCheckpointer.save
+
+    def save_with_a_signal(self, step, **kwargs):
+        if step == 8:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        return save(self, step, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunCheckpointer, "save", save_with_a_signal)
+        with pytest.raises(Preempted, match=f"after step 8; checkpoint saved to {tmp_path}/checkpoints/8$"):
+            fit(tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    assert (fit(tmp_path), logged(tmp_path)) == uninterrupted  # resumed: evaluates, once
+
+
+def test_the_metrics_lines_are_on_disk_before_each_checkpoint(tmp_path, monkeypatch):
+    """A flush alone let a machine crash keep a checkpoint (Orbax syncs) and lose the lines
+    before it, which the resumed run never wrote again."""
+    events = []
+    fsync, save = os.fsync, RunCheckpointer.save
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
+    monkeypatch.setattr(RunCheckpointer, "save", lambda self, step, **kw: events.append(step) or save(self, step, **kw))
+    fit(tmp_path)
+    metrics = str(tmp_path / "metrics.jsonl")
+    saves = [i for i, event in enumerate(events) if isinstance(event, int)]
+    assert [events[i] for i in saves] == [2, 4, 6, 8]
+    assert all(events[i - 1] == metrics for i in saves)
+
+
+def test_a_damaged_summary_is_one_line_saying_how_to_evaluate_again(tmp_path):
+    run_app(tmp_path, "trainer.steps=2")
+    (tmp_path / "summary.json").write_text('{"step": 2, "lo')
+    with pytest.raises(ConfigError, match=r"summary\.json cannot be read \(.+\): delete it to evaluate the run again"):
+        run_app(tmp_path, "trainer.steps=2")
+    (tmp_path / "summary.json").unlink()
+    assert run_app(tmp_path, "trainer.steps=2")["step"] == 2
 
 
 def test_a_bad_resume_path_is_refused_even_when_the_run_dir_has_checkpoints(tmp_path):
