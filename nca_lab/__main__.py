@@ -31,7 +31,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from nca_lab.runtime import STOPPED, configure_jax_environment, quiet_checkpoint_write_callbacks, stop_on_signals
+from nca_lab.runtime import STOPPED, configure_jax_environment, quiet_checkpoint_io_callbacks, stop_on_signals
 
 #: What a signal before the first training step or in the final evaluation prints; the training
 #: steps install their own handler, which finishes the step and saves first, and restore this one.
@@ -41,7 +41,7 @@ if __name__ == "__main__":
     stop_on_signals(STOPPED_OUTSIDE_TRAINING)  # before the imports below, which take seconds
 
 configure_jax_environment()
-quiet_checkpoint_write_callbacks()
+quiet_checkpoint_io_callbacks()
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -74,8 +74,9 @@ class JobFailed(Exception):
     Hydra's launcher goes on with the other jobs and reports the failure at the end."""
 
 
-#: How many of a sweep's jobs this process ran and how many failed: the count for the sweep's
-#: last line where the jobs run in this process (Hydra's basic launcher; submitit's run in others).
+#: How many jobs this process ran and how many failed: the count for a sweep's last line where
+#: the jobs run in this process (Hydra's basic launcher; submitit's run in others), and whether
+#: an error came before any job (Hydra's own: a flag, its log file, a launcher).
 _jobs_here = {"ran": 0, "failed": 0}
 
 
@@ -90,7 +91,7 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    _jobs_here["ran"] += sweep
+    _jobs_here["ran"] += 1
     made_now = not sweep and _made_by_hydra_now(hydra_cfg)
     choices = {group: choice for group, choice in hydra_cfg.runtime.choices.items() if not group.startswith("hydra/")}
     try:
@@ -248,6 +249,21 @@ def cli() -> None:
         if full_report:
             raise
         print(f"error: {composition_error(err, sys.argv[1:])}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        if full_report:
+            raise
+        if type(err).__name__ == "UncompletedJobError":  # submitit's: a job's process died (killed, out of memory)
+            print(f"error: a job of the sweep ended without a result ({one_line(err)}); ", end="", file=sys.stderr)
+            print("running the sweep again resumes it", file=sys.stderr)
+            sys.exit(1)
+        if _jobs_here["ran"]:
+            raise  # a job's: a bug, with its traceback
+        # Hydra's, before any job: a flag it refuses (-m with --cfg), `experiment=null`, a search
+        # path or launcher it cannot use, a log file it cannot open (a read-only run dir).
+        nulled = [arg for arg in sys.argv[1:] if arg.endswith("=null") and (config_dir() / arg[:-5]).is_dir()]
+        hint = f" (to leave out the {nulled[0][:-5]} group: ~{nulled[0][:-5]})" if nulled else ""
+        print(f"error: {one_line(err)}{hint}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -9,10 +9,8 @@ checkpoint loadable.
 
 import json
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -244,15 +242,7 @@ def _readable(where: Callable[[], Path], way_out: Callable[[], str]) -> Iterator
             cause = cause.__cause__
         reason = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
         reason = reason.splitlines()[0].split(" [tensorstore_spec=")[0]  # not TensorStore's JSON spec
-        sys.unraisablehook = partial(_without_abandoned_reads, sys.unraisablehook)
         raise ConfigError(f"{where()}: a damaged checkpoint? It cannot be read ({reason}); {way_out()}") from err
-
-
-def _without_abandoned_reads(hook: Callable, unraisable) -> None:
-    """``hook``, but quiet about the reads of a damaged checkpoint that Orbax left pending: each
-    fails again as it is collected, a page of traceback under the line that said why."""
-    if getattr(unraisable.object, "__qualname__", "") != "_read_array_index_and_device_put":
-        hook(unraisable)
 
 
 def _unreadable_loss(directory: Path) -> Path:

@@ -14,7 +14,12 @@ import math
 import sys
 from pathlib import Path
 
-from nca_lab.runtime import STOPPED_BY_SIGNAL, configure_jax_environment, stop_on_signals
+from nca_lab.runtime import (
+    STOPPED_BY_SIGNAL,
+    configure_jax_environment,
+    quiet_checkpoint_io_callbacks,
+    stop_on_signals,
+)
 
 if __name__ == "__main__":
     stop_on_signals(STOPPED_BY_SIGNAL)  # before the imports below, which take seconds
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 def cli() -> None:
     """The command: :func:`main`, with SIGTERM and SIGINT one line and exit status 143."""
     stop_on_signals(STOPPED_BY_SIGNAL)
+    quiet_checkpoint_io_callbacks()  # under a damaged checkpoint's one line
     main()
 
 

@@ -30,21 +30,25 @@ def configure_jax_environment() -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-def quiet_checkpoint_write_callbacks() -> None:
-    """Drop the ``RuntimeError: Event loop is closed`` that a failed checkpoint write leaves.
+def quiet_checkpoint_io_callbacks() -> None:
+    """Drop what a failed checkpoint write or read leaves behind it: the ``RuntimeError: Event
+    loop is closed`` of TensorStore's callbacks, and Orbax's abandoned reads.
 
-    When one of a checkpoint's writes fails (a full disk), orbax reports it, which the app
-    prints as one ``error:`` line, and closes its asyncio loop; TensorStore's other writes,
-    still in flight, then call back into the closed loop, and Python prints each as an
-    unraisable exception: pages of identical tracebacks under the one line that matters (seen
-    in half the runs on a full 600 kB file system). Every other unraisable exception still
-    goes to the hook that was there.
+    When one of a checkpoint's writes fails (a full disk) or one of its reads (a damaged
+    checkpoint), orbax reports it, which the commands print as one ``error:`` line, and closes
+    its asyncio loop; TensorStore's other writes and reads, still in flight, then call back into
+    the closed loop, and the reads it had not awaited fail again as they are collected. Python
+    prints each as an unraisable exception: pages of tracebacks under the one line that
+    matters (seen in half the runs on a full 600 kB file system). Every other unraisable
+    exception still goes to the hook that was there.
     """
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
         value = unraisable.exc_value
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+        closed_loop = isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        abandoned_read = getattr(unraisable.object, "__name__", "") == "_read_array_index_and_device_put"
+        if not (closed_loop or abandoned_read):
             previous(unraisable)
 
     sys.unraisablehook = hook

@@ -307,6 +307,33 @@ def test_only_a_preset_setting_for_a_group_chosen_otherwise_is_blamed_on_the_exp
     assert set_by_experiment(unknown, {"experiment": "no_such_preset", "task": "x"}) == unknown
 
 
+HYDRA_REFUSALS = {  # raised by Hydra before any job runs: each was a traceback and exit 1
+    "a missing --config-dir": (
+        ["--config-dir", "no_such_dir", "--cfg", "job"],
+        "error: Additional config directory '{cwd}/no_such_dir' not found",
+    ),
+    "a group set to null": (
+        ["experiment=null", "--cfg", "job"],
+        "error: Config group override must be a string or a list. Got NoneType (to leave out the experiment "
+        "group: ~experiment)",
+    ),
+    "-m with --cfg": (["-m", "--cfg", "job", "seed=1,2"], "error: Only one of --run, --multirun, --cfg, --info and"),
+    "a sweep the launcher cannot run": (
+        ["-m", "logger=none", "trainer.learning_rate=interval(1e-3,2e-3)"],
+        "error: BasicSweeper does not support sweep type : INTERVAL_SWEEP",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HYDRA_REFUSALS)
+def test_what_hydra_refuses_before_a_job_runs_is_one_line_and_exit_2(case, tmp_path):
+    args, message = HYDRA_REFUSALS[case]
+    result = run_cli(*args, cwd=tmp_path)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr[-2000:]
+    assert result.stderr.startswith(message.format(cwd=tmp_path))
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.json*"))
+
+
 def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     result = run_cli(*TINY, "trainer.steps=0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: trainer.steps must be")

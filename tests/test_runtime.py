@@ -3,18 +3,31 @@
 import sys
 from types import SimpleNamespace
 
-from nca_lab.runtime import quiet_checkpoint_write_callbacks
+from nca_lab.runtime import quiet_checkpoint_io_callbacks
 
 
-def test_only_the_closed_event_loop_of_a_failed_checkpoint_write_is_dropped(monkeypatch):
+def test_only_the_closed_event_loop_and_the_abandoned_reads_of_a_failed_checkpoint_are_dropped(monkeypatch):
     """A full disk: TensorStore's writes still in flight call back into orbax's closed asyncio
-    loop, and Python reports each as unraisable. Those are dropped; any other still reaches the
-    hook that was installed before."""
+    loop, and Python reports each as unraisable; a damaged checkpoint: the reads orbax did not
+    await fail as they are collected. Those are dropped; any other still reaches the hook that
+    was installed before."""
     reported = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))
-    quiet_checkpoint_write_callbacks()
+    quiet_checkpoint_io_callbacks()
     closed, other = RuntimeError("Event loop is closed"), RuntimeError("something else")
     for value in (closed, other, ValueError("Event loop is closed")):
         sys.unraisablehook(SimpleNamespace(exc_type=type(value), exc_value=value, exc_traceback=None, object=None))
     assert [str(v) for v in reported] == ["something else", "Event loop is closed"]
     assert type(reported[1]) is ValueError
+
+    async def _read_array_index_and_device_put():  # the name of orbax's coroutine
+        pass
+
+    async def another_coroutine():
+        pass
+
+    for coroutine in (_read_array_index_and_device_put(), another_coroutine()):
+        value = Exception("Encountered error while reading array index")
+        sys.unraisablehook(SimpleNamespace(exc_type=Exception, exc_value=value, exc_traceback=None, object=coroutine))
+        coroutine.close()
+    assert len(reported) == 3 and reported[2].args == ("Encountered error while reading array index",)

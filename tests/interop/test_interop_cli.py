@@ -14,7 +14,7 @@ from nca_lab import grow as grow_cli
 from nca_lab.interop import read_model
 from nca_lab.perceive.sobel import SobelPerceive
 
-from nca_testing import interrupted, run_cli
+from nca_testing import TINY, interrupted, run_cli
 from original_reference import TFJS_GRAPH, WEBGL8
 from webgl8_checks import assert_within_quantisation, dense_params
 
@@ -363,3 +363,21 @@ def test_export_from_python_takes_paths_as_strings(tmp_path):
     out = tmp_path / "sub" / "lizard.json"
     assert export_cli.export(str(WEBGL8), str(out)) == []
     assert json.loads(out.read_text()) == json.loads(WEBGL8.read_text())  # the released file, byte-equal in JSON
+
+
+def test_a_damaged_checkpoint_is_one_line_from_grow_and_export(tmp_path):
+    """A checkpoint's array cut short: Orbax's traceback, then its abandoned reads' and
+    TensorStore's closed-loop tracebacks, at every grow or export of the run."""
+    from nca_lab.config import compose
+    from nca_lab.train.run import run
+
+    run(compose(*TINY, "trainer.checkpoint_every=1"), tmp_path / "run")
+    kernel = tmp_path / "run" / "checkpoints" / "2" / "model" / "update.out.kernel"
+    for chunk in kernel.glob("0*"):
+        chunk.write_bytes(b"")
+    for module, out in (("nca_lab.grow", "grown"), ("nca_lab.export", "model.json")):
+        result = run_cli(str(tmp_path / "run"), "--out", str(tmp_path / out), module=module)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+        assert result.stderr.startswith(f"error: {kernel.parent.parent}: a damaged checkpoint? It cannot be read (")
+        assert result.stderr.endswith("to use the checkpoint before it (step 1)\n")
+        assert not (tmp_path / out).exists()
