@@ -89,6 +89,7 @@ def main(cfg: DictConfig) -> None:
     from nca_lab.train.run import run
     from nca_lab.train.trainer import OutOfMemory, Preempted, TrainingDiverged
 
+    _checkpoint_reports_to_the_log_file()
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     _jobs_here["ran"] += 1
@@ -140,6 +141,18 @@ def main(cfg: DictConfig) -> None:
             sys.stderr.flush()
         os._exit(1)  # not sys.exit: JAX's exit handler would wait for the others, which exit too
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
+
+
+def _checkpoint_reports_to_the_log_file() -> None:
+    """Orbax's notes and its worker threads' tracebacks (the ``absl`` and ``asyncio`` loggers,
+    ``conf/config.yaml``) go to the job's log file, not the console, where the failure is one
+    ``error:`` line; nowhere if the job logs to no file (``hydra/job_logging=disabled`` or
+    ``stdout``, which have no file handler for a config to name)."""
+    files = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.handlers = files or [logging.NullHandler()]
+        logger.propagate = False
 
 
 def _check_own_dir(run_dir: Path, launch_dir: Path) -> None:

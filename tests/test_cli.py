@@ -334,6 +334,14 @@ def test_what_hydra_refuses_before_a_job_runs_is_one_line_and_exit_2(case, tmp_p
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.json*"))
 
 
+def test_a_job_logging_without_a_log_file_trains(tmp_path):
+    """``hydra/job_logging=disabled`` (or ``stdout``): the config routed Orbax's reports to a
+    ``file`` handler those options do not have, a traceback before the job started."""
+    result = run_cli(*TINY, "hydra/job_logging=disabled", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0 and result.stdout.startswith("done: "), result.stderr[-2000:]
+    assert (tmp_path / "summary.json").is_file() and not (tmp_path / "__main__.log").exists()
+
+
 def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     result = run_cli(*TINY, "trainer.steps=0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: trainer.steps must be")
