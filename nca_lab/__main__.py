@@ -93,10 +93,11 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     _jobs_here["ran"] += 1
-    made_now = not sweep and _made_by_hydra_now(hydra_cfg)
+    log_name = f"{hydra_cfg.job.name}.log"  # Hydra's job log (hydra.job.name: __main__, unless set)
+    made_now = not sweep and _made_by_hydra_now(hydra_cfg, log_name)
     choices = {group: choice for group, choice in hydra_cfg.runtime.choices.items() if not group.startswith("hydra/")}
     try:
-        _check_own_dir(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd))
+        _check_own_dir(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd), log_name)
         summary = run(
             cfg,
             hydra_cfg.runtime.output_dir,
@@ -109,7 +110,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(STOPPED)
     except (ConfigError, TrainingDiverged, OSError, OutOfMemory) as err:
         if made_now and isinstance(err, ConfigError):
-            _remove_unused(Path(hydra_cfg.runtime.output_dir))
+            _remove_unused(Path(hydra_cfg.runtime.output_dir), log_name)
         if os.environ.get(USER_FULL_ERROR) == "1" and jax.process_count() == 1:
             raise  # with its traceback: where a new module's constructor failed, say
         where = f"{hydra_cfg.runtime.output_dir}: " if sweep else ""
@@ -117,7 +118,7 @@ def main(cfg: DictConfig) -> None:
         message = f"{where}{reason}"
         print(f"error: {message}", file=sys.stderr)
         if sweep:  # the job's dir says why it has no results, once the sweep's output has scrolled away
-            with contextlib.suppress(OSError), open(Path(hydra_cfg.runtime.output_dir) / "__main__.log", "a") as log:
+            with contextlib.suppress(OSError), open(Path(hydra_cfg.runtime.output_dir) / log_name, "a") as log:
                 log.write(f"error: {message}\n")
         if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
             os._exit(1)  # maybe this process's alone: the others wait for it in a collective (a sweep too)
@@ -155,13 +156,13 @@ def _checkpoint_reports_to_the_log_file() -> None:
         logger.propagate = False
 
 
-def _check_own_dir(run_dir: Path, launch_dir: Path) -> None:
+def _check_own_dir(run_dir: Path, launch_dir: Path, log_name: str) -> None:
     """Refuse a run dir that is the dir the command was started in, or holds it, unless it holds
     a run (``cd <run>; python -m nca_lab hydra.run.dir=.`` resumes it): an empty
     ``hydra.run.dir=`` (a shell variable unset) trained into a checkout's top, among its files."""
     holds_a_run = (run_dir / "config_resolved.yaml").is_file()
     if launch_dir.resolve().is_relative_to(run_dir.resolve()) and not holds_a_run:
-        log = run_dir / "__main__.log"
+        log = run_dir / log_name
         with contextlib.suppress(OSError):  # Hydra's, empty: made for this command
             if log.stat().st_size == 0:
                 log.unlink()
@@ -169,26 +170,22 @@ def _check_own_dir(run_dir: Path, launch_dir: Path) -> None:
         raise ConfigError(f"{where} (an empty hydra.run.dir?): give the run a dir of its own")
 
 
-#: What Hydra and the run dir lock put into a run dir before nca_lab writes anything.
-_BEFORE_TRAINING = {"__main__.log", ".lock"}
-
-
-def _made_by_hydra_now(hydra_cfg: DictConfig) -> bool:
+def _made_by_hydra_now(hydra_cfg: DictConfig, log_name: str) -> bool:
     """Whether the run dir is Hydra's timestamped default, holding only the log Hydra made for
     this command (not a dir the user named with ``hydra.run.dir``, which may have been theirs)."""
     named = any(override.startswith("hydra.run.dir=") for override in hydra_cfg.overrides.hydra)
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    return not named and {path.name for path in run_dir.iterdir()} <= {"__main__.log"}
+    return not named and {path.name for path in run_dir.iterdir()} <= {log_name}
 
 
-def _remove_unused(run_dir: Path) -> None:
+def _remove_unused(run_dir: Path, log_name: str) -> None:
     """Delete the run dir Hydra made for a command that was refused (its log empty), and its
     day's dir if that is left empty, so that mistyped commands leave no trail of empty
     timestamped dirs under ``outputs/``."""
     with contextlib.suppress(OSError):  # a dir already gone, or not removable: nothing to tidy
         names = {path.name for path in run_dir.iterdir()}
-        log = run_dir / "__main__.log"
-        if names <= _BEFORE_TRAINING and (not log.exists() or log.stat().st_size == 0):
+        log = run_dir / log_name  # Hydra's; with the run dir lock, all there is before nca_lab writes
+        if names <= {log_name, ".lock"} and (not log.exists() or log.stat().st_size == 0):
             for name in names:
                 (run_dir / name).unlink()
             run_dir.rmdir()

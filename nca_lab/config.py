@@ -91,10 +91,11 @@ def quote_non_ascii(arg: str) -> str:
 
     Hydra's override grammar has no unquoted non-ASCII characters, so the most natural way
     to pick an emoji target was a parse error. Each comma-separated value (a sweep's choices)
-    that has one is quoted; arguments already using quotes, lists or functions are left alone.
+    that has one is quoted; arguments already using quotes, lists or functions are left alone,
+    as are flags (``--config-dir=/home/zoë/conf`` is a path, which quotes would break).
     """
     match = _OVERRIDE.fullmatch(arg)
-    if not match or arg.isascii() or any(c in match[2] for c in "'\"[]{}()"):
+    if not match or arg.isascii() or arg.startswith("-") or any(c in match[2] for c in "'\"[]{}()"):
         return arg
     return f"{match[1]}=" + ",".join(v if v.isascii() else f"'{v}'" for v in match[2].split(","))
 

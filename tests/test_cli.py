@@ -350,6 +350,8 @@ def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     other.mkdir(parents=True)
     assert run_cli(*TINY, "trainer.steps=0", cwd=tmp_path).returncode == 2
     assert sorted((tmp_path / "outputs").rglob("*")) == [other.parent, other]
+    assert run_cli(*TINY, "trainer.steps=0", "hydra.job.name=foo", cwd=tmp_path).returncode == 2  # log: foo.log
+    assert sorted((tmp_path / "outputs").rglob("*")) == [other.parent, other]
     named = tmp_path / "mine"  # a run dir named by the user is theirs: kept
     named.mkdir()
     assert run_cli(*TINY, "trainer.steps=0", f"hydra.run.dir={named}").returncode == 2
@@ -422,6 +424,8 @@ def test_unreadable_image_is_one_clear_line(tmp_path):
         ("task.target=choice(🦋,🦎)", "task.target=choice(🦋,🦎)"),  # the grammar's own forms are left alone
         ("trainer.steps=5", "trainer.steps=5"),
         ("-m", "-m"),
+        ("--config-dir=/home/zoë/conf", "--config-dir=/home/zoë/conf"),  # a flag's path: quotes made it no path
+        ("-cd=/home/zoë/conf", "-cd=/home/zoë/conf"),
     ],
 )
 def test_non_ascii_override_values_are_quoted_for_hydra(arg, parsed):
