@@ -41,7 +41,7 @@ class WandbLogger(Logger):
         entity: str | None = None,
         mode: Mode | None = None,
         group: str | None = None,
-        tags: list[str] | None = None,
+        tags: list[str] | str | None = None,
         run_id: str | None = None,
         init_timeout: float = 30.0,
     ):
@@ -55,7 +55,8 @@ class WandbLogger(Logger):
             entity: W&B entity (user or team); ``None`` for the default.
             mode: ``online``, ``offline`` or ``disabled``; ``None`` reads ``WANDB_MODE`` (default online).
             group: W&B group (a sweep's name), if any.
-            tags: W&B tags.
+            tags: W&B tags; one string is one tag (``logger.tags=ablation``, or a sweep's
+                ``-m logger.tags=a,b``), not one per character.
             run_id: resume this run id instead of starting a new run.
             init_timeout: seconds ``wandb.init`` may take online before falling back to offline.
         """
@@ -70,7 +71,7 @@ class WandbLogger(Logger):
             entity=entity,
             name=name,
             group=group,
-            tags=list(tags or []),
+            tags=[tags] if isinstance(tags, str) else [str(tag) for tag in tags or []],
             config=config,
             dir=str(run_dir),
             id=run_id,

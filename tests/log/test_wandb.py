@@ -209,3 +209,13 @@ def test_a_finished_resumed_run_drops_an_earlier_attempts_error():
     logger.run = run
     logger.finish({"loss": 0.5})
     assert run.summary == {"train/loss": 0.5} and calls == [0]
+
+
+@pytest.mark.parametrize(("tags", "expected"), [("ablation", ("ablation",)), (["a", 2], ("a", "2")), (None, ())])
+def test_one_tag_given_as_a_string_is_one_tag(tmp_path, tags, expected):
+    """``logger.tags=ablation`` (or a sweep's ``-m logger.tags=a,b``) tagged the run a, b, l, ..."""
+    logger = wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t", mode="offline", tags=tags)
+    try:
+        assert tuple(logger.run.tags) == expected
+    finally:
+        logger.finish({})
