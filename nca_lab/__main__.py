@@ -201,7 +201,8 @@ def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
     return {
         "config.yaml": OmegaConf.to_yaml(cfg),
         "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
-        "overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task)),
+        # as typed: iterating resolved each one (trainer.steps=${x} saved as trainer.steps=20, or failed)
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.to_container(hydra_cfg.overrides.task)),
     }
 
 

@@ -55,12 +55,16 @@ def one_line(err: BaseException) -> str:
     """``err``'s message as one line: Hydra's and OmegaConf's span several, with a cause."""
     if isinstance(err, OSError) and err.filename:
         return f"{err.filename}: {os_reason(err)}"
-    lines = []
+    lines, where = [], None
     for line in str(err).splitlines():
         if line.startswith("Config search path"):
             break
+        key = re.fullmatch(r"\s*full_key: (\S+)", line)  # OmegaConf's: the setting the error is in
+        where = where or (key and key[1])
         if line.strip() and not re.fullmatch(r"\s*(\^|full_key:.*|object_type=.*)", line):
             lines.append(line.strip())
+    if where and where not in " ".join(lines):  # "Interpolation key 'x' not found": in which setting?
+        lines.append(f"(in {where})")
     cause = err.__cause__
     if cause is not None and str(cause).strip() and str(cause) not in str(err):
         lines.append(f"({one_line(cause)})")
