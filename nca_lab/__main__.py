@@ -91,6 +91,10 @@ def main(cfg: DictConfig) -> None:
 
     _checkpoint_reports_to_the_log_file()
     hydra_cfg = HydraConfig.get()
+    # Paths in settings (task.target=dot.png, trainer.init_from) are the command line's, relative
+    # to where it was typed; nca_lab writes into the run dir by path. hydra.job.chdir=true made
+    # them relative to the run dir: "image not found". Hydra changes back after the job.
+    os.chdir(hydra_cfg.runtime.cwd)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     _jobs_here["ran"] += 1
     log_name = f"{hydra_cfg.job.name}.log"  # Hydra's job log (hydra.job.name: __main__, unless set)

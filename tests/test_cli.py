@@ -339,12 +339,15 @@ def test_what_hydra_refuses_before_a_job_runs_is_one_line_and_exit_2(case, tmp_p
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.json*"))
 
 
-def test_a_job_logging_without_a_log_file_trains(tmp_path):
+def test_hydra_job_settings_a_user_brings_along_train(tmp_path):
     """``hydra/job_logging=disabled`` (or ``stdout``): the config routed Orbax's reports to a
-    ``file`` handler those options do not have, a traceback before the job started."""
-    result = run_cli(*TINY, "hydra/job_logging=disabled", f"hydra.run.dir={tmp_path}")
+    ``file`` handler those options do not have, a traceback before the job started.
+    ``hydra.job.chdir=true``: a relative ``task.target`` was looked for in the run dir."""
+    Image.new("RGBA", (6, 6), (200, 30, 30, 255)).save(tmp_path / "dot.png")
+    settings = ("hydra/job_logging=disabled", "hydra.job.chdir=true", "task.target=dot.png", "hydra.run.dir=run")
+    result = run_cli(*TINY, *settings, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("done: "), result.stderr[-2000:]
-    assert (tmp_path / "summary.json").is_file() and not (tmp_path / "__main__.log").exists()
+    assert (tmp_path / "run" / "summary.json").is_file() and not (tmp_path / "run" / "__main__.log").exists()
 
 
 def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):

@@ -73,7 +73,7 @@ def load_rgba(source: "str | Image.Image") -> Image.Image:
     path = Path(source).expanduser() if looks_like_path(source) else emoji_path(source.strip())
     require(not path.is_dir(), f"{path} is a directory: task.target must be an emoji character or an image path")
     if not path.is_file():
-        raise ConfigError(f"image not found: {path}")
+        raise ConfigError(f"image not found: {path}" + ("" if path.is_absolute() else f" (relative to {Path.cwd()})"))
     try:
         with Image.open(path) as img:
             if "A" not in img.getbands() and "transparency" not in img.info:
