@@ -43,13 +43,18 @@ def check_top_level(cfg) -> None:
 
     Hydra refuses ``seedd=3``, but ``+seedd=3`` adds the key, and nothing reads it: the run
     trained with seed 0. Inside a group the constructors refuse unknown keys; here nothing else
-    would. ``~seed`` removes a setting the app needs: one line here, not OmegaConf's error later.
+    would. A key that an interpolation reads is a value of the user's own (``+size=32
+    task.target_size=${size}``, or ``size: 32`` in a config of theirs), kept. ``~seed`` removes a
+    setting the app needs: one line here, not OmegaConf's error later.
     """
+    from omegaconf import OmegaConf
+
     from nca_lab.errors import ConfigError, nearest
 
     required, known = _top_level()
+    read = set(re.findall(r"\$\{(\w+)[.\[}]", OmegaConf.to_yaml(cfg)))  # ${size}, ${size.x}: unresolved
     for key in cfg:
-        if key not in known:
+        if key not in known and key not in read:
             raise ConfigError(f"unknown setting {key} ({nearest(key, sorted(known))})")
     missing = sorted(required - set(cfg))
     if missing:

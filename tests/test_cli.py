@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import pytest
 from PIL import Image
@@ -261,6 +262,15 @@ BAD_INPUTS = [
 
 def test_one_rollout_length_is_a_fixed_length():
     assert build(compose(*TINY, "trainer.rollout_steps=5"))[2].rollout_steps == (5, 5)
+
+
+def test_a_value_of_ones_own_that_an_interpolation_reads_is_kept():
+    """``+size=8 task.target_size=${size}`` (or ``size: 8`` in a config of one's own) was refused
+    as an unknown setting; one that nothing reads still is (``+size=8`` alone, above)."""
+    tiny = [o for o in TINY if not o.startswith("task.target_size=")]
+    cfg = compose(*tiny, "+grid=9", "+sizes={target: 7}", "task.target_size=${sizes.target}", "task.padding=${grid}")
+    task, _, _ = build(cfg)
+    assert (cfg.task.target_size, cfg.task.padding) == (7, 9) and task.sample(jax.random.key(0), 1).state.shape[1] == 25
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS)
