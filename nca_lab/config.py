@@ -19,19 +19,23 @@ def config_dir() -> Path:
     return packaged if (packaged / "config.yaml").is_file() else _PACKAGE.parent / "conf"
 
 
-def compose(*overrides: str):
+def compose(*overrides: str, config_name: str = "config", config_dirs: tuple[str, ...] = ()):
     """The app's config with ``overrides`` (``"task=diffusing"``, ``"trainer.steps=20"``), as
     ``python -m nca_lab`` composes it, for a notebook or a script: hand it to
-    :func:`nca_lab.train.run.build` or :func:`~nca_lab.train.run.run`."""
+    :func:`nca_lab.train.run.build` or :func:`~nca_lab.train.run.run`. ``config_dirs`` and
+    ``config_name`` are the command's ``--config-dir`` (configs of one's own, searched too)
+    and ``--config-name`` (a primary config of one's own)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
     from nca_lab.errors import ConfigError
 
+    searched = [f"hydra.searchpath=[{','.join(f'file://{Path(d).resolve()}' for d in config_dirs)}]"]
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=[quote_non_ascii(o) for o in overrides])
+            overrides = [quote_non_ascii(o) for o in overrides] + (searched if config_dirs else [])
+            cfg = hydra_compose(config_name, overrides=overrides)
     except ConfigCompositionException as err:  # the command's words for a mistyped setting, not Hydra's
         raise ConfigError(composition_error(err, list(overrides))) from err
     check_top_level(cfg)
@@ -123,7 +127,7 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
 
-    from nca_lab.errors import nearest
+    from nca_lab.errors import closest, nearest
     from nca_lab.train.construct import option_names
 
     parent, _, leaf = key.rpartition(".")
@@ -135,16 +139,34 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
             for o in parsed
             if o.key_or_group.lstrip("~+") != key and not o.key_or_group.startswith("hydra.")
         ]
-        cfg = compose(*others)
+        cfg = compose(*others, **_config_flags(overrides))
     except Exception:  # noqa: BLE001 - any error of the others: Hydra's message stands
         return None
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig):
         return None
-    if "_target_" in node and leaf in (option_names(node) or ()):
+    options = (option_names(node) or ()) if "_target_" in node else ()
+    if leaf in options:
         return None  # an option its class takes: Hydra's "+key=..." is right
     names = [name for name in node if not name.startswith("_")]
+    left_out = closest(leaf, [name for name in options if name not in node]) if not closest(leaf, names) else None
+    if left_out:  # the nearest is an option the yaml does not list
+        return f"unknown setting {key} (did you mean {parent}.{left_out}? not in its yaml: +{parent}.{left_out}=...)"
     return f"unknown setting {key} ({nearest(leaf, names, parent)})"
+
+
+def _config_flags(argv: list[str]) -> dict:
+    """A command line's ``--config-dir``/``-cd`` and ``--config-name``/``-cn``, as :func:`compose`'s arguments."""
+    flags, words = {}, iter(argv)
+    for word in words:
+        flag, given, value = word.partition("=")
+        if flag in ("--config-dir", "-cd", "--config-name", "-cn"):
+            value = value if given else next(words, "")
+            if flag in ("--config-dir", "-cd"):
+                flags["config_dirs"] = (*flags.get("config_dirs", ()), value)
+            else:
+                flags["config_name"] = value
+    return flags
 
 
 def set_by_experiment(message: str, choices: dict[str, str | None]) -> str:

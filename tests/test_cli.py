@@ -298,6 +298,28 @@ def test_a_mistyped_setting_in_a_sweep_names_the_nearest_one(tmp_path):
     assert result.stderr == "error: unknown setting trainer.stepz (did you mean trainer.steps?)\n"
 
 
+def test_a_mistyped_setting_of_ones_own_config_dir_is_named_from_it(tmp_path, monkeypatch):
+    """With ``--config-dir``, the hint came from nca_lab's own configs: Hydra's ``+key`` advice for
+    a user's option, or "unknown setting" with the package sobel's settings for an option the
+    user's class takes."""
+    from nca_lab.config import mistyped_setting
+
+    (tmp_path / "conf" / "perceive").mkdir(parents=True)
+    (tmp_path / "conf" / "perceive" / "gained.yaml").write_text("_target_: gained.GainedSobel\n_partial_: true\n")
+    (tmp_path / "gained.py").write_text(
+        "from nca_lab.perceive.sobel import SobelPerceive\n\n\nclass GainedSobel(SobelPerceive):\n"
+        "    def __init__(self, num_channels, *, gain: float = 1.0, **kwargs):\n"
+        "        super().__init__(num_channels, **kwargs)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for flags in (["--config-dir", str(tmp_path / "conf")], [f"-cd={tmp_path / 'conf'}"]):
+        argv = [*flags, "perceive=gained", "perceive.gainn=2"]
+        assert mistyped_setting("perceive.gainn", argv) == (
+            "unknown setting perceive.gainn (did you mean perceive.gain? not in its yaml: +perceive.gain=...)"
+        )
+        assert mistyped_setting("perceive.gain", [*flags, "perceive=gained", "perceive.gain=2"]) is None  # Hydra's +
+
+
 def test_a_setting_an_experiment_made_for_another_group_says_so(tmp_path):
     """It was "unknown setting task.target_size (did you mean task.patch_size?)": a setting the
     user never wrote, with a hint at another."""
