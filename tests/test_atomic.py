@@ -44,3 +44,14 @@ def test_the_file_is_synced_to_disk_before_it_replaces_the_old_one(tmp_path, mon
     write_text_atomically(tmp_path / "summary.json", "{}\n")
     tmp = str(tmp_path / f".summary.json.{os.getpid()}.tmp")
     assert events == [("fsync", tmp), ("replace", tmp)]
+
+
+def test_a_write_that_fails_without_a_file_name_names_the_file(tmp_path):
+    """A full disk: "error: [Errno 28] No space left on device", without saying which file."""
+    import errno
+
+    from nca_lab.errors import one_line
+
+    with pytest.raises(OSError) as caught, atomic_path(tmp_path / "config_resolved.yaml"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert one_line(caught.value) == f"{tmp_path / 'config_resolved.yaml'}: No space left on device"
