@@ -30,7 +30,7 @@ from nca_lab.runtime import on_stop
 from nca_lab.train import multihost
 from nca_lab.train.construct import check_names, checked_factory, config_errors, construct
 from nca_lab.train.run_dir_lock import run_dir_lock
-from nca_lab.train.run_settings import completed_summary, setting_changes
+from nca_lab.train.run_settings import completed_summary, recorded_config, setting_changes
 from nca_lab.train.trainer import OutOfMemory, Preempted
 from nca_lab.update.base import Update
 
@@ -223,7 +223,14 @@ def _run(
         if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
             run_id = saved.get("wandb_run_id")
         start = f", resuming {checkpoint}"
-    elif trainer.init_from:  # checked now, not after the run dir is written
+    else:  # a run that died before its first checkpoint is started again only under its own settings
+        changes = setting_changes(recorded_config(run_dir), config)
+        require(
+            not changes,
+            f"{run_dir} holds a run with other settings ({changes}) that saved no checkpoint: "
+            "give this one another run dir",
+        )
+    if resumed is None and trainer.init_from:  # checked now, not after the run dir is written
         RunCheckpointer.find(trainer.init_from).check_fits(model)
     print(f"training in {run_dir}{start}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)

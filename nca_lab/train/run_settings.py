@@ -41,9 +41,7 @@ def setting_changes(saved: dict, config: dict) -> str:
 
 def completed_summary(run_dir: Path, config: dict) -> dict:
     """The summary of the completed run in ``run_dir``, if ``config`` asks for that run (a line says it is skipped)."""
-    saved_config = run_dir / "config_resolved.yaml"
-    saved = OmegaConf.to_container(OmegaConf.load(saved_config)) if saved_config.is_file() else {}
-    changes = setting_changes(saved, config)
+    changes = setting_changes(recorded_config(run_dir), config)
     require(
         not changes,
         f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir "
@@ -62,6 +60,12 @@ def completed_summary(run_dir: Path, config: dict) -> dict:
     hint = f" (delete its summary.json to train on to step {steps})" if train_on else ""
     print(f"skipped {run_dir}: already completed at step {summary['step']}{hint}", file=sys.stderr)
     return summary
+
+
+def recorded_config(run_dir: Path) -> dict:
+    """The resolved config the run in ``run_dir`` recorded when it started training (``{}`` if none)."""
+    recorded = run_dir / "config_resolved.yaml"
+    return OmegaConf.to_container(OmegaConf.load(recorded)) if recorded.is_file() else {}
 
 
 def _differences(saved, current, key: str = ""):

@@ -2,6 +2,7 @@
 resumed logs exactly what an uninterrupted run logs (CPU, same seed and config)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,6 +237,22 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
 
     assert run_app(tmp_path, "trainer.steps=3", "task.render_scale=2")["step"] == 3  # trainer and display may change
     assert f"training in {tmp_path}, resuming {checkpoint}" in capsys.readouterr().err
+
+
+def test_a_run_that_saved_no_checkpoint_is_started_again_only_under_its_own_settings(tmp_path):
+    """It was trained over under others: its records, metrics and renderings replaced silently."""
+    run_app(tmp_path, "trainer.steps=2")
+    shutil.rmtree(tmp_path / "checkpoints")  # as a job killed before its first checkpoint
+    (tmp_path / "summary.json").unlink()
+    records = (tmp_path / "config_resolved.yaml").read_text()
+    with pytest.raises(ConfigError) as refused:
+        run_app(tmp_path, "trainer.steps=2", "seed=1")
+    assert str(refused.value) == (
+        f"{tmp_path} holds a run with other settings (seed: 0 -> 1) that saved no checkpoint: give this one another "
+        "run dir"
+    )
+    assert (tmp_path / "config_resolved.yaml").read_text() == records
+    assert run_app(tmp_path, "trainer.steps=3")["step"] == 3  # its own settings (the trainer's may change)
 
 
 def test_a_warm_start_from_another_model_is_refused_before_the_run_dir_is_written(tmp_path, capsys):
