@@ -31,11 +31,12 @@ def compose(*overrides: str, config_name: str = "config", config_dirs: tuple[str
 
     from nca_lab.errors import ConfigError
 
-    searched = [f"hydra.searchpath=[{','.join(f'file://{Path(d).resolve()}' for d in config_dirs)}]"]
+    given = [quote_non_ascii(o) for o in overrides]
+    if config_dirs:
+        given.append(f"hydra.searchpath=[{','.join(f'file://{Path(d).resolve()}' for d in config_dirs)}]")
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            overrides = [quote_non_ascii(o) for o in overrides] + (searched if config_dirs else [])
-            cfg = hydra_compose(config_name, overrides=overrides)
+            cfg = hydra_compose(config_name, overrides=given)
     except ConfigCompositionException as err:  # the command's words for a mistyped setting, not Hydra's
         raise ConfigError(composition_error(err, list(overrides))) from err
     check_top_level(cfg)
