@@ -13,6 +13,7 @@ mix stays in [0, 1] without clipping), and ``noise="normal"`` gives unclipped st
 noise.
 """
 
+import math
 from functools import partial
 
 import jax
@@ -88,6 +89,12 @@ class DiffusingTask(Task):
             len(levels) > 0 and all(0.0 < a <= 1.0 for a in levels),
             f"task.eval_levels must be noise levels in (0, 1], got {list(levels)}",
         )
+        #: Each level's metric names' suffix, in percent: ``a25`` for 0.25 (``a13`` for 0.125).
+        self.level_names = [f"a{math.floor(100 * a + 0.5)}" for a in levels]
+        require(
+            len(set(self.level_names)) == len(levels),  # else one level's metrics replaced another's
+            f"task.eval_levels must be at least 0.01 apart (reported as psnr_a<percent>), got {list(levels)}",
+        )
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), False))
         self.noise = noise
         self.noise_range = low_high
@@ -116,8 +123,11 @@ class DiffusingTask(Task):
         """PSNR against the clean target at each level of ``eval_levels``, and of the noisy input.
 
         For each level ``a``, ``n`` noisy copies run ``horizon`` steps; ``psnr_a<100a>`` is
-        the PSNR of their RGBA (clipped to [0, 1], as shown) over all pixels and samples, and
-        ``psnr_input_a<100a>`` the PSNR of the noisy inputs themselves (the do-nothing baseline).
+        the PSNR of their state's RGBA channels (premultiplied, alpha included; clipped to [0, 1])
+        against the target's, over the whole grid and all samples, and ``psnr_input_a<100a>`` that
+        of the noisy inputs themselves, clipped the same way (the do-nothing baseline; with
+        ``noise=normal`` the model gets them unclipped). Not the PSNR of the pictures, which
+        composite RGB over white.
         """
         noise_key, rollout_key = jax.random.split(key)
         a, noisy = self._levels(noise_key, n)
@@ -125,10 +135,10 @@ class DiffusingTask(Task):
         target = np.asarray(self.target)
         shown = {"psnr": np.asarray(restored)[..., :4], "psnr_input": np.asarray(noisy)[..., :4]}
         metrics = {}
-        for i, level in enumerate(self.eval_levels):
+        for i, name in enumerate(self.level_names):
             for prefix, states in shown.items():
                 error = np.clip(states[i * n : (i + 1) * n], 0.0, 1.0) - target
-                metrics[f"{prefix}_a{round(100 * level)}"] = psnr(np.mean(np.square(error)))
+                metrics[f"{prefix}_{name}"] = psnr(np.mean(np.square(error)))
         return metrics
 
     def render(self, model: NCA, key: jax.Array, horizon: int) -> Rendering:
