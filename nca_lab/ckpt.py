@@ -9,7 +9,7 @@ checkpoint loadable.
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
-from nca_lab.errors import ConfigError, one_line, require
+from nca_lab.errors import ConfigError, one_line, out_of_memory, require
 
 CHECKPOINTS = "checkpoints"
 
@@ -81,8 +81,13 @@ class RunCheckpointer:
         arrays = ("model", "optimizer", "rng", "pool")
         handlers = {item: ocp.StandardCheckpointHandler(use_ocdbt=False) for item in arrays}
         handlers["meta"] = ocp.JsonCheckpointHandler()
-        with _readable(lambda: _unreadable_loss(self.directory), lambda: f"move it out of {self.directory}"):
+        try:
             self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        except Exception as err:  # it reads every checkpoint's saved loss: a damaged one stops it
+            damaged = _unreadable_loss(self.directory) if _read_error(err) and self.directory.is_dir() else None
+            if damaged is None:
+                raise
+            raise _damaged(damaged, err, f"move it out of {self.directory}") from err
         self.selected_step: int | None = None
 
     @classmethod
@@ -126,15 +131,22 @@ class RunCheckpointer:
         require(step in steps, f"{self.directory}: no checkpoint of step {step} (there are {steps or 'none'})")
         return step
 
-    def _reading(self, step: int):
-        """:func:`_readable` for checkpoint ``step``: the way out is the checkpoint before it."""
-
-        def way_out() -> str:
+    @contextmanager
+    def _reading(self, step: int) -> Iterator[None]:
+        """Run the block that reads checkpoint ``step``; a read error in it is :func:`_damaged`,
+        whose way out is the checkpoint before it."""
+        try:
+            yield
+        except Exception as err:
+            if not _read_error(err):
+                raise
             earlier = [s for s in self.manager.all_steps() if s < step]
-            before = f"step {max(earlier)}" if earlier else "there is none"
-            return f"move it out of {self.directory} to use the checkpoint before it ({before})"
-
-        return _readable(lambda: self.directory / str(step), way_out)
+            way_out = (
+                f"move it out of {self.directory} to use the checkpoint before it (step {max(earlier)})"
+                if earlier
+                else f"there is no checkpoint before it (moved out of {self.directory}, a resume starts over)"
+            )
+            raise _damaged(self.directory / str(step), err, way_out) from err
 
     def save(
         self,
@@ -226,34 +238,40 @@ class RunCheckpointer:
         return step, pool, key, meta
 
 
-@contextmanager
-def _readable(where: Callable[[], Path], way_out: Callable[[], str]) -> Iterator[None]:
-    """Orbax's and TensorStore's errors in reading a damaged checkpoint (a file cut short, an
-    item deleted: a full disk, a copy that broke off) as one :class:`ConfigError` naming it,
-    instead of a traceback. Every re-run would fail the same way, so the line ends with
-    ``way_out()``: which checkpoint to move aside, and what is read then."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001 - Orbax wraps TensorStore's ValueError in a bare Exception
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        reason = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-        reason = reason.splitlines()[0].split(" [tensorstore_spec=")[0]  # not TensorStore's JSON spec
-        raise ConfigError(f"{where()}: a damaged checkpoint? It cannot be read ({reason}); {way_out()}") from err
+def _read_error(err: BaseException) -> bool:
+    """Whether ``err`` is Orbax's or TensorStore's error in reading a checkpoint's files: a
+    ``ValueError``, ``KeyError`` or ``OSError`` at its root (Orbax wraps TensorStore's in a bare
+    ``Exception``), not a file one may not read, an allocation that failed or a bug."""
+    root = _root_cause(err)
+    readable = not isinstance(root, PermissionError) and not isinstance(err, ConfigError)
+    return isinstance(root, ValueError | KeyError | OSError) and readable and not out_of_memory(err)
 
 
-def _unreadable_loss(directory: Path) -> Path:
+def _damaged(where: Path, err: BaseException, way_out: str) -> ConfigError:
+    """A damaged checkpoint (a file cut short, an item deleted: a full disk, a copy that broke
+    off) as one line naming it, instead of Orbax's traceback; every re-run would fail the same
+    way, so the line ends with ``way_out``."""
+    root = _root_cause(err)
+    reason = root.args[0] if isinstance(root, KeyError) and root.args else str(root)
+    reason = reason.splitlines()[0].split(" [tensorstore_spec=")[0]  # not TensorStore's JSON spec
+    return ConfigError(f"{where}: a damaged checkpoint? It cannot be read ({reason}); {way_out}")
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _unreadable_loss(directory: Path) -> Path | None:
     """The first checkpoint in ``directory`` whose saved loss is not JSON (Orbax reads each
-    one when it opens the directory), or the directory if none is."""
+    one when it opens the directory), or ``None``."""
     for step in sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()):
         try:
             json.loads((directory / str(step) / "metrics" / "metrics").read_text(encoding="utf-8"))
         except (ValueError, OSError):
             return directory / str(step)
-    return directory
+    return None
 
 
 def _names(tree) -> set[str]:

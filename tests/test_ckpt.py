@@ -215,3 +215,38 @@ def test_a_damaged_saved_loss_names_its_checkpoint(tmp_path):
         match=rf"^{tmp_path}/checkpoints/1: a damaged checkpoint\? .+; move it out of {tmp_path}/checkpoints$",
     ):
         RunCheckpointer.find(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 GiB"), TypeError("unexpected keyword 'may_alias'")],
+    ids=["out_of_memory", "a_bug"],
+)
+def test_a_restore_that_fails_otherwise_is_not_called_a_damaged_checkpoint(tmp_path, monkeypatch, error):
+    """Any failure in a restore was "a damaged checkpoint? ... move it out": a device too small
+    for it, or a version mismatch, advised moving a good checkpoint aside."""
+    _, model, optimizer, _ = trained_state(steps=0)
+    RunCheckpointer(tmp_path).save(
+        1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+    )
+    found = RunCheckpointer.find(tmp_path)
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(found.manager, "restore", failing)
+    with pytest.raises(type(error)) as caught:
+        found.restore_model(model)
+    assert caught.value is error
+
+
+def test_a_damaged_only_checkpoint_says_there_is_none_before_it(tmp_path):
+    _, model, optimizer, _ = trained_state(steps=0)
+    RunCheckpointer(tmp_path).save(
+        1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
+    )
+    (tmp_path / "1" / "meta" / "metadata").write_text("{")
+    with pytest.raises(
+        ConfigError, match=r"there is no checkpoint before it \(moved out of .+, a resume starts over\)$"
+    ):
+        RunCheckpointer.find(tmp_path).metadata()
