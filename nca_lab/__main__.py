@@ -83,21 +83,21 @@ _jobs_here = {"ran": 0, "failed": 0}
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Train one job (Hydra calls this once per job of a multirun)."""
+    _jobs_here["ran"] += 1  # first: an error from here on is the job's, not Hydra's
     import jax
 
     from nca_lab.train.multihost import failed_computation
     from nca_lab.train.run import run
     from nca_lab.train.trainer import OutOfMemory, Preempted, TrainingDiverged
 
-    _checkpoint_reports_to_the_log_file()
+    job_log = _checkpoint_reports_to_the_log_file()
     hydra_cfg = HydraConfig.get()
     # Paths in settings (task.target=dot.png, trainer.init_from) are the command line's, relative
     # to where it was typed; nca_lab writes into the run dir by path. hydra.job.chdir=true made
     # them relative to the run dir: "image not found". Hydra changes back after the job.
     os.chdir(hydra_cfg.runtime.cwd)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    _jobs_here["ran"] += 1
-    log_name = f"{hydra_cfg.job.name}.log"  # Hydra's job log (hydra.job.name: __main__, unless set)
+    log_name = job_log.name if job_log else f"{hydra_cfg.job.name}.log"  # Hydra's, in the run dir (or none)
     made_now = not sweep and _made_by_hydra_now(hydra_cfg, log_name)
     choices = {group: choice for group, choice in hydra_cfg.runtime.choices.items() if not group.startswith("hydra/")}
     try:
@@ -121,8 +121,8 @@ def main(cfg: DictConfig) -> None:
         reason = one_line(err) if isinstance(err, OSError) else set_by_experiment(str(err), choices)
         message = f"{where}{reason}"
         print(f"error: {message}", file=sys.stderr)
-        if sweep:  # the job's dir says why it has no results, once the sweep's output has scrolled away
-            with contextlib.suppress(OSError), open(Path(hydra_cfg.runtime.output_dir) / log_name, "a") as log:
+        if sweep and job_log:  # the job's dir says why it has no results, once the sweep's output has scrolled away
+            with contextlib.suppress(OSError), open(job_log, "a") as log:
                 log.write(f"error: {message}\n")
         if isinstance(err, OSError | OutOfMemory) and jax.process_count() > 1:
             os._exit(1)  # maybe this process's alone: the others wait for it in a collective (a sweep too)
@@ -148,16 +148,17 @@ def main(cfg: DictConfig) -> None:
     print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k != "step"))
 
 
-def _checkpoint_reports_to_the_log_file() -> None:
+def _checkpoint_reports_to_the_log_file() -> Path | None:
     """Orbax's notes and its worker threads' tracebacks (the ``absl`` and ``asyncio`` loggers,
     ``conf/config.yaml``) go to the job's log file, not the console, where the failure is one
     ``error:`` line; nowhere if the job logs to no file (``hydra/job_logging=disabled`` or
-    ``stdout``, which have no file handler for a config to name)."""
+    ``stdout``, which have no file handler for a config to name). Returns the log file."""
     files = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
         logger.handlers = files or [logging.NullHandler()]
         logger.propagate = False
+    return Path(files[0].baseFilename) if files else None
 
 
 def _check_own_dir(run_dir: Path, launch_dir: Path, log_name: str) -> None:
@@ -230,6 +231,16 @@ class _WithoutHydraJobLine:
         return getattr(self._stream, name)
 
 
+def _raised_by_a_job(err: BaseException) -> bool:
+    """Whether Hydra re-raised a job's exception from its result (``JobReturn.return_value``): a
+    job that ran in another process (submitit), which :data:`_jobs_here` does not count."""
+    return any(
+        frame.f_code.co_name == "return_value"
+        and Path(frame.f_code.co_filename).parts[-3:] == ("hydra", "core", "utils.py")
+        for frame, _ in traceback.walk_tb(err.__traceback__)
+    )
+
+
 def cli() -> None:
     """The command: :func:`main`, with Hydra's errors reported as one line.
 
@@ -272,7 +283,7 @@ def cli() -> None:
             print(f"error: a job of the sweep ended without a result ({one_line(err)}); ", end="", file=sys.stderr)
             print("running the sweep again resumes it", file=sys.stderr)
             sys.exit(1)
-        if _jobs_here["ran"]:
+        if _jobs_here["ran"] or _raised_by_a_job(err):
             raise  # a job's: a bug, with its traceback
         # Hydra's, before any job: a flag it refuses (-m with --cfg), `experiment=null`, a search
         # path or launcher it cannot use, a log file it cannot open (a read-only run dir).

@@ -571,3 +571,19 @@ def test_a_run_dir_with_a_backslash_is_refused_before_training(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {run_dir}: Orbax cannot keep checkpoints under a path with a backslash"
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "manifest.json").exists()
+
+
+def test_an_error_a_job_raised_in_another_process_is_told_from_hydras_own():
+    """Under submitit a job's bug reaches the command through Hydra's ``JobReturn``; it was
+    taken for one of Hydra's before any job, one line (``error: 'lr'``) and exit 2."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from nca_lab.__main__ import _raised_by_a_job
+
+    result = JobReturn(status=JobStatus.FAILED, _return_value=KeyError("lr"))
+    with pytest.raises(KeyError) as from_a_job:
+        result.return_value  # noqa: B018 - the property re-raises the job's exception
+    assert _raised_by_a_job(from_a_job.value)
+    with pytest.raises(ValueError) as elsewhere:
+        int("x")
+    assert not _raised_by_a_job(elsewhere.value)
