@@ -32,8 +32,10 @@ def compose(*overrides: str, config_name: str = "config", config_dirs: tuple[str
     from nca_lab.errors import ConfigError
 
     given = [quote_non_ascii(o) for o in overrides]
-    if config_dirs:
-        given.append(f"hydra.searchpath=[{','.join(f'file://{Path(d).resolve()}' for d in config_dirs)}]")
+    if config_dirs:  # quoted: a path with a comma, or not ASCII, is no value of the grammar's
+        uris = (f"file://{Path(d).resolve()}".replace("\\", "\\\\").replace("'", "\\'") for d in config_dirs)
+        quoted = (f"'{uri}'" for uri in uris)
+        given.append(f"hydra.searchpath=[{','.join(quoted)}]")
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name, overrides=given)

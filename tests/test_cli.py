@@ -304,15 +304,16 @@ def test_a_mistyped_setting_of_ones_own_config_dir_is_named_from_it(tmp_path, mo
     user's class takes."""
     from nca_lab.config import mistyped_setting
 
-    (tmp_path / "conf" / "perceive").mkdir(parents=True)
-    (tmp_path / "conf" / "perceive" / "gained.yaml").write_text("_target_: gained.GainedSobel\n_partial_: true\n")
+    conf = tmp_path / "zoë's, conf"  # quoted for Hydra's grammar, which has no such unquoted value
+    (conf / "perceive").mkdir(parents=True)
+    (conf / "perceive" / "gained.yaml").write_text("_target_: gained.GainedSobel\n_partial_: true\n")
     (tmp_path / "gained.py").write_text(
         "from nca_lab.perceive.sobel import SobelPerceive\n\n\nclass GainedSobel(SobelPerceive):\n"
         "    def __init__(self, num_channels, *, gain: float = 1.0, **kwargs):\n"
         "        super().__init__(num_channels, **kwargs)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    for flags in (["--config-dir", str(tmp_path / "conf")], [f"-cd={tmp_path / 'conf'}"]):
+    for flags in (["--config-dir", str(conf)], [f"-cd={conf}"]):
         argv = [*flags, "perceive=gained", "perceive.gainn=2"]
         assert mistyped_setting("perceive.gainn", argv) == (
             "unknown setting perceive.gainn (did you mean perceive.gain? not in its yaml: +perceive.gain=...)"
