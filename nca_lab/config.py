@@ -27,7 +27,7 @@ def compose(*overrides: str, config_name: str = "config", config_dirs: tuple[str
     and ``--config-name`` (a primary config of one's own)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.errors import ConfigCompositionException
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
     from nca_lab.errors import ConfigError
 
@@ -39,33 +39,44 @@ def compose(*overrides: str, config_name: str = "config", config_dirs: tuple[str
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name, overrides=given)
-    except ConfigCompositionException as err:  # the command's words for a mistyped setting, not Hydra's
+    except (ConfigCompositionException, OverrideParseException) as err:  # the command's words, not Hydra's
         raise ConfigError(composition_error(err, list(overrides))) from err
-    check_top_level(cfg)
+    check_top_level(cfg, "\n".join(o for o in given if o.startswith("hydra.")))
     return cfg
 
 
-def check_top_level(cfg) -> None:
+def check_top_level(cfg, hydra_settings: str = "") -> None:
     """Refuse a config whose top level is not ``config.yaml``'s (:class:`~nca_lab.errors.ConfigError`).
 
     Hydra refuses ``seedd=3``, but ``+seedd=3`` adds the key, and nothing reads it: the run
     trained with seed 0. Inside a group the constructors refuse unknown keys; here nothing else
     would. A key that an interpolation reads is a value of the user's own (``+size=32
-    task.target_size=${size}``, or ``size: 32`` in a config of theirs), kept. ``~seed`` removes a
-    setting the app needs: one line here, not OmegaConf's error later.
+    task.target_size=${size}``, ``size: 32`` in a config of theirs, ``+tag=x
+    hydra.run.dir=runs/${tag}``: ``hydra_settings`` is the text of Hydra's settings), kept.
+    ``~seed`` removes a setting the app needs: one line here, not OmegaConf's error later.
     """
     from omegaconf import OmegaConf
 
     from nca_lab.errors import ConfigError, nearest
 
     required, known = _top_level()
-    read = set(re.findall(r"\$\{(\w+)[.\[}]", OmegaConf.to_yaml(cfg)))  # ${size}, ${size.x}: unresolved
+    read = _interpolated_names(OmegaConf.to_yaml(cfg) + hydra_settings)  # unresolved
     for key in cfg:
         if key not in known and key not in read:
             raise ConfigError(f"unknown setting {key} ({nearest(key, sorted(known))})")
     missing = sorted(required - set(cfg))
     if missing:
         raise ConfigError(f"the config has no {missing[0]}, which nca_lab needs (removed by ~{missing[0]}?)")
+
+
+def _interpolated_names(text: str) -> set[str]:
+    """Every name inside the interpolations of ``text``: ``${size}``, ``${size.x}``,
+    ``${oc.select:size,4}``, ``${..size}``, nested ones too (innermost first)."""
+    names, innermost = set(), re.compile(r"\$\{([^${}]*)\}")
+    while innermost.search(text):
+        names.update(name for span in innermost.findall(text) for name in re.findall(r"[\w-]+", span))
+        text = innermost.sub("", text)
+    return names
 
 
 @functools.cache

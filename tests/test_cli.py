@@ -271,6 +271,12 @@ def test_a_value_of_ones_own_that_an_interpolation_reads_is_kept():
     cfg = compose(*tiny, "+grid=9", "+sizes={target: 7}", "task.target_size=${sizes.target}", "task.padding=${grid}")
     task, _, _ = build(cfg)
     assert (cfg.task.target_size, cfg.task.padding) == (7, 9) and task.sample(jax.random.key(0), 1).state.shape[1] == 25
+    read = (
+        "run_name=${oc.select:label,x}",
+        "trainer.steps='${oc.decode:${steps_here}}'",
+        "hydra.run.dir=runs/${where}",
+    )
+    compose(*TINY, "+label=a", "+steps_here=2", "+where=b", *read)  # in a resolver, nested, or by Hydra's settings
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS)
@@ -375,9 +381,11 @@ def test_what_hydra_refuses_before_a_job_runs_is_one_line_and_exit_2(case, tmp_p
 def test_hydra_job_settings_a_user_brings_along_train(tmp_path):
     """``hydra/job_logging=disabled`` (or ``stdout``): the config routed Orbax's reports to a
     ``file`` handler those options do not have, a traceback before the job started.
-    ``hydra.job.chdir=true``: a relative ``task.target`` was looked for in the run dir."""
+    ``hydra.job.chdir=true``: a relative ``task.target`` was looked for in the run dir. A value
+    of one's own that only Hydra's settings read (``hydra.run.dir=${where}``) was refused."""
     Image.new("RGBA", (6, 6), (200, 30, 30, 255)).save(tmp_path / "dot.png")
-    settings = ("hydra/job_logging=disabled", "hydra.job.chdir=true", "task.target=dot.png", "hydra.run.dir=run")
+    settings = ("hydra/job_logging=disabled", "hydra.job.chdir=true", "task.target=dot.png")
+    settings += ("+where=run", "hydra.run.dir=${where}")
     result = run_cli(*TINY, *settings, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("done: "), result.stderr[-2000:]
     assert (tmp_path / "run" / "summary.json").is_file() and not (tmp_path / "run" / "__main__.log").exists()

@@ -174,8 +174,8 @@ def run(
     too, to filter and group a sweep's runs by on a dashboard (the config itself holds only
     what they compose to: ``perceive._target_``).
     """
-    check_top_level(cfg)
     run_dir, records = Path(run_dir), hydra_records or {}
+    check_top_level(cfg, records.get("hydra.yaml", ""))
     check_checkpoint_path(run_dir.resolve())  # before anything is written there
     with config_errors("distributed"):
         multihost.initialize(**cfg.distributed)
