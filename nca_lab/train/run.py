@@ -24,6 +24,7 @@ from nca_lab.config import check_top_level
 from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory_as, require
 from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
+from nca_lab.log.metrics_file import METRICS
 from nca_lab.nca import NCA
 from nca_lab.perceive.base import Perceive
 from nca_lab.runtime import on_stop
@@ -223,7 +224,9 @@ def _run(
         if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
             run_id = saved.get("wandb_run_id")
         start = f", resuming {checkpoint}"
-    else:  # a run that died before its first checkpoint is started again only under its own settings
+    elif (run_dir / METRICS).is_file() and (run_dir / METRICS).stat().st_size:
+        # A run that logged steps and died before its first checkpoint: started again only under
+        # its own settings (one that logged none, say out of memory at once, may be retried smaller).
         changes = setting_changes(recorded_config(run_dir), config)
         require(
             not changes,

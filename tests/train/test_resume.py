@@ -255,6 +255,15 @@ def test_a_run_that_saved_no_checkpoint_is_started_again_only_under_its_own_sett
     assert run_app(tmp_path, "trainer.steps=3")["step"] == 3  # its own settings (the trainer's may change)
 
 
+def test_a_run_that_logged_nothing_may_be_retried_with_other_settings(tmp_path):
+    """Out of memory before its first step, say: the advice is a smaller grid, in the same run dir."""
+    run_app(tmp_path, "trainer.steps=2")
+    shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert run_app(tmp_path, "trainer.steps=2", "task.target_size=7")["step"] == 2
+
+
 def test_a_warm_start_from_another_model_is_refused_before_the_run_dir_is_written(tmp_path, capsys):
     source, target = tmp_path / "source", tmp_path / "target"
     run_app(source, "trainer.steps=1")
