@@ -72,9 +72,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     records = []
     for number, line in lines:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:  # damaged in the middle: not by a kill, which cuts the end only
-            raise ConfigError(f"{path}: line {number} is not JSON ({line[:40]!r}): mend or delete it") from err
+            record = json.loads(line)
+        except json.JSONDecodeError:  # damaged in the middle: not by a kill, which cuts the end only
+            record = None
+        if not (isinstance(record, dict) and "step" in record):
+            raise ConfigError(f"{path}: line {number} is no metrics record ({line[:40]!r}): mend or delete it")
+        records.append(record)
     return records
 
 

@@ -55,8 +55,8 @@ class WandbLogger(Logger):
             entity: W&B entity (user or team); ``None`` for the default.
             mode: ``online``, ``offline`` or ``disabled``; ``None`` reads ``WANDB_MODE`` (default online).
             group: W&B group (a sweep's name), if any.
-            tags: W&B tags; one string is one tag (``logger.tags=ablation``, or a sweep's
-                ``-m logger.tags=a,b``), not one per character.
+            tags: W&B tags; one value is one tag (``logger.tags=ablation``, ``logger.tags=2024``,
+                or a sweep's ``-m logger.tags=a,b``), not one per character.
             run_id: resume this run id instead of starting a new run.
             init_timeout: seconds ``wandb.init`` may take online before falling back to offline.
         """
@@ -71,7 +71,7 @@ class WandbLogger(Logger):
             entity=entity,
             name=name,
             group=group,
-            tags=[tags] if isinstance(tags, str) else [str(tag) for tag in tags or []],
+            tags=[str(tags)] if isinstance(tags, str | int | float) else [str(tag) for tag in tags or []],
             config=config,
             dir=str(run_dir),
             id=run_id,

@@ -50,6 +50,7 @@ def completed_summary(run_dir: Path, config: dict) -> dict:
     completed = run_dir / "summary.json"
     try:
         summary = json.loads(completed.read_text(encoding="utf-8"))
+        require(isinstance(summary, dict) and is_integer(summary.get("step")), "no summary of a run")
     except ValueError as err:  # written atomically; damaged since (a copy that broke off, say)
         raise ConfigError(
             f"{completed} cannot be read ({err}): delete it to evaluate the run again from its last checkpoint"

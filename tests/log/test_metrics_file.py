@@ -57,6 +57,9 @@ def test_a_line_damaged_in_the_middle_is_one_line_naming_it(tmp_path):
     """It was a JSONDecodeError's traceback at every resume (a kill only ever cuts the last line)."""
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n\n{"step": 2, "lo\n{"step": 3, "loss": 0.3}\n')
     with pytest.raises(
-        ConfigError, match=r"metrics\.jsonl: line 3 is not JSON \('\{\"step\": 2, \"lo'\): mend or delete it$"
+        ConfigError, match=r"metrics\.jsonl: line 3 is no metrics record \('\{\"step\": 2, \"lo'\): mend or delete it$"
     ):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n[2, 0.4]\n')  # JSON, but no record
+    with pytest.raises(ConfigError, match=r"line 2 is no metrics record"):
         read_metrics(tmp_path)

@@ -211,7 +211,9 @@ def test_a_finished_resumed_run_drops_an_earlier_attempts_error():
     assert run.summary == {"train/loss": 0.5} and calls == [0]
 
 
-@pytest.mark.parametrize(("tags", "expected"), [("ablation", ("ablation",)), (["a", 2], ("a", "2")), (None, ())])
+@pytest.mark.parametrize(
+    ("tags", "expected"), [("ablation", ("ablation",)), (2024, ("2024",)), (["a", 2], ("a", "2")), (None, ())]
+)
 def test_one_tag_given_as_a_string_is_one_tag(tmp_path, tags, expected):
     """``logger.tags=ablation`` (or a sweep's ``-m logger.tags=a,b``) tagged the run a, b, l, ..."""
     logger = wandb_logger.WandbLogger(config={}, run_dir=tmp_path, name="t", mode="offline", tags=tags)

@@ -189,6 +189,9 @@ def test_a_damaged_summary_is_one_line_saying_how_to_evaluate_again(tmp_path):
     (tmp_path / "summary.json").write_text('{"step": 2, "lo')
     with pytest.raises(ConfigError, match=r"summary\.json cannot be read \(.+\): delete it to evaluate the run again"):
         run_app(tmp_path, "trainer.steps=2")
+    (tmp_path / "summary.json").write_text("[]")  # JSON, but no summary
+    with pytest.raises(ConfigError, match=r"summary\.json cannot be read \(no summary of a run\): delete it"):
+        run_app(tmp_path, "trainer.steps=2")
     (tmp_path / "summary.json").unlink()
     assert run_app(tmp_path, "trainer.steps=2")["step"] == 2
 
