@@ -51,8 +51,9 @@ def os_reason(err: OSError) -> str:
     return "a file, not a directory" if in_the_way else err.strerror or str(err)
 
 
-def one_line(err: BaseException) -> str:
-    """``err``'s message as one line: Hydra's and OmegaConf's span several, with a cause."""
+def one_line(err: BaseException, _said: str = "") -> str:
+    """``err``'s message as one line: Hydra's and OmegaConf's span several, with a cause
+    (``_said``: what the line around a cause says already)."""
     if isinstance(err, OSError) and err.filename:
         return f"{err.filename}: {os_reason(err)}"
     lines, where = [], None
@@ -63,11 +64,11 @@ def one_line(err: BaseException) -> str:
         where = where or (key and key[1])
         if line.strip() and not re.fullmatch(r"\s*(\^|full_key:.*|object_type=.*)", line):
             lines.append(line.strip())
-    if where and where not in " ".join(lines):  # "Interpolation key 'x' not found": in which setting?
+    if where and where not in " ".join([_said, *lines]):  # "Interpolation key 'x' not found": in which setting?
         lines.append(f"(in {where})")
     cause = err.__cause__
     if cause is not None and str(cause).strip() and str(cause) not in str(err):
-        lines.append(f"({one_line(cause)})")
+        lines.append(f"({one_line(cause, ' '.join([_said, *lines]))})")
     return " ".join(lines)
 
 

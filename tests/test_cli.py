@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from nca_lab.config import compose
@@ -596,3 +597,18 @@ def test_an_error_a_job_raised_in_another_process_is_told_from_hydras_own():
     with pytest.raises(ValueError) as elsewhere:
         int("x")
     assert not _raised_by_a_job(elsewhere.value)
+
+
+def test_one_line_names_the_setting_of_an_omegaconf_error_once():
+    from nca_lab.errors import one_line
+
+    cfg = OmegaConf.create({"trainer": {"steps": "${nosuch}"}})
+    with pytest.raises(Exception) as missing:
+        OmegaConf.to_container(cfg, resolve=True)
+    assert one_line(missing.value) == "Interpolation key 'nosuch' not found (in trainer.steps)"
+    OmegaConf.set_struct(cfg, True)
+    with pytest.raises(Exception) as not_in_struct:
+        cfg.trainer.stepz = 1
+    outer = ValueError("Could not override 'trainer.stepz'.")
+    outer.__cause__ = not_in_struct.value  # as Hydra raises it: the outer line names the setting already
+    assert one_line(outer) == "Could not override 'trainer.stepz'. (Key 'stepz' is not in struct)"
