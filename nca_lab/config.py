@@ -7,6 +7,7 @@ install and from an installed wheel.
 """
 
 import functools
+import itertools
 import re
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
     you mean trainer.steps?)``. Hydra's own advice, ``+trainer.step=...``, was a setting
     nothing reads, which nca_lab then refuses; it is right only for an option its class takes
     that the yaml leaves out, and then ``None`` keeps Hydra's words (also when the other
-    overrides do not compose). A sweep's other settings are taken at their first values."""
+    overrides do not compose). In a sweep, the hint is for its first job without the setting
+    (``-m perceive=sobel,learned perceive.angle=1``: the job ``perceive=learned``), named."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
 
@@ -148,17 +150,22 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
     try:
         given = [o for o in overrides if _OVERRIDE.fullmatch(o) and not o.startswith("-") or o.startswith("~")]
         parsed = OverridesParser.create().parse_overrides(given)  # not flags, nor their values (--cfg job)
-        others = [  # a sweep's first value of each swept setting
-            f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-            for o in parsed
-            if o.key_or_group.lstrip("~+") != key and not o.key_or_group.startswith("hydra.")
-        ]
-        cfg = compose(*others, **_config_flags(overrides))
+        others = [o for o in parsed if o.key_or_group.lstrip("~+") != key and not o.key_or_group.startswith("hydra.")]
+        fixed = [o.input_line for o in others if not o.is_sweep_override()]
+        swept = [o for o in others if o.is_sweep_override()]
+        jobs = itertools.product(*([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in swept))
+        for job in itertools.islice(jobs, 16):  # the first job in which Hydra could not override the key
+            cfg = compose(*fixed, *job, **_config_flags(overrides))
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if not (isinstance(node, DictConfig) and leaf in node):
+                break
     except Exception:  # noqa: BLE001 - any error of the others: Hydra's message stands
         return None
-    node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig):
         return None
+    dirs = [config_dir(), *map(Path, _config_flags(overrides).get("config_dirs", ()))]
+    choices = [chosen for chosen, o in zip(job, swept, strict=True) if any((d / o.key_or_group).is_dir() for d in dirs)]
+    key = f"{key} in the sweep's job {' '.join(choices)}" if choices else key  # its groups' options decide
     options = (option_names(node) or ()) if "_target_" in node else ()
     if leaf in options:
         return None  # an option its class takes: Hydra's "+key=..." is right

@@ -328,6 +328,17 @@ def test_a_mistyped_setting_of_ones_own_config_dir_is_named_from_it(tmp_path, mo
         assert mistyped_setting("perceive.gain", [*flags, "perceive=gained", "perceive.gain=2"]) is None  # Hydra's +
 
 
+def test_a_setting_one_job_of_a_sweep_lacks_names_that_job():
+    """``-m perceive=sobel,learned perceive.angle=1``: the sobel perceive has an angle, the
+    learned one not; the hint listed the learned one's settings without saying which job."""
+    from nca_lab.config import mistyped_setting
+
+    assert mistyped_setting("perceive.angle", ["-m", "seed=0,1", "perceive=sobel,learned", "perceive.angle=1"]) == (
+        "unknown setting perceive.angle in the sweep's job perceive=learned (the perceive settings: mode, "
+        "channel_multiplier, features, init, use_bias)"
+    )
+
+
 def test_a_setting_an_experiment_made_for_another_group_says_so(tmp_path):
     """It was "unknown setting task.target_size (did you mean task.patch_size?)": a setting the
     user never wrote, with a hint at another."""
