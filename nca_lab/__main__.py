@@ -84,6 +84,7 @@ _jobs_here = {"ran": 0, "failed": 0}
 def main(cfg: DictConfig) -> None:
     """Train one job (Hydra calls this once per job of a multirun)."""
     _jobs_here["ran"] += 1  # first: an error from here on is the job's, not Hydra's
+    configure_jax_environment()  # again, with hydra.job.env_set applied (NCA_LAB_CACHE_DIR), before JAX loads
     import jax
 
     from nca_lab.train.multihost import failed_computation

@@ -17,17 +17,30 @@ STOPPED = 143
 STOPPED_BY_SIGNAL = "stopped: by a signal"
 
 
+#: The variables :func:`configure_jax_environment` set, with the values it gave them.
+_SET_HERE: dict[str, str] = {}
+
+
 def configure_jax_environment() -> None:
     """Set defaults for a training process, keeping anything the user already set.
 
     * A persistent compilation cache shared by every job (``NCA_LAB_CACHE_DIR`` or
       ``~/.cache/nca_lab/jax``), so a sweep compiles each shape once.
     * No GPU memory preallocation, so several jobs can share a GPU.
+
+    Called again (the app does, once Hydra's ``hydra.job.env_set`` is applied, before JAX
+    loads), it updates the values it set itself: an ``NCA_LAB_CACHE_DIR`` set there counts.
     """
-    cache = os.environ.get("NCA_LAB_CACHE_DIR", str(Path.home() / ".cache" / "nca_lab" / "jax"))
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    defaults = {
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get(
+            "NCA_LAB_CACHE_DIR", str(Path.home() / ".cache" / "nca_lab" / "jax")
+        ),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    }
+    for name, value in defaults.items():
+        if os.environ.get(name, _SET_HERE.get(name)) == _SET_HERE.get(name):  # unset, or set by this function
+            os.environ[name] = _SET_HERE[name] = value
 
 
 def quiet_checkpoint_io_callbacks() -> None:

@@ -1,5 +1,6 @@
 """The command-line tools' process settings (:mod:`nca_lab.runtime`)."""
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -31,3 +32,21 @@ def test_only_the_closed_event_loop_and_the_abandoned_reads_of_a_failed_checkpoi
         sys.unraisablehook(SimpleNamespace(exc_type=Exception, exc_value=value, exc_traceback=None, object=coroutine))
         coroutine.close()
     assert len(reported) == 3 and reported[2].args == ("Encountered error while reading array index",)
+
+
+def test_the_cache_dir_follows_nca_lab_cache_dir_until_the_user_sets_jaxs_own(monkeypatch):
+    """Hydra's ``hydra.job.env_set.NCA_LAB_CACHE_DIR`` comes after the import-time call: it was ignored."""
+    from nca_lab import runtime
+
+    monkeypatch.setattr(runtime, "_SET_HERE", {})
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NCA_LAB_CACHE_DIR", "/first")
+    runtime.configure_jax_environment()
+    monkeypatch.setenv("NCA_LAB_CACHE_DIR", "/set/by/hydra")
+    runtime.configure_jax_environment()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/set/by/hydra"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/the/users")  # the user's own setting is kept
+    monkeypatch.setenv("NCA_LAB_CACHE_DIR", "/third")
+    runtime.configure_jax_environment()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/the/users"
