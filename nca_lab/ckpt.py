@@ -144,7 +144,7 @@ class RunCheckpointer:
             way_out = (
                 f"move it out of {self.directory} to use the checkpoint before it (step {max(earlier)})"
                 if earlier
-                else f"there is no checkpoint before it (moved out of {self.directory}, a resume starts over)"
+                else f"it is the only one in {self.directory}: without it there is none to read"
             )
             raise _damaged(self.directory / str(step), err, way_out) from err
 
@@ -244,7 +244,8 @@ def _read_error(err: BaseException) -> bool:
     ``Exception``), not a file one may not read, an allocation that failed or a bug."""
     root = _root_cause(err)
     readable = not isinstance(root, PermissionError) and not isinstance(err, ConfigError)
-    return isinstance(root, ValueError | KeyError | OSError) and readable and not out_of_memory(err)
+    allocated = out_of_memory(err) or out_of_memory(root)  # Orbax's wrapper does not repeat its cause
+    return isinstance(root, ValueError | KeyError | OSError) and readable and not allocated
 
 
 def _damaged(where: Path, err: BaseException, way_out: str) -> ConfigError:

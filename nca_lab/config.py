@@ -34,7 +34,7 @@ def compose(*overrides: str, config_name: str = "config", config_dirs: tuple[str
 
     given = [quote_non_ascii(o) for o in overrides]
     if config_dirs:  # quoted: a path with a comma, or not ASCII, is no value of the grammar's
-        uris = (f"file://{Path(d).resolve()}".replace("\\", "\\\\").replace("'", "\\'") for d in config_dirs)
+        uris = (f"file://{Path(d).resolve()}".replace("'", "\\'") for d in config_dirs)
         quoted = (f"'{uri}'" for uri in uris)
         given.append(f"hydra.searchpath=[{','.join(quoted)}]")
     try:
@@ -71,11 +71,16 @@ def check_top_level(cfg, hydra_settings: str = "") -> None:
 
 
 def _interpolated_names(text: str) -> set[str]:
-    """Every name inside the interpolations of ``text``: ``${size}``, ``${size.x}``,
-    ``${oc.select:size,4}``, ``${..size}``, nested ones too (innermost first)."""
+    """The top-level keys the interpolations in ``text`` read: ``${size}``, ``${size.x}``,
+    ``${..size}``, a resolver's arguments (``${oc.select:size,4}``: ``size``, not ``oc`` or
+    ``4``), nested ones too (innermost first)."""
     names, innermost = set(), re.compile(r"\$\{([^${}]*)\}")
     while innermost.search(text):
-        names.update(name for span in innermost.findall(text) for name in re.findall(r"[\w-]+", span))
+        for span in innermost.findall(text):
+            resolver, colon, arguments = span.partition(":")
+            for read in arguments.split(",") if colon else [resolver]:
+                key = re.match(r"\s*\.*([A-Za-z_][\w-]*)", read)
+                names.update([key[1]] if key else [])
         text = innermost.sub("", text)
     return names
 
@@ -151,21 +156,28 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
         given = [o for o in overrides if _OVERRIDE.fullmatch(o) and not o.startswith("-") or o.startswith("~")]
         parsed = OverridesParser.create().parse_overrides(given)  # not flags, nor their values (--cfg job)
         others = [o for o in parsed if o.key_or_group.lstrip("~+") != key and not o.key_or_group.startswith("hydra.")]
-        fixed = [o.input_line for o in others if not o.is_sweep_override()]
-        swept = [o for o in others if o.is_sweep_override()]
-        jobs = itertools.product(*([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in swept))
-        for job in itertools.islice(jobs, 16):  # the first job in which Hydra could not override the key
-            cfg = compose(*fixed, *job, **_config_flags(overrides))
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            if not (isinstance(node, DictConfig) and leaf in node):
-                break
+        flags = _config_flags(overrides)
+        dirs = [config_dir(), *map(Path, flags.get("config_dirs", ()))]
+        groups = [o for o in others if o.is_sweep_override() and any((d / o.key_or_group).is_dir() for d in dirs)]
+        fixed = [  # a swept value's first: only the groups' options change what settings there are
+            f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in others
+            if o not in groups
+        ]
+        jobs = itertools.product(*([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in groups))
+        lacking, having = None, False  # the first job whose config lacks the key; whether any has it
+        for job in itertools.islice(jobs, 64):
+            cfg = compose(*fixed, *job, **flags)
+            found = OmegaConf.select(cfg, parent) if parent else cfg
+            if isinstance(found, DictConfig) and leaf in found:
+                having = True
+            elif lacking is None:
+                lacking, node = job, found
     except Exception:  # noqa: BLE001 - any error of the others: Hydra's message stands
         return None
-    if not isinstance(node, DictConfig):
+    if lacking is None or not isinstance(node, DictConfig):
         return None
-    dirs = [config_dir(), *map(Path, _config_flags(overrides).get("config_dirs", ()))]
-    choices = [chosen for chosen, o in zip(job, swept, strict=True) if any((d / o.key_or_group).is_dir() for d in dirs)]
-    key = f"{key} in the sweep's job {' '.join(choices)}" if choices else key  # its groups' options decide
+    key = f"{key} in the sweep's job {' '.join(lacking)}" if having else key  # the job's groups decide
     options = (option_names(node) or ()) if "_target_" in node else ()
     if leaf in options:
         return None  # an option its class takes: Hydra's "+key=..." is right

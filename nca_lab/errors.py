@@ -51,7 +51,7 @@ def os_reason(err: OSError) -> str:
     return "a file, not a directory" if in_the_way else err.strerror or str(err)
 
 
-def one_line(err: BaseException, _said: str = "") -> str:
+def one_line(err: BaseException, *, _said: str = "") -> str:
     """``err``'s message as one line: Hydra's and OmegaConf's span several, with a cause
     (``_said``: what the line around a cause says already)."""
     if isinstance(err, OSError) and err.filename:
@@ -68,7 +68,7 @@ def one_line(err: BaseException, _said: str = "") -> str:
         lines.append(f"(in {where})")
     cause = err.__cause__
     if cause is not None and str(cause).strip() and str(cause) not in str(err):
-        lines.append(f"({one_line(cause, ' '.join([_said, *lines]))})")
+        lines.append(f"({one_line(cause, _said=' '.join([_said, *lines]))})")
     return " ".join(lines)
 
 

@@ -249,6 +249,7 @@ BAD_INPUTS = [
     (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive':"),
     (["experiment=quick_grow"], "Could not find 'experiment/quick_grow' Available options in 'experiment':"),
     (["task.target=a=b"], "mismatched input"),
+    (["+name=foo"], "unknown setting name (did you mean run_name?)"),  # read by nothing: Hydra's own ${hydra:job.name}
     (["trainer.steps=${nosuch}"], "error: Interpolation key 'nosuch' not found (in trainer.steps)\n"),  # in which?
     (
         ["logger=wandb", "logger.mode=ofline"],
@@ -608,6 +609,27 @@ def test_an_error_a_job_raised_in_another_process_is_told_from_hydras_own():
     with pytest.raises(ValueError) as elsewhere:
         int("x")
     assert not _raised_by_a_job(elsewhere.value)
+
+
+def test_the_command_keeps_the_traceback_of_a_jobs_error_that_hydra_raises_again(monkeypatch):
+    import logging
+
+    from hydra.core.utils import JobReturn, JobStatus
+
+    import nca_lab.__main__ as app
+
+    def sweep_whose_job_failed_elsewhere():  # what Hydra's launcher does with a submitit job's result
+        JobReturn(status=JobStatus.FAILED, _return_value=KeyError("lr")).return_value  # noqa: B018
+
+    monkeypatch.setattr(app, "main", sweep_whose_job_failed_elsewhere)
+    monkeypatch.setattr(app, "stop_on_signals", lambda message: None)
+    monkeypatch.setattr(app, "_jobs_here", {"ran": 0, "failed": 0})  # no job ran in this process
+    monkeypatch.setattr(sys, "argv", ["nca_lab", "-m", "seed=0,1"])
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
+    for name in ("HYDRA_FULL_ERROR", app.USER_FULL_ERROR):  # the command sets both: restored after the test
+        monkeypatch.setenv(name, "0")
+    with pytest.raises(KeyError, match="lr"):  # not "error: 'lr'" and exit 2, as an error of Hydra's own
+        app.cli()
 
 
 def test_one_line_names_the_setting_of_an_omegaconf_error_once():

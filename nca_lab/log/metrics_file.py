@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from nca_lab.atomic import write_text_atomically
-from nca_lab.errors import ConfigError
+from nca_lab.errors import ConfigError, is_integer
 
 #: The file in a run dir; its presence marks a dir a run trained in (``grow`` will not write there).
 METRICS = "metrics.jsonl"
@@ -75,7 +75,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:  # damaged in the middle: not by a kill, which cuts the end only
             record = None
-        if not (isinstance(record, dict) and "step" in record):
+        if not (isinstance(record, dict) and is_integer(record.get("step"))):
             raise ConfigError(f"{path}: line {number} is no metrics record ({line[:40]!r}): mend or delete it")
         records.append(record)
     return records

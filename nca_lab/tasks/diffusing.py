@@ -13,7 +13,7 @@ mix stays in [0, 1] without clipping), and ``noise="normal"`` gives unclipped st
 noise.
 """
 
-import math
+from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
 
 import jax
@@ -89,11 +89,11 @@ class DiffusingTask(Task):
             len(levels) > 0 and all(0.0 < a <= 1.0 for a in levels),
             f"task.eval_levels must be noise levels in (0, 1], got {list(levels)}",
         )
-        #: Each level's metric names' suffix, in percent: ``a25`` for 0.25 (``a13`` for 0.125).
-        self.level_names = [f"a{math.floor(100 * a + 0.5)}" for a in levels]
+        #: Each level's metric names' suffix, in percent, half up: ``a25`` for 0.25, ``a13`` for 0.125.
+        self.level_names = [f"a{Decimal(str(a)).scaleb(2).quantize(Decimal(1), ROUND_HALF_UP)}" for a in levels]
         require(
             len(set(self.level_names)) == len(levels),  # else one level's metrics replaced another's
-            f"task.eval_levels must be at least 0.01 apart (reported as psnr_a<percent>), got {list(levels)}",
+            f"task.eval_levels must differ in percent (each is reported as psnr_a<percent>), got {list(levels)}",
         )
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), False))
         self.noise = noise

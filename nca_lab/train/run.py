@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import yaml
 from flax import nnx
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +25,7 @@ from nca_lab.config import check_top_level
 from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory_as, require
 from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
-from nca_lab.log.metrics_file import METRICS
+from nca_lab.log.metrics_file import METRICS, read_metrics
 from nca_lab.nca import NCA
 from nca_lab.perceive.base import Perceive
 from nca_lab.runtime import on_stop
@@ -176,7 +177,7 @@ def run(
     what they compose to: ``perceive._target_``).
     """
     run_dir, records = Path(run_dir), hydra_records or {}
-    check_top_level(cfg, records.get("hydra.yaml", ""))
+    check_top_level(cfg, _hydra_overrides(records))
     check_checkpoint_path(run_dir.resolve())  # before anything is written there
     with config_errors("distributed"):
         multihost.initialize(**cfg.distributed)
@@ -224,7 +225,7 @@ def _run(
         if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
             run_id = saved.get("wandb_run_id")
         start = f", resuming {checkpoint}"
-    elif (run_dir / METRICS).is_file() and (run_dir / METRICS).stat().st_size:
+    elif (run_dir / METRICS).is_file() and read_metrics(run_dir):
         # A run that logged steps and died before its first checkpoint: started again only under
         # its own settings (one that logged none, say out of memory at once, may be retried smaller).
         changes = setting_changes(recorded_config(run_dir), config)
@@ -282,6 +283,14 @@ def _finish_after_failure(logger, **how) -> None:
         logger.finish(**how)
     except Exception as err:  # noqa: BLE001 - any error of a logger's
         print(f"warning: the logger did not close its run ({one_line(err)})", file=sys.stderr)
+
+
+def _hydra_overrides(hydra_records: dict[str, str]) -> str:
+    """The command's own ``hydra.*`` overrides (``hydra.run.dir=runs/${tag}``), from Hydra's
+    record, unresolved: what may read a value of the user's besides the config itself."""
+    if "hydra.yaml" not in hydra_records:
+        return ""
+    return "\n".join(yaml.safe_load(hydra_records["hydra.yaml"])["hydra"]["overrides"]["hydra"])
 
 
 def _write_records(run_dir: Path, config: dict, hydra_records: dict[str, str]) -> None:

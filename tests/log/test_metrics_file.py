@@ -60,6 +60,7 @@ def test_a_line_damaged_in_the_middle_is_one_line_naming_it(tmp_path):
         ConfigError, match=r"metrics\.jsonl: line 3 is no metrics record \('\{\"step\": 2, \"lo'\): mend or delete it$"
     ):
         read_metrics(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n[2, 0.4]\n')  # JSON, but no record
-    with pytest.raises(ConfigError, match=r"line 2 is no metrics record"):
-        read_metrics(tmp_path)
+    for no_record in ("[2, 0.4]", '{"step": "2", "loss": 0.4}'):  # JSON, but no record
+        (tmp_path / "metrics.jsonl").write_text(f'{{"step": 1, "loss": 0.5}}\n{no_record}\n')
+        with pytest.raises(ConfigError, match=r"line 2 is no metrics record"):
+            read_metrics(tmp_path)

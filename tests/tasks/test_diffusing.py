@@ -99,7 +99,7 @@ def test_evaluation_scores_the_states_after_the_horizon(task, drifting_nca):
         ({"noise_range": (0.0, 1.5)}, "noise_range"),
         ({"eval_levels": (0.0,)}, "eval_levels"),
         ({"eval_levels": ()}, "eval_levels"),
-        ({"eval_levels": (0.25, 0.251)}, r"at least 0\.01 apart"),  # both psnr_a25: one was lost
+        ({"eval_levels": (0.25, 0.251)}, r"must differ in percent"),  # both psnr_a25: one was lost
         ({"render_scale": 0}, "render_scale"),
     ],
 )
@@ -109,9 +109,10 @@ def test_bad_settings_are_config_errors(option, message):
 
 
 def test_levels_are_named_in_percent_rounded_half_up():
-    assert DiffusingTask(6, target_size=8, padding=2, eval_levels=(0.125, 0.135, 1.0)).level_names == [
+    assert DiffusingTask(6, target_size=8, padding=2, eval_levels=(0.125, 0.145, 0.285, 1.0)).level_names == [
         "a13",
-        "a14",
+        "a15",
+        "a29",
         "a100",
     ]
 
