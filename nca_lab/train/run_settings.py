@@ -10,9 +10,12 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from nca_lab.errors import ConfigError, is_integer, require
+from nca_lab.ckpt import CHECKPOINTS
+from nca_lab.errors import ConfigError, is_integer, one_line, require
 
 #: The settings that say what a checkpoint is a run of. Resuming under others would continue
 #: that run while the run dir's config says something else; trainer, logger and execution
@@ -42,10 +45,11 @@ def setting_changes(saved: dict, config: dict) -> str:
 def completed_summary(run_dir: Path, config: dict) -> dict:
     """The summary of the completed run in ``run_dir``, if ``config`` asks for that run (a line says it is skipped)."""
     changes = setting_changes(recorded_config(run_dir), config)
+    weights = any(path.name.isdigit() for path in (run_dir / CHECKPOINTS).glob("*"))
     require(
         not changes,
-        f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir "
-        f"(trainer.init_from={run_dir} starts from its weights)",
+        f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir"
+        + (f" (trainer.init_from={run_dir} starts from its weights)" if weights else ""),
     )
     completed = run_dir / "summary.json"
     try:
@@ -64,9 +68,21 @@ def completed_summary(run_dir: Path, config: dict) -> dict:
 
 
 def recorded_config(run_dir: Path) -> dict:
-    """The resolved config the run in ``run_dir`` recorded when it started training (``{}`` if none)."""
+    """The resolved config the run in ``run_dir`` recorded when it started training (``{}`` if
+    none). One damaged since (cut short: not YAML, or without all of :data:`RUN_DEFINING`, which
+    would not be compared) is one line, not a traceback or a check that silently passes."""
     recorded = run_dir / "config_resolved.yaml"
-    return OmegaConf.to_container(OmegaConf.load(recorded)) if recorded.is_file() else {}
+    if not recorded.is_file():
+        return {}
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(recorded))
+        require(isinstance(config, dict) and all(key in config for key in RUN_DEFINING), "settings are missing")
+    except (ValueError, yaml.YAMLError, OmegaConfBaseException) as err:
+        raise ConfigError(
+            f"{recorded} cannot be read ({one_line(err)}): it records the run's settings; "
+            "restore it, or give this command another run dir"
+        ) from err
+    return config
 
 
 def _differences(saved, current, key: str = ""):

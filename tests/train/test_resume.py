@@ -258,6 +258,25 @@ def test_a_run_that_saved_no_checkpoint_is_started_again_only_under_its_own_sett
     assert run_app(tmp_path, "trainer.steps=3")["step"] == 3  # its own settings (the trainer's may change)
 
 
+@pytest.mark.parametrize("cut_to", [0, 50, 63], ids=["empty", "parses_cut_short", "no_yaml"])
+def test_a_damaged_record_of_the_settings_is_one_line(tmp_path, cut_to):
+    """Not YAML: a traceback; cut short but YAML: a false "other settings" refusal, or (empty)
+    no check at all, the run skipped under any seed."""
+    run_app(tmp_path, "trainer.steps=2")
+    record = tmp_path / "config_resolved.yaml"
+    record.write_text(record.read_text()[:cut_to])
+    with pytest.raises(ConfigError, match=r"config_resolved\.yaml cannot be read \(.+\): it records the run's"):
+        run_app(tmp_path, "trainer.steps=2", "seed=1")
+
+
+def test_a_completed_run_without_checkpoints_is_not_offered_as_weights(tmp_path):
+    run_app(tmp_path, "trainer.steps=2")
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(ConfigError) as refused:
+        run_app(tmp_path, "trainer.steps=2", "seed=1")
+    assert str(refused.value).endswith("(seed: 0 -> 1): give this one another run dir")
+
+
 def test_a_run_that_logged_nothing_may_be_retried_with_other_settings(tmp_path):
     """Out of memory before its first step, say: the advice is a smaller grid, in the same run dir."""
     run_app(tmp_path, "trainer.steps=2")
