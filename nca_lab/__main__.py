@@ -31,7 +31,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from nca_lab.runtime import STOPPED, configure_jax_environment, quiet_checkpoint_io_callbacks, stop_on_signals
+from nca_lab.runtime import (
+    STOPPED,
+    configure_jax_environment,
+    quiet_checkpoint_io_callbacks,
+    route_checkpoint_reports,
+    stop_on_signals,
+)
 
 #: What a signal before the first training step or in the final evaluation prints; the training
 #: steps install their own handler, which finishes the step and saves first, and restore this one.
@@ -150,15 +156,11 @@ def main(cfg: DictConfig) -> None:
 
 
 def _checkpoint_reports_to_the_log_file() -> Path | None:
-    """Orbax's notes and its worker threads' tracebacks (the ``absl`` and ``asyncio`` loggers,
-    ``conf/config.yaml``) go to the job's log file, not the console, where the failure is one
-    ``error:`` line; nowhere if the job logs to no file (``hydra/job_logging=disabled`` or
-    ``stdout``, which have no file handler for a config to name). Returns the log file."""
+    """Orbax's reports go to the job's log file (:func:`~nca_lab.runtime.route_checkpoint_reports`),
+    nowhere if the job logs to no file (``hydra/job_logging=disabled`` or ``stdout``, which have
+    no file handler for a config to name). Returns the log file."""
     files = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.FileHandler)]
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        logger.handlers = files or [logging.NullHandler()]
-        logger.propagate = False
+    route_checkpoint_reports(files)
     return Path(files[0].baseFilename) if files else None
 
 

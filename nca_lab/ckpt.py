@@ -87,7 +87,8 @@ class RunCheckpointer:
             damaged = _unreadable_loss(self.directory) if _read_error(err) and self.directory.is_dir() else None
             if damaged is None:
                 raise
-            raise _damaged(damaged, err, f"move it out of {self.directory}") from err
+            steps = [int(path.name) for path in self.directory.iterdir() if path.name.isdigit()]
+            raise _damaged(self.directory, damaged, steps, err) from err
         self.selected_step: int | None = None
 
     @classmethod
@@ -140,13 +141,7 @@ class RunCheckpointer:
         except Exception as err:
             if not _read_error(err):
                 raise
-            earlier = [s for s in self.manager.all_steps() if s < step]
-            way_out = (
-                f"move it out of {self.directory} to use the checkpoint before it (step {max(earlier)})"
-                if earlier
-                else f"it is the only one in {self.directory}: without it there is none to read"
-            )
-            raise _damaged(self.directory / str(step), err, way_out) from err
+            raise _damaged(self.directory, step, self.manager.all_steps(), err) from err
 
     def save(
         self,
@@ -248,14 +243,21 @@ def _read_error(err: BaseException) -> bool:
     return isinstance(root, ValueError | KeyError | OSError) and readable and not allocated
 
 
-def _damaged(where: Path, err: BaseException, way_out: str) -> ConfigError:
-    """A damaged checkpoint (a file cut short, an item deleted: a full disk, a copy that broke
-    off) as one line naming it, instead of Orbax's traceback; every re-run would fail the same
-    way, so the line ends with ``way_out``."""
+def _damaged(directory: Path, step: int, steps, err: BaseException) -> ConfigError:
+    """Checkpoint ``step`` of those (``steps``) in ``directory``, damaged (a file cut short, an
+    item deleted: a full disk, a copy that broke off), as one line naming it instead of Orbax's
+    traceback; every re-run would fail the same way, so the line ends with the way out: the
+    newest other checkpoint (the one before it, if it is the newest)."""
     root = _root_cause(err)
     reason = root.args[0] if isinstance(root, KeyError) and root.args else str(root)
     reason = reason.splitlines()[0].split(" [tensorstore_spec=")[0]  # not TensorStore's JSON spec
-    return ConfigError(f"{where}: a damaged checkpoint? It cannot be read ({reason}); {way_out}")
+    others = [s for s in steps if s != step]
+    way_out = (
+        f"move it out of {directory} to use the newest other one (step {max(others)})"
+        if others
+        else f"it is the only one in {directory}: without it there is none to read"
+    )
+    return ConfigError(f"{directory / str(step)}: a damaged checkpoint? It cannot be read ({reason}); {way_out}")
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -264,14 +266,14 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def _unreadable_loss(directory: Path) -> Path | None:
-    """The first checkpoint in ``directory`` whose saved loss is not JSON (Orbax reads each
-    one when it opens the directory), or ``None``."""
+def _unreadable_loss(directory: Path) -> int | None:
+    """The step of the first checkpoint in ``directory`` whose saved loss is not JSON (Orbax
+    reads each one when it opens the directory), or ``None``."""
     for step in sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()):
         try:
             json.loads((directory / str(step) / "metrics" / "metrics").read_text(encoding="utf-8"))
         except (ValueError, OSError):
-            return directory / str(step)
+            return step
     return None
 
 

@@ -18,6 +18,7 @@ from nca_lab.runtime import (
     STOPPED_BY_SIGNAL,
     configure_jax_environment,
     quiet_checkpoint_io_callbacks,
+    route_checkpoint_reports,
     stop_on_signals,
 )
 
@@ -102,6 +103,7 @@ def cli() -> None:
     """The command: :func:`main`, with SIGTERM and SIGINT one line and exit status 143."""
     stop_on_signals(STOPPED_BY_SIGNAL)
     quiet_checkpoint_io_callbacks()  # under a damaged checkpoint's one line
+    route_checkpoint_reports([])
     main()
 
 

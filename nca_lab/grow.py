@@ -25,6 +25,7 @@ from nca_lab.runtime import (
     STOPPED_BY_SIGNAL,
     configure_jax_environment,
     quiet_checkpoint_io_callbacks,
+    route_checkpoint_reports,
     stop_on_signals,
     wait_for,
 )
@@ -310,6 +311,7 @@ def cli() -> None:
     """The command: :func:`main`, with SIGTERM and SIGINT one line and exit status 143."""
     stop_on_signals(STOPPED_BY_SIGNAL)
     quiet_checkpoint_io_callbacks()  # under a damaged checkpoint's one line
+    route_checkpoint_reports([])
     main()
 
 

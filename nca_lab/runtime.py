@@ -4,6 +4,7 @@ Reference: JAX docs, "Persistent compilation cache" and "GPU memory allocation".
 """
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -41,6 +42,17 @@ def configure_jax_environment() -> None:
     for name, value in defaults.items():
         if os.environ.get(name, _SET_HERE.get(name)) == _SET_HERE.get(name):  # unset, or set by this function
             os.environ[name] = _SET_HERE[name] = value
+
+
+def route_checkpoint_reports(handlers: list[logging.Handler]) -> None:
+    """Orbax's notes and its worker threads' tracebacks (the ``absl`` and ``asyncio`` loggers)
+    go to ``handlers`` only (a training job's log file), not the console, where a failure is
+    one ``error:`` line; nowhere without any (grow, export: "Failed to json parse" of a
+    checkpoint they then read)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.handlers = list(handlers) or [logging.NullHandler()]
+        logger.propagate = False
 
 
 def quiet_checkpoint_io_callbacks() -> None:

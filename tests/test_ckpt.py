@@ -192,7 +192,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_one_before(tmp_path,
     where = re.escape(str(tmp_path / "checkpoints"))
     expected = (
         rf"^{where}/2: a damaged checkpoint\? It cannot be read \(.+\); "
-        rf"move it out of {where} to use the checkpoint before it \(step 1\)$"
+        rf"move it out of {where} to use the newest other one \(step 1\)$"
     )
     with pytest.raises(ConfigError, match=expected) as caught:
         found.restore(model, optimizer, None)
@@ -212,7 +212,8 @@ def test_a_damaged_saved_loss_names_its_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / "1" / "metrics" / "metrics").write_text("")
     with pytest.raises(
         ConfigError,
-        match=rf"^{tmp_path}/checkpoints/1: a damaged checkpoint\? .+; move it out of {tmp_path}/checkpoints$",
+        match=rf"^{tmp_path}/checkpoints/1: a damaged checkpoint\? .+; move it out of {tmp_path}/checkpoints to use "
+        r"the newest other one \(step 2\)$",
     ):
         RunCheckpointer.find(tmp_path)
 

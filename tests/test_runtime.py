@@ -50,3 +50,27 @@ def test_the_cache_dir_follows_nca_lab_cache_dir_until_the_user_sets_jaxs_own(mo
     monkeypatch.setenv("NCA_LAB_CACHE_DIR", "/third")
     runtime.configure_jax_environment()
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/the/users"
+
+
+def test_orbax_reports_go_to_the_given_handlers_only(monkeypatch):
+    """grow and export give none: Orbax's "Failed to json parse" of a checkpoint they then read
+    was printed twice before their own line; training gives its job's log file."""
+    import logging
+
+    from nca_lab.runtime import route_checkpoint_reports
+
+    seen, on_console = [], []
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+    console = logging.Handler()
+    console.emit = on_console.append
+    monkeypatch.setattr(logging.getLogger(), "handlers", [console])
+    kept = logging.Handler()
+    kept.emit = seen.append
+    route_checkpoint_reports([kept])
+    logging.getLogger("absl").error("Failed to json parse")
+    route_checkpoint_reports([])
+    logging.getLogger("asyncio").error("Task exception was never retrieved")
+    assert [r.getMessage() for r in seen] == ["Failed to json parse"] and on_console == []

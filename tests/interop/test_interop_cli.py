@@ -379,5 +379,5 @@ def test_a_damaged_checkpoint_is_one_line_from_grow_and_export(tmp_path):
         result = run_cli(str(tmp_path / "run"), "--out", str(tmp_path / out), module=module)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
         assert result.stderr.startswith(f"error: {kernel.parent.parent}: a damaged checkpoint? It cannot be read (")
-        assert result.stderr.endswith("to use the checkpoint before it (step 1)\n")
+        assert result.stderr.endswith("to use the newest other one (step 1)\n")
         assert not (tmp_path / out).exists()
