@@ -134,8 +134,7 @@ class RunCheckpointer:
 
     @contextmanager
     def _reading(self, step: int) -> Iterator[None]:
-        """Run the block that reads checkpoint ``step``; a read error in it is :func:`_damaged`,
-        whose way out is the checkpoint before it."""
+        """Run the block that reads checkpoint ``step``; a read error in it is :func:`_damaged`."""
         try:
             yield
         except Exception as err:

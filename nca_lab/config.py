@@ -177,15 +177,17 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
         return None
     if lacking is None or not isinstance(node, DictConfig):
         return None
-    key = f"{key} in the sweep's job {' '.join(lacking)}" if having else key  # the job's groups decide
+    setting = f"{key} in the sweep's job {' '.join(lacking)}" if having else key  # the job's groups decide
     options = (option_names(node) or ()) if "_target_" in node else ()
     if leaf in options:
         return None  # an option its class takes: Hydra's "+key=..." is right
     names = [name for name in node if not name.startswith("_")]
     left_out = closest(leaf, [name for name in options if name not in node]) if not closest(leaf, names) else None
     if left_out:  # the nearest is an option the yaml does not list
-        return f"unknown setting {key} (did you mean {parent}.{left_out}? not in its yaml: +{parent}.{left_out}=...)"
-    return f"unknown setting {key} ({nearest(leaf, names, parent)})"
+        return (
+            f"unknown setting {setting} (did you mean {parent}.{left_out}? not in its yaml: +{parent}.{left_out}=...)"
+        )
+    return f"unknown setting {setting} ({nearest(leaf, names, parent)})"
 
 
 def _config_flags(argv: list[str]) -> dict:
