@@ -84,10 +84,10 @@ class RunCheckpointer:
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         except Exception as err:  # it reads every checkpoint's saved loss: a damaged one stops it
-            damaged = _unreadable_loss(self.directory) if _read_error(err) and self.directory.is_dir() else None
+            steps = step_dirs(self.directory)
+            damaged = _unreadable_loss(self.directory, steps) if _read_error(err) else None
             if damaged is None:
                 raise
-            steps = [int(path.name) for path in self.directory.iterdir() if path.name.isdigit()]
             raise _damaged(self.directory, damaged, steps, err) from err
         self.selected_step: int | None = None
 
@@ -102,7 +102,7 @@ class RunCheckpointer:
         path = Path(path).expanduser().resolve()
         require(path.exists(), f"{path}: no such checkpoint or run dir")
         for candidate in (path / CHECKPOINTS, path):
-            if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
+            if step_dirs(candidate):
                 found = cls(candidate, create=False)
                 if found.latest_step() is not None:
                     return found
@@ -265,10 +265,16 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def _unreadable_loss(directory: Path) -> int | None:
-    """The step of the first checkpoint in ``directory`` whose saved loss is not JSON (Orbax
-    reads each one when it opens the directory), or ``None``."""
-    for step in sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()):
+def step_dirs(directory: Path) -> list[int]:
+    """The steps of the dirs in ``directory`` named by one, ascending (none if it is no dir):
+    its checkpoints, complete or not."""
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit()) if directory.is_dir() else []
+
+
+def _unreadable_loss(directory: Path, steps: list[int]) -> int | None:
+    """The first of ``steps`` whose checkpoint's saved loss is not JSON (Orbax reads each one
+    when it opens ``directory``), or ``None``."""
+    for step in steps:
         try:
             json.loads((directory / str(step) / "metrics" / "metrics").read_text(encoding="utf-8"))
         except (ValueError, OSError):

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nca_lab.ckpt import CHECKPOINTS
+from nca_lab.ckpt import CHECKPOINTS, step_dirs
 from nca_lab.errors import ConfigError, is_integer, one_line, require
 
 #: The settings that say what a checkpoint is a run of. Resuming under others would continue
@@ -45,7 +45,7 @@ def setting_changes(saved: dict, config: dict) -> str:
 def completed_summary(run_dir: Path, config: dict) -> dict:
     """The summary of the completed run in ``run_dir``, if ``config`` asks for that run (a line says it is skipped)."""
     changes = setting_changes(recorded_config(run_dir), config)
-    weights = any(path.name.isdigit() for path in (run_dir / CHECKPOINTS).glob("*"))
+    weights = bool(step_dirs(run_dir / CHECKPOINTS))
     require(
         not changes,
         f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir"
