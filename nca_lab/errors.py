@@ -1,6 +1,7 @@
 """The one exception type nca_lab reports to users as a single line, that line, and the checks that raise it."""
 
 import difflib
+import numbers
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -41,8 +42,9 @@ def require(condition: bool, message: str) -> None:
 
 
 def is_integer(value) -> bool:
-    """``value`` is an int and not a bool (a config's ``2.5`` or ``true`` is no count)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """``value`` is an integer, Python's or NumPy's (``np.arange`` in a notebook's sweep), and
+    not a bool (a config's ``2.5`` or ``true`` is no count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def os_reason(err: OSError) -> str:

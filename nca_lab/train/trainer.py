@@ -129,18 +129,18 @@ class Trainer:
             f"got {type(optimizer).__name__}",
         )
         optimizer(learning_rate)  # its settings are checked when it is built: now, before any compile
-        self.steps = steps
-        self.batch_size = batch_size
+        self.steps = int(steps)  # a NumPy integer is no JSON for the records
+        self.batch_size = int(batch_size)
         self.learning_rate = learning_rate
         self.optimizer = optimizer
-        self.rollout_steps = rollout_steps
+        self.rollout_steps = tuple(map(int, rollout_steps))
         self.remat = remat
-        self.unroll = unroll
-        self.log_every = log_every
-        self.eval_every = eval_every
-        self.render_every = render_every
-        self.checkpoint_every = checkpoint_every
-        self.keep_last = keep_last
+        self.unroll = int(unroll)
+        self.log_every = int(log_every)
+        self.eval_every = int(eval_every)
+        self.render_every = int(render_every)
+        self.checkpoint_every = int(checkpoint_every)
+        self.keep_last = int(keep_last)
         self.keep_best = keep_best
         self.resume = resume
         self.init_from = init_from

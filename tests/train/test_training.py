@@ -105,3 +105,26 @@ def test_a_config_that_is_not_json_is_refused_before_the_first_step(tmp_path):
     with pytest.raises(ConfigError, match=r"config= must be plain JSON data, .*OmegaConf.to_container"):
         trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path, config=cfg)
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_numpy_integers_are_counts(tmp_path):
+    """A notebook sweeps with ``np.arange``: its integers were refused as counts ("must be an
+    integer >= 1, got np.int64(2)") and as a rollout's length."""
+    from nca_lab.nca import grow
+    from nca_lab.tasks.growing import seed_state
+    from nca_lab.train.trainer import Trainer
+
+    task, model, trainer = tiny()
+    counts = {"steps": 2, "batch_size": trainer.batch_size, "log_every": 1, "checkpoint_every": 2}
+    trainer = Trainer(
+        **{name: np.int64(value) for name, value in counts.items()},
+        learning_rate=trainer.learning_rate,
+        optimizer=trainer.optimizer,
+        rollout_steps=np.array(trainer.rollout_steps),
+        progress=False,
+    )
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == 2
+    state = seed_state((np.int64(8), np.int64(8)), model.num_channels)
+    final, frames = grow(model, state, jax.random.key(1), np.int64(4), frame_every=np.int32(2))
+    assert frames.shape[0] == 3 and final.shape == frames.shape[1:]
