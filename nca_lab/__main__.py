@@ -1,10 +1,13 @@
 """``python -m nca_lab [overrides]``: train an NCA as the Hydra config says.
 
-Kept short (the Flax examples' ``main.py``): set JAX's environment before JAX loads, then
-hand the composed config to :func:`nca_lab.train.run.run`. Exit statuses:
+Sets JAX's environment before JAX loads and hands the composed config to
+:func:`nca_lab.train.run.run` (the Flax examples' ``main.py``); the rest of this module turns
+what can go wrong around a job (Hydra's errors, a failed job of a sweep, signals, a process of
+a distributed run) into one line and an exit status:
 
 * 2: a mistake on the command line, as one ``error:`` line: nca_lab's own checks and Hydra's
-  (an unknown or unparsable override, a missing option, a run dir that cannot be made).
+  (an unknown or unparsable override, a missing option, a run dir that cannot be made), or an
+  input it cannot use (a damaged checkpoint, a run dir another command is training in).
 * 1: a run that failed: training diverged, ran out of memory, or a file could not be read or
   written while it ran (one ``error:`` line), or a job of a sweep failed.
 * 143: stopped by SIGTERM or SIGINT: during training after saving a checkpoint; before the

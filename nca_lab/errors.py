@@ -9,7 +9,8 @@ from contextlib import contextmanager
 
 
 class ConfigError(ValueError):
-    """A bad setting or input, caught before training starts and shown as one line.
+    """A bad setting or an input nca_lab cannot use, shown as one line: a setting, a model file,
+    a damaged checkpoint or record, a run dir another process holds.
 
     The entry points print ``error: <message>`` and exit with status 2 instead of a
     traceback, so the message must say what is wrong and, where it helps, how to fix it.

@@ -28,7 +28,8 @@ class NCA(nnx.Module):
     States are channels-last ``(..., H, W, C)``: RGB (premultiplied by alpha) in 0-2, alpha
     in 3, hidden channels after. Every method is pure (keys in, states out), so it composes
     with ``jit``, ``vmap``, ``grad`` and ``remat`` (forward-mode ``jvp``/``jacfwd`` with
-    ``manual_vjp=False``: the manual step VJP is a ``custom_vjp``).
+    ``manual_vjp=False`` and ``kernel="xla"``: the manual step VJP and the fused kernels are
+    ``custom_vjp``s).
     """
 
     def __init__(
@@ -56,9 +57,9 @@ class NCA(nnx.Module):
                 ``"pallas"``: the fused GPU kernels of :mod:`nca_lab.kernels` for a Sobel
                 perceive with a one-hidden-layer residual update (interpreted, hence slow,
                 off a GPU), forward and rematerialising backward, whatever ``manual_vjp``
-                says. Same function, same random draws. On an H200 the growing train step
-                took 12.2 ms against XLA's 15.8, but the diffusing one (C=64, hidden 256)
-                43.8 against 23.1 (``experiments/bench/h200_2026-11-30_fused``), so opt-in.
+                says. Same function, same random draws. Opt-in: on an H200 it made the
+                growing train step faster and the diffusing one (C=64, hidden 256) slower
+                (README, Performance).
             compact_cells: run the update MLP only on the cells whose update can matter
                 (:mod:`nca_lab.active_cells`; same results), on the XLA path with the manual
                 VJP. ``"auto"``: on a CPU, for steps of at least

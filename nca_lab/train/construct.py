@@ -1,10 +1,14 @@
 """Objects from config nodes, with bad options as one line that names the group.
 
 Hydra's ``instantiate`` reports an unknown option, a value of the wrong type or a failing
-constructor as a traceback; the composition root (:mod:`nca_lab.train.run`) builds every
-group through :func:`construct` or :func:`checked_factory` instead, so a user's mistake is a
-:class:`~nca_lab.errors.ConfigError` before anything is compiled. Part of the composition
-root, split off :mod:`nca_lab.train.run`: with it, the only module that reads config nodes.
+constructor as a traceback; the composition root (:mod:`nca_lab.train.run`) builds the task,
+model and logger through :func:`construct` or :func:`checked_factory` instead, so a user's
+mistake is a :class:`~nca_lab.errors.ConfigError` before anything is compiled. The trainer
+checks its own values (``trainer.steps must be an integer >= 1``: the bound too, for the
+Python API as well), so its node gets :func:`check_names` and :func:`config_errors` only.
+Part of the composition root, split off :mod:`nca_lab.train.run`, with
+:mod:`nca_lab.train.run_settings`; :mod:`nca_lab.config` and :mod:`nca_lab.__main__` are the
+Hydra front end, the other readers of config nodes.
 """
 
 import functools

@@ -2,8 +2,8 @@
 
 Each config group names its class with ``_target_`` (``_partial_`` where only code knows a
 size); this module supplies those sizes, builds task, model, trainer and logger (through
-:mod:`nca_lab.train.construct`, which checks their options), and trains, resuming or skipping
-a run dir as :mod:`nca_lab.train.run_settings` allows.
+:mod:`nca_lab.train.construct`, which checks their options; the trainer checks its own
+values), and trains, resuming or skipping a run dir as :mod:`nca_lab.train.run_settings` allows.
 """
 
 import json

@@ -80,7 +80,8 @@ class Trainer:
             rollout_steps: ``[low, high]``, the inclusive range of rollout lengths; one number
                 is a fixed length.
             remat: recompute CA steps in the backward pass (less memory, more compute); implied
-                by the residual update's manual step VJP, so it matters for other updates only.
+                by the residual update's manual step VJP and by ``kernel=pallas``, so it matters
+                for other updates only.
             unroll: CA steps per scan iteration.
             log_every: steps between ``metrics.jsonl`` lines (and logger calls), besides the first and last step.
             eval_every: steps between evaluations (0: only at the end).
