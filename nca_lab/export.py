@@ -17,8 +17,7 @@ from pathlib import Path
 from nca_lab.runtime import (
     STOPPED_BY_SIGNAL,
     configure_jax_environment,
-    quiet_checkpoint_io_callbacks,
-    route_checkpoint_reports,
+    run_checkpoint_reader,
     stop_on_signals,
 )
 
@@ -101,10 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def cli() -> None:
     """The command: :func:`main`, with SIGTERM and SIGINT one line and exit status 143."""
-    stop_on_signals(STOPPED_BY_SIGNAL)
-    quiet_checkpoint_io_callbacks()  # under a damaged checkpoint's one line
-    route_checkpoint_reports([])
-    main()
+    run_checkpoint_reader(main)
 
 
 if __name__ == "__main__":

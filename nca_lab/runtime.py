@@ -117,6 +117,16 @@ def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None)
     return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
+def run_checkpoint_reader(main: Callable[[], None]) -> None:
+    """Run ``main``, a command that reads checkpoints (``grow``, ``export``): SIGTERM and
+    SIGINT are one line and exit status 143, and a damaged checkpoint's one line has no pages
+    of Orbax's under it (:func:`quiet_checkpoint_io_callbacks`, :func:`route_checkpoint_reports`)."""
+    stop_on_signals(STOPPED_BY_SIGNAL)
+    quiet_checkpoint_io_callbacks()
+    route_checkpoint_reports([])
+    main()
+
+
 def wait_for(tree):
     """``tree`` once its JAX arrays are computed, checked every millisecond.
 

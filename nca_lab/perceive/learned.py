@@ -11,7 +11,7 @@ from flax import nnx
 from nca_lab.errors import require
 from nca_lab.perceive.base import Perceive
 from nca_lab.perceive.sobel import sobel_kernels
-from nca_lab.perceive.stencil import OFFSETS, pad_grid, shifted
+from nca_lab.perceive.stencil import neighbours
 
 
 class LearnedPerceive(Perceive):
@@ -88,10 +88,8 @@ class LearnedPerceive(Perceive):
     def __call__(self, state: jnp.ndarray) -> jnp.ndarray:
         """Perception ``(..., H, W, out_features)`` of a state ``(..., H, W, C)``."""
         kernel = self.kernel[...]
-        padded = pad_grid(state)
         out = None
-        for dr, dc in OFFSETS:
-            nb = shifted(padded, dr, dc)
+        for (dr, dc), nb in neighbours(state):
             k = kernel[dr + 1, dc + 1]
             if self.mode == "depthwise":
                 term = (nb[..., :, None] * k).reshape(*nb.shape[:-1], self.out_features)
