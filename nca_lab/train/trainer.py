@@ -222,13 +222,7 @@ class Trainer:
         checkpoint. Returns the final metrics. With several processes, every one calls this
         and saves its share of each checkpoint; only process 0 writes the other files.
         """
-        try:  # saved with each checkpoint: a DictConfig failed at the first save, after its steps
-            json.dumps(config)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(
-                f"config= must be plain JSON data, saved with each checkpoint (from a DictConfig: "
-                f"OmegaConf.to_container(cfg, resolve=True)); {err}"
-            ) from err
+        _require_json(config)
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         logger = logger or NullLogger()
@@ -238,25 +232,8 @@ class Trainer:
         multihost.sync("resume_source")  # every process decides from the same files before any writes them
         optimizer = nnx.Optimizer(model, self.optimizer(self.learning_rate), wrt=nnx.Param)
         pool_key, train_key, eval_key = jax.random.split(key, 3)
-
-        def fresh_pool():
-            return init_pool(task, pool_key, task.pool_size) if task.pool_size else None
-
         grid = list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3])
-        start, last = 0, {}
-        if source is not None:  # the saved pool replaces a fresh one, of which only the shapes are needed
-            trained_on = source.metadata().get("grid", grid)  # another task's grid (a notebook's) carried on silently
-            require(
-                trained_on == grid,
-                f"{source.directory}: trained on a {trained_on[0]}x{trained_on[1]} grid, this task's is "
-                f"{grid[0]}x{grid[1]}: resume it with its own task, or train a new run dir from its weights",
-            )
-            start, pool, train_key, saved = source.restore(model, optimizer, jax.eval_shape(fresh_pool))
-            last = {"loss": saved["loss"]}  # what summary.json reports if the run had no step left
-        else:
-            pool = fresh_pool()
-            if self.init_from:
-                RunCheckpointer.find(self.init_from).restore_model(model)
+        start, pool, train_key, last = self._restore_or_start(source, model, optimizer, task, grid, pool_key, train_key)
         checkpointer = RunCheckpointer(run_dir / CHECKPOINTS, keep_last=self.keep_last, keep_best=self.keep_best)
         mesh = parallel.data_mesh() if self.data_parallel else None
         if mesh is not None:
@@ -285,71 +262,42 @@ class Trainer:
             renders = kept_renders(run_dir, until=start - 1 if start == self.steps else start)
             if start:
                 logger.resume(metrics_file.earlier, renders)
-        pending: list[tuple[int, dict]] = []
         bar = tqdm(
             total=self.steps, initial=start, disable=not (self.progress and main), unit="step", dynamic_ncols=True
         )
-
-        def fetch_metrics(step: int, now: float, *, log: bool = True) -> None:
-            """Fetch the pending step metrics (one device sync); stop on the first non-finite one.
-
-            With ``log``, the last step's metrics also go to ``metrics.jsonl`` and the logger.
-            """
-            nonlocal last, tick, tick_step
-            if not pending:
-                return
-            for pending_step, out in pending:
-                values = {k: float(v) for k, v in out.items()}
-                if not all(map(math.isfinite, values.values())):
-                    raise TrainingDiverged(
-                        f"training diverged at step {pending_step} (loss {values['loss']}, grad_norm "
-                        f"{values['grad_norm']}, param_norm {values['param_norm']}); "
-                        f"last good checkpoint: {checkpointer.latest_step() or 'none'}"
-                    )
-            pending.clear()
-            record = {**values, "lr": self.lr_at(step)}
-            last = record
-            if not log:
-                return
-            if tick_step is not None:  # not on the first line: its steps include the compile
-                record["steps_per_s"] = (step - tick_step) / (now - tick)
-            tick, tick_step = now, step
-            if metrics_file is not None:
-                metrics_file.write(step, record)
-            logger.log(record, step)
-            bar.set_postfix(loss=f"{record['loss']:.4g}")
+        metrics = _StepMetrics(last, self.lr_at, metrics_file, logger, bar, checkpointer)
 
         def save(step: int) -> Path:
             if metrics_file is not None:  # its lines on disk first: a crash cannot keep a checkpoint past them
                 metrics_file.sync()
-            metadata_now = {**metadata, "loss": last["loss"]}
+            metadata_now = {**metadata, "loss": metrics.last["loss"]}
             return checkpointer.save(
                 step, model=model, optimizer=optimizer, pool=pool, key=train_key, metadata=metadata_now
             )
 
         try:
             with _stop_signals() as stop:
-                tick, tick_step, previous = 0.0, None, None  # the speed is timed from the first line on
+                previous = None
                 for step in range(start + 1, self.steps + 1):
                     pool, out = train_step(model, optimizer, pool, jax.random.fold_in(train_key, step))
                     # One step in flight: JAX would queue every step up to the next log line,
                     # and a stop (which saves after the queued steps) waited for all of them.
                     jax.block_until_ready(previous)
-                    pending.append((step, out))
+                    metrics.pending.append((step, out))
                     previous = out
                     bar.update(1)
-                    checkpoint_due = step == self.steps or (self.checkpoint_every and step % self.checkpoint_every == 0)
-                    if step % self.log_every == 0 or step in (1, self.steps):
-                        fetch_metrics(step, time.perf_counter())
-                    if self.eval_every and step % self.eval_every == 0 and step < self.steps:
+                    final = step == self.steps  # evaluated and rendered after the loop
+                    if _due(step, self.log_every) or step in (1, self.steps):
+                        metrics.fetch(step)
+                    if _due(step, self.eval_every) and not final:
                         self._evaluate(model, task, eval_key, step, metrics_file, logger)
-                    if self.render_every and step % self.render_every == 0 and step < self.steps:
+                    if _due(step, self.render_every) and not final:
                         self._render(model, task, eval_key, run_dir, step, logger)
                     # Checkpoint after this step's evaluation, so a resumed run logs exactly what
                     # an uninterrupted one does; a stop between log steps writes no extra line.
                     stopping = multihost.any_process(stop.is_set())  # every process stops after the same step
-                    if checkpoint_due or stopping:
-                        fetch_metrics(step, time.perf_counter(), log=False)
+                    if final or _due(step, self.checkpoint_every) or stopping:
+                        metrics.fetch(step, log=False)
                         where = save(step)
                     if stopping:
                         raise Preempted(f"by a signal after step {step}; checkpoint saved to {where}")
@@ -363,10 +311,31 @@ class Trainer:
             bar.close()
             if metrics_file is not None:
                 metrics_file.close()
-        summary = {"step": self.steps, "loss": last["loss"], **evaluation}
+        summary = {"step": self.steps, "loss": metrics.last["loss"], **evaluation}
         if main:
             write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _restore_or_start(self, source, model, optimizer, task, grid, pool_key, train_key) -> tuple:
+        """``(step, pool, training key, last metrics)`` to train on from: restored from
+        ``source`` (into ``model`` and ``optimizer``), or a fresh run's (from ``init_from``'s weights)."""
+
+        def fresh_pool():
+            return init_pool(task, pool_key, task.pool_size) if task.pool_size else None
+
+        if source is None:
+            if self.init_from:
+                RunCheckpointer.find(self.init_from).restore_model(model)
+            return 0, fresh_pool(), train_key, {}
+        trained_on = source.metadata().get("grid", grid)  # another task's grid (a notebook's) carried on silently
+        require(
+            trained_on == grid,
+            f"{source.directory}: trained on a {trained_on[0]}x{trained_on[1]} grid, this task's is "
+            f"{grid[0]}x{grid[1]}: resume it with its own task, or train a new run dir from its weights",
+        )
+        # the saved pool replaces a fresh one, of which only the shapes are needed
+        start, pool, train_key, saved = source.restore(model, optimizer, jax.eval_shape(fresh_pool))
+        return start, pool, train_key, {"loss": saved["loss"]}  # what summary.json reports if no step is left
 
     def _evaluate(self, model, task, key, step, metrics_file, logger) -> dict[str, float]:
         metrics = {f"eval/{k}": float(v) for k, v in task.evaluate(model, key, self.horizon).items()}
@@ -389,6 +358,64 @@ class Trainer:
             with atomic_path(run_dir / path.name) as tmp:
                 shutil.copyfile(path, tmp)
         logger.log_media(paths, step)
+
+
+def _require_json(config) -> None:
+    """``config`` is saved with each checkpoint: a DictConfig failed at the first save, after its steps."""
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"config= must be plain JSON data, saved with each checkpoint (from a DictConfig: "
+            f"OmegaConf.to_container(cfg, resolve=True)); {err}"
+        ) from err
+
+
+def _due(step: int, every: int) -> bool:
+    """Whether a schedule of one event every ``every`` steps (0: none) has one at ``step``."""
+    return every > 0 and step % every == 0
+
+
+class _StepMetrics:
+    """The train steps' metrics, kept on the device until a log line or a checkpoint needs them:
+    then fetched (one sync for all), checked for divergence, and at log lines written to
+    ``metrics.jsonl`` and the logger with the speed since the last line."""
+
+    def __init__(self, last: dict, lr_at, metrics_file, logger: Logger, bar, checkpointer: RunCheckpointer):
+        self.pending: list[tuple[int, dict]] = []
+        self.last = last  # the latest fetched record: its loss goes into checkpoints and summary.json
+        self._lr_at = lr_at
+        self._file = metrics_file
+        self._logger = logger
+        self._bar = bar
+        self._checkpointer = checkpointer
+        self._tick, self._tick_step = 0.0, None  # the speed is timed from the first line on
+
+    def fetch(self, step: int, *, log: bool = True) -> None:
+        """Fetch the pending metrics; stop on the first non-finite one. With ``log``, the last
+        step's metrics also go to ``metrics.jsonl`` and the logger."""
+        if not self.pending:
+            return
+        now = time.perf_counter()
+        for pending_step, out in self.pending:
+            values = {k: float(v) for k, v in out.items()}
+            if not all(map(math.isfinite, values.values())):
+                raise TrainingDiverged(
+                    f"training diverged at step {pending_step} (loss {values['loss']}, grad_norm "
+                    f"{values['grad_norm']}, param_norm {values['param_norm']}); "
+                    f"last good checkpoint: {self._checkpointer.latest_step() or 'none'}"
+                )
+        self.pending.clear()
+        record = self.last = {**values, "lr": self._lr_at(step)}
+        if not log:
+            return
+        if self._tick_step is not None:  # not on the first line: its steps include the compile
+            record["steps_per_s"] = (step - self._tick_step) / (now - self._tick)
+        self._tick, self._tick_step = now, step
+        if self._file is not None:
+            self._file.write(step, record)
+        self._logger.log(record, step)
+        self._bar.set_postfix(loss=f"{record['loss']:.4g}")
 
 
 def kept_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
