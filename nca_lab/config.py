@@ -145,34 +145,14 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
     that the yaml leaves out, and then ``None`` keeps Hydra's words (also when the other
     overrides do not compose). In a sweep, the hint is for its first job without the setting
     (``-m perceive=sobel,learned perceive.angle=1``: the job ``perceive=learned``), named."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
 
     from nca_lab.errors import closest, nearest
     from nca_lab.train.construct import option_names
 
     parent, _, leaf = key.rpartition(".")
     try:
-        given = [o for o in overrides if _OVERRIDE.fullmatch(o) and not o.startswith("-") or o.startswith("~")]
-        parsed = OverridesParser.create().parse_overrides(given)  # not flags, nor their values (--cfg job)
-        others = [o for o in parsed if o.key_or_group.lstrip("~+") != key and not o.key_or_group.startswith("hydra.")]
-        flags = _config_flags(overrides)
-        dirs = [config_dir(), *map(Path, flags.get("config_dirs", ()))]
-        groups = [o for o in others if o.is_sweep_override() and any((d / o.key_or_group).is_dir() for d in dirs)]
-        fixed = [  # a swept value's first: only the groups' options change what settings there are
-            f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-            for o in others
-            if o not in groups
-        ]
-        jobs = itertools.product(*([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in groups))
-        lacking, having = None, False  # the first job whose config lacks the key; whether any has it
-        for job in itertools.islice(jobs, 64):
-            cfg = compose(*fixed, *job, **flags)
-            found = OmegaConf.select(cfg, parent) if parent else cfg
-            if isinstance(found, DictConfig) and leaf in found:
-                having = True
-            elif lacking is None:
-                lacking, node = job, found
+        lacking, node, having = _first_job_lacking(key, overrides)
     except Exception:  # noqa: BLE001 - any error of the others: Hydra's message stands
         return None
     if lacking is None or not isinstance(node, DictConfig):
@@ -188,6 +168,38 @@ def mistyped_setting(key: str, overrides: list[str]) -> str | None:
             f"unknown setting {setting} (did you mean {parent}.{left_out}? not in its yaml: +{parent}.{left_out}=...)"
         )
     return f"unknown setting {setting} ({nearest(leaf, names, parent)})"
+
+
+def _first_job_lacking(key: str, overrides: list[str]) -> tuple:
+    """``(job, node, having)``: the first job (its group choices) of the command whose config
+    lacks ``key``, the node that should hold it, and whether any job has it. A command that is
+    no sweep is one job, ``()``; a sweep's jobs differ only in their groups' choices (the
+    first 64), the other swept values taken at their first."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    given = [o for o in overrides if _OVERRIDE.fullmatch(o) and not o.startswith("-") or o.startswith("~")]
+    parsed = OverridesParser.create().parse_overrides(given)  # not flags, nor their values (--cfg job)
+    others = [o for o in parsed if o.key_or_group.lstrip("~+") != key and not o.key_or_group.startswith("hydra.")]
+    flags = _config_flags(overrides)
+    dirs = [config_dir(), *map(Path, flags.get("config_dirs", ()))]
+    groups = [o for o in others if o.is_sweep_override() and any((d / o.key_or_group).is_dir() for d in dirs)]
+    fixed = [  # a swept value's first: only the groups' options change what settings there are
+        f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+        for o in others
+        if o not in groups
+    ]
+    jobs = itertools.product(*([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in groups))
+    lacking, node, having = None, None, False
+    for job in itertools.islice(jobs, 64):
+        cfg = compose(*fixed, *job, **flags)
+        found = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(found, DictConfig) and leaf in found:
+            having = True
+        elif lacking is None:
+            lacking, node = job, found
+    return lacking, node, having
 
 
 def _config_flags(argv: list[str]) -> dict:
