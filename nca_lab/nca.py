@@ -102,8 +102,14 @@ class NCA(nnx.Module):
 
     @property
     def uses_manual_vjp(self) -> bool:
-        """Whether :meth:`step` is differentiated by :func:`~nca_lab.step_vjp.residual_step`."""
-        return self.manual_vjp and type(self.update) is ResidualUpdate
+        """Whether :meth:`step` is differentiated by :func:`~nca_lab.step_vjp.residual_step`:
+        with a :class:`ResidualUpdate`, or a subclass that keeps its step (``apply`` and
+        ``__call__``): its own ``delta`` is differentiated by autodiff there, its own
+        ``fire_mask`` drawn there."""
+        kind = type(self.update)
+        residual = issubclass(kind, ResidualUpdate)
+        keeps_step = residual and kind.apply is ResidualUpdate.apply and kind.__call__ is ResidualUpdate.__call__
+        return self.manual_vjp and keeps_step
 
     @property
     def uses_fused_kernel(self) -> bool:

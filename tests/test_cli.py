@@ -109,7 +109,18 @@ class RngsFreePerceive(UncalledPerceive):
 
 
 class AutodiffUpdate(ResidualUpdate):
-    """A researcher's own update (a subclass is not the residual update the fast paths are for)."""
+    """A researcher's own update with a step of its own, which the fast paths do not compute."""
+
+    def __call__(self, state, perception, key):
+        return super().__call__(state, perception, key)
+
+
+class OwnDeltaUpdate(ResidualUpdate):
+    """A researcher's own change per cell in the residual update's step: the fast paths' (its
+    ``delta`` differentiated by autodiff there)."""
+
+    def delta(self, perception):
+        return super().delta(perception) * 0.5
 
 
 def test_an_update_without_the_fast_paths_is_noted_once(capsys):
@@ -117,10 +128,13 @@ def test_an_update_without_the_fast_paths_is_noted_once(capsys):
     assert not model.uses_manual_vjp and not model.compacts(10**6)
     assert capsys.readouterr().err == (
         "note: AutodiffUpdate trains by autodiff of its step, on every cell; the manual step VJP and "
-        "active cells are the residual update's (trainer.remat=true saves memory)\n"
+        "active cells are the residual update's, and its subclasses' that keep its apply and __call__ "
+        "(trainer.remat=true saves memory)\n"
     )
-    build(compose(*TINY))
-    assert capsys.readouterr().err == ""  # the residual update: no note
+    for residual in ("OwnDeltaUpdate", "ResidualUpdate"):  # no note
+        _, model, _ = build(compose(*TINY, f"update._target_=test_cli.{residual}"))
+        assert model.uses_manual_vjp and model.compacts(10**6)
+        assert capsys.readouterr().err == ""
 
 
 def test_the_fused_kernels_off_a_gpu_are_noted(capsys):

@@ -142,7 +142,8 @@ def build(cfg: DictConfig) -> tuple:
     if not model.uses_manual_vjp:
         print(
             f"note: {type(model.update).__name__} trains by autodiff of its step, on every cell; the manual "
-            "step VJP and active cells are the residual update's (trainer.remat=true saves memory)",
+            "step VJP and active cells are the residual update's, and its subclasses' that keep its apply "
+            "and __call__ (trainer.remat=true saves memory)",
             file=sys.stderr,
         )
     if model.uses_fused_kernel and jax.default_backend() != "gpu":

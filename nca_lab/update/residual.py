@@ -79,7 +79,10 @@ class ResidualUpdate(Update):
 
         :meth:`delta_vjp` (and the fused kernels of :mod:`nca_lab.kernels`) mirror it by hand:
         change them together (``tests/perf/test_step_vjp.py`` checks they agree), or change it
-        in a subclass, which trains by autodiff.
+        in a subclass: its ``delta`` is differentiated by autodiff inside the manual step VJP,
+        and on active cells. So it must stay per cell, each cell's change from its own
+        perception: active cells run it on the rows ``(cells, features)`` of the cells that
+        can change.
         """
         h = perception
         for layer in self.hidden:
@@ -114,8 +117,13 @@ class ResidualUpdate(Update):
         Recomputes the hidden activations from ``perception`` (nothing is stored between the
         forward and the backward pass) and returns ``(param_grads, perception_grad)``, where
         ``param_grads`` has the structure of ``nnx.state(self, nnx.Param)``. Equal to
-        ``jax.vjp(ResidualUpdate.delta)`` up to float32 rounding (tested).
+        ``jax.vjp(ResidualUpdate.delta)`` up to float32 rounding (tested). A subclass's own
+        ``delta`` gets ``jax.vjp``'s, unless the subclass writes this method too.
         """
+        if type(self).delta is not ResidualUpdate.delta:
+            graph, params, rest = nnx.split(self, nnx.Param, ...)
+            _, delta_vjp = jax.vjp(lambda p, x: nnx.merge(graph, p, rest).delta(x), params, perception)
+            return delta_vjp(cotangent)
         layers = [*self.hidden, self.out]
         inputs = [perception]
         for layer in self.hidden:
