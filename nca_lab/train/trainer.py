@@ -152,7 +152,10 @@ class Trainer:
         """Raise :class:`~nca_lab.errors.ConfigError` unless ``task`` can be trained on this schedule.
 
         :meth:`fit` calls it; the app calls it before building the model, whose initialisation compiles.
+        A task's own ``sample`` and ``loss`` are checked for the shapes the trainer needs (traced
+        abstractly, nothing computed): a per-batch loss failed deep in the pool's sort.
         """
+        _check_task_shapes(task)
         if task.pool_size:
             require(
                 task.pool_size >= self.batch_size,
@@ -369,6 +372,21 @@ def _require_json(config) -> None:
             f"config= must be plain JSON data, saved with each checkpoint (from a DictConfig: "
             f"OmegaConf.to_container(cfg, resolve=True)); {err}"
         ) from err
+
+
+def _check_task_shapes(task: Task, n: int = 2) -> None:
+    """Refuse a task whose ``sample(key, n)`` is not ``n`` states ``(H, W, C)`` and ``n`` targets,
+    or whose ``loss`` of them is not one loss per sample, ``(n,)``."""
+    name = type(task).__name__
+    batch = jax.eval_shape(lambda key: task.sample(key, n), jax.random.key(0))
+    state, target = batch.state.shape, batch.target.shape
+    require(
+        len(state) == 4 and state[0] == n and state[-1] == task.num_channels,
+        f"{name}.sample(key, {n}) gives states of shape {state}; the trainer needs ({n}, H, W, {task.num_channels})",
+    )
+    require(target[:1] == (n,), f"{name}.sample(key, {n}) gives targets of shape {target}; the trainer needs {n}")
+    loss = jax.eval_shape(task.loss, batch.state, batch.target).shape
+    require(loss == (n,), f"{name}.loss gives shape {loss} for {n} samples; it must be one loss per sample, ({n},)")
 
 
 def _due(step: int, every: int) -> bool:

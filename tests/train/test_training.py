@@ -12,6 +12,7 @@ from nca_lab.ckpt import RunCheckpointer
 from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
+from nca_lab.tasks.growing import GrowingTask
 from nca_lab.train.run import build, seed_keys
 from nca_lab.train.trainer import TrainingDiverged
 
@@ -128,3 +129,39 @@ def test_numpy_integers_are_counts(tmp_path):
     state = seed_state((np.int64(8), np.int64(8)), model.num_channels)
     final, frames = grow(model, state, jax.random.key(1), np.int64(4), frame_every=np.int32(2))
     assert frames.shape[0] == 3 and final.shape == frames.shape[1:]
+
+
+class ScalarLossTask(GrowingTask):
+    """A researcher's task whose loss is the batch's mean, not one per sample."""
+
+    def loss(self, state, target):
+        return jnp.mean(super().loss(state, target))
+
+
+class ShortStateTask(GrowingTask):
+    """A researcher's task whose states lack a channel."""
+
+    def sample(self, key, n):
+        batch = super().sample(key, n)
+        return batch._replace(state=batch.state[..., :-1])
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        (
+            "ScalarLossTask",
+            r"ScalarLossTask.loss gives shape \(\) for 2 samples; it must be one loss per sample, \(2,\)",
+        ),
+        (
+            "ShortStateTask",
+            r"ShortStateTask.sample\(key, 2\) gives states of shape \(2, 12, 12, 15\); "
+            r"the trainer needs \(2, H, W, 16\)",
+        ),
+    ],
+)
+def test_a_task_of_the_wrong_shapes_is_one_line_before_the_model(task, message):
+    """A per-batch loss trained without a pool and, with one, failed in the pool's sort:
+    "axis -1 is out of bounds for array of dimension 0", naming no loss."""
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        tiny(f"task._target_=test_training.{task}")
