@@ -68,6 +68,7 @@ from nca_lab.config import (  # noqa: E402
     set_by_experiment,
 )
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
+from nca_lab.train.run_dir_lock import LOCK_FILE  # noqa: E402
 
 # Registered before Hydra composes; launchers that run jobs elsewhere (submitit) take it along
 # with Hydra's state, which holds OmegaConf's resolvers.
@@ -196,7 +197,7 @@ def _remove_unused(run_dir: Path, log_name: str) -> None:
     with contextlib.suppress(OSError):  # a dir already gone, or not removable: nothing to tidy
         names = {path.name for path in run_dir.iterdir()}
         log = run_dir / log_name  # Hydra's; with the run dir lock, all there is before nca_lab writes
-        if names <= {log_name, ".lock"} and (not log.exists() or log.stat().st_size == 0):
+        if names <= {log_name, LOCK_FILE} and (not log.exists() or log.stat().st_size == 0):
             for name in names:
                 (run_dir / name).unlink()
             run_dir.rmdir()
