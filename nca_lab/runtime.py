@@ -114,7 +114,8 @@ def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None)
         os.write(2, f"{message}\n".encode())
         os._exit(STOPPED)
 
-    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGTERM's last: once it is caught, so is SIGINT (tests wait for it, as Python catches SIGINT from its start)
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def run_checkpoint_reader(main: Callable[[], None]) -> None:

@@ -50,11 +50,48 @@ def run_cli(*args: str, module: str = "nca_lab", cwd: Path | None = None, timeou
     )
 
 
-def interrupted(*args: str, module: str = "nca_lab", after: float) -> tuple[int, str]:
-    """Run ``python -m <module> <args>``, send it SIGINT ``after`` seconds in; return its exit status and stderr."""
+def signal_handler_installed(pid: int, timeout: float = 60.0) -> bool | None:
+    """Wait until process ``pid`` catches SIGTERM (the command's :func:`stop_on_signals`, which
+    Python's own start-up never installs); return whether JAX was not yet loaded then (None
+    where ``/proc`` is missing: no waiting)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            caught = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+                return "jaxlib" not in Path(f"/proc/{pid}/maps").read_text()
+        except (OSError, StopIteration):  # exited: the caller sees its status
+            return None
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} installed no SIGTERM handler in {timeout} s")
+
+
+def interrupted(*args: str, module: str = "nca_lab", after: float, env: dict | None = None) -> tuple[int, str]:
+    """Run ``python -m <module> <args>`` (``env`` added to the environment), send it SIGINT
+    ``after`` seconds after it installed its signal handlers (which it must do before it loads
+    JAX); return its exit status and stderr.
+
+    Not ``after`` seconds from the start: on a busy core (four other processes running) Python's
+    start-up alone took 0.3 s, and a SIGINT before the handlers is Python's KeyboardInterrupt
+    traceback (exit -2).
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        assert signal_handler_installed(process.pid) is not False, f"{module} loaded JAX before its signal handlers"
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     time.sleep(after)
     process.send_signal(signal.SIGINT)
     try:

@@ -538,8 +538,10 @@ def test_help_into_a_pipe_closed_early_says_nothing_more():
 def test_ctrl_c_while_starting_is_one_line_and_143(delay, tmp_path):
     """Before the training steps, SIGINT stops at once: it was a traceback in an import (0.2 and
     0.7 s in), or swallowed by a garbage-collection callback while the model was built, the
-    job training on (1.0 s in)."""
-    status = interrupted(*TINY, f"hydra.run.dir={tmp_path}", after=delay)  # JAX, Hydra, the build take seconds
+    job training on (1.0 s in). With a JAX cache of its own, empty: from the shared one the
+    training steps began 2 s in, unloaded, too close to 1.5 s for a faster machine."""
+    cache = {"NCA_LAB_CACHE_DIR": str(tmp_path / "cache")}  # its compiles take seconds: none is cut short
+    status = interrupted(*TINY, f"hydra.run.dir={tmp_path}", after=delay, env=cache)
     assert status == (143, "stopped: by a signal outside the training steps (nothing to save)\n")
 
 
