@@ -15,7 +15,7 @@ from flax import nnx
 from nca_lab.active_cells import MIN_CELLS
 from nca_lab.alive import ALIVE_THRESHOLD, alive_mask
 from nca_lab.errors import is_integer, require
-from nca_lab.kernels.fused_rollout import can_fuse, fused_rollout_parts
+from nca_lab.kernels.fused_rollout import cannot_fuse, fused_rollout_parts
 from nca_lab.perceive.base import Perceive
 from nca_lab.step_vjp import residual_step
 from nca_lab.update.base import Update
@@ -78,12 +78,9 @@ class NCA(nnx.Module):
         require(
             compact_cells in ("auto", True, False), f"compact_cells must be auto, true or false, got {compact_cells!r}"
         )
-        require(
-            kernel != "pallas" or can_fuse(perceive, update, alive_threshold),
-            "kernel=pallas needs the sobel perceive, a residual update with one hidden layer, "
-            "channel and hidden sizes in multiples of 16 (hidden at least channels) and an alive threshold "
-            "of at least 0 (or none)",
-        )
+        if kernel == "pallas":
+            missing = cannot_fuse(perceive, update, alive_threshold)
+            require(missing is None, f"kernel=pallas needs {missing}")
         self.perceive = perceive
         self.update = update
         self.alive_threshold = alive_threshold

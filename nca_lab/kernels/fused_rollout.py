@@ -65,15 +65,21 @@ def _split(rollout, mesh: Mesh):
     return jax.shard_map(rollout, mesh=mesh, in_specs=specs, out_specs=batch, check_vma=False)
 
 
-def can_fuse(perceive, update, alive_threshold: float | None) -> bool:
-    """Whether the fused kernels compute this NCA's step: fixed Sobel, one hidden layer, sizes in 16s."""
-    return (
-        type(perceive) is SobelPerceive
-        and type(update) is ResidualUpdate
-        and len(update.hidden) == 1
-        and supports(perceive.num_channels, update.hidden[0].out_features)
-        and (alive_threshold is None or alive_threshold >= 0)
-    )
+def cannot_fuse(perceive, update, alive_threshold: float | None) -> str | None:
+    """What the fused kernels need that this NCA's step lacks (the first), ``None`` if they
+    compute it: fixed Sobel, the residual update with one hidden layer, sizes in 16s."""
+    if type(perceive) is not SobelPerceive:
+        return f"the sobel perceive, not {type(perceive).__name__}"
+    if type(update) is not ResidualUpdate:
+        return f"the residual update, not {type(update).__name__}"
+    if len(update.hidden) != 1:
+        return f"a residual update with one hidden layer, not {len(update.hidden)}"
+    channels, hidden = perceive.num_channels, update.hidden[0].out_features
+    if not supports(channels, hidden):
+        return f"channel and hidden sizes in multiples of 16, hidden at least channels, not {channels} and {hidden}"
+    if alive_threshold is not None and alive_threshold < 0:
+        return f"an alive threshold of at least 0 (or none), not {alive_threshold}"
+    return None
 
 
 def packed_weights(update: ResidualUpdate) -> jnp.ndarray:

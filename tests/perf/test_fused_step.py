@@ -222,18 +222,24 @@ def test_frames_without_alive_mask_equal_the_xla_path():
 
 
 @pytest.mark.parametrize(
-    ("perceive", "upd", "threshold"),
+    ("perceive", "upd", "threshold", "missing"),
     [
-        (lambda: LearnedPerceive(C, rngs=nnx.Rngs(0)), lambda: update(), 0.1),
-        (lambda: SobelPerceive(C), lambda: update(hidden=(16, 16)), 0.1),
-        (lambda: SobelPerceive(12), lambda: update(channels=12), 0.1),
-        (lambda: SobelPerceive(C), lambda: update(hidden=(24,)), 0.1),
-        (lambda: SobelPerceive(C), lambda: update(), -0.5),
+        (
+            lambda: LearnedPerceive(C, rngs=nnx.Rngs(0)),
+            lambda: update(),
+            0.1,
+            "the sobel perceive, not LearnedPerceive",
+        ),
+        (lambda: SobelPerceive(C), lambda: update(hidden=(16, 16)), 0.1, "one hidden layer, not 2"),
+        (lambda: SobelPerceive(12), lambda: update(channels=12), 0.1, "hidden at least channels, not 12 and 16"),
+        (lambda: SobelPerceive(C), lambda: update(hidden=(24,)), 0.1, "hidden at least channels, not 16 and 24"),
+        (lambda: SobelPerceive(C), lambda: update(), -0.5, "alive threshold of at least 0 .or none., not -0.5"),
     ],
     ids=["learned", "two_hidden", "channels_12", "hidden_24", "negative_threshold"],
 )
-def test_pallas_refuses_what_the_kernels_do_not_compute(perceive, upd, threshold):
-    with pytest.raises(ConfigError, match="kernel=pallas needs"):
+def test_pallas_refuses_what_the_kernels_do_not_compute(perceive, upd, threshold, missing):
+    """Naming what this model lacks (the line listed every condition)."""
+    with pytest.raises(ConfigError, match=f"^kernel=pallas needs .*{missing}$"):
         NCA(perceive(), upd(), alive_threshold=threshold, kernel="pallas")
 
 
