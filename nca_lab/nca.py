@@ -63,7 +63,8 @@ class NCA(nnx.Module):
             compact_cells: run the update MLP only on the cells whose update can matter
                 (:mod:`nca_lab.active_cells`; same results), on the XLA path with the manual
                 VJP. ``"auto"``: on a CPU, for steps of at least
-                :data:`~nca_lab.active_cells.MIN_CELLS` cells; ``True`` or ``False`` force it.
+                :data:`~nca_lab.active_cells.MIN_CELLS` cells, with a :class:`ResidualUpdate`
+                itself (see :meth:`compacts`); ``True`` or ``False`` force it.
         """
         if isinstance(update, ResidualUpdate):  # a hand-built pair that does not fit: one line, not dot_general's
             takes, makes = (update.hidden[0] if update.hidden else update.out).in_features, update.out.out_features
@@ -119,10 +120,16 @@ class NCA(nnx.Module):
         return not self.uses_fused_kernel and self.uses_manual_vjp
 
     def compacts(self, num_cells: int) -> bool:
-        """Whether a step over ``num_cells`` cells runs the MLP on active cells only (``compact_cells``)."""
+        """Whether a step over ``num_cells`` cells runs the MLP on active cells only (``compact_cells``).
+
+        ``auto`` only with a :class:`ResidualUpdate` itself: active cells run ``delta`` on rows
+        of cells, which a subclass's ``delta`` may not be written for (one mixing cells would
+        be silently wrong there); ``compact_cells=true`` asks for it.
+        """
         if not self.can_compact or self.compact_cells is False:
             return False
-        return self.compact_cells is True or (jax.default_backend() == "cpu" and num_cells >= MIN_CELLS)
+        auto = type(self.update) is ResidualUpdate and jax.default_backend() == "cpu" and num_cells >= MIN_CELLS
+        return self.compact_cells is True or auto
 
     def grid_keys(self, state: jnp.ndarray, key: jax.Array) -> jax.Array:
         """``key`` as new-style keys, one per grid of ``state``, once both are checked.

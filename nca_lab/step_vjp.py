@@ -69,7 +69,7 @@ def residual_step(
             (delta,), _ = on_cells(
                 active.reshape(-1), lambda p: ((update.delta(p),), None), [perception.reshape(-1, perception.shape[-1])]
             )
-            new = x + delta.reshape(x.shape)
+            new = x + delta.reshape(x.shape) * fire  # a subclass's fire mask may hold other values than 0 and 1
         else:
             new = update.apply(x, perception, fire)
         if alive_threshold is None:

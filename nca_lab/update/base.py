@@ -19,9 +19,10 @@ class Update(nnx.Module):
     mask afterwards.
 
     The fast paths (the manual step VJP, active cells, ``kernel=pallas``) are written for
-    :class:`~nca_lab.update.residual.ResidualUpdate` itself, not its subclasses; any other
-    update trains with autodiff of its ``__call__`` (dense steps; ``trainer.remat=true``
-    recomputes each step in the backward pass).
+    :class:`~nca_lab.update.residual.ResidualUpdate`; a subclass that keeps its ``apply`` and
+    ``__call__`` has the manual step VJP (its ``delta`` differentiated by autodiff there) and,
+    with ``compact_cells=true``, active cells. Any other update trains with autodiff of its
+    ``__call__`` (dense steps; ``trainer.remat=true`` recomputes each step in the backward pass).
     """
 
     def __call__(self, state: jnp.ndarray, perception: jnp.ndarray, key: jax.Array) -> jnp.ndarray:

@@ -79,10 +79,10 @@ class ResidualUpdate(Update):
 
         :meth:`delta_vjp` (and the fused kernels of :mod:`nca_lab.kernels`) mirror it by hand:
         change them together (``tests/perf/test_step_vjp.py`` checks they agree), or change it
-        in a subclass: its ``delta`` is differentiated by autodiff inside the manual step VJP,
-        and on active cells. So it must stay per cell, each cell's change from its own
-        perception: active cells run it on the rows ``(cells, features)`` of the cells that
-        can change.
+        in a subclass: its ``delta`` is differentiated by autodiff inside the manual step VJP.
+        Active cells run it on the rows ``(cells, features)`` of the cells that can change, so
+        a subclass gets them only with ``compact_cells=true``, for a ``delta`` per cell (each
+        cell's change from its own perception).
         """
         h = perception
         for layer in self.hidden:
@@ -117,10 +117,11 @@ class ResidualUpdate(Update):
         Recomputes the hidden activations from ``perception`` (nothing is stored between the
         forward and the backward pass) and returns ``(param_grads, perception_grad)``, where
         ``param_grads`` has the structure of ``nnx.state(self, nnx.Param)``. Equal to
-        ``jax.vjp(ResidualUpdate.delta)`` up to float32 rounding (tested). A subclass's own
-        ``delta`` gets ``jax.vjp``'s, unless the subclass writes this method too.
+        ``jax.vjp(ResidualUpdate.delta)`` up to float32 rounding (tested). A subclass gets
+        ``jax.vjp``'s, unless it writes this method too: one may change what ``delta``
+        computes without overriding it (a learned ``step_size``, another ``out`` layer).
         """
-        if type(self).delta is not ResidualUpdate.delta:
+        if type(self) is not ResidualUpdate:
             graph, params, rest = nnx.split(self, nnx.Param, ...)
             _, delta_vjp = jax.vjp(lambda p, x: nnx.merge(graph, p, rest).delta(x), params, perception)
             return delta_vjp(cotangent)

@@ -107,15 +107,34 @@ class GatedUpdate(ResidualUpdate):
         return super().delta(perception) * jax.nn.sigmoid(self.gate(perception))
 
 
+class LearnedStepUpdate(ResidualUpdate):
+    """A subclass that changes what the inherited ``delta`` computes: a trained step size."""
+
+    def __init__(self, perception_size, num_channels, **options):
+        super().__init__(perception_size, num_channels, **options)
+        self.step_size = nnx.data(nnx.Param(jnp.array(0.7)))
+
+
+class SoftFireUpdate(ResidualUpdate):
+    """A subclass whose fire mask is not 0 or 1 (active cells applied a firing cell's delta whole)."""
+
+    def fire_mask(self, key, grid_shape):
+        return 0.5 * super().fire_mask(key, grid_shape)
+
+
+@pytest.mark.parametrize("kind", [GatedUpdate, LearnedStepUpdate, SoftFireUpdate])
 @pytest.mark.parametrize("compact", [False, True])
-def test_a_subclass_with_its_own_delta_keeps_the_fast_paths(compact):
-    """It trained by autodiff, about 5x slower on a CPU, though only ``delta`` changed: its
-    ``delta`` is differentiated by autodiff inside the manual step VJP, on active cells too."""
+def test_a_subclass_that_keeps_the_step_keeps_the_fast_paths(kind, compact):
+    """A gated update trained by autodiff, about 5x slower on a CPU, though only ``delta``
+    changed. A subclass keeping ``apply`` and ``__call__`` has the manual step VJP (its ``delta``
+    by autodiff there; the hand-written one gave a learned step size no gradient) and, asked
+    for, active cells."""
     perceive = SobelPerceive(C)
-    update = GatedUpdate(perceive.out_features, C, hidden_sizes=(16,), zero_init=False, rngs=nnx.Rngs(1))
+    update = kind(perceive.out_features, C, hidden_sizes=(16,), zero_init=False, rngs=nnx.Rngs(1))
     fast = NCA(perceive, update, alive_threshold=0.1, compact_cells=compact)
     reference = NCA(perceive, update, alive_threshold=0.1, manual_vjp=False)
     assert fast.uses_manual_vjp and fast.compacts(10**6) == compact
+    assert not NCA(perceive, update, alive_threshold=0.1).compacts(10**6)  # auto: a subclass's delta may mix cells
     state, keys = start(), jax.random.split(jax.random.key(6), 3)
     got = rollout_value_and_grads(fast, state, keys, 4)
     want = rollout_value_and_grads(reference, state, keys, 4)
