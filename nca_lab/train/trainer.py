@@ -379,12 +379,16 @@ def _check_task_shapes(task: Task, n: int = 2) -> None:
     or whose ``loss`` of them is not one loss per sample, ``(n,)``."""
     name = type(task).__name__
     batch = jax.eval_shape(lambda key: task.sample(key, n), jax.random.key(0))
-    state, target = batch.state.shape, batch.target.shape
+    state, targets = batch.state.shape, [leaf.shape for leaf in jax.tree.leaves(batch.target)]
     require(
         len(state) == 4 and state[0] == n and state[-1] == task.num_channels,
         f"{name}.sample(key, {n}) gives states of shape {state}; the trainer needs ({n}, H, W, {task.num_channels})",
     )
-    require(target[:1] == (n,), f"{name}.sample(key, {n}) gives targets of shape {target}; the trainer needs {n}")
+    require(  # any pytree of arrays, each with a leading axis of one target per sample
+        all(shape[:1] == (n,) for shape in targets),
+        f"{name}.sample(key, {n}) gives targets of shape {', '.join(map(str, targets))}; "
+        f"the trainer needs a leading axis of {n}, one target per sample",
+    )
     loss = jax.eval_shape(task.loss, batch.state, batch.target).shape
     require(loss == (n,), f"{name}.loss gives shape {loss} for {n} samples; it must be one loss per sample, ({n},)")
 

@@ -146,6 +146,14 @@ class ShortStateTask(GrowingTask):
         return batch._replace(state=batch.state[..., :-1])
 
 
+class SharedTargetTask(GrowingTask):
+    """A researcher's task whose targets are one for the batch, without its axis."""
+
+    def sample(self, key, n):
+        batch = super().sample(key, n)
+        return batch._replace(target={"picture": batch.target[0]})
+
+
 @pytest.mark.parametrize(
     ("task", "message"),
     [
@@ -157,6 +165,11 @@ class ShortStateTask(GrowingTask):
             "ShortStateTask",
             r"ShortStateTask.sample\(key, 2\) gives states of shape \(2, 12, 12, 15\); "
             r"the trainer needs \(2, H, W, 16\)",
+        ),
+        (
+            "SharedTargetTask",
+            r"SharedTargetTask.sample\(key, 2\) gives targets of shape \(12, 12, 4\); "
+            r"the trainer needs a leading axis of 2, one target per sample",
         ),
     ],
 )
