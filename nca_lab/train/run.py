@@ -38,17 +38,26 @@ from nca_lab.update.base import Update
 
 
 class SeedKeys(NamedTuple):
-    """The two independent PRNG streams of a seed."""
+    """The independent PRNG streams of a seed."""
 
-    init: jax.Array  #: the model's initial weights
+    update: jax.Array  #: the update's initial weights
     run: jax.Array  #: the pool, the training steps and the evaluation
+    perceive: jax.Array  #: the perceive's initial weights (attention, learned ``init=random``)
+
+
+#: Where the perceive's stream branches off the update's: ``nnx.Rngs`` draws ``fold_in(key, 0)``,
+#: ``fold_in(key, 1)``, ... and never gets this far.
+PERCEIVE_STREAM = 2**32 - 1
 
 
 def seed_keys(seed: int) -> SeedKeys:
     """Split ``seed`` into independent streams: ``nnx.Rngs(params=key)`` folds in 0, 1, ...,
     as ``split(key, n)`` does, so a shared key would draw the first weights from the very
-    bits of the pool and training keys."""
-    return SeedKeys(*jax.random.split(jax.random.key(seed)))
+    bits of the pool and training keys. The perceive has a stream of its own, so that a
+    perceive ablation (``-m perceive=sobel,learned,attention``) starts every update from the
+    same weights: drawn after a perceive's, they differed with the perceive."""
+    update, run = jax.random.split(jax.random.key(seed))
+    return SeedKeys(update, run, jax.random.fold_in(update, PERCEIVE_STREAM))
 
 
 def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
@@ -56,10 +65,16 @@ def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     channels = cfg.num_channels
     seed = cfg.seed
     require(is_integer(seed) and seed in SEEDS, f"seed must be an integer from 0 to {SEEDS[-1]}, got {seed!r}")
-    rngs = nnx.Rngs(params=seed_keys(seed).init)
-    perceive = construct(cfg.perceive, "perceive", num_channels=channels, rngs=rngs)
+    keys = seed_keys(seed)
+    perceive = construct(cfg.perceive, "perceive", num_channels=channels, rngs=nnx.Rngs(params=keys.perceive))
     perception_size = _perception_size(perceive, channels)
-    update = construct(cfg["update"], "update", perception_size=perception_size, num_channels=channels, rngs=rngs)
+    update = construct(
+        cfg["update"],
+        "update",
+        perception_size=perception_size,
+        num_channels=channels,
+        rngs=nnx.Rngs(params=keys.update),
+    )
     _check_next_state(update, channels, perception_size)
     return NCA(
         perceive, update, alive_threshold=alive_threshold, kernel=str(cfg.kernel), compact_cells=cfg.compact_cells

@@ -13,7 +13,7 @@ from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.tasks.growing import GrowingTask
-from nca_lab.train.run import build, seed_keys
+from nca_lab.train.run import build, build_model, seed_keys
 from nca_lab.train.trainer import TrainingDiverged
 
 from nca_testing import TINY
@@ -90,13 +90,32 @@ def test_checkpoints_keep_the_models_alive_threshold(tmp_path):
     assert RunCheckpointer(tmp_path / "checkpoints", create=False).metadata()["alive_threshold"] == 0.2
 
 
-def test_a_seeds_weight_keys_share_no_bits_with_its_training_keys():
+def test_a_seeds_streams_share_no_bits():
+    """The update's and the perceive's weight keys and the training keys are all different."""
     keys = seed_keys(0)
-    params = nnx.Rngs(params=keys.init)
-    weight_keys = {bytes(np.asarray(jax.random.key_data(params.params()))) for _ in range(8)}
-    run_keys = jax.random.key_data(jax.random.split(keys.run, 8))
-    assert weight_keys.isdisjoint(bytes(np.asarray(k)) for k in run_keys)
-    assert len(weight_keys) == 8
+    drawn = []
+    for stream in (keys.update, keys.perceive):
+        rngs = nnx.Rngs(params=stream)
+        drawn += [bytes(np.asarray(jax.random.key_data(rngs.params()))) for _ in range(64)]
+    drawn += [bytes(np.asarray(k)) for k in jax.random.key_data(jax.random.split(keys.run, 64))]
+    assert len(set(drawn)) == len(drawn) == 3 * 64
+
+
+def test_a_perceive_ablation_starts_every_update_from_the_same_weights():
+    """Perceive and update drew from one stream: a perceive with random weights (attention,
+    ``learned init=random``) moved the update's first draws, so an ablation's runs differed in
+    the update too."""
+    updates = []
+    for perceive in ("perceive=sobel", "perceive=attention", "perceive=learned", "perceive=learned"):
+        extra = ["perceive.init=random"] if len(updates) == 3 else []
+        model = build_model(compose(*TINY, perceive, *extra), alive_threshold=0.1)
+        updates.append(nnx.state(model.update, nnx.Param))
+    for other in updates[1:]:
+        jax.tree.map(np.testing.assert_array_equal, other, updates[0])
+    attention = build_model(compose(*TINY, "perceive=attention"), alive_threshold=0.1)
+    seed_1 = build_model(compose(*TINY, "perceive=attention", "seed=1"), alive_threshold=0.1)
+    assert not np.array_equal(attention.perceive.key_offsets[...], seed_1.perceive.key_offsets[...])
+    assert not np.array_equal(seed_1.update.hidden[0].kernel[...], updates[0]["hidden"][0]["kernel"][...])
 
 
 def test_a_config_that_is_not_json_is_refused_before_the_first_step(tmp_path):
