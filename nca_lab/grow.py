@@ -3,7 +3,8 @@
 MODEL is an nca_lab run dir or checkpoint, or a model file the Growing-NCA authors released
 (webgl8 or TF.js graph-model JSON; the format is read from the content). The run starts
 from the standard seed, one living cell in the centre (Mordvintsev et al., "Growing Neural
-Cellular Automata", Distill 2020), and writes ``rollout.gif``, ``final.png`` and
+Cellular Automata", Distill 2020), or, for a run whose task starts from something else (a
+noised target, a masked digit), from a sample of that task (``--start``), and writes ``rollout.gif``, ``final.png`` and
 ``final_state.npy`` (float32 ``(H, W, C)``) into ``--out``. ``--damage`` erases a disc of the
 pattern halfway through, the article's regeneration experiment. A run is grown on its
 training grid for its rollout horizon, the length it learned to grow in, or for twice that,
@@ -17,6 +18,7 @@ Example::
 """
 
 import argparse
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -44,15 +46,14 @@ from nca_lab.errors import SEEDS, ConfigError, one_line, out_of_memory_as, requi
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.log.metrics_file import METRICS  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
-from nca_lab.perceive.sobel import SobelPerceive  # noqa: E402
 from nca_lab.render import RENDERS, rgba, save_gif, save_png, to_rgb, to_uint8  # noqa: E402
-from nca_lab.tasks.growing import seed_state  # noqa: E402
+from nca_lab.tasks.growing import GrowingTask, seed_state  # noqa: E402
 
 #: The article's grid and steps, for models that do not say what they were trained on.
 ARTICLE_GRID, ARTICLE_STEPS = (72, 72), 200
 NOTHING_GREW = (
     "nothing grew from the seed (a model of a task that starts from something else, such as diffusing or "
-    "inpainting, does not grow)"
+    "inpainting, does not grow; --start task starts a run of one from a sample of its task)"
 )
 #: The GIF keeps at most about this many frames (every k-th step for long runs).
 MAX_GIF_FRAMES = 200
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; malformed values exit with argparse's usage message."""
     parser = argparse.ArgumentParser(
         prog="python -m nca_lab.grow",
-        description="Grow a pattern from the seed with a trained NCA.",
+        description="Grow a pattern with a trained NCA, from the seed or from a sample of a run's task.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help="nca_lab run dir or checkpoint, webgl8 JSON or TF.js graph JSON")
@@ -102,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--angle", type=float, default=None, metavar="A", help="rotate the Sobel perception by A degrees"
+    )
+    parser.add_argument(
+        "--start",
+        choices=("seed", "task"),
+        default=None,
+        help="start from the one-cell seed or from a sample of the run's task (default: the task's where it "
+        "does not grow from the seed, as diffusing and inpainting; else the seed)",
     )
     parser.add_argument("--damage", action="store_true", help="erase a disc of the pattern halfway through")
     parser.add_argument(
@@ -138,8 +146,9 @@ def configure(model: NCA, source: str, *, fire_rate: float | None, angle: float 
         model.update.fire_rate = float(fire_rate)
     if angle is not None:
         require(
-            isinstance(model.perceive, SobelPerceive),
-            f"{source}: --angle rotates a Sobel perception; this model has {type(model.perceive).__name__}",
+            hasattr(model.perceive, "angle"),
+            f"{source}: --angle rotates a perception with an angle (Sobel's); "
+            f"this model has {type(model.perceive).__name__}",
         )
         model.perceive.angle = math.radians(angle)
     return model
@@ -182,16 +191,15 @@ def living_threshold(model: NCA) -> float:
     return ALIVE_THRESHOLD if model.alive_threshold is None else model.alive_threshold
 
 
-def grow_from_seed(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool):
-    """Grow from the standard seed: ``(final_state (H, W, C), frames (T, H, W, 4))``.
+def grow_from(model: NCA, state: np.ndarray, steps: int, key: jax.Array, damage: bool):
+    """Grow from ``state (H, W, C)``: ``(final_state (H, W, C), frames (T, H, W, 4))``.
 
     The frames keep only RGBA, all the GIF shows: a quarter of the memory of 16-channel states.
     """
     every = math.ceil(steps / MAX_GIF_FRAMES)
     lengths = [steps // 2, steps - steps // 2] if damage else [steps]
-    state = seed_state(size, model.num_channels)
     frames = [rgba(state)]
-    keys = jax.random.split(jax.random.key(seed), len(lengths))
+    keys = jax.random.split(key, len(lengths))
     threshold = living_threshold(model)
     for index, length in enumerate(lengths):
         if index:
@@ -233,17 +241,18 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     return [gif, png, npy]
 
 
-def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
-    """``(grid, steps, name)`` to grow ``model_path`` with by default.
+def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str, str]:
+    """``(grid, steps, name, start)`` to grow ``model_path`` with by default.
 
     A run's training grid and its horizon, twice that if it trained on a sample pool (runs
     saved before the pool was recorded: twice; before the grid and horizon were, and released
     models: the article's). ``name`` tells models apart in ``outputs/grow/``: a
     released file's stem; for a run, the last two parts of its dir (Hydra's ``<date>/<time>``,
-    a sweep's ``<time>/<job>``) and the step grown.
+    a sweep's ``<time>/<job>``) and the step grown. ``start``: ``task`` for a run whose task
+    is not a :class:`GrowingTask` (its samples are what it learned to start from), else ``seed``.
     """
     if not Path(model_path).is_dir():
-        return ARTICLE_GRID, ARTICLE_STEPS, Path(model_path).stem
+        return ARTICLE_GRID, ARTICLE_STEPS, Path(model_path).stem, "seed"
     checkpointer = RunCheckpointer.find(model_path)
     meta = checkpointer.metadata()
     directory = checkpointer.directory
@@ -252,7 +261,28 @@ def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
     grid, horizon = meta.get("grid"), meta.get("horizon")
     pooled = meta.get("pool_size", 1)  # not recorded (older runs): twice, as before
     steps = horizon * (2 if pooled else 1) if horizon else ARTICLE_STEPS
-    return (tuple(grid) if grid else ARTICLE_GRID), steps, name
+    start = "seed" if _grows_from_the_seed(((meta.get("config") or {}).get("task") or {}).get("_target_")) else "task"
+    return (tuple(grid) if grid else ARTICLE_GRID), steps, name, start
+
+
+def _grows_from_the_seed(task_target: str | None) -> bool:
+    """Whether the task class named ``task_target`` is a :class:`GrowingTask`; also where it
+    cannot be imported (``--start task`` then says why), as every run grew before ``--start``."""
+    module, _, name = (task_target or "").rpartition(".")
+    try:
+        task_class = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return True
+    return not isinstance(task_class, type) or issubclass(task_class, GrowingTask)
+
+
+def task_sample(model_path: str, key: jax.Array) -> np.ndarray:
+    """A start state ``(H, W, C)`` of the task the run at ``model_path`` trained on: a noised
+    target, a masked digit (training's ``sample``, so MNIST's train split)."""
+    require(Path(model_path).is_dir(), f"{model_path}: --start task needs an nca_lab run; a released model has no task")
+    from nca_lab.train.run import load_task  # Hydra and the trainer: only for a run
+
+    return np.asarray(load_task(model_path).sample(key, 1).state[0])
 
 
 def default_out(name: str, args: argparse.Namespace) -> Path:
@@ -270,18 +300,22 @@ def default_out(name: str, args: argparse.Namespace) -> Path:
         parts.append(f"fire{args.fire_rate:.12g}")
     if args.angle is not None:
         parts.append(f"angle{args.angle:.12g}")
+    if args.start:
+        parts.append(f"from-{args.start}")
     if args.damage:
         parts.append("damage")
     return Path("outputs") / "grow" / "_".join(parts)
 
 
-def grow_and_write(model: NCA, size: tuple[int, int], steps: int, seed: int, damage: bool, out: Path):
-    """Grow and write the outputs: ``(final_state, paths)``; running out of memory is a :class:`ConfigError`."""
+def grow_and_write(model: NCA, state: np.ndarray, steps: int, key: jax.Array, damage: bool, out: Path):
+    """Grow from ``state`` and write the outputs: ``(final_state, paths)``; running out of
+    memory is a :class:`ConfigError`."""
+    height, width = state.shape[:2]
     too_big = ConfigError(
-        f"growing {size[0]}x{size[1]} for {steps} steps does not fit in memory (try a smaller --size or fewer --steps)"
+        f"growing {height}x{width} for {steps} steps does not fit in memory (try a smaller --size or fewer --steps)"
     )
     with out_of_memory_as(lambda err: too_big):
-        final, frames = grow_from_seed(model, size, steps, seed, damage)
+        final, frames = grow_from(model, state, steps, key, damage)
         return final, write_outputs(out, final, frames)
 
 
@@ -290,18 +324,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
-        grid, steps, name = trained_setting(args.model)
+        grid, steps, name, start = trained_setting(args.model)
+        start = args.start or start
         out = Path(args.out) if args.out else default_out(name, args)
         check_not_a_run(out)
-        size = args.size or grid
         steps = args.steps or steps
-        final, paths = grow_and_write(model, size, steps, args.seed, args.damage, out)
+        key = jax.random.key(args.seed)
+        if start == "task":
+            require(args.size is None, "--size sets the seed's grid; a sample of the task has the task's own")
+            sample_key, key = jax.random.split(key)
+            state = task_sample(args.model, sample_key)
+        else:
+            state = seed_state(args.size or grid, model.num_channels)
+        final, paths = grow_and_write(model, state, steps, key, args.damage, out)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     living = int((final[..., ALPHA] > living_threshold(model)).sum())
-    print(f"grew {args.model} for {steps} steps on {size[0]}x{size[1]} (seed {args.seed}): {living} living cells")
-    if living <= 1:
+    where = " from a sample of its task" if start == "task" else ""
+    height, width = final.shape[:2]
+    print(f"grew {args.model} for {steps} steps{where} on {height}x{width} (seed {args.seed}): {living} living cells")
+    if living <= 1 and start == "seed":
         print(f"note: {NOTHING_GREW}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths))
 

@@ -128,18 +128,32 @@ def load_model(path: str | Path, step: int | None = None):
     """
     checkpointer = RunCheckpointer.find(path)
     meta = checkpointer.metadata(step)
+    config = OmegaConf.merge({"kernel": "xla", "compact_cells": "auto"}, _saved_config(checkpointer, meta))
+    if jax.default_backend() != "gpu":
+        config.kernel = "xla"
+    model = build_model(config, alive_threshold=meta.get("alive_threshold"))
+    checkpointer.restore_model(model, step)
+    return model
+
+
+def load_task(path: str | Path, step: int | None = None):
+    """The task a run dir (checkpoints dir, step dir) trained on, rebuilt from the config saved
+    with its checkpoint. Its paths (``task.target=dot.png``, ``task.data_root``) are read as
+    training read them: relative to the current directory. Raises :class:`ConfigError`."""
+    checkpointer = RunCheckpointer.find(path)
+    config = OmegaConf.create(_saved_config(checkpointer, checkpointer.metadata(step)))
+    return construct(config.task, "task", num_channels=config.num_channels)
+
+
+def _saved_config(checkpointer: RunCheckpointer, meta: dict) -> dict:
+    """The run's config in a checkpoint's metadata ``meta``: one line where it has none."""
     require(
         meta.get("config"),
         f"{checkpointer.directory}: its checkpoints hold no config to rebuild the model from (Trainer.fit "
         "was called without config=): build the model as it was trained and load the weights with "
         "RunCheckpointer.find(path).restore_model(model)",
     )
-    config = OmegaConf.merge({"kernel": "xla", "compact_cells": "auto"}, meta["config"])  # keys added later
-    if jax.default_backend() != "gpu":
-        config.kernel = "xla"
-    model = build_model(config, alive_threshold=meta.get("alive_threshold"))
-    checkpointer.restore_model(model, step)
-    return model
+    return meta["config"]
 
 
 def build(cfg: DictConfig) -> tuple:

@@ -14,6 +14,7 @@ from nca_lab.interop import read_model
 from nca_lab.interop.webgl8 import to_webgl8
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.tasks.growing import seed_state
 from nca_lab.train.run import load_model
 from nca_lab.update.residual import ResidualUpdate
 
@@ -39,7 +40,7 @@ def test_trained_run_exports_and_loads_back(tiny_run, tmp_path, capsys):
 
 def test_trained_run_grows_from_any_of_its_paths(tiny_run, tmp_path):
     step_dir = tiny_run / "checkpoints" / "2"
-    expected, _ = grow_cli.grow_from_seed(load_model(tiny_run), (12, 12), 4, seed=0, damage=False)
+    expected, _ = grow_cli.grow_from(load_model(tiny_run), seed_state((12, 12), 16), 4, jax.random.key(0), damage=False)
     for index, source in enumerate((tiny_run, tiny_run / "checkpoints", step_dir)):
         out = tmp_path / str(index)
         grow_cli.main([str(source), "--steps", "4", "--size", "12", "--out", str(out)])

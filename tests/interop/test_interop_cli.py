@@ -7,12 +7,18 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 from nca_lab import export as export_cli
 from nca_lab import grow as grow_cli
+from nca_lab.errors import ConfigError
 from nca_lab.interop import read_model
+from nca_lab.nca import NCA
+from nca_lab.perceive.learned import LearnedPerceive
 from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.tasks.growing import seed_state
+from nca_lab.update.residual import ResidualUpdate
 
 from nca_testing import TINY, interrupted, run_cli
 from original_reference import TFJS_GRAPH, WEBGL8
@@ -53,6 +59,16 @@ def test_fire_rate_and_angle_reach_the_model():
     assert unchanged.update.fire_rate == 0.5 and unchanged.perceive.angle == 0.0
 
 
+def test_angle_turns_any_perception_with_an_angle_and_names_one_without():
+    perceive = LearnedPerceive(4, rngs=nnx.Rngs(0))
+    model = NCA(perceive, ResidualUpdate(perceive.out_features, 4, hidden_sizes=[4], rngs=nnx.Rngs(0)))
+    refusal = r"^m: --angle rotates a perception with an angle \(Sobel's\); this model has LearnedPerceive$"
+    with pytest.raises(ConfigError, match=refusal):
+        grow_cli.configure(model, "m", fire_rate=None, angle=30.0)
+    perceive.angle = 0.0  # a perceive of one's own that turns (say, a learned one of a user's)
+    assert grow_cli.configure(model, "m", fire_rate=None, angle=30.0).perceive.angle == pytest.approx(math.pi / 6)
+
+
 def test_a_released_model_grows_into_a_dir_named_by_its_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8"])
@@ -81,7 +97,7 @@ def test_variants_of_a_grow_get_dirs_of_their_own(tmp_path, monkeypatch):
 
 def test_damage_cuts_a_hole_that_regrows():
     model = read_model(WEBGL8)
-    _, frames = grow_cli.grow_from_seed(model, (72, 72), 160, seed=0, damage=True)
+    _, frames = grow_cli.grow_from(model, seed_state((72, 72), 16), 160, jax.random.key(0), damage=True)
     grown, cut, healed = frames[80], frames[81], frames[-1]  # 80 steps, the cut, 80 more
     alive = [int((f[..., 3] > 0.1).sum()) for f in (grown, cut, healed)]
     assert alive[1] < 0.85 * alive[0] and alive[2] > 0.95 * alive[0], alive
@@ -123,10 +139,10 @@ def test_values_that_cannot_run_are_usage_errors(options, message, tmp_path, cap
     ids=["numpy", "xla"],
 )
 def test_running_out_of_memory_is_one_line(error, tmp_path, capsys, monkeypatch):
-    def grow_from_seed(*args):
+    def grow_from(*args):
         raise error
 
-    monkeypatch.setattr(grow_cli, "grow_from_seed", grow_from_seed)
+    monkeypatch.setattr(grow_cli, "grow_from", grow_from)
     with pytest.raises(SystemExit) as exit_info:
         grow_cli.main([str(WEBGL8), "--size", "4096", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2

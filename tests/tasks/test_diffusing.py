@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nca_lab import grow as grow_cli
 from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.base import psnr
 from nca_lab.tasks.diffusing import DiffusingTask, corrupt
-from nca_lab.train.run import build
+from nca_lab.train.run import build, load_model, load_task
 
 TASK = "diffusing"
 LEVELS = ("a25", "a50", "a75", "a100")
@@ -27,6 +28,27 @@ def test_cli_smoke_run(smoke_runs):
     assert {k for k in evaluation if k != "step"} == {f"eval/{p}_{a}" for p in ("psnr", "psnr_input") for a in LEVELS}
     assert run.gif_frames > 1
     assert run.png_size == (5 * 48 + 4 * 2, 2 * 48 + 2)  # target + 4 levels; inputs above outputs
+
+
+def test_grow_starts_a_denoising_run_from_a_noised_target(smoke_runs, tmp_path, capsys):
+    """``nca_lab.grow`` grew every run from the seed: a denoiser, which never saw one, "grew" nothing."""
+    run_dir = smoke_runs(TASK).run_dir
+    grow_cli.main([str(run_dir), "--steps", "3", "--seed", "4", "--out", str(tmp_path / "grown")])
+    out, err = capsys.readouterr()
+    assert f"grew {run_dir} for 3 steps from a sample of its task on 12x12 (seed 4)" in out and err == ""
+    sample_key, grow_key = jax.random.split(jax.random.key(4))
+    start = np.asarray(load_task(run_dir).sample(sample_key, 1).state[0])
+    noised = start[..., :4] - np.asarray(load_task(run_dir).target)
+    assert np.abs(noised).max() > 0.01  # the start is a noised target, not the seed
+    expected, _ = grow_cli.grow_from(load_model(run_dir), start, 3, grow_key, damage=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "grown" / "final_state.npy"), expected)
+
+    grow_cli.main([str(run_dir), "--steps", "3", "--start", "seed", "--out", str(tmp_path / "seeded")])
+    assert "steps on 12x12 (seed 0)" in capsys.readouterr().out  # from the seed, as before
+    with pytest.raises(SystemExit) as exit_info:
+        grow_cli.main([str(run_dir), "--size", "16", "--out", str(tmp_path / "sized")])
+    assert exit_info.value.code == 2 and not (tmp_path / "sized").exists()
+    assert capsys.readouterr().err == "error: --size sets the seed's grid; a sample of the task has the task's own\n"
 
 
 def test_corruption_at_zero_is_the_identity(task):
