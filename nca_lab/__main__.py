@@ -68,6 +68,7 @@ from nca_lab.config import (  # noqa: E402
     set_by_experiment,
 )
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
+from nca_lab.run_files import RESOLVED_CONFIG  # noqa: E402
 from nca_lab.train.run_dir_lock import LOCK_FILE  # noqa: E402
 
 # Registered before Hydra composes; launchers that run jobs elsewhere (submitit) take it along
@@ -172,7 +173,7 @@ def _check_own_dir(run_dir: Path, launch_dir: Path, log_name: str) -> None:
     """Refuse a run dir that is the dir the command was started in, or holds it, unless it holds
     a run (``cd <run>; python -m nca_lab hydra.run.dir=.`` resumes it): an empty
     ``hydra.run.dir=`` (a shell variable unset) trained into a checkout's top, among its files."""
-    holds_a_run = (run_dir / "config_resolved.yaml").is_file()
+    holds_a_run = (run_dir / RESOLVED_CONFIG).is_file()
     if launch_dir.resolve().is_relative_to(run_dir.resolve()) and not holds_a_run:
         log = run_dir / log_name
         with contextlib.suppress(OSError):  # Hydra's, empty: made for this command

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 
 from nca_lab.errors import require
 from nca_lab.log.base import Logger
+from nca_lab.run_files import MANIFEST, RESOLVED_CONFIG
 
 Mode = Literal["online", "offline", "disabled"]
 MODES = get_args(Mode)
@@ -93,11 +94,11 @@ class WandbLogger(Logger):
         self.run_id = self.run.id
         self.mode = mode
         files_dir = Path(self.run.dir)
-        for name in ("config_resolved.yaml", "manifest.json"):
+        for name in (RESOLVED_CONFIG, MANIFEST):
             path = Path(run_dir) / name
             if path.is_file() and files_dir.is_dir():  # files in the run's own dir are uploaded with it
                 shutil.copy(path, files_dir / name)
-        manifest_path = Path(run_dir) / "manifest.json"
+        manifest_path = Path(run_dir) / MANIFEST
         if manifest_path.is_file():
             self.run.config.update({"manifest": json.loads(manifest_path.read_text())}, allow_val_change=True)
 

@@ -28,6 +28,7 @@ from nca_lab.log.manifest import manifest
 from nca_lab.log.metrics_file import METRICS, read_metrics
 from nca_lab.nca import NCA
 from nca_lab.perceive.base import Perceive
+from nca_lab.run_files import MANIFEST, RESOLVED_CONFIG, SUMMARY
 from nca_lab.runtime import on_stop
 from nca_lab.train import multihost
 from nca_lab.train.construct import check_names, checked_factory, config_errors, construct
@@ -234,7 +235,7 @@ def _run(
     choices: dict[str, str | None],
 ) -> dict:
     """:func:`run` once this process may train in ``run_dir``; ``config`` is ``cfg`` resolved."""
-    completed = run_dir / "summary.json"
+    completed = run_dir / SUMMARY
     if completed.is_file():
         return completed_summary(run_dir, config)
     group_by_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None  # a logger with group: null
@@ -325,8 +326,8 @@ def _hydra_overrides(hydra_records: dict[str, str]) -> str:
 
 def _write_records(run_dir: Path, config: dict, hydra_records: dict[str, str]) -> None:
     """The run's resolved config, its reproducibility manifest and Hydra's records."""
-    write_text_atomically(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config))
-    write_text_atomically(run_dir / "manifest.json", json.dumps(manifest(config["seed"]), indent=2) + "\n")
+    write_text_atomically(run_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(config))
+    write_text_atomically(run_dir / MANIFEST, json.dumps(manifest(config["seed"]), indent=2) + "\n")
     if hydra_records:
         (run_dir / ".hydra").mkdir(exist_ok=True)
     for name, text in hydra_records.items():

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nca_lab.ckpt import CHECKPOINTS, step_dirs
 from nca_lab.errors import ConfigError, is_integer, one_line, require
+from nca_lab.run_files import RESOLVED_CONFIG, SUMMARY
 
 #: The settings that say what a checkpoint is a run of. Resuming under others would continue
 #: that run while the run dir's config says something else; trainer, logger and execution
@@ -51,7 +52,7 @@ def completed_summary(run_dir: Path, config: dict) -> dict:
         f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir"
         + (f" (trainer.init_from={run_dir} starts from its weights)" if weights else ""),
     )
-    completed = run_dir / "summary.json"
+    completed = run_dir / SUMMARY
     try:
         summary = json.loads(completed.read_text(encoding="utf-8"))
         require(isinstance(summary, dict) and is_integer(summary.get("step")), "no summary of a run")
@@ -71,7 +72,7 @@ def recorded_config(run_dir: Path) -> dict:
     """The resolved config the run in ``run_dir`` recorded when it started training (``{}`` if
     none). One damaged since (cut short: not YAML, or without all of :data:`RUN_DEFINING`, which
     would not be compared) is one line, not a traceback or a check that silently passes."""
-    recorded = run_dir / "config_resolved.yaml"
+    recorded = run_dir / RESOLVED_CONFIG
     if not recorded.is_file():
         return {}
     try:

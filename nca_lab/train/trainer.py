@@ -28,6 +28,7 @@ from nca_lab.log.base import Logger, NullLogger
 from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
 from nca_lab.render import RENDERS, save_gif, save_png
+from nca_lab.run_files import SUMMARY
 from nca_lab.tasks.base import Task
 from nca_lab.train import multihost, parallel
 from nca_lab.train.pool import check_damage, init_pool
@@ -316,7 +317,7 @@ class Trainer:
                 metrics_file.close()
         summary = {"step": self.steps, "loss": metrics.last["loss"], **evaluation}
         if main:
-            write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            write_text_atomically(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _restore_or_start(self, source, model, optimizer, task, grid, pool_key, train_key) -> tuple:
