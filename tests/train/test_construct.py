@@ -29,3 +29,13 @@ def test_a_target_whose_module_fails_as_it_loads_is_one_line(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match=r"^perceive._target_: cannot import broken_perceive.P \(cannot import name"):
         checked_factory(compose("perceive._target_=broken_perceive.P").perceive, "perceive", ("num_channels", "rngs"))
+
+
+def test_constructors_get_plain_lists_and_dicts():
+    """A new module's author gets what the Python API passes: OmegaConf's ListConfig and
+    DictConfig are not lists and dicts (``isinstance``, ``json.dumps``, jax pytrees)."""
+    node = compose("logger=none", "+logger.sizes=[1,2]", "+logger.extra={a: [3]}").logger
+    factory = checked_factory(node, "logger", ("config",))
+    assert factory.keywords == {"sizes": [1, 2], "extra": {"a": [3]}}
+    assert type(factory.keywords["sizes"]) is list and type(factory.keywords["extra"]["a"]) is list
+    assert type(factory.keywords["extra"]) is dict
