@@ -56,8 +56,8 @@ def _budget_bytes(fraction: float = 0.75) -> float:
         return float("inf")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; return the process exit status."""
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line, its values checked (a bad one exits with argparse's usage message)."""
     parser = argparse.ArgumentParser(prog="python -m nca_lab.bench", description=DESCRIPTION)
     parser.add_argument("--suite", nargs="+", default=list(SUITES), metavar="NAME", help=f"of {', '.join(SUITES)}")
     parser.add_argument(
@@ -113,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         problem = unwritable(Path(args.json))  # before the timing, not after it
         if problem:
             parser.error(f"--json {args.json}: {problem}")
+    return parser, args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the process exit status."""
+    parser, args = parse_args(argv)
     jax.config.update("jax_enable_compilation_cache", False)  # compile times must be cold
     on_cpu = jax.default_backend() == "cpu"
     steps = args.steps or (CPU_STEPS if on_cpu else None)
@@ -159,37 +164,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nwrote {len(records)} records to {args.json}", flush=True)
 
     previous = stop_on_signals(STOPPED_BY_SIGNAL, before_exit=lambda: records and report())
+    settings = {
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "memory_budget": budget,
+        "max_seconds": args.max_seconds,
+        "compile_repeats": args.compile_repeats,
+    }
     try:
         for case in selected:
             print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
-            workloads, failed = {}, {}
-            for label, build in builders.items():
-                if ours.get(label) == "pallas" and case.perceive != "sobel" and len(ours) > 1:
-                    # nca_lab_impl.build would run XLA's step: the xla row already has it.
-                    print(f"  {label}: not run (the fused kernels compute the sobel perceive only)")
-                    continue
-                try:
-                    workloads[label] = build(case)
-                except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
-                    failed[label] = first_line(exc)
-            results = measure(
-                workloads,
-                repeats=args.repeats,
-                warmup=args.warmup,
-                memory_budget=budget,
-                max_seconds=args.max_seconds,
-                compile_repeats=args.compile_repeats,
-            )
-            measured = [(label, work.note, results[label]) for label, work in workloads.items()]
-            for label, reason in failed.items():
-                print(f"  {label}: could not build: {reason}", file=sys.stderr)
-                measured.append((label, "", Measurement([], math.nan, None, None, "not_built", reason)))
-            for label, note, measurement in measured:
-                impl = "nca_lab" if label in ours else label
-                records.append(record(case, impl, note, measurement, {**env, "kernel": ours.get(label)}))
-            if any(label in failed or label in results and results[label].status == "failed" for label in ours):
+            case_records = run_case(case, builders, ours, settings, env)
+            records.extend(case_records)
+            if any(r["impl"] == "nca_lab" and r["status"] in ("failed", "not_built") for r in case_records):
                 nca_lab_failed.append(f"{case.suite} {case.name}")
-            del workloads, results
     finally:  # a caller from Python gets its own handlers back
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -201,6 +189,31 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no nca_lab case was measured (see the table)", file=sys.stderr)
         return 1
     return 0
+
+
+def run_case(case, builders: dict, ours: dict[str, str], settings: dict, env: dict) -> list[dict]:
+    """Build and measure every implementation of ``case``: their records, one that could not be
+    built among them. ``ours`` maps nca_lab's labels to their kernels; ``settings`` are
+    :func:`measure`'s."""
+    workloads, failed = {}, {}
+    for label, build in builders.items():
+        if ours.get(label) == "pallas" and case.perceive != "sobel" and len(ours) > 1:
+            # nca_lab_impl.build would run XLA's step: the xla row already has it.
+            print(f"  {label}: not run (the fused kernels compute the sobel perceive only)")
+            continue
+        try:
+            workloads[label] = build(case)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
+            failed[label] = first_line(exc)
+    results = measure(workloads, **settings)
+    measured = [(label, work.note, results[label]) for label, work in workloads.items()]
+    for label, reason in failed.items():
+        print(f"  {label}: could not build: {reason}", file=sys.stderr)
+        measured.append((label, "", Measurement([], math.nan, None, None, "not_built", reason)))
+    return [
+        record(case, "nca_lab" if label in ours else label, note, measurement, {**env, "kernel": ours.get(label)})
+        for label, note, measurement in measured
+    ]
 
 
 def unwritable(path: Path) -> str | None:
