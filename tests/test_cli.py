@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -459,12 +460,12 @@ def test_a_run_dir_that_holds_the_current_directory_is_refused(run_dir, tmp_path
     assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["checkout"]
 
 
-def test_a_run_dir_that_holds_a_run_may_be_the_current_directory(tmp_path):
+def test_a_run_dir_that_holds_a_run_may_be_the_current_directory(smoke_run, tmp_path):
     """``cd <run>; python -m nca_lab hydra.run.dir=.`` continues that run."""
-    first = run_cli(*TINY, f"hydra.run.dir={tmp_path}")
-    assert first.returncode == 0
-    again = run_cli(*TINY, "hydra.run.dir=.", cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
-    assert again.returncode == 0 and f"skipped {tmp_path}: already completed at step 2" in again.stderr
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run_dir)
+    again = run_cli(*TINY, *SMOKE, "hydra.run.dir=.", cwd=run_dir, env={"PYTHONPATH": str(REPO)})
+    assert again.returncode == 0 and f"skipped {run_dir}: already completed at step 2" in again.stderr
 
 
 def test_hydra_full_error_keeps_hydras_full_report(tmp_path):
