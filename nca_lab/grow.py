@@ -4,9 +4,9 @@ MODEL is an nca_lab run dir or checkpoint, or a model file the Growing-NCA autho
 (webgl8 or TF.js graph-model JSON; the format is read from the content). The run starts
 from the standard seed, one living cell in the centre (Mordvintsev et al., "Growing Neural
 Cellular Automata", Distill 2020), or, for a run whose task starts from something else (a
-noised target, a masked digit), from a sample of that task (``--start``), and writes ``rollout.gif``, ``final.png`` and
-``final_state.npy`` (float32 ``(H, W, C)``) into ``--out``. ``--damage`` erases a disc of the
-pattern halfway through, the article's regeneration experiment. A run is grown on its
+noised target, a masked digit), from a sample of that task (``--start``), and writes
+``rollout.gif``, ``final.png`` and ``final_state.npy`` (float32 ``(H, W, C)``) into ``--out``.
+``--damage`` erases a disc of the pattern halfway through, the article's regeneration experiment. A run is grown on its
 training grid for its rollout horizon, the length it learned to grow in, or for twice that,
 as its own ``rollout.gif``, if it trained on a sample pool, which teaches the pattern to
 persist (the article's experiments 2 and 3; a growing run, experiment 1, overgrows past its
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="update probability per cell and step (default: the model's)",
     )
     parser.add_argument(
-        "--angle", type=float, default=None, metavar="A", help="rotate the Sobel perception by A degrees"
+        "--angle", type=float, default=None, metavar="A", help="rotate the perception (Sobel's) by A degrees"
     )
     parser.add_argument(
         "--start",
