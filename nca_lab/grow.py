@@ -1,4 +1,4 @@
-"""``python -m nca_lab.grow MODEL``: grow a pattern from the seed and save what it became.
+"""``python -m nca_lab.grow MODEL``: grow a pattern with a trained NCA and save what it became.
 
 MODEL is an nca_lab run dir or checkpoint, or a model file the Growing-NCA authors released
 (webgl8 or TF.js graph-model JSON; the format is read from the content). The run starts
@@ -53,7 +53,7 @@ from nca_lab.tasks.growing import GrowingTask, seed_state  # noqa: E402
 ARTICLE_GRID, ARTICLE_STEPS = (72, 72), 200
 NOTHING_GREW = (
     "nothing grew from the seed (a model of a task that starts from something else, such as diffusing or "
-    "inpainting, does not grow; --start task starts a run of one from a sample of its task)"
+    "inpainting, does not grow)"
 )
 #: The GIF keeps at most about this many frames (every k-th step for long runs).
 MAX_GIF_FRAMES = 200
@@ -241,18 +241,17 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     return [gif, png, npy]
 
 
-def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str, str]:
-    """``(grid, steps, name, start)`` to grow ``model_path`` with by default.
+def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
+    """``(grid, steps, name)`` to grow ``model_path`` with by default.
 
     A run's training grid and its horizon, twice that if it trained on a sample pool (runs
     saved before the pool was recorded: twice; before the grid and horizon were, and released
     models: the article's). ``name`` tells models apart in ``outputs/grow/``: a
     released file's stem; for a run, the last two parts of its dir (Hydra's ``<date>/<time>``,
-    a sweep's ``<time>/<job>``) and the step grown. ``start``: ``task`` for a run whose task
-    is not a :class:`GrowingTask` (its samples are what it learned to start from), else ``seed``.
+    a sweep's ``<time>/<job>``) and the step grown.
     """
     if not Path(model_path).is_dir():
-        return ARTICLE_GRID, ARTICLE_STEPS, Path(model_path).stem, "seed"
+        return ARTICLE_GRID, ARTICLE_STEPS, Path(model_path).stem
     checkpointer = RunCheckpointer.find(model_path)
     meta = checkpointer.metadata()
     directory = checkpointer.directory
@@ -261,34 +260,46 @@ def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str, str]:
     grid, horizon = meta.get("grid"), meta.get("horizon")
     pooled = meta.get("pool_size", 1)  # not recorded (older runs): twice, as before
     steps = horizon * (2 if pooled else 1) if horizon else ARTICLE_STEPS
-    start = "seed" if _grows_from_the_seed(((meta.get("config") or {}).get("task") or {}).get("_target_")) else "task"
-    return (tuple(grid) if grid else ARTICLE_GRID), steps, name, start
+    return (tuple(grid) if grid else ARTICLE_GRID), steps, name
 
 
-def _grows_from_the_seed(task_target: str | None) -> bool:
-    """Whether the task class named ``task_target`` is a :class:`GrowingTask`; also where it
-    cannot be imported (``--start task`` then says why), as every run grew before ``--start``."""
-    module, _, name = (task_target or "").rpartition(".")
+def default_start(model_path: str) -> str:
+    """``task`` for a run whose task is not a :class:`GrowingTask` (its samples, a noised target
+    or a masked digit, are what it learned to start from), else ``seed``: a released model, a
+    growing or regenerating run, and one whose task class cannot be imported (``--start task``
+    then says why), as every run grew before ``--start``."""
+    if not Path(model_path).is_dir():
+        return "seed"
+    config = RunCheckpointer.find(model_path).metadata().get("config") or {}
+    module, _, name = str((config.get("task") or {}).get("_target_", "")).rpartition(".")
     try:
         task_class = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        return True
-    return not isinstance(task_class, type) or issubclass(task_class, GrowingTask)
+        return "seed"
+    return "task" if isinstance(task_class, type) and not issubclass(task_class, GrowingTask) else "seed"
 
 
 def task_sample(model_path: str, key: jax.Array) -> np.ndarray:
     """A start state ``(H, W, C)`` of the task the run at ``model_path`` trained on: a noised
-    target, a masked digit (training's ``sample``, so MNIST's train split)."""
+    target, a masked digit (training's ``sample``, so MNIST's train split). The task is rebuilt
+    from the run's config, its paths read from the current directory, as training read them."""
     require(Path(model_path).is_dir(), f"{model_path}: --start task needs an nca_lab run; a released model has no task")
     from nca_lab.train.run import load_task  # Hydra and the trainer: only for a run
 
-    return np.asarray(load_task(model_path).sample(key, 1).state[0])
+    try:
+        task = load_task(model_path)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err} (rebuilding the run's task to start from its sample: grow from the directory it was trained "
+            "in, or from the seed with --start seed)"
+        ) from err
+    return np.asarray(task.sample(key, 1).state[0])
 
 
 def default_out(name: str, args: argparse.Namespace) -> Path:
     """``outputs/grow/<name>`` and each option given, so that variants of one model's grow
     (another seed, angle, size, ...) do not overwrite each other:
-    ``<name>_<H>x<W>_steps<N>_seed<S>_fire<P>_angle<A>_damage``."""
+    ``<name>_<H>x<W>_steps<N>_seed<S>_fire<P>_angle<A>_from-<start>_damage``."""
     parts = [name]
     if args.size:
         parts.append(f"{args.size[0]}x{args.size[1]}")
@@ -307,13 +318,15 @@ def default_out(name: str, args: argparse.Namespace) -> Path:
     return Path("outputs") / "grow" / "_".join(parts)
 
 
-def grow_and_write(model: NCA, state: np.ndarray, steps: int, key: jax.Array, damage: bool, out: Path):
+def grow_and_write(
+    model: NCA, state: np.ndarray, steps: int, key: jax.Array, damage: bool, out: Path, *, sized: bool = True
+):
     """Grow from ``state`` and write the outputs: ``(final_state, paths)``; running out of
-    memory is a :class:`ConfigError`."""
+    memory is a :class:`ConfigError` (suggesting a smaller ``--size`` where the grid was ``sized``
+    by it: a seed's, not a task sample's)."""
     height, width = state.shape[:2]
-    too_big = ConfigError(
-        f"growing {height}x{width} for {steps} steps does not fit in memory (try a smaller --size or fewer --steps)"
-    )
+    try_instead = "a smaller --size or fewer --steps" if sized else "fewer --steps"
+    too_big = ConfigError(f"growing {height}x{width} for {steps} steps does not fit in memory (try {try_instead})")
     with out_of_memory_as(lambda err: too_big):
         final, frames = grow_from(model, state, steps, key, damage)
         return final, write_outputs(out, final, frames)
@@ -324,19 +337,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
-        grid, steps, name, start = trained_setting(args.model)
-        start = args.start or start
+        grid, steps, name = trained_setting(args.model)
+        start = args.start or default_start(args.model)
         out = Path(args.out) if args.out else default_out(name, args)
         check_not_a_run(out)
         steps = args.steps or steps
         key = jax.random.key(args.seed)
         if start == "task":
-            require(args.size is None, "--size sets the seed's grid; a sample of the task has the task's own")
+            require(
+                args.size is None,
+                "--size sets the seed's grid; a sample of the run's task has the task's own (--start seed: the seed)",
+            )
             sample_key, key = jax.random.split(key)
             state = task_sample(args.model, sample_key)
         else:
             state = seed_state(args.size or grid, model.num_channels)
-        final, paths = grow_and_write(model, state, steps, key, args.damage, out)
+        final, paths = grow_and_write(model, state, steps, key, args.damage, out, sized=start == "seed")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -69,7 +69,7 @@ def mean_pairwise(metric, states_a, states_b) -> float:
 
 def compare(ca_js: Path, model_path: str, seeds: int, steps: int | None, work: Path) -> tuple[dict, np.ndarray]:
     """Metrics of one model and its picture row; ``steps`` ``None``: ``nca_lab.grow``'s default."""
-    (size, width), default_steps, name, _ = trained_setting(model_path)
+    (size, width), default_steps, name = trained_setting(model_path)
     steps = steps or default_steps
     assert size == width and size % 2 == 0, "the demo's seed is one cell only on even square grids"
     exported = work / f"{name}.webgl8.json"

@@ -84,6 +84,7 @@ def test_variants_of_a_grow_get_dirs_of_their_own(tmp_path, monkeypatch):
         ("--seed", "3"): f"{WEBGL8.stem}_seed3",
         ("--angle", "45", "--fire-rate", "0.25"): f"{WEBGL8.stem}_fire0.25_angle45",
         ("--size", "20", "30", "--steps", "7", "--damage"): f"{WEBGL8.stem}_20x30_steps7_damage",
+        ("--start", "seed", "--damage"): f"{WEBGL8.stem}_from-seed_damage",
     }
     for options, name in variants.items():
         assert grow_cli.default_out(WEBGL8.stem, grow_cli.parse_args([str(WEBGL8), *options])) == Path(

@@ -10,6 +10,7 @@ from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.base import psnr
 from nca_lab.tasks.diffusing import DiffusingTask, corrupt
+from nca_lab.train import run as run_module
 from nca_lab.train.run import build, load_model, load_task
 
 TASK = "diffusing"
@@ -30,7 +31,7 @@ def test_cli_smoke_run(smoke_runs):
     assert run.png_size == (5 * 48 + 4 * 2, 2 * 48 + 2)  # target + 4 levels; inputs above outputs
 
 
-def test_grow_starts_a_denoising_run_from_a_noised_target(smoke_runs, tmp_path, capsys):
+def test_grow_starts_a_denoising_run_from_a_noised_target(smoke_runs, tmp_path, capsys, monkeypatch):
     """``nca_lab.grow`` grew every run from the seed: a denoiser, which never saw one, "grew" nothing."""
     run_dir = smoke_runs(TASK).run_dir
     grow_cli.main([str(run_dir), "--steps", "3", "--seed", "4", "--out", str(tmp_path / "grown")])
@@ -48,7 +49,19 @@ def test_grow_starts_a_denoising_run_from_a_noised_target(smoke_runs, tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         grow_cli.main([str(run_dir), "--size", "16", "--out", str(tmp_path / "sized")])
     assert exit_info.value.code == 2 and not (tmp_path / "sized").exists()
-    assert capsys.readouterr().err == "error: --size sets the seed's grid; a sample of the task has the task's own\n"
+    assert capsys.readouterr().err.startswith("error: --size sets the seed's grid; a sample of the run's task has")
+
+    def target_elsewhere(path):  # a task.target=dot.png, relative to where the run trained
+        raise ConfigError(f"image not found: dot.png (relative to {tmp_path})")
+
+    monkeypatch.setattr(run_module, "load_task", target_elsewhere)
+    with pytest.raises(SystemExit):
+        grow_cli.main([str(run_dir), "--out", str(tmp_path / "moved")])
+    assert capsys.readouterr().err == (
+        f"error: image not found: dot.png (relative to {tmp_path}) (rebuilding the run's task to start from its "
+        "sample: grow from the directory it was trained in, or from the seed with --start seed)\n"
+    )
+    assert not (tmp_path / "moved").exists()
 
 
 def test_corruption_at_zero_is_the_identity(task):
