@@ -21,13 +21,14 @@ equivariant like every other NCA perceive. Absolute encodings (ViTCA's Fourier f
 column embeddings) were left out: they tie the rule to a position on the grid, and CAX's
 learned table even fixes the largest grid.
 
-Other differences from ViTCA's model, for comparing with its numbers: LayerNorm only before
-the attention, with ``layer_norm=True`` (ViTCA normalises there, before its feed-forward block
-and before its output head); no feed-forward block (``x + FF(LN x)``, GELU): the residual
-update's ReLU MLP stands in for it and for ViTCA's zero-initialised output head; other default
-sizes (ViTCA's code: one head of width 32); at the border ViTCA zero-pads the projected keys
-and values, which stay in the softmax with score 0, a rule neither ``padding`` setting
-reproduces (only the cells on the border ring perceive differently). ViTCA also keeps the
+Other differences from ViTCA's model, for comparing with its numbers: LayerNorm, with
+``layer_norm=True``, before the attention and the feed-forward block (ViTCA also normalises
+before its output head); the feed-forward block (``x + FF(LN x)``, exact GELU) only with
+``feed_forward=<width>``: by default the residual update's ReLU MLP stands in for it and for
+ViTCA's zero-initialised output head; other default sizes (ViTCA's code: one head of width
+32); at the border ViTCA zero-pads the projected keys and values, which stay in the softmax
+with score 0, a rule neither ``padding`` setting reproduces (only the cells on the border ring
+perceive differently). ViTCA also keeps the
 corrupted input in channels the update never changes; nca_lab's tasks write it into the
 updated state.
 """
@@ -54,7 +55,9 @@ class AttentionPerceive(Perceive):
       ``k_o = e_n W_k + r_k[o]``, ``v_o = e_n W_v + r_v[o]``, ``q = e_{ij} W_q``;
     * ``a_o = softmax_o(q . k_o / sqrt(d_head))`` over the 9 offsets;
     * perception ``= e_{ij} + (sum_o a_o v_o) W_out``, the residual form of a transformer
-      block (ViTCA's ``x + MHSA(x)``), so the update sees its own cell undiluted.
+      block (ViTCA's ``x + MHSA(x)``), so the update sees its own cell undiluted;
+    * with ``feed_forward``, then ``p + GELU(p W_1 + b_1) W_2 + b_2`` per cell (of
+      ``LayerNorm(p)`` with ``layer_norm``): the rest of ViTCA's transformer block.
 
     With ``padding=None`` the neighbours outside the grid are left out of the softmax (as CAX's
     dense mask does) instead of being cells of a constant state.
@@ -69,6 +72,7 @@ class AttentionPerceive(Perceive):
         qkv_features: int | None = None,
         padding: float | None = 0.0,
         layer_norm: bool = False,
+        feed_forward: int | None = None,
         rngs: nnx.Rngs,
     ):
         """Build the perceive.
@@ -80,7 +84,10 @@ class AttentionPerceive(Perceive):
             qkv_features: total width of queries, keys and values (default ``perception_size``).
             padding: the state value of the cells outside the grid (0: empty cells, as the
                 other perceives), or ``None`` to leave them out of the attention.
-            layer_norm: normalise the tokens before the attention (ViTCA's pre-norm).
+            layer_norm: normalise the tokens before the attention (ViTCA's pre-norm), and
+                before the feed-forward block.
+            feed_forward: hidden width of a feed-forward block after the attention (ViTCA's
+                ``x + FF(LN x)``), or ``None`` for none.
             rngs: parameter initialisation stream.
         """
         qkv_features = perception_size if qkv_features is None else qkv_features
@@ -88,6 +95,10 @@ class AttentionPerceive(Perceive):
         require(int(perception_size) > 0, f"perceive.perception_size must be positive, got {perception_size}")
         require(int(num_heads) > 0, f"perceive.num_heads must be positive, got {num_heads}")
         require(int(qkv_features) > 0, f"perceive.qkv_features must be positive, got {qkv_features}")
+        require(
+            feed_forward is None or int(feed_forward) > 0,
+            f"perceive.feed_forward must be a positive width or null, got {feed_forward}",
+        )
         require(
             int(qkv_features) % int(num_heads) == 0,
             f"perceive.num_heads ({num_heads}) must divide perceive.qkv_features ({qkv_features}; "
@@ -108,6 +119,11 @@ class AttentionPerceive(Perceive):
         self.value_offsets = nnx.Param(relative_init(rngs.params(), (3, 3, qkv)))
         # Last: the other weights are those of the same seed without it (an ablation changes one thing).
         self.norm = nnx.LayerNorm(self.out_features, rngs=rngs) if layer_norm else None
+        # After the rest, for the same reason.
+        wide = None if feed_forward is None else int(feed_forward)
+        self.ff_norm = nnx.LayerNorm(self.out_features, rngs=rngs) if wide and layer_norm else None
+        self.ff_hidden = nnx.Linear(self.out_features, wide, rngs=rngs) if wide else None
+        self.ff_out = nnx.Linear(wide, self.out_features, rngs=rngs) if wide else None
 
     def __call__(self, state: jnp.ndarray) -> jnp.ndarray:
         """Perception ``(..., H, W, perception_size)`` of a state ``(..., H, W, C)``."""
@@ -139,4 +155,8 @@ class AttentionPerceive(Perceive):
             term = weights[..., index, None] * v_o
             attended = term if attended is None else attended + term
         attended = attended.reshape(*state.shape[:-1], -1)
-        return shifted(tokens, 0, 0) + self.out(attended)
+        perception = shifted(tokens, 0, 0) + self.out(attended)
+        if self.ff_hidden is None:
+            return perception
+        normed = perception if self.ff_norm is None else self.ff_norm(perception)
+        return perception + self.ff_out(jax.nn.gelu(self.ff_hidden(normed), approximate=False))

@@ -30,11 +30,7 @@ def _dense_masked(perceive: AttentionPerceive, grid: np.ndarray) -> np.ndarray:
     n, heads, size = height * width, perceive.num_heads, perceive.head_size
     param = lambda p: np.asarray(p[...], np.float64)  # noqa: E731
     tokens = grid.reshape(n, -1) @ param(perceive.embed.kernel) + param(perceive.embed.bias)
-    normed = tokens
-    if perceive.norm is not None:  # LayerNorm: each token to zero mean and unit variance, then scale and shift
-        centred = tokens - tokens.mean(-1, keepdims=True)
-        normed = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + perceive.norm.epsilon)
-        normed = normed * param(perceive.norm.scale) + param(perceive.norm.bias)
+    normed = _layer_norm(perceive.norm, tokens)
     q, k, v = (t.reshape(n, heads, size) for t in np.split(normed @ param(perceive.qkv.kernel), 3, axis=-1))
     rel_k = param(perceive.key_offsets).reshape(9, heads, size)
     rel_v = param(perceive.value_offsets).reshape(9, heads, size)
@@ -50,7 +46,21 @@ def _dense_masked(perceive: AttentionPerceive, grid: np.ndarray) -> np.ndarray:
     weights /= weights.sum(-1, keepdims=True)
     attended = np.einsum("hij,jhd->ihd", weights, v) + np.einsum("hij,ijhd->ihd", weights, rel_v[offset])
     out = tokens + attended.reshape(n, -1) @ param(perceive.out.kernel)
+    if perceive.ff_hidden is not None:  # ViTCA's x + FF(LN x), exact GELU
+        hidden = _layer_norm(perceive.ff_norm, out) @ param(perceive.ff_hidden.kernel) + param(perceive.ff_hidden.bias)
+        gelu = 0.5 * hidden * (1 + np.vectorize(math.erf)(hidden / math.sqrt(2)))
+        out = out + gelu @ param(perceive.ff_out.kernel) + param(perceive.ff_out.bias)
     return out.reshape(height, width, -1)
+
+
+def _layer_norm(norm, x: np.ndarray) -> np.ndarray:
+    """``norm`` (an ``nnx.LayerNorm`` or ``None``: none) of tokens ``x``: each to zero mean and
+    unit variance, then scaled and shifted."""
+    if norm is None:
+        return x
+    centred = x - x.mean(-1, keepdims=True)
+    normed = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + norm.epsilon)
+    return normed * np.asarray(norm.scale[...], np.float64) + np.asarray(norm.bias[...], np.float64)
 
 
 def dense_oracle(perceive: AttentionPerceive, state: np.ndarray) -> np.ndarray:
@@ -92,6 +102,22 @@ def test_layer_norm_matches_the_oracle_and_changes_the_perception(padding):
     np.testing.assert_allclose(perceive(state), dense_oracle(perceive, state), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(perceive.qkv.kernel[...], plain.qkv.kernel[...])  # the seed's other weights
     assert not np.allclose(perceive(state), plain(state), atol=1e-3)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_feed_forward_matches_the_oracle_and_leaves_the_other_weights(layer_norm):
+    perceive = _perceive(layer_norm=layer_norm, feed_forward=24)
+    plain = _perceive(layer_norm=layer_norm)
+    if layer_norm:  # not the init's identity
+        perceive.ff_norm.scale[...] = jax.random.uniform(jax.random.key(5), (16,), minval=0.5, maxval=1.5)
+        perceive.ff_norm.bias[...] = jax.random.normal(jax.random.key(6), (16,)) * 0.1
+    perceive.ff_hidden.bias[...] = jax.random.normal(jax.random.key(7), (24,)) * 0.5  # GELU's curve, not its line
+    state = _state((5, 6))
+    np.testing.assert_allclose(perceive(state), dense_oracle(perceive, state), rtol=1e-5, atol=1e-5)
+    for name in ("embed", "qkv", "out"):
+        np.testing.assert_array_equal(getattr(perceive, name).kernel[...], getattr(plain, name).kernel[...])
+    assert not np.allclose(perceive(state), plain(state), atol=1e-3)
+    assert (perceive.ff_norm is not None) == layer_norm and perceive.ff_hidden.kernel.shape == (16, 24)
 
 
 def test_matches_oracle_with_separate_qkv_width_and_batch_dims():
@@ -160,6 +186,7 @@ def test_jit_vmap_grad():
         ({"qkv_features": 30, "num_heads": 4}, "must divide"),
         ({"perception_size": 0}, "perception_size"),
         ({"num_heads": 0}, "num_heads"),
+        ({"feed_forward": 0}, "perceive.feed_forward must be a positive width or null, got 0"),
     ],
 )
 def test_bad_settings_raise_config_error(kwargs, message):
@@ -176,9 +203,10 @@ def _compose(*overrides: str):
 
 
 def test_config_builds_a_model_sized_from_the_perceive():
-    task, model, _ = build(_compose("perceive.perception_size=24", "perceive.num_heads=3"))
+    task, model, _ = build(_compose("perceive.perception_size=24", "perceive.num_heads=3", "perceive.feed_forward=32"))
     assert isinstance(model.perceive, AttentionPerceive)
     assert model.perceive.out_features == 24 == model.update.hidden[0].in_features
+    assert model.perceive.ff_hidden.kernel.shape == (24, 32)
     assert task.num_channels == model.num_channels
 
 
