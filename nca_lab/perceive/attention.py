@@ -28,9 +28,8 @@ before its output head); the feed-forward block (``x + FF(LN x)``, exact GELU) o
 ViTCA's zero-initialised output head; other default sizes (ViTCA's code: one head of width
 32); at the border ViTCA zero-pads the projected keys and values, which stay in the softmax
 with score 0, a rule neither ``padding`` setting reproduces (only the cells on the border ring
-perceive differently). ViTCA also keeps the
-corrupted input in channels the update never changes; nca_lab's tasks write it into the
-updated state.
+perceive differently). ViTCA also keeps the corrupted input in channels the update never
+changes; nca_lab's tasks write it into the updated state.
 """
 
 import jax

@@ -129,7 +129,8 @@ def load_model(path: str | Path, step: int | None = None):
     """
     checkpointer = RunCheckpointer.find(path)
     meta = checkpointer.metadata(step)
-    config = OmegaConf.merge({"kernel": "xla", "compact_cells": "auto"}, _saved_config(checkpointer, meta))
+    added_later = {"kernel": "xla", "compact_cells": "auto"}  # keys older runs' configs lack
+    config = OmegaConf.merge(added_later, _saved_config(checkpointer, meta))
     if jax.default_backend() != "gpu":
         config.kernel = "xla"
     model = build_model(config, alive_threshold=meta.get("alive_threshold"))
