@@ -116,6 +116,8 @@ def test_feed_forward_matches_the_oracle_and_leaves_the_other_weights(layer_norm
     np.testing.assert_allclose(perceive(state), dense_oracle(perceive, state), rtol=1e-5, atol=1e-5)
     for name in ("embed", "qkv", "out"):
         np.testing.assert_array_equal(getattr(perceive, name).kernel[...], getattr(plain, name).kernel[...])
+    for name in ("key_offsets", "value_offsets"):
+        np.testing.assert_array_equal(getattr(perceive, name)[...], getattr(plain, name)[...])
     assert not np.allclose(perceive(state), plain(state), atol=1e-3)
     assert (perceive.ff_norm is not None) == layer_norm and perceive.ff_hidden.kernel.shape == (16, 24)
 
