@@ -271,7 +271,12 @@ def default_start(model_path: str) -> str:
     if not Path(model_path).is_dir():
         return "seed"
     config = RunCheckpointer.find(model_path).metadata().get("config") or {}
-    module, _, name = str((config.get("task") or {}).get("_target_", "")).rpartition(".")
+    return start_of_task(str((config.get("task") or {}).get("_target_", "")))
+
+
+def start_of_task(task_target: str) -> str:
+    """:func:`default_start` of a run of the task class named ``task_target`` (a ``_target_``)."""
+    module, _, name = task_target.rpartition(".")
     try:
         task_class = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):

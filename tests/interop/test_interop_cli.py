@@ -69,6 +69,19 @@ def test_angle_turns_any_perception_with_an_angle_and_names_one_without():
     assert grow_cli.configure(model, "m", fire_rate=None, angle=30.0).perceive.angle == pytest.approx(math.pi / 6)
 
 
+def test_a_run_starts_from_its_tasks_sample_unless_its_task_grows_from_the_seed():
+    assert grow_cli.default_start(str(WEBGL8)) == "seed"  # a released model has no task
+    starts = {
+        "nca_lab.tasks.diffusing.DiffusingTask": "task",
+        "nca_lab.tasks.mnist_inpainting.MnistInpaintingTask": "task",
+        "nca_lab.tasks.growing.GrowingTask": "seed",
+        "nca_lab.tasks.regenerating.RegeneratingTask": "seed",  # a GrowingTask
+        "no_such_module.Task": "seed",  # as every run grew before --start (--start task says why)
+        "nca_lab.tasks.growing.seed_state": "seed",  # not a class
+    }
+    assert {target: grow_cli.start_of_task(target) for target in starts} == starts
+
+
 def test_a_released_model_grows_into_a_dir_named_by_its_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grow_cli.main([str(WEBGL8), "--steps", "2", "--size", "8"])
