@@ -93,7 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         help="grid H [W] (default: a run's grid; 72 for a released model)",
     )
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random cell updates (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the random cell updates, and of the task's sample it starts from (default 0)",
+    )
     parser.add_argument(
         "--fire-rate",
         type=float,
