@@ -26,11 +26,13 @@ Other differences from ViTCA's model, for comparing with its numbers: LayerNorm,
 before its output head); the feed-forward block (``x + FF(LN x)``, exact GELU) only with
 ``feed_forward=<width>``: by default the residual update's ReLU MLP stands in for it and for
 ViTCA's zero-initialised output head; other default sizes (ViTCA's code: one head of width
-32); at the border ViTCA zero-pads the projected keys and values, which stay in the softmax
-with score 0, a rule neither ``padding`` setting reproduces (only the cells on the border ring
-perceive differently). ViTCA also keeps the corrupted input in channels the update never
+32); at the border, by default, a ring of cells of state ``padding`` (``padding="vitca"``:
+ViTCA's rule, zero keys and values off the grid, which stay in the softmax with score 0; only
+the cells on the border ring perceive differently). ViTCA also keeps the corrupted input in channels the update never
 changes; nca_lab's tasks write it into the updated state.
 """
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +61,9 @@ class AttentionPerceive(Perceive):
       ``LayerNorm(p)`` with ``layer_norm``): the rest of ViTCA's transformer block.
 
     With ``padding=None`` the neighbours outside the grid are left out of the softmax (as CAX's
-    dense mask does) instead of being cells of a constant state.
+    dense mask does) instead of being cells of a constant state; with ``padding="vitca"`` their
+    keys and values are zero, offsets included (ViTCA zero-pads its projected keys and values):
+    each has score 0 in the softmax and adds nothing to the sum.
     """
 
     def __init__(
@@ -69,7 +73,7 @@ class AttentionPerceive(Perceive):
         perception_size: int = 48,
         num_heads: int = 4,
         qkv_features: int | None = None,
-        padding: float | None = 0.0,
+        padding: float | Literal["vitca"] | None = 0.0,
         layer_norm: bool = False,
         feed_forward: int | None = None,
         rngs: nnx.Rngs,
@@ -82,7 +86,8 @@ class AttentionPerceive(Perceive):
             num_heads: attention heads; must divide ``qkv_features``.
             qkv_features: total width of queries, keys and values (default ``perception_size``).
             padding: the state value of the cells outside the grid (0: empty cells, as the
-                other perceives), or ``None`` to leave them out of the attention.
+                other perceives), ``None`` to leave them out of the attention, or ``"vitca"``
+                for zero keys and values there (ViTCA's border).
             layer_norm: normalise the tokens before the attention (ViTCA's pre-norm), and
                 before the feed-forward block.
             feed_forward: hidden width of a feed-forward block after the attention (ViTCA's
@@ -107,7 +112,11 @@ class AttentionPerceive(Perceive):
         self.out_features = int(perception_size)
         self.num_heads = int(num_heads)
         self.head_size = int(qkv_features) // self.num_heads
-        self.padding = None if padding is None else float(padding)
+        require(
+            padding in (None, "vitca") or (isinstance(padding, int | float) and not isinstance(padding, bool)),
+            f"perceive.padding must be a number, null or vitca, got {padding!r}",
+        )
+        self.padding = padding if padding in (None, "vitca") else float(padding)
         qkv = int(qkv_features)
         self.embed = nnx.Linear(self.num_channels, self.out_features, rngs=rngs)
         self.qkv = nnx.Linear(self.out_features, 3 * qkv, use_bias=False, rngs=rngs)
@@ -127,7 +136,7 @@ class AttentionPerceive(Perceive):
     def __call__(self, state: jnp.ndarray) -> jnp.ndarray:
         """Perception ``(..., H, W, perception_size)`` of a state ``(..., H, W, C)``."""
         height, width = state.shape[-3], state.shape[-2]
-        tokens = self.embed(pad_grid(state, 0.0 if self.padding is None else self.padding))
+        tokens = self.embed(pad_grid(state, self.padding if isinstance(self.padding, float) else 0.0))
         normed = tokens if self.norm is None else self.norm(tokens)
         q, k, v = jnp.split(self.qkv(normed), 3, axis=-1)  # on the padded grid
 
@@ -136,21 +145,24 @@ class AttentionPerceive(Perceive):
 
         q = split_heads(shifted(q, 0, 0)) * self.head_size**-0.5
         key_offsets, value_offsets = self.key_offsets[...], self.value_offsets[...]
-        # Which neighbours lie on the grid: a trace-time constant, used only with padding=None.
+        # Which neighbours lie on the grid: a trace-time constant, used with padding=None and vitca.
         inside = np.pad(np.ones((height, width, 1), bool), ((1, 1), (1, 1), (0, 0)))
+        zero_outside = self.padding == "vitca"
 
         logits = []
         for dr, dc in OFFSETS:
             k_o = split_heads(shifted(k, dr, dc) + key_offsets[dr + 1, dc + 1])
             logit = jnp.sum(q * k_o, axis=-1)  # (..., H, W, heads)
-            if self.padding is None:
-                logit = jnp.where(shifted(inside, dr, dc), logit, -jnp.inf)
+            if self.padding is None or zero_outside:
+                logit = jnp.where(shifted(inside, dr, dc), logit, 0.0 if zero_outside else -jnp.inf)
             logits.append(logit)
         weights = jax.nn.softmax(jnp.stack(logits, axis=-1), axis=-1)  # (..., H, W, heads, 9)
 
         attended = None
         for index, (dr, dc) in enumerate(OFFSETS):
             v_o = split_heads(shifted(v, dr, dc) + value_offsets[dr + 1, dc + 1])
+            if zero_outside:
+                v_o = jnp.where(shifted(inside, dr, dc)[..., None], v_o, 0.0)
             term = weights[..., index, None] * v_o
             attended = term if attended is None else attended + term
         attended = attended.reshape(*state.shape[:-1], -1)

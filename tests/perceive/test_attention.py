@@ -24,8 +24,9 @@ from nca_lab.train.run import build
 C = 6
 
 
-def _dense_masked(perceive: AttentionPerceive, grid: np.ndarray) -> np.ndarray:
-    """Dense ``(HW) x (HW)`` attention of a grid ``(H, W, C)`` whose off-grid neighbours are masked."""
+def _dense_masked(perceive: AttentionPerceive, grid: np.ndarray, zero_ring: bool = False) -> np.ndarray:
+    """Dense ``(HW) x (HW)`` attention of a grid ``(H, W, C)`` whose off-grid neighbours are
+    masked; with ``zero_ring``, the keys and values of the grid's outer ring are zero."""
     height, width, _ = grid.shape
     n, heads, size = height * width, perceive.num_heads, perceive.head_size
     param = lambda p: np.asarray(p[...], np.float64)  # noqa: E731
@@ -40,11 +41,15 @@ def _dense_masked(perceive: AttentionPerceive, grid: np.ndarray) -> np.ndarray:
     mask = (np.abs(dr) <= 1) & (np.abs(dc) <= 1)
     offset = np.where(mask, (dr + 1) * 3 + (dc + 1), 0)  # row-major 3x3 offset index, (N, N)
 
-    logits = np.einsum("ihd,jhd->hij", q, k) + np.einsum("ihd,ijhd->hij", q, rel_k[offset])
+    keys, values = k + rel_k[offset], v + rel_v[offset]  # (N, N, heads, size): query i, key j
+    if zero_ring:  # ViTCA's border: what the ring's cells hold is a zero key and value
+        ring = (rows == 0) | (rows == height - 1) | (cols == 0) | (cols == width - 1)
+        keys, values = (np.where(ring[None, :, None, None], 0.0, t) for t in (keys, values))
+    logits = np.einsum("ihd,ijhd->hij", q, keys)
     logits = np.where(mask, logits / math.sqrt(size), -np.inf)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
-    attended = np.einsum("hij,jhd->ihd", weights, v) + np.einsum("hij,ijhd->ihd", weights, rel_v[offset])
+    attended = np.einsum("hij,ijhd->ihd", weights, values)
     out = tokens + attended.reshape(n, -1) @ param(perceive.out.kernel)
     if perceive.ff_hidden is not None:  # ViTCA's x + FF(LN x), exact GELU
         hidden = _layer_norm(perceive.ff_norm, out) @ param(perceive.ff_hidden.kernel) + param(perceive.ff_hidden.bias)
@@ -72,8 +77,9 @@ def dense_oracle(perceive: AttentionPerceive, state: np.ndarray) -> np.ndarray:
     state = np.asarray(state, np.float64)
     if perceive.padding is None:
         return _dense_masked(perceive, state)
-    ring = np.pad(state, ((1, 1), (1, 1), (0, 0)), constant_values=perceive.padding)
-    return _dense_masked(perceive, ring)[1:-1, 1:-1]
+    vitca = perceive.padding == "vitca"
+    ring = np.pad(state, ((1, 1), (1, 1), (0, 0)), constant_values=0.0 if vitca else perceive.padding)
+    return _dense_masked(perceive, ring, zero_ring=vitca)[1:-1, 1:-1]
 
 
 def _perceive(**kwargs) -> AttentionPerceive:
@@ -86,7 +92,7 @@ def _state(shape, seed=1) -> jnp.ndarray:
 
 @pytest.mark.parametrize("grid", [(5, 7), (8, 8)])
 @pytest.mark.parametrize("heads", [1, 2, 4])
-@pytest.mark.parametrize("padding", [0.0, 0.5, None])
+@pytest.mark.parametrize("padding", [0.0, 0.5, None, "vitca"])
 def test_matches_dense_masked_attention(grid, heads, padding):
     perceive = _perceive(num_heads=heads, padding=padding)
     state = _state(grid)
@@ -151,7 +157,7 @@ def _walk(jaxpr):
                     yield from _walk(inner)
 
 
-@pytest.mark.parametrize("padding", [0.0, None])
+@pytest.mark.parametrize("padding", [0.0, None, "vitca"])
 def test_builds_no_quadratic_tensor_and_no_gather(padding):
     perceive = _perceive(padding=padding)
     height = width = 40
@@ -189,6 +195,7 @@ def test_jit_vmap_grad():
         ({"perception_size": 0}, "perception_size"),
         ({"num_heads": 0}, "num_heads"),
         ({"feed_forward": 0}, "perceive.feed_forward must be a positive width or null, got 0"),
+        ({"padding": "zeros"}, "perceive.padding must be a number, null or vitca, got 'zeros'"),
     ],
 )
 def test_bad_settings_raise_config_error(kwargs, message):
