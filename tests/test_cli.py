@@ -241,7 +241,7 @@ BAD_SETTINGS = [
     # optional options (``int | None``) too: these were truncated to 2 and 48, and read as 1.0
     (["perceive=learned", "perceive.channel_multiplier=2.5"], "perceive.channel_multiplier must be an integer"),
     (["perceive=attention", "perceive.qkv_features=48.7"], "perceive.qkv_features must be an integer, got 48.7"),
-    (["perceive=attention", "perceive.padding=true"], "perceive.padding must be a number, got True"),
+    (["perceive=attention", "perceive.padding=true"], "perceive.padding must be a number, null or vitca, got True"),
     (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
     (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
     (["compact_cells=true", "kernel=pallas"], "compact_cells=true needs kernel=xla"),
