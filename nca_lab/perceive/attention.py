@@ -28,8 +28,8 @@ before its output head); the feed-forward block (``x + FF(LN x)``, exact GELU) o
 ViTCA's zero-initialised output head; other default sizes (ViTCA's code: one head of width
 32); at the border, by default, a ring of cells of state ``padding`` (``padding="vitca"``:
 ViTCA's rule, zero keys and values off the grid, which stay in the softmax with score 0; only
-the cells on the border ring perceive differently). ViTCA also keeps the corrupted input in channels the update never
-changes; nca_lab's tasks write it into the updated state.
+the cells on the border ring perceive differently). ViTCA also keeps the corrupted input in
+channels the update never changes; nca_lab's tasks write it into the updated state.
 """
 
 from typing import Literal
@@ -148,13 +148,14 @@ class AttentionPerceive(Perceive):
         # Which neighbours lie on the grid: a trace-time constant, used with padding=None and vitca.
         inside = np.pad(np.ones((height, width, 1), bool), ((1, 1), (1, 1), (0, 0)))
         zero_outside = self.padding == "vitca"
+        off_grid_logit = {None: -jnp.inf, "vitca": 0.0}.get(self.padding)  # None: off-grid cells are cells
 
         logits = []
         for dr, dc in OFFSETS:
             k_o = split_heads(shifted(k, dr, dc) + key_offsets[dr + 1, dc + 1])
             logit = jnp.sum(q * k_o, axis=-1)  # (..., H, W, heads)
-            if self.padding is None or zero_outside:
-                logit = jnp.where(shifted(inside, dr, dc), logit, 0.0 if zero_outside else -jnp.inf)
+            if off_grid_logit is not None:
+                logit = jnp.where(shifted(inside, dr, dc), logit, off_grid_logit)
             logits.append(logit)
         weights = jax.nn.softmax(jnp.stack(logits, axis=-1), axis=-1)  # (..., H, W, heads, 9)
 
