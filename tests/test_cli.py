@@ -238,6 +238,15 @@ BAD_SETTINGS = [
     (["trainer.optimizer.gradient=sgd"], "trainer.optimizer.gradient must be one of"),
     (["trainer.optimizer.clip_norm=0"], "trainer.optimizer.clip_norm must be positive"),
     (["trainer.keep_last=0"], "trainer.keep_last must be an integer >= 1, got 0"),
+    # these trained on without a word (alive_threshold=nan: every cell masked to zero from the first step)
+    (["task.alive_threshold=nan"], "task.alive_threshold must be below the seed's alpha (1: else nothing lives) or"),
+    (["task.alive_threshold=1"], "task.alive_threshold must be below the seed's alpha (1: else nothing lives) or"),
+    (["trainer.optimizer.b1=2"], "trainer.optimizer.b1 must be in [0, 1), got 2"),
+    (["trainer.optimizer.b2=nan"], "trainer.optimizer.b2 must be in [0, 1), got nan"),
+    (["trainer.optimizer.eps=0"], "trainer.optimizer.eps must be a positive finite number, got 0"),
+    (["update.step_size=nan"], "update.step_size must be a positive finite number, got nan"),
+    (["perceive.angle=inf"], "perceive.angle must be a finite number of radians, got inf"),
+    (["perceive=attention", "perceive.padding=nan"], "perceive.padding must be a number, null or vitca, got nan"),
     # optional options (``int | None``) too: these were truncated to 2 and 48, and read as 1.0
     (["perceive=learned", "perceive.channel_multiplier=2.5"], "perceive.channel_multiplier must be an integer"),
     (["perceive=attention", "perceive.qkv_features=48.7"], "perceive.qkv_features must be an integer, got 48.7"),

@@ -32,6 +32,7 @@ the cells on the border ring perceive differently). ViTCA also keeps the corrupt
 channels the update never changes; nca_lab's tasks write it into the updated state.
 """
 
+import math
 from typing import Literal
 
 import jax
@@ -113,7 +114,8 @@ class AttentionPerceive(Perceive):
         self.num_heads = int(num_heads)
         self.head_size = int(qkv_features) // self.num_heads
         require(
-            padding in (None, "vitca") or (isinstance(padding, int | float) and not isinstance(padding, bool)),
+            padding in (None, "vitca")
+            or (isinstance(padding, int | float) and not isinstance(padding, bool) and math.isfinite(padding)),
             f"perceive.padding must be a number, null or vitca, got {padding!r}",
         )
         self.padding = padding if padding in (None, "vitca") else float(padding)

@@ -53,6 +53,7 @@ class SobelPerceive(Perceive):
         require(int(num_channels) > 0, f"num_channels must be positive, got {num_channels}")
         self.num_channels = int(num_channels)
         self.out_features = 3 * self.num_channels
+        require(math.isfinite(angle), f"perceive.angle must be a finite number of radians, got {angle}")
         self.angle = float(angle)
 
     def __call__(self, state: jnp.ndarray) -> jnp.ndarray:

@@ -12,16 +12,20 @@ from PIL import Image
 
 from nca_lab.alive import ALIVE_THRESHOLD
 from nca_lab.data.images import load_target
+from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
 from nca_lab.render import rgba, tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Batch, Rendering, Task, rgba_mse
+
+#: The seed cell's alpha and hidden channels; an alive threshold must be below it.
+SEED_ALPHA = 1.0
 
 
 def seed_state(grid_shape: tuple[int, int], num_channels: int) -> np.ndarray:
     """The standard seed: zeros, except the centre cell ``(H // 2, W // 2)`` whose channels 3.. are 1."""
     h, w = grid_shape
     seed = np.zeros((h, w, num_channels), np.float32)
-    seed[h // 2, w // 2, 3:] = 1.0
+    seed[h // 2, w // 2, 3:] = SEED_ALPHA
     return seed
 
 
@@ -55,6 +59,11 @@ class GrowingTask(Task):
         super().__init__(num_channels, render_scale)
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), bool(centre_on_body)))
         self.grid_shape = tuple(self.target.shape[:2])
+        require(  # NaN fails every test: every cell masked to zero, from the first step
+            alive_threshold is None or alive_threshold < SEED_ALPHA,
+            f"task.alive_threshold must be below the seed's alpha ({SEED_ALPHA:g}: else nothing lives) or null, "
+            f"got {alive_threshold}",
+        )
         self.alive_threshold = None if alive_threshold is None else float(alive_threshold)
         self.seed = jnp.asarray(seed_state(self.grid_shape, self.num_channels))
 

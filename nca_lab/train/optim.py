@@ -5,6 +5,8 @@ tenfold after 2000 steps) on gradients normalised per variable, ``g / (||g|| + 1
 keeps updates stable over the long backpropagation through ~100 CA steps.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -52,6 +54,9 @@ def make_optimizer(
         f"trainer.optimizer.gradient must be one of {GRADIENT_TRANSFORMS}, got {gradient!r}",
     )
     require(clip_norm > 0, f"trainer.optimizer.clip_norm must be positive, got {clip_norm}")
+    for name, decay in (("b1", b1), ("b2", b2)):  # Adam's moments: a decay outside [0, 1) trains on without a word
+        require(0 <= decay < 1, f"trainer.optimizer.{name} must be in [0, 1), got {decay}")
+    require(0 < eps < math.inf, f"trainer.optimizer.eps must be a positive finite number, got {eps}")
     if not callable(learning_rate):  # a schedule either way: the same optimizer state, so a
         learning_rate = optax.constant_schedule(learning_rate)  # resume may switch between them
     first = {

@@ -15,6 +15,7 @@ of the same MLP emits each weight gradient as a dot followed by a transpose, and
 materialises a transposed copy of every ``(cells, 128)`` cotangent before an Eigen dot.
 """
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -65,6 +66,10 @@ class ResidualUpdate(Update):
         require(int(num_channels) > 0, f"num_channels must be positive, got {num_channels}")
         require(0.0 < fire_rate <= 1.0, f"update.fire_rate must be in (0, 1], got {fire_rate}")
         self.fire_rate = float(fire_rate)
+        require(
+            math.isfinite(step_size) and step_size > 0,
+            f"update.step_size must be a positive finite number, got {step_size}",
+        )
         self.step_size = float(step_size)
         sizes = [int(perception_size), *hidden_sizes]
         keras = nnx.initializers.glorot_uniform()
