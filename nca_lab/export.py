@@ -27,6 +27,7 @@ if __name__ == "__main__":
 configure_jax_environment()
 
 from nca_lab.atomic import write_text_atomically  # noqa: E402
+from nca_lab.cli_args import ArgumentParser, command_name  # noqa: E402
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.interop.original import FIRE_RATE  # noqa: E402
@@ -38,8 +39,8 @@ FORMATS = {"webgl8": to_webgl8}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m nca_lab.export", description="Export a trained NCA to the Growing-NCA web demo's format."
+    parser = ArgumentParser(
+        prog=command_name("nca_lab.export"), description="Export a trained NCA to the Growing-NCA web demo's format."
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="nca_lab run dir or checkpoint, or a model JSON")
     parser.add_argument("--format", choices=sorted(FORMATS), default="webgl8", help="output format (default webgl8)")

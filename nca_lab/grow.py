@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from nca_lab.alive import ALIVE_THRESHOLD, ALPHA  # noqa: E402
 from nca_lab.atomic import atomic_path  # noqa: E402
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer  # noqa: E402
+from nca_lab.cli_args import ArgumentParser, command_name  # noqa: E402
 from nca_lab.errors import SEEDS, ConfigError, one_line, out_of_memory_as, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.log.metrics_file import METRICS  # noqa: E402
@@ -73,9 +74,9 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; malformed values exit with argparse's usage message."""
-    parser = argparse.ArgumentParser(
-        prog="python -m nca_lab.grow",
+    """The command line; a malformed value is one ``error:`` line and exit status 2."""
+    parser = ArgumentParser(
+        prog=command_name("nca_lab.grow"),
         description="Grow a pattern with a trained NCA, from the seed or from a sample of a run's task.",
         formatter_class=_HelpFormatter,
     )

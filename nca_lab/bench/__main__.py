@@ -33,6 +33,7 @@ from nca_lab.bench import nca_lab_impl  # noqa: E402
 from nca_lab.bench.measure import Measurement, first_line, measure  # noqa: E402
 from nca_lab.bench.report import LEGEND, device, record, table, versions, write_json  # noqa: E402
 from nca_lab.bench.suites import CPU_STEPS, SUITES, cases  # noqa: E402
+from nca_lab.cli_args import ArgumentParser  # noqa: E402
 from nca_lab.log.manifest import git_state  # noqa: E402
 
 DESCRIPTION = "Time nca_lab's NCA training and rollouts against peers (CAX, PyTorch) and print a table."
@@ -57,8 +58,8 @@ def _budget_bytes(fraction: float = 0.75) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The command line, its values checked (a bad one exits with argparse's usage message)."""
-    parser = argparse.ArgumentParser(prog="python -m nca_lab.bench", description=DESCRIPTION)
+    """The command line, its values checked (a bad one is one ``error:`` line, exit status 2)."""
+    parser = ArgumentParser(prog="python -m nca_lab.bench", description=DESCRIPTION)
     parser.add_argument("--suite", nargs="+", default=list(SUITES), metavar="NAME", help=f"of {', '.join(SUITES)}")
     parser.add_argument(
         "--peer",

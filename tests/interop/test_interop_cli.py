@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
@@ -143,7 +144,9 @@ def test_values_that_cannot_run_are_usage_errors(options, message, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         grow_cli.main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err.splitlines()[-1]
+    err = capsys.readouterr().err
+    assert err == f"error: {err[7:].strip()}\n" and message in err  # one line: argparse's usage block left out
+    assert err.endswith("(see python -m nca_lab.grow --help)\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -411,3 +414,20 @@ def test_a_damaged_checkpoint_is_one_line_from_grow_and_export(tmp_path):
         assert result.stderr.startswith(f"error: {kernel.parent.parent}: a damaged checkpoint? It cannot be read (")
         assert result.stderr.endswith("to use the newest other one (step 1)\n")
         assert not (tmp_path / out).exists()
+
+
+def test_a_malformed_export_option_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_cli.main([str(WEBGL8), "--format", "tfjs", "--out", str(tmp_path / "m.json")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # argparse's words, which Python versions vary, in one line
+    assert err.startswith("error: argument --format: invalid choice: 'tfjs'") and err.count("\n") == 1
+    assert err.endswith("(see python -m nca_lab.export --help)\n")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_an_installed_command_is_named_as_typed(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/nca-lab-grow", "--help"])
+    with pytest.raises(SystemExit):
+        grow_cli.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: nca-lab-grow ")
