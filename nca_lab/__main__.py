@@ -69,6 +69,7 @@ from nca_lab.config import (  # noqa: E402
 )
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 from nca_lab.run_files import RESOLVED_CONFIG  # noqa: E402
+from nca_lab.sweep_dir import remove_unused as remove_unused_sweep_dir  # noqa: E402
 from nca_lab.train.run_dir_lock import LOCK_FILE  # noqa: E402
 
 # Registered before Hydra composes; launchers that run jobs elsewhere (submitit) take it along
@@ -280,6 +281,8 @@ def cli() -> None:
         print(f"error: {how_many} {failed}", file=sys.stderr)
         sys.exit(1)
     except USER_ERRORS as err:
+        if not _jobs_here["ran"]:
+            remove_unused_sweep_dir()
         if full_report:
             raise
         print(f"error: {composition_error(err, sys.argv[1:])}", file=sys.stderr)
@@ -293,6 +296,7 @@ def cli() -> None:
             sys.exit(1)
         if _jobs_here["ran"] or _raised_by_a_job(err):
             raise  # a job's: a bug, with its traceback
+        remove_unused_sweep_dir()
         # Hydra's, before any job: a flag it refuses (-m with --cfg), `experiment=null`, a search
         # path or launcher it cannot use, a log file it cannot open (a read-only run dir).
         nulled = [arg for arg in sys.argv[1:] if arg.endswith("=null") and (config_dir() / arg[:-5]).is_dir()]

@@ -330,6 +330,20 @@ def test_a_mistyped_setting_in_a_sweep_names_the_nearest_one(tmp_path):
     assert result.stderr == "error: unknown setting trainer.stepz (did you mean trainer.steps?)\n"
 
 
+def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_dir(tmp_path):
+    """Swept, the mistyped setting is refused once Hydra's sweeper has made the sweep dir
+    (``outputs/multirun/<date>/<time>``) and written its ``multirun.yaml``: removed again, as a
+    refused run's dir is; a sweep dir that was there before is kept."""
+    result = run_cli("-m", "trainer.stepz=2,3", *TINY, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown setting trainer.stepz (did you mean trainer.steps?)\n"
+    assert list((tmp_path / "outputs").rglob("*")) == [tmp_path / "outputs" / "multirun"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert run_cli("-m", "trainer.stepz=2,3", *TINY, f"hydra.sweep.dir={mine}").returncode == 2
+    assert (mine / "multirun.yaml").is_file()
+
+
 def test_a_mistyped_setting_of_ones_own_config_dir_is_named_from_it(tmp_path, monkeypatch):
     """With ``--config-dir``, the hint came from nca_lab's own configs: Hydra's ``+key`` advice for
     a user's option, or "unknown setting" with the package sobel's settings for an option the

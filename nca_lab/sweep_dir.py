@@ -1,0 +1,44 @@
+"""A sweep refused before its first job leaves no dir behind, as a refused run does.
+
+Hydra's sweeper makes the sweep dir and writes ``multirun.yaml`` into it before it composes the
+first job's config, so a mistyped setting (``-m trainer.step=3,4``) left a timestamped dir
+holding only that file under ``outputs/multirun/``. :class:`SweepDirCallback` (registered in
+``conf/config.yaml``'s ``hydra.callbacks``) notes the dir when a sweep starts if it is new;
+the command calls :func:`remove_unused` when it refuses the sweep before any job ran.
+"""
+
+import contextlib
+import re
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+#: What Hydra's sweepers write into the sweep dir before the first job.
+MULTIRUN_YAML = "multirun.yaml"
+
+
+class SweepDirCallback(Callback):
+    """Notes the sweep dir this command makes (one that did not exist when the sweep started)."""
+
+    #: The sweep dir this process's sweep made, or ``None``.
+    made_here: Path | None = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        # Reading it resolves ${now:...} once: Hydra caches the value in this config, which the
+        # sweeper reads next to make the dir.
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        SweepDirCallback.made_here = None if sweep_dir.exists() else sweep_dir
+
+
+def remove_unused() -> None:
+    """Delete the sweep dir this command made if it holds only ``multirun.yaml`` (no job ran),
+    and its day's dir if that is left empty (``config.yaml``'s ``hydra.sweep.dir``)."""
+    sweep_dir = SweepDirCallback.made_here
+    if sweep_dir is None:
+        return
+    with contextlib.suppress(OSError):  # gone already, or not removable: nothing to tidy
+        if [path.name for path in sweep_dir.iterdir()] == [MULTIRUN_YAML]:
+            (sweep_dir / MULTIRUN_YAML).unlink()
+            sweep_dir.rmdir()
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", sweep_dir.parent.name):
+                sweep_dir.parent.rmdir()  # if this was its only sweep (else not empty: kept)
