@@ -63,6 +63,8 @@ PICTURE_PIXELS = 320
 #: Most steps and cells per side a grow takes: beyond them it cannot run (a key for every step
 #: is split up front, each frame kept is a full RGBA grid).
 MAX_STEPS, MAX_SIDE = 1_000_000, 4096
+#: The stream of ``--seed``'s key that draws a task's sample to start from (``--start task``).
+TASK_SAMPLE_STREAM = 1
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -360,8 +362,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.size is None,
                 "--size sets the seed's grid; a sample of the run's task has the task's own (--start seed: the seed)",
             )
-            sample_key, key = jax.random.split(key)
-            state = task_sample(args.model, sample_key)
+            # the growth's own draws are those of a seed start: the same --seed grows a growing run
+            # alike from either start (its task's sample is the seed)
+            state = task_sample(args.model, jax.random.fold_in(key, TASK_SAMPLE_STREAM))
         else:
             state = seed_state(args.size or grid, model.num_channels)
         final, paths = grow_and_write(model, state, steps, key, args.damage, out, sized=start == "seed")

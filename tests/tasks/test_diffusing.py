@@ -37,8 +37,8 @@ def test_grow_starts_a_denoising_run_from_a_noised_target(smoke_runs, tmp_path, 
     grow_cli.main([str(run_dir), "--steps", "3", "--seed", "4", "--out", str(tmp_path / "grown")])
     out, err = capsys.readouterr()
     assert f"grew {run_dir} for 3 steps from a sample of its task on 12x12 (seed 4)" in out and err == ""
-    sample_key, grow_key = jax.random.split(jax.random.key(4))
-    start = np.asarray(load_task(run_dir).sample(sample_key, 1).state[0])
+    grow_key = jax.random.key(4)
+    start = np.asarray(load_task(run_dir).sample(jax.random.fold_in(grow_key, grow_cli.TASK_SAMPLE_STREAM), 1).state[0])
     noised = start[..., :4] - np.asarray(load_task(run_dir).target)
     assert np.abs(noised).max() > 0.01  # the start is a noised target, not the seed
     expected, _ = grow_cli.grow_from(load_model(run_dir), start, 3, grow_key, damage=False)

@@ -39,6 +39,11 @@ def test_a_run_with_a_pool_grows_for_twice_its_horizon_by_default(smoke_runs, tm
     run = smoke_runs(TASK)
     grow_cli.main([str(run.run_dir), "--out", str(tmp_path)])
     assert f"grew {run.run_dir} for 6 steps on" in capsys.readouterr().out  # horizon 3
+    # Its task's sample is the seed, so --start task grows what --start seed does (its updates drew other numbers)
+    grow_cli.main([str(run.run_dir), "--seed", "2", "--start", "task", "--out", str(tmp_path / "task")])
+    grow_cli.main([str(run.run_dir), "--seed", "2", "--start", "seed", "--out", str(tmp_path / "seed")])
+    grown = [np.load(tmp_path / start / "final_state.npy") for start in ("task", "seed")]
+    np.testing.assert_array_equal(*grown)
 
 
 def test_circle_masks_have_the_requested_radius():
