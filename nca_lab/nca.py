@@ -59,7 +59,7 @@ class NCA(nnx.Module):
                 off a GPU), forward and rematerialising backward, whatever ``manual_vjp``
                 says. Same function, same random draws. Opt-in: on an H200 it made the
                 growing train step faster and the diffusing one (C=64, hidden 256) slower
-                (README, Performance).
+                (``experiments/bench/h200_2026-11-30_fused``).
             compact_cells: run the update MLP only on the cells whose update can matter
                 (:mod:`nca_lab.active_cells`; same results), on the XLA path with the manual
                 VJP. ``"auto"``: on a CPU, for steps of at least

@@ -162,7 +162,8 @@ BAD_SETTINGS = [
     (["num_channels=0"], "num_channels"),
     (["update.fire_rate=0"], "fire_rate must be in (0, 1]"),
     (["update.fire_rate=1.5"], "fire_rate must be in (0, 1]"),
-    (["trainer.rollout_steps=5.5"], "rollout_steps must be [low, high] with 0 < low <= high, or one length, got 5.5"),
+    (["trainer.rollout_steps=5.5"], "rollout_steps must be [low, high] with 0 < low <= high, or one length (trainer"),
+    (["trainer.rollout_steps=[10]"], "or one length (trainer.rollout_steps=64, no brackets), got [10]"),
     (["trainer.rollout_steps=[10,5]"], "rollout_steps"),
     (["trainer.rollout_steps=[true,3]"], "rollout_steps must be [low, high] with 0 < low <= high"),  # True was 1
     (["trainer.learning_rate=true"], "trainer.learning_rate must be positive (or a schedule), got True"),

@@ -122,7 +122,8 @@ class Trainer:
             len(rollout_steps) == 2
             and all(map(is_integer, rollout_steps))
             and 0 < rollout_steps[0] <= rollout_steps[1],
-            f"trainer.rollout_steps must be [low, high] with 0 < low <= high, or one length, got {given!r}",
+            "trainer.rollout_steps must be [low, high] with 0 < low <= high, or one length "
+            f"(trainer.rollout_steps=64, no brackets), got {given!r}",
         )
         require(not (resume and init_from), "set at most one of trainer.resume and trainer.init_from")
         require(
