@@ -45,7 +45,8 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
     supplied = tuple(supplied)
     check_names(node, group, supplied)
     with config_errors(group):
-        factory = instantiate(node, _convert_="all")  # plain lists and dicts: what the Python API passes
+        # plain lists and dicts, what the Python API passes, unless the node says otherwise
+        factory = instantiate(node, _convert_=node.get("_convert_", "all"))
     target = factory.func
     signature = _signature(target)
     options = {**factory.keywords, **dict.fromkeys(supplied)}  # code's win over the yaml's (``logger.group``)

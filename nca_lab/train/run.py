@@ -167,7 +167,7 @@ def build(cfg: DictConfig) -> tuple:
     task = construct(cfg.task, "task", num_channels=cfg.num_channels)
     check_names(cfg.trainer, "trainer")
     with config_errors("trainer"):
-        trainer = instantiate(cfg.trainer, _convert_="all")
+        trainer = instantiate(cfg.trainer, _convert_=cfg.trainer.get("_convert_", "all"))
     trainer.check(task)
     model = build_model(cfg, task.alive_threshold)  # the model last: initialising it compiles
     if not model.uses_manual_vjp:

@@ -39,3 +39,9 @@ def test_constructors_get_plain_lists_and_dicts():
     assert factory.keywords == {"sizes": [1, 2], "extra": {"a": [3]}}
     assert type(factory.keywords["sizes"]) is list and type(factory.keywords["extra"]["a"]) is list
     assert type(factory.keywords["extra"]) is dict
+
+
+def test_a_nodes_own_convert_setting_is_kept():
+    """``_convert_: none`` in a config of one's own: the module asked for OmegaConf's nodes."""
+    node = compose("logger=none", "+logger.sizes=[1,2]", "+logger._convert_=none").logger
+    assert type(checked_factory(node, "logger", ("config",)).keywords["sizes"]).__name__ == "ListConfig"
