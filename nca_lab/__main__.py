@@ -285,7 +285,9 @@ def cli() -> None:
             remove_unused_sweep_dir()
         if full_report:
             raise
-        print(f"error: {composition_error(err, sys.argv[1:])}", file=sys.stderr)
+        # before a job, Hydra only writes: the run or sweep dir, its multirun.yaml, its log file
+        reason = f"cannot write {one_line(err)}" if isinstance(err, OSError) else composition_error(err, sys.argv[1:])
+        print(f"error: {reason}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
         if full_report:

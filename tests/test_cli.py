@@ -464,9 +464,9 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path):
     blocker.write_text("not a directory")
     result = run_cli(*TINY, f"hydra.run.dir={blocker / 'run'}")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {blocker / 'run'}: Not a directory"
+    assert result.stderr.strip() == f"error: cannot write {blocker / 'run'}: Not a directory"
     result = run_cli(*TINY, f"hydra.run.dir={blocker}")  # it said "File exists"
-    assert (result.returncode, result.stderr.strip()) == (2, f"error: {blocker}: a file, not a directory")
+    assert (result.returncode, result.stderr.strip()) == (2, f"error: cannot write {blocker}: a file, not a directory")
     assert blocker.read_text() == "not a directory"
 
 
