@@ -29,7 +29,6 @@ the job failed alone in a distributed run: its next job could not run without th
 import contextlib
 import logging
 import os
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -69,6 +68,7 @@ from nca_lab.config import (  # noqa: E402
 )
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 from nca_lab.run_files import RESOLVED_CONFIG  # noqa: E402
+from nca_lab.sweep_dir import remove_day_dir  # noqa: E402
 from nca_lab.sweep_dir import remove_unused as remove_unused_sweep_dir  # noqa: E402
 from nca_lab.train.run_dir_lock import LOCK_FILE  # noqa: E402
 
@@ -203,8 +203,7 @@ def _remove_unused(run_dir: Path, log_name: str) -> None:
             for name in names:
                 (run_dir / name).unlink()
             run_dir.rmdir()
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_dir.parent.name):  # the day's dir (config.yaml's hydra.run.dir)
-                run_dir.parent.rmdir()  # if this was its only run (else not empty: kept)
+            remove_day_dir(run_dir.parent)
 
 
 def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:

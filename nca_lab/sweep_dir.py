@@ -5,6 +5,7 @@ first job's config, so a mistyped setting (``-m trainer.step=3,4``) left a times
 holding only that file under ``outputs/multirun/``. :class:`SweepDirCallback` (registered in
 ``conf/config.yaml``'s ``hydra.callbacks``) notes the dir when a sweep starts if it is new;
 the command calls :func:`remove_unused` when it refuses the sweep before any job ran.
+:func:`remove_day_dir` also tidies after a refused run (``nca_lab.__main__``).
 """
 
 import contextlib
@@ -32,7 +33,7 @@ class SweepDirCallback(Callback):
 
 def remove_unused() -> None:
     """Delete the sweep dir this command made if it holds only ``multirun.yaml`` (no job ran),
-    and its day's dir if that is left empty (``config.yaml``'s ``hydra.sweep.dir``)."""
+    and its day's dir if that is left empty."""
     sweep_dir = SweepDirCallback.made_here
     if sweep_dir is None:
         return
@@ -40,5 +41,12 @@ def remove_unused() -> None:
         if [path.name for path in sweep_dir.iterdir()] == [MULTIRUN_YAML]:
             (sweep_dir / MULTIRUN_YAML).unlink()
             sweep_dir.rmdir()
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", sweep_dir.parent.name):
-                sweep_dir.parent.rmdir()  # if this was its only sweep (else not empty: kept)
+            remove_day_dir(sweep_dir.parent)
+
+
+def remove_day_dir(directory: Path) -> None:
+    """Delete ``directory`` if it is a day's dir of ``config.yaml``'s ``hydra.run.dir`` or
+    ``hydra.sweep.dir`` (``2026-12-01``) and empty: the only run or sweep in it was removed."""
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", directory.name):
+        with contextlib.suppress(OSError):  # not empty: kept
+            directory.rmdir()
