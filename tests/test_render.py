@@ -13,6 +13,26 @@ def test_to_rgb_composites_premultiplied_over_white():
     np.testing.assert_allclose(rgb[1, 1], [1.0, 1.0, 1.0])
 
 
+def test_alpha_outside_0_1_is_clipped_as_the_authors_did():
+    state = np.zeros((1, 3, 4), np.float32)
+    state[0, :, :3] = 0.5
+    state[0, :, 3] = [2.0, -1.0, 0.0]  # over-opaque: no white shows through; negative: as transparent
+    np.testing.assert_allclose(to_rgb(state)[0], [[0.5] * 3, [1.0] * 3, [1.0] * 3])
+
+
+def test_to_uint8_rounds_to_the_nearest_level():
+    np.testing.assert_array_equal(to_uint8(np.array([[[0.999, 0.5, 0.001]]])), [[[255, 128, 0]]])
+
+
+def test_tile_leaves_white_gaps_between_images():
+    black = np.zeros((2, 3, 3), np.uint8)
+    grid = tile([black, black, black, black], columns=2, gap=2)
+    assert grid.shape == (2 * 2 + 2, 2 * 3 + 2, 3)
+    ink = (grid == 0).all(axis=-1)
+    assert ink[:2, :3].all() and ink[:2, 5:].all() and ink[4:, :3].all() and ink[4:, 5:].all()
+    assert (grid[:, 3:5] == 255).all() and (grid[2:4] == 255).all()  # the gaps, nothing drawn over them
+
+
 def test_gif_and_png_round_trip(tmp_path):
     frames = to_uint8(np.random.default_rng(0).uniform(size=(5, 4, 6, 3)), scale=2)
     assert frames.shape == (5, 8, 12, 3)

@@ -55,3 +55,10 @@ def test_bad_settings():
         LearnedPerceive(4, features=12, rngs=nnx.Rngs(0))
     with pytest.raises(ConfigError, match="perceive.channel_multiplier does not apply to mode=full, got 3"):
         LearnedPerceive(4, mode="full", channel_multiplier=3, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(("mode", "fan_in"), [("depthwise", 9), ("full", 9 * 16)])
+def test_random_init_has_the_scale_of_its_fan_in(mode, fan_in):
+    """LeCun-normal scale: each output feature's variance is about its input's, whatever the channels."""
+    kernel = LearnedPerceive(16, mode=mode, init="random", rngs=nnx.Rngs(0)).kernel[...]
+    assert abs(float(jnp.std(kernel)) * fan_in**0.5 - 1.0) < 0.1
