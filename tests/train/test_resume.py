@@ -133,6 +133,18 @@ def test_a_stop_saves_once_and_the_resumed_log_equals_the_uninterrupted_one(
     assert (summary, logged(tmp_path)) == uninterrupted
 
 
+def test_a_resumed_run_trains_on_its_saved_pool(tmp_path, monkeypatch):
+    """Experiments 2 and 3 train on a sample pool: a resumed run that started a fresh pool of
+    seeds would log other losses from its first step on."""
+    pooled = ("task=regenerating", "task.pool_size=4", "task.damage_n=1", "trainer.eval_every=0")
+    reference = tmp_path / "reference"
+    fit(reference, *pooled)
+    with sigterm_during(monkeypatch, {5}), pytest.raises(Preempted, match="after step 5;"):
+        fit(tmp_path / "run", *pooled)
+    fit(tmp_path / "run", *pooled)
+    assert logged(tmp_path / "run") == logged(reference)
+
+
 def test_a_run_dir_resumes_its_own_checkpoints_before_trainer_resume(tmp_path, monkeypatch):
     fit(tmp_path / "first", "trainer.steps=4")
     reference = tmp_path / "reference"
