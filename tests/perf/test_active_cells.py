@@ -14,6 +14,7 @@ from nca_lab.alive import alive_mask
 from nca_lab.errors import ConfigError
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.step_vjp import residual_step
 from nca_lab.update.residual import ResidualUpdate
 
 from nca_testing import assert_rollouts_agree, rollout_value_and_grads
@@ -87,3 +88,25 @@ def test_auto_is_on_for_large_cpu_steps_only():
 def test_bad_setting_is_refused():
     with pytest.raises(ConfigError, match="compact_cells must be auto, true or false"):
         NCA(SobelPerceive(C), ResidualUpdate(3 * C, C, rngs=nnx.Rngs(0)), compact_cells="sometimes")
+
+
+def test_a_dead_cell_next_to_a_living_one_is_updated_as_it_keeps_that_one_alive():
+    """Why the active cells are the near-alive ones, not the alive ones: in a row ``. k j i .``
+    where only ``k`` is alive-ish (alpha 0.5), ``k`` and the dead ``i`` fire, and the update
+    sets alpha to ``0.5 - 2 * alpha``. ``k`` dies and ``i`` gains alpha 0.5; ``i`` is still
+    masked (it was dead before), but it keeps ``j`` (alive before) alive after, with its hidden
+    0.3. Skipping ``i``'s update would zero ``j``."""
+    channels = 5
+    perceive = SobelPerceive(channels)
+    update = ResidualUpdate(perceive.out_features, channels, hidden_sizes=(2,), zero_init=False, rngs=nnx.Rngs(0))
+    alpha_feature = 3 * 3  # channel 3's identity filter (features ordered channel * 3 + filter)
+    update.hidden[0].kernel[...] = jnp.zeros_like(update.hidden[0].kernel[...]).at[alpha_feature, 0].set(1.0)
+    update.hidden[0].bias[...] = jnp.array([0.0, 1.0])  # relu(alpha), 1
+    update.out.kernel[...] = jnp.zeros_like(update.out.kernel[...]).at[0, 3].set(-2.0).at[1, 3].set(0.5)
+    update.out.bias[...] = jnp.zeros_like(update.out.bias[...])
+    k, j, i = 1, 2, 3
+    state = jnp.zeros((1, 1, 7, channels)).at[0, 0, k, 3].set(0.5).at[0, 0, j, 4].set(0.3)
+    fire = jnp.zeros((1, 1, 7, 1)).at[0, 0, k].set(1.0).at[0, 0, i].set(1.0)
+    dense, compact = (residual_step(perceive, update, 0.1, state, fire, compact=flag) for flag in (False, True))
+    np.testing.assert_array_equal(dense, state.at[0, 0, k, 3].set(0.0))  # j alone lives on, as it was
+    np.testing.assert_array_equal(compact, dense)
