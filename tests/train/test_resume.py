@@ -224,12 +224,13 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
     run_app(tmp_path, "trainer.steps=2")
     config_before = (tmp_path / "config_resolved.yaml").read_text()
     checkpoint = tmp_path / "checkpoints" / "2"
-    changed = ("task.target_size=7", "update.fire_rate=0.25")
+    changed = ("perceive.angle=0.5", "task.target_size=7", "update.fire_rate=0.25")
     with pytest.raises(ConfigError) as completed:
         run_app(tmp_path, *changed)
     assert str(completed.value) == (
-        f"{tmp_path} holds a completed run with other settings (task.target_size: 8 -> 7; update.fire_rate: "
-        f"0.5 -> 0.25): give this one another run dir (trainer.init_from={tmp_path} starts from its weights)"
+        f"{tmp_path} holds a completed run with other settings (perceive.angle: 0.0 -> 0.5; task.target_size: 8 -> 7; "
+        f"update.fire_rate: 0.5 -> 0.25): give this one another run dir (trainer.init_from={tmp_path} starts from "
+        "its weights)"
     )
     assert run_app(tmp_path, "trainer.steps=3")["step"] == 2  # skipped, saying how to train on
     assert f"skipped {tmp_path}: already completed at step 2 (delete its summary.json to train on to step 3)\n" in (
@@ -243,7 +244,8 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
     with pytest.raises(ConfigError) as resumed:
         run_app(tmp_path, *changed, "trainer.steps=3")
     assert str(resumed.value) == (
-        f"{checkpoint} was trained with other settings (task.target_size: 8 -> 7; update.fire_rate: 0.5 -> 0.25): "
+        f"{checkpoint} was trained with other settings (perceive.angle: 0.0 -> 0.5; task.target_size: 8 -> 7; "
+        "update.fire_rate: 0.5 -> 0.25): "
         f"resume it with its own, or train a new run dir from its weights with trainer.init_from={checkpoint}"
     )
     assert (tmp_path / "config_resolved.yaml").read_text() == config_before  # the record still says what ran

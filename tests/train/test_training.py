@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nca_lab.ckpt import RunCheckpointer
+from nca_lab.ckpt import RunCheckpointer, step_dirs
 from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.tasks.growing import GrowingTask
+from nca_lab.train import trainer as trainer_module
 from nca_lab.train.run import build, build_model, seed_keys
 from nca_lab.train.trainer import TrainingDiverged
 
@@ -197,3 +198,69 @@ def test_a_task_of_the_wrong_shapes_is_one_line_before_the_model(task, message):
     "axis -1 is out of bounds for array of dimension 0", naming no loss."""
     with pytest.raises(ConfigError, match=f"^{message}$"):
         tiny(f"task._target_=test_training.{task}")
+
+
+def test_evaluations_and_renderings_follow_their_schedules_at_the_horizon(tmp_path, monkeypatch):
+    """``eval_every`` and ``render_every`` steps (and the last) evaluate and render over the
+    horizon, the longest training rollout (TINY's rollout_steps=[2,3]: 3)."""
+    task, model, trainer = tiny("trainer.steps=4", "trainer.eval_every=2", "trainer.render_every=3")
+    horizons = []
+
+    def spied(method):
+        def call(model, key, horizon, *args, **kwargs):
+            horizons.append(horizon)
+            return method(model, key, horizon, *args, **kwargs)
+
+        return call
+
+    for name in ("evaluate", "render"):
+        monkeypatch.setattr(task, name, spied(getattr(task, name)))
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    assert [r["step"] for r in read_metrics(tmp_path) if "eval/mse" in r] == [2, 4]
+    assert sorted(int(p.name) for p in (tmp_path / "renders").iterdir()) == [3, 4]
+    assert horizons and set(horizons) == {3}
+
+
+@pytest.mark.parametrize(("keep_best", "kept"), [(False, [4]), (True, [3, 4])])
+def test_checkpoints_keep_the_last_and_the_best_as_set(tmp_path, keep_best, kept, monkeypatch):
+    task, model, trainer = tiny(
+        "trainer.steps=4", "trainer.checkpoint_every=1", "trainer.keep_last=1", f"trainer.keep_best={keep_best}"
+    )
+    losses = iter([0.5, 0.4, 0.1, 0.3])  # step 3 the best, step 4 the last
+    make = trainer_module.make_train_step
+
+    def with_losses(*args, **kwargs):
+        step = make(*args, **kwargs)
+
+        def stepped(*step_args):
+            pool, metrics = step(*step_args)
+            return pool, {**metrics, "loss": jnp.float32(next(losses))}
+
+        return stepped
+
+    monkeypatch.setattr(trainer_module, "make_train_step", with_losses)
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    assert step_dirs(tmp_path / "checkpoints") == kept
+
+
+def test_init_from_starts_from_the_weights_of_the_other_run(tmp_path, monkeypatch):
+    task, model, trainer = tiny("trainer.steps=2")
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path / "first")
+    task, model, trainer = tiny("trainer.steps=1", f"trainer.init_from={tmp_path / 'first'}")
+    first_step = []
+    make = trainer_module.make_train_step
+
+    def watched(*args, **kwargs):
+        step = make(*args, **kwargs)
+
+        def stepped(model, *rest):
+            first_step.append(jax.tree.map(np.asarray, nnx.state(model, nnx.Param)))
+            return step(model, *rest)
+
+        return stepped
+
+    monkeypatch.setattr(trainer_module, "make_train_step", watched)
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path / "second")
+    _, saved, _ = tiny("trainer.steps=2")
+    RunCheckpointer.find(tmp_path / "first").restore_model(saved)
+    jax.tree.map(np.testing.assert_array_equal, first_step[0], jax.tree.map(np.asarray, nnx.state(saved, nnx.Param)))
