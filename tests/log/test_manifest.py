@@ -3,7 +3,10 @@
 import shutil
 import subprocess
 
-from nca_lab.log.manifest import checkout, manifest
+import pytest
+
+from nca_lab.log import manifest as manifest_module
+from nca_lab.log.manifest import checkout, git_state, manifest
 
 from nca_testing import REPO
 
@@ -27,3 +30,19 @@ def test_a_package_inside_another_repository_is_not_a_checkout(tmp_path):
         subprocess.run(["git", "init", "-q", str(project)], check=True)
         assert checkout(project) == project
     assert checkout(site_packages) is None
+
+
+@pytest.mark.skipif(not HAS_GIT, reason="needs git")
+def test_git_dirty_says_whether_tracked_files_changed(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "a")
+    monkeypatch.setattr(manifest_module, "checkout", lambda: tmp_path)
+    (tmp_path / "untracked.txt").write_text("not part of the code")
+    assert git_state()["git_dirty"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_state()["git_dirty"] is True

@@ -64,3 +64,11 @@ def test_a_line_damaged_in_the_middle_is_one_line_naming_it(tmp_path):
         (tmp_path / "metrics.jsonl").write_text(f'{{"step": 1, "loss": 0.5}}\n{no_record}\n')
         with pytest.raises(ConfigError, match=r"line 2 is no metrics record"):
             read_metrics(tmp_path)
+
+
+def test_non_finite_values_are_written_as_null(tmp_path):
+    """JSON has no NaN or infinity (a perfect evaluation's PSNR is infinite); ``json.dumps`` alone writes
+    ``NaN`` and ``Infinity``, which other readers refuse."""
+    metrics = MetricsFile(tmp_path)
+    metrics.write(1, {"a": float("nan"), "b": float("inf"), "c": 0.5})
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "a": null, "b": null, "c": 0.5}\n'
