@@ -3,7 +3,11 @@
 import jax.numpy as jnp
 import pytest
 
+from nca_lab.config import compose
 from nca_lab.train.optim import make_optimizer
+from nca_lab.train.run import build
+
+from nca_testing import TINY
 
 
 def test_adam_has_the_epsilon_of_the_authors_keras_adam():
@@ -120,3 +124,11 @@ def test_an_optimizer_instead_of_its_factory_is_one_line():
     with pytest.raises(ConfigError, match=r"make the optimizer from the learning rate \(optax.adam, not optax"):
         Trainer(steps=1, batch_size=1, learning_rate=1e-3, optimizer=optax.adam(1e-3))
     Trainer(steps=1, batch_size=1, learning_rate=1e-3, optimizer=optax.adam)
+
+
+def test_the_logged_rate_is_the_one_each_update_used():
+    """Optax counts updates from 0; the trainer logs steps from 1: step 2 is the second update,
+    still at the first rate with a boundary at 2 updates."""
+    overrides = ("trainer.learning_rate.init_value=1.0", "trainer.learning_rate.boundaries=[2]")
+    _, _, trainer = build(compose(*TINY, *overrides))
+    assert [trainer.lr_at(step) for step in (1, 2, 3)] == pytest.approx([1.0, 1.0, 0.1])
