@@ -8,6 +8,7 @@ import pytest
 from nca_lab import grow as grow_cli
 from nca_lab.config import compose
 from nca_lab.errors import ConfigError
+from nca_lab.render import to_rgb, to_uint8
 from nca_lab.tasks.base import psnr
 from nca_lab.tasks.diffusing import DiffusingTask, corrupt
 from nca_lab.train import run as run_module
@@ -124,6 +125,24 @@ def test_evaluation_scores_the_states_after_the_horizon(task, drifting_nca):
         expected = psnr(np.mean(np.square(moved - np.asarray(task.target))))
         assert metrics[f"psnr_{level}"] == pytest.approx(expected, rel=1e-5), level
         assert metrics[f"psnr_{level}"] != pytest.approx(metrics[f"psnr_input_{level}"], rel=1e-3), level
+
+
+def test_the_final_picture_shows_the_inputs_and_the_states_at_the_horizon(task, drifting_nca):
+    """Top row the target and each level's input, bottom row the target and its state after
+    ``horizon`` steps (not the GIF's last, twice that)."""
+    rate, horizon, key = 0.05, 3, jax.random.key(0)
+    final = task.render(drifting_nca(6, rate), key, horizon=horizon).final
+    _, noisy = task._levels(jax.random.split(key)[0], 1)  # the draw render makes
+    side, gap = 12 * task.render_scale, 2
+
+    def cell(row, column):
+        top, left = row * (side + gap), column * (side + gap)
+        return final[top : top + side, left : left + side]
+
+    for level in range(len(LEVELS)):
+        for row, steps in ((0, 0), (1, horizon)):
+            shown = to_uint8(to_rgb(np.asarray(noisy[level]) + steps * rate), task.render_scale)
+            np.testing.assert_array_equal(cell(row, 1 + level), shown)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.render import to_rgb, to_uint8
 from nca_lab.tasks.growing import GrowingTask, seed_state
 from nca_lab.train.run import build
 from nca_lab.update.residual import ResidualUpdate
@@ -59,6 +60,14 @@ def test_render_is_twice_the_horizon_and_a_row_of_target_and_samples(task, drift
     rendering = task.render(drifting_nca(C, 0.0), jax.random.key(0), horizon=3, n=2)
     assert rendering.frames.shape == (2 * 3 + 1, 24, 24, 3)  # initial state included, 2 px per cell
     assert rendering.final.shape[0] == 24 and rendering.final.shape[1] > 3 * 24  # target + 2 samples
+
+
+def test_the_final_picture_shows_the_samples_at_the_horizon(task, drifting_nca):
+    """Not at the GIF's end (twice the horizon): the seed cell's colour tells the steps apart."""
+    rate, horizon = 0.05, 3
+    final = task.render(drifting_nca(C, rate), jax.random.key(0), horizon=horizon, n=2).final
+    at_horizon = to_uint8(to_rgb(seed_state((12, 12), C) + horizon * rate), 2)
+    np.testing.assert_array_equal(final[:, 24 + 2 : 2 * 24 + 2], at_horizon)  # after the target and a gap
 
 
 class SquareTask(GrowingTask):
