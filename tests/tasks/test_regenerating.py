@@ -93,7 +93,7 @@ def test_evaluation_scores_each_horizon_and_the_recovery_from_the_damage(task, d
     horizon (1, 2, 5 and 10 times ``horizon``), the damage acts on the grown state, and the
     recovery runs ``horizon`` steps from the damaged one."""
     rate, horizon = 0.004, 3
-    monkeypatch.setattr(task, "damage", lambda state, key: jnp.zeros_like(state))
+    monkeypatch.setattr(task, "damage", lambda state, key: state + 1.0)  # of the state it is given
     metrics = task.evaluate(drifting_nca(6, rate), jax.random.key(0), horizon=horizon, n=2)
     seed = task.sample(None, 1).state
 
@@ -102,8 +102,8 @@ def test_evaluation_scores_each_horizon_and_the_recovery_from_the_damage(task, d
 
     for name, k in (("mse", 1), ("mse_2x", 2), ("mse_5x", 5), ("mse_10x", 10)):
         assert metrics[name] == pytest.approx(loss(seed + k * horizon * rate), rel=1e-5), name
-    assert metrics["mse_damaged"] == pytest.approx(loss(jnp.zeros_like(seed)), rel=1e-6)
-    assert metrics["mse_recovered"] == pytest.approx(loss(jnp.zeros_like(seed) + horizon * rate), rel=1e-5)
+    assert metrics["mse_damaged"] == pytest.approx(loss(seed + horizon * rate + 1.0), rel=1e-5)
+    assert metrics["mse_recovered"] == pytest.approx(loss(seed + 2 * horizon * rate + 1.0), rel=1e-5)
     assert len({round(v, 6) for v in metrics.values()}) == len(metrics)  # every horizon tells apart
 
 
