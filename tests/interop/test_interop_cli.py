@@ -282,6 +282,18 @@ def _rename_op(old, new):
     return edit
 
 
+def _set_constants(name_ends, **tensor):
+    def edit(nodes):
+        for node in nodes:
+            if node["name"].endswith(name_ends):
+                node["attr"]["value"]["tensor"].update(tensor)
+
+    return edit
+
+
+#: The identity 3x3 filter's constant in the released graph (``tensorContent``, float32).
+_IDENTITY_CONTENT = "AAAAAAAAAAAAAAAAAAAAAAAAgD8AAAAAAAAAAAAAAAAAAAAA"
+
 #: name -> (file contents, expected message after "error: <file>: ")
 BAD_INPUTS = {
     "neither format": (json.dumps({"hello": "world"}), "neither a webgl8 model"),
@@ -329,6 +341,10 @@ BAD_INPUTS = {
     "graph without relu": (
         _edit_json(TFJS_GRAPH, _graph_nodes(_rename_op("Relu", "Tanh"))),
         "the graph has no Relu reading layer 1's BiasAdd",
+    ),
+    "graph with another perception": (  # its Sobel-y filters (and their rotation) made identities
+        _edit_json(TFJS_GRAPH, _graph_nodes(_set_constants(("mul_1/y", "mul_3/y"), tensorContent=_IDENTITY_CONTENT))),
+        "the perception is not the identity + Sobel filters of a Growing NCA",
     ),
     "graph without alive mask": (
         _edit_json(TFJS_GRAPH, _graph_nodes(_rename_op("MaxPool", "AvgPool"))),
@@ -431,3 +447,9 @@ def test_an_installed_command_is_named_as_typed(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         grow_cli.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: nca-lab-grow ")
+
+
+def test_a_graph_models_alive_threshold_is_its_own(tmp_path):
+    model = tmp_path / "model.json"
+    model.write_text(_edit_json(TFJS_GRAPH, _graph_nodes(_set_constants(("Greater/y", "Greater_1/y"), floatVal=[0.2]))))
+    assert read_model(model).alive_threshold == pytest.approx(0.2)
