@@ -27,6 +27,9 @@ def test_image_path_target_keeps_aspect_and_centres(tmp_path):
     rows = np.nonzero(target[..., 3].any(axis=1))[0]
     assert len(rows) == 5  # 40x20 -> 10x5
     np.testing.assert_allclose(target[rows[0], 5], [128 / 255 * 1.0, 0, 0, 128 / 255], atol=1e-6)
+    plain = load_target(str(path), size=10, padding=1, centre_on_body=False)  # centred in its square, as it is
+    visible = np.argwhere(plain[..., 3] > 0)
+    assert (visible.min(axis=0).tolist(), visible.max(axis=0).tolist()) == ([1 + 2, 1], [1 + 2 + 4, 10])
 
 
 def test_body_at_centre_moves_an_off_centre_body_under_the_seed():
