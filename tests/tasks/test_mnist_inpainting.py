@@ -140,6 +140,9 @@ def test_sample_draws_train_digits_inside_jit(task, mnist_root):
         assert np.min(np.abs(train - digit).max(axis=(1, 2))) < 1e-6
     state = np.asarray(batch.state)
     np.testing.assert_allclose(state[..., 0], np.asarray(batch.target)[..., 0] * state[..., 3])
+    many = np.asarray(jax.jit(lambda key: task.sample(key, 256))(jax.random.key(4)).target)[..., 0]
+    drawn = {int(np.argmin(np.abs(train - digit).max(axis=(1, 2)))) for digit in many}
+    assert drawn == set(range(len(train)))  # every train digit, the last one too
 
 
 def test_sample_is_vmap_safe(task):
