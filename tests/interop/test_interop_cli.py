@@ -241,6 +241,8 @@ def test_export_notes_what_the_demo_runs_differently(tmp_path, capsys, monkeypat
         "the web demo starts at 0: set its rotation to match",
         f"wrote {out} (webgl8)",
     ]
+    trained.update.fire_rate = 0.25  # below the demo's, as above it
+    assert export_cli.demo_differences(trained)[0].endswith("this model was trained with 0.25")
 
 
 def _edit_json(source, edit):
