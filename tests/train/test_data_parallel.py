@@ -78,6 +78,10 @@ try:  # the app's build stops before the model (whose initialisation compiles) i
     build(compose(*OVERRIDES, "trainer.data_parallel=true", "trainer.batch_size=6"))
 except ConfigError as exc:
     out["build_error"] = str(exc)
+try:  # a pool split unevenly over the devices
+    build(compose(*OVERRIDES, "trainer.data_parallel=true", "task.pool_size=18"))
+except ConfigError as exc:
+    out["pool_error"] = str(exc)
 print("RESULT " + json.dumps(out))
 """
 
@@ -114,6 +118,9 @@ def test_four_devices_give_the_losses_of_one(tmp_path):
     assert (
         out["build_error"]
         == "trainer.batch_size (6) must be a multiple of the number of devices (4) for data parallelism"
+    )
+    assert out["pool_error"] == (
+        "task.pool_size (18) must be a multiple of the number of devices (4) for data parallelism"
     )
 
     # Its checkpoint restores on this process's single device (a 4-device run grown or resumed on a laptop)
