@@ -59,7 +59,7 @@ class GrowingTask(Task):
         super().__init__(num_channels, render_scale)
         self.target = jnp.asarray(load_target(target, int(target_size), int(padding), bool(centre_on_body)))
         self.grid_shape = tuple(self.target.shape[:2])
-        require(  # NaN fails every test: every cell masked to zero, from the first step
+        require(  # at or above it (or NaN, which fails every comparison) every cell is masked to zero at once
             alive_threshold is None or alive_threshold < SEED_ALPHA,
             f"task.alive_threshold must be below the seed's alpha ({SEED_ALPHA:g}: else nothing lives) or null, "
             f"got {alive_threshold}",
