@@ -1,6 +1,7 @@
 """Training end to end in-process: the loss falls, runs are deterministic, NaNs stop cleanly."""
 
 import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -264,3 +265,12 @@ def test_init_from_starts_from_the_weights_of_the_other_run(tmp_path, monkeypatc
     _, saved, _ = tiny("trainer.steps=2")
     RunCheckpointer.find(tmp_path / "first").restore_model(saved)
     jax.tree.map(np.testing.assert_array_equal, first_step[0], jax.tree.map(np.asarray, nnx.state(saved, nnx.Param)))
+
+
+def test_steps_per_s_is_steps_over_the_seconds_between_log_lines(tmp_path, monkeypatch):
+    task, model, trainer = tiny("trainer.steps=5", "trainer.log_every=2")
+    clock = iter(range(0, 100, 4))  # each fetch of metrics 4 s after the last
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    speeds = {r["step"]: r.get("steps_per_s") for r in read_metrics(tmp_path) if "loss" in r}
+    assert speeds == {1: None, 2: 1 / 4, 4: 2 / 4, 5: 1 / 4}  # the first line's steps include the compile
