@@ -284,11 +284,15 @@ def cli() -> None:
             remove_unused_sweep_dir()
         if full_report:
             raise
-        # before a job, Hydra only writes: the run or sweep dir, its multirun.yaml, its log file
-        reason = f"cannot write {one_line(err)}" if isinstance(err, OSError) else composition_error(err, sys.argv[1:])
+        # before a job, Hydra writes the run or sweep dir, its multirun.yaml, its log file; a config
+        # it cannot find is an IOError too (MissingConfigException), naming no file
+        written = isinstance(err, OSError) and err.filename is not None
+        reason = f"cannot write {one_line(err)}" if written else composition_error(err, sys.argv[1:])
         print(f"error: {reason}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
+        if not (_jobs_here["ran"] or _raised_by_a_job(err)):
+            remove_unused_sweep_dir()
         if full_report:
             raise
         if type(err).__name__ == "UncompletedJobError":  # submitit's: a job's process died (killed, out of memory)
@@ -297,7 +301,6 @@ def cli() -> None:
             sys.exit(1)
         if _jobs_here["ran"] or _raised_by_a_job(err):
             raise  # a job's: a bug, with its traceback
-        remove_unused_sweep_dir()
         # Hydra's, before any job: a flag it refuses (-m with --cfg), `experiment=null`, a search
         # path or launcher it cannot use, a log file it cannot open (a read-only run dir).
         nulled = [arg for arg in sys.argv[1:] if arg.endswith("=null") and (config_dir() / arg[:-5]).is_dir()]

@@ -42,6 +42,11 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def is_number(value) -> bool:
+    """``value`` is a real number, Python's or NumPy's, and not a bool (``b1=true`` is no decay)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_integer(value) -> bool:
     """``value`` is an integer, Python's or NumPy's (``np.arange`` in a notebook's sweep), and
     not a bool (a config's ``2.5`` or ``true`` is no count)."""
@@ -65,7 +70,7 @@ def one_line(err: BaseException, *, _said: str = "") -> str:
             break
         key = re.fullmatch(r"\s*full_key: (\S+)", line)  # OmegaConf's: the setting the error is in
         where = where or (key and key[1])
-        if line.strip() and not re.fullmatch(r"\s*(\^|full_key:.*|object_type=.*)", line):
+        if line.strip() and not re.fullmatch(r"\s*(\^|full_key:.*|(object|reference)_type=.*)", line):
             lines.append(line.strip())
     if where and where not in " ".join([_said, *lines]):  # "Interpolation key 'x' not found": in which setting?
         lines.append(f"(in {where})")

@@ -63,8 +63,10 @@ PICTURE_PIXELS = 320
 #: Most steps and cells per side a grow takes: beyond them it cannot run (a key for every step
 #: is split up front, each frame kept is a full RGBA grid).
 MAX_STEPS, MAX_SIDE = 1_000_000, 4096
-#: The stream of ``--seed``'s key that draws a task's sample to start from (``--start task``).
-TASK_SAMPLE_STREAM = 1
+#: The stream of ``--seed``'s key that draws a task's sample to start from (``--start task``):
+#: none of the growth's. JAX's default (partitionable) threefry makes ``split(key, n)[i]``
+#: ``fold_in(key, i)``, so a small count was a key the growth splits off again.
+TASK_SAMPLE_STREAM = 2**32 - 1
 
 
 class _HelpFormatter(argparse.HelpFormatter):

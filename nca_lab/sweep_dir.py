@@ -25,16 +25,23 @@ class SweepDirCallback(Callback):
     made_here: Path | None = None
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        # Reading it resolves ${now:...} once: Hydra caches the value in this config, which the
-        # sweeper reads next to make the dir.
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        SweepDirCallback.made_here = None if sweep_dir.exists() else sweep_dir
+        # Reading the dir resolves ${now:...} once: Hydra caches the value in this config, which the
+        # sweeper reads next to make the dir. An error reading it is the sweeper's to report (one
+        # raised here Hydra prints as a warning of several lines).
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            SweepDirCallback.made_here = None if sweep_dir.exists() else sweep_dir
+        except Exception:  # noqa: BLE001
+            SweepDirCallback.made_here = None
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        SweepDirCallback.made_here = None  # its jobs ran: nothing of it to remove
 
 
 def remove_unused() -> None:
     """Delete the sweep dir this command made if it holds only ``multirun.yaml`` (no job ran),
     and its day's dir if that is left empty."""
-    sweep_dir = SweepDirCallback.made_here
+    sweep_dir, SweepDirCallback.made_here = SweepDirCallback.made_here, None
     if sweep_dir is None:
         return
     with contextlib.suppress(OSError):  # gone already, or not removable: nothing to tidy

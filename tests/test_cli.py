@@ -245,6 +245,8 @@ BAD_SETTINGS = [
     (["trainer.optimizer.b1=2"], "trainer.optimizer.b1 must be in [0, 1), got 2"),
     (["trainer.optimizer.b2=nan"], "trainer.optimizer.b2 must be in [0, 1), got nan"),
     (["trainer.optimizer.eps=0"], "trainer.optimizer.eps must be a positive finite number, got 0"),
+    (["trainer.optimizer.b1=abc"], "trainer.optimizer.b1 must be in [0, 1), got 'abc'"),  # was Python's '<=' words
+    (["trainer.optimizer.b1=true"], "trainer.optimizer.b1 must be in [0, 1), got True"),
     (["update.step_size=nan"], "update.step_size must be a positive finite number, got nan"),
     (["perceive.angle=inf"], "perceive.angle must be a finite number of radians, got inf"),
     (["perceive=attention", "perceive.padding=nan"], "perceive.padding must be a number, null or vitca, got nan"),
@@ -271,8 +273,8 @@ BAD_INPUTS = [
     (["trainer.bogus=1"], "unknown setting trainer.bogus (the trainer settings: steps, batch_size, rollout_steps,"),
     (["trainer.step=3"], "unknown setting trainer.step (did you mean trainer.steps?)"),  # Hydra: "use +trainer.step"
     (["perceve=learned"], "unknown setting perceve (did you mean perceive?)"),
-    (["perceive=nope"], "Could not find 'perceive/nope' Available options in 'perceive':"),
-    (["experiment=quick_grow"], "Could not find 'experiment/quick_grow' Available options in 'experiment':"),
+    (["perceive=nope"], "error: In 'config': Could not find 'perceive/nope' Available options in 'perceive':"),
+    (["experiment=quick_grow"], "error: In 'config': Could not find 'experiment/quick_grow' Available options in"),
     (["task.target=a=b"], "mismatched input"),
     (["+name=foo"], "unknown setting name (did you mean run_name?)"),  # read by nothing: Hydra's own ${hydra:job.name}
     (["trainer.steps=${nosuch}"], "error: Interpolation key 'nosuch' not found (in trainer.steps)\n"),  # in which?
@@ -343,6 +345,8 @@ def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_dir(tmp_path):
     mine.mkdir()
     assert run_cli("-m", "trainer.stepz=2,3", *TINY, f"hydra.sweep.dir={mine}").returncode == 2
     assert (mine / "multirun.yaml").is_file()
+    result = run_cli("-m", "trainer.steps=1,2", *TINY, "hydra.sweep.dir=${oops}")  # the sweeper's line alone
+    assert (result.returncode, result.stderr) == (2, "error: Interpolation key 'oops' not found (in hydra.sweep.dir)\n")
 
 
 def test_a_mistyped_setting_of_ones_own_config_dir_is_named_from_it(tmp_path, monkeypatch):

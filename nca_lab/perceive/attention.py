@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nca_lab.errors import require
+from nca_lab.errors import is_number, require
 from nca_lab.perceive.base import Perceive
 from nca_lab.perceive.stencil import OFFSETS, pad_grid, shifted
 
@@ -114,8 +114,7 @@ class AttentionPerceive(Perceive):
         self.num_heads = int(num_heads)
         self.head_size = int(qkv_features) // self.num_heads
         require(
-            padding in (None, "vitca")
-            or (isinstance(padding, int | float) and not isinstance(padding, bool) and math.isfinite(padding)),
+            padding in (None, "vitca") or (is_number(padding) and math.isfinite(padding)),
             f"perceive.padding must be a number, null or vitca, got {padding!r}",
         )
         self.padding = padding if padding in (None, "vitca") else float(padding)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nca_lab.errors import is_integer, require
+from nca_lab.errors import is_integer, is_number, require
 
 GRADIENT_TRANSFORMS = ("normalize", "clip", "none")
 
@@ -53,10 +53,12 @@ def make_optimizer(
         gradient in GRADIENT_TRANSFORMS,
         f"trainer.optimizer.gradient must be one of {GRADIENT_TRANSFORMS}, got {gradient!r}",
     )
-    require(clip_norm > 0, f"trainer.optimizer.clip_norm must be positive, got {clip_norm}")
+    require(is_number(clip_norm) and clip_norm > 0, f"trainer.optimizer.clip_norm must be positive, got {clip_norm!r}")
     for name, decay in (("b1", b1), ("b2", b2)):  # Adam's moments: a decay outside [0, 1) trains on without a word
-        require(0 <= decay < 1, f"trainer.optimizer.{name} must be in [0, 1), got {decay}")
-    require(0 < eps < math.inf, f"trainer.optimizer.eps must be a positive finite number, got {eps}")
+        require(is_number(decay) and 0 <= decay < 1, f"trainer.optimizer.{name} must be in [0, 1), got {decay!r}")
+    require(
+        is_number(eps) and 0 < eps < math.inf, f"trainer.optimizer.eps must be a positive finite number, got {eps!r}"
+    )
     if not callable(learning_rate):  # a schedule either way: the same optimizer state, so a
         learning_rate = optax.constant_schedule(learning_rate)  # resume may switch between them
     first = {

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from nca_lab.atomic import atomic_path, write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
-from nca_lab.errors import ConfigError, is_integer, require
+from nca_lab.errors import ConfigError, is_integer, is_number, require
 from nca_lab.log.base import Logger, NullLogger
 from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
@@ -114,8 +114,7 @@ class Trainer:
         for name, value in switches.items():  # bool("no") is True: data_parallel=no switched it on
             require(isinstance(value, bool), f"trainer.{name} must be true or false, got {value!r}")
         require(
-            callable(learning_rate)
-            or (isinstance(learning_rate, int | float) and not isinstance(learning_rate, bool) and learning_rate > 0),
+            callable(learning_rate) or (is_number(learning_rate) and learning_rate > 0),
             f"trainer.learning_rate must be positive (or a schedule), got {learning_rate!r}",
         )
         require(

@@ -35,7 +35,8 @@ def test_a_package_inside_another_repository_is_not_a_checkout(tmp_path):
 @pytest.mark.skipif(not HAS_GIT, reason="needs git")
 def test_git_dirty_says_whether_tracked_files_changed(tmp_path, monkeypatch):
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+        config = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+        subprocess.run(["git", *config, *args], cwd=tmp_path, check=True)
 
     git("init", "-q")
     (tmp_path / "a.py").write_text("x = 1\n")

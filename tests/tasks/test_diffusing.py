@@ -39,7 +39,10 @@ def test_grow_starts_a_denoising_run_from_a_noised_target(smoke_runs, tmp_path, 
     out, err = capsys.readouterr()
     assert f"grew {run_dir} for 3 steps from a sample of its task on 12x12 (seed 4)" in out and err == ""
     grow_key = jax.random.key(4)
-    start = np.asarray(load_task(run_dir).sample(jax.random.fold_in(grow_key, grow_cli.TASK_SAMPLE_STREAM), 1).state[0])
+    sample_key = jax.random.fold_in(grow_key, grow_cli.TASK_SAMPLE_STREAM)
+    growth_keys = jax.random.split(grow_key, 3)  # grow_from's: one per segment (two with --damage), steps' below
+    assert not any(np.array_equal(*map(jax.random.key_data, (sample_key, k))) for k in growth_keys)
+    start = np.asarray(load_task(run_dir).sample(sample_key, 1).state[0])
     noised = start[..., :4] - np.asarray(load_task(run_dir).target)
     assert np.abs(noised).max() > 0.01  # the start is a noised target, not the seed
     expected, _ = grow_cli.grow_from(load_model(run_dir), start, 3, grow_key, damage=False)
