@@ -6,11 +6,12 @@ from the standard seed, one living cell in the centre (Mordvintsev et al., "Grow
 Cellular Automata", Distill 2020), or, for a run whose task starts from something else (a
 noised target, a masked digit), from a sample of that task (``--start``), and writes
 ``rollout.gif``, ``final.png`` and ``final_state.npy`` (float32 ``(H, W, C)``) into ``--out``.
-``--damage`` erases a disc of the pattern halfway through, the article's regeneration experiment. A run is grown on its
-training grid for its rollout horizon, the length it learned to grow in, or for twice that,
-as its own ``rollout.gif``, if it trained on a sample pool, which teaches the pattern to
-persist (the article's experiments 2 and 3; a growing run, experiment 1, overgrows past its
-horizon); a released model on the article's 72x72 grid for 200 steps.
+``--damage`` erases a disc of the pattern halfway through, the article's regeneration
+experiment. A run is grown on its training grid for its rollout horizon, the length it learned
+to grow in, or for twice that, as its own ``rollout.gif``, if it trained on a sample pool,
+which teaches the pattern to persist (the article's experiments 2 and 3; a growing run,
+experiment 1, overgrows past its horizon); a released model on the article's 72x72 grid for
+200 steps.
 
 Example::
 

@@ -21,7 +21,7 @@ import binascii
 import numpy as np
 
 from nca_lab.alive import ALIVE_THRESHOLD
-from nca_lab.errors import ConfigError, require
+from nca_lab.errors import ConfigError, is_number, require
 from nca_lab.interop.original import CHANNELS, HIDDEN, PERCEPTION, original_nca
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
@@ -150,9 +150,8 @@ def _decode_layer(layer, where: str, sizes: tuple[int, int]) -> tuple[np.ndarray
     scales = []
     for field in ("weight_scale", "bias_scale"):
         value = layer[field]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        require(
-            number and 0 <= value <= float(np.finfo(np.float32).max),  # false for nan; past it, a float32 is inf
+        require(  # false for nan; past float32's largest, a float32 is inf
+            is_number(value) and 0 <= value <= float(np.finfo(np.float32).max),
             f"{where}: {field} must be a finite float32 >= 0, got {value!r}",
         )
         scales.append(np.float32(value))

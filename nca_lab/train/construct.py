@@ -45,8 +45,7 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
     supplied = tuple(supplied)
     check_names(node, group, supplied)
     with config_errors(group):
-        # plain lists and dicts, what the Python API passes, unless the node says otherwise
-        factory = instantiate(node, _convert_=node.get("_convert_", "all"))
+        factory = instantiate_plain(node)
     target = factory.func
     signature = _signature(target)
     options = {**factory.keywords, **dict.fromkeys(supplied)}  # code's win over the yaml's (``logger.group``)
@@ -69,6 +68,12 @@ def checked_factory(node: DictConfig, group: str, supplied: Iterable[str]) -> fu
             allowed = ", ".join(map(repr, choices)) + (", null" if optional else "")
             raise ConfigError(f"{group}.{name} must be one of {allowed}, got {value!r}")
     return factory
+
+
+def instantiate_plain(node: DictConfig):
+    """Hydra's ``instantiate(node)`` passing plain lists and dicts, what the Python API passes,
+    not OmegaConf's containers, unless the node sets its own ``_convert_``."""
+    return instantiate(node, _convert_=node.get("_convert_", "all"))
 
 
 def check_names(node: DictConfig, group: str, supplied: tuple[str, ...] | None = ()) -> None:

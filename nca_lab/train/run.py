@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import yaml
 from flax import nnx
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nca_lab.atomic import write_text_atomically
@@ -31,7 +30,7 @@ from nca_lab.perceive.base import Perceive
 from nca_lab.run_files import MANIFEST, RESOLVED_CONFIG, SUMMARY
 from nca_lab.runtime import on_stop
 from nca_lab.train import multihost
-from nca_lab.train.construct import check_names, checked_factory, config_errors, construct
+from nca_lab.train.construct import check_names, checked_factory, config_errors, construct, instantiate_plain
 from nca_lab.train.run_dir_lock import run_dir_lock
 from nca_lab.train.run_settings import completed_summary, recorded_config, setting_changes
 from nca_lab.train.trainer import OutOfMemory, Preempted
@@ -167,7 +166,7 @@ def build(cfg: DictConfig) -> tuple:
     task = construct(cfg.task, "task", num_channels=cfg.num_channels)
     check_names(cfg.trainer, "trainer")
     with config_errors("trainer"):
-        trainer = instantiate(cfg.trainer, _convert_=cfg.trainer.get("_convert_", "all"))
+        trainer = instantiate_plain(cfg.trainer)
     trainer.check(task)
     model = build_model(cfg, task.alive_threshold)  # the model last: initialising it compiles
     if not model.uses_manual_vjp:
