@@ -10,26 +10,27 @@ one-hot filters. Here the 9 keys and values of a cell are read as shifted slices
 (:mod:`nca_lab.perceive.stencil`), so time and memory grow linearly with the cells and neither a
 gather nor any ``HW x HW`` array (scores or mask) is ever built.
 
-Positional information is relative: a learned vector per neighbour offset and head is added
-to that neighbour's key and to its value (Shaw et al., "Self-Attention with Relative Position
-Representations", NAACL 2018). The key term lets a head attend by direction (a head can
-learn to read "the cell to the left", which plain dot-product attention over a set cannot);
-the value term tells the output which direction its content came from, the information a
-Sobel filter provides. There are only 9 offsets whatever the grid size, so a model trained
-on one grid runs unchanged on another, and away from the border the rule is translation
-equivariant like every other NCA perceive. Absolute encodings (ViTCA's Fourier features, CAX's learned row and
-column embeddings) were left out: they tie the rule to a position on the grid, and CAX's
-learned table even fixes the largest grid.
+Positional information is relative: a learned vector per neighbour offset and head is added to
+that neighbour's key and to its value (after Shaw et al., "Self-Attention with Relative
+Position Representations", NAACL 2018, whose vectors are shared by the heads). The key term
+lets a head attend by direction (a head can learn to read "the cell to the left", which plain
+dot-product attention over a set cannot); the value term tells the output which direction its
+content came from, the information a Sobel filter provides. There are only 9 offsets whatever
+the grid size, so a model trained on one grid runs unchanged on another, and away from the
+border the rule is translation equivariant like every other NCA perceive. Absolute encodings
+(ViTCA's Fourier features, CAX's learned row and column embeddings) were left out: they tie the
+rule to a position on the grid, and CAX's learned table even fixes the largest grid.
 
 Other differences from ViTCA's model, for comparing with its numbers: LayerNorm, with
 ``layer_norm=True``, before the attention and the feed-forward block (ViTCA also normalises
 before its output head); the feed-forward block (``x + FF(LN x)``, exact GELU) only with
 ``feed_forward=<width>``: by default the residual update's ReLU MLP stands in for it and for
-ViTCA's zero-initialised output head; other default sizes (ViTCA's code: one head of width
-32); at the border, by default, a ring of cells of state ``padding`` (``padding="vitca"``:
-ViTCA's rule, zero keys and values off the grid, which stay in the softmax with score 0; only
-the cells on the border ring perceive differently). ViTCA also keeps the corrupted input in
-channels the update never changes; nca_lab's tasks write it into the updated state.
+ViTCA's zero-initialised output head; other default sizes (ViTCA's model class defaults to one
+head of width 32); no bias in the attention's output projection (ViTCA's has one); at the
+border, by default, a ring of cells of state ``padding`` (``padding="vitca"``: ViTCA's rule,
+zero keys and values off the grid, which stay in the softmax with score 0; only the cells on
+the border ring perceive differently). ViTCA also keeps the corrupted input in channels the
+update never changes; nca_lab's tasks write it into the updated state.
 """
 
 import math

@@ -1,16 +1,18 @@
 """Denoising with an NCA (the "diffusing NCA"): restore a target from a noised copy of it.
 
 Reference: CAX's "Diffusing Neural Cellular Automata" example (Faldor and Cully,
-``maxencefaldor/cax`` ``examples/43_diffusing_nca.ipynb``), after the forward process of
-denoising diffusion models (Ho et al., NeurIPS 2020): the NCA starts from
-``(1 - a) * target + a * noise`` with one ``a ~ U[noise_range]`` (default [0, 1]) per sample
-and hidden channels at zero, runs without a seed or an alive mask (CAX's example keeps its
-``NCAUpdate`` alive mask; a denoiser must keep every pixel), and is scored on the RGBA of its
-final state.
+``maxencefaldor/cax`` ``examples/43_diffusing_nca.ipynb``): the NCA starts from ``(1 - a) *
+target + a * noise``, a straight mix of target and noise (not the ``sqrt(alpha_bar)`` mix of
+denoising diffusion models, Ho et al., NeurIPS 2020), with one ``a ~ U[noise_range]`` (default
+[0, 1]) per sample and hidden channels at zero, runs without a seed or an alive mask (CAX's
+example keeps its ``NCAUpdate`` alive mask; a denoiser must keep every pixel), and is scored on
+the RGBA of its final state.
 At ``a = 1`` nothing of the target is left and the NCA must generate it. CAX draws standard
 normal noise and clips the mix to [0, 1]; here the default noise is uniform in [0, 1] (so the
 mix stays in [0, 1] without clipping), and ``noise="normal"`` gives unclipped standard normal
-noise.
+noise. CAX's example also trains another model another way (64 channels, hidden 256, 64-step
+rollouts, Adam 1e-3 with a linear decay, global-norm clipping, a target not premultiplied);
+here the model and trainer are nca_lab's defaults, those of the growing task.
 """
 
 from decimal import ROUND_HALF_UP, Decimal

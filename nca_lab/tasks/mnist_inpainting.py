@@ -5,8 +5,8 @@ NeurIPS 2022, the MNIST denoising/inpainting experiments: a digit with a random 
 optional square patches is written into the cells, which must reconstruct the hidden part;
 a sample pool (Mordvintsev et al., Distill 2020) keeps the reconstruction stable. Unlike
 ViTCA, the masked digit is written into the channels the NCA updates (ViTCA keeps it in
-input channels the update never changes), at a fixed ratio (ViTCA's masking grows harder on a
-schedule).
+input channels the update never changes), and the loss is the RGBA MSE of nca_lab's other
+tasks, not ViTCA's.
 
 Channel layout (premultiplied RGBA, the convention of :mod:`nca_lab.render`): RGB hold the
 grey level of a visible pixel (the same value three times), alpha is 1 where the pixel is

@@ -59,7 +59,7 @@ class RegeneratingTask(GrowingTask):
             damage_n: lowest-loss samples of each batch that are damaged (the paper: 3);
                 0 trains persistence only.
             damage_radius: ``[low, high]`` radius range of the damage discs, in units of half
-                the grid size (the paper: ``[0.1, 0.4]``).
+                the grid size (the authors' notebook, ``make_circle_masks``: ``[0.1, 0.4]``).
             damage_circles: discs cut out of each damaged sample.
         """
         super().__init__(
