@@ -26,6 +26,9 @@ from orbax.checkpoint import checkpoint_managers
 from nca_lab.errors import ConfigError, one_line, out_of_memory, require
 
 CHECKPOINTS = "checkpoints"
+#: The items of a checkpoint, each a dir in its step dir: arrays, then the JSON metadata.
+ARRAY_ITEMS = ("model", "optimizer", "rng", "pool")
+META_ITEM = "meta"
 
 
 class _WithoutOcdbtNotes(logging.Filter):
@@ -81,9 +84,8 @@ class RunCheckpointer:
         # Without OCDBT: Orbax finds OCDBT's per-process files with a glob of the step dir, so a
         # run dir named with ``[`` (a sweep job's ``trainer.rollout_steps=[16,24]``) saved
         # checkpoints it could not read. Checkpoints written with OCDBT still load.
-        arrays = ("model", "optimizer", "rng", "pool")
-        handlers = {item: ocp.StandardCheckpointHandler(use_ocdbt=False) for item in arrays}
-        handlers["meta"] = ocp.JsonCheckpointHandler()
+        handlers = {item: ocp.StandardCheckpointHandler(use_ocdbt=False) for item in ARRAY_ITEMS}
+        handlers[META_ITEM] = ocp.JsonCheckpointHandler()
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         except Exception as err:  # it reads every checkpoint's saved loss: a damaged one stops it
@@ -105,11 +107,11 @@ class RunCheckpointer:
         path = Path(path).expanduser().resolve()
         require(path.exists(), f"{path}: no such checkpoint or run dir")
         for candidate in (path / CHECKPOINTS, path):
-            if step_dirs(candidate):
+            if _holds_checkpoints(candidate):
                 found = cls(candidate, create=False)
                 if found.latest_step() is not None:
                     return found
-        if path.name.isdigit() and path.parent.is_dir():
+        if path.name.isdigit() and _holds_checkpoints(path.parent):
             found = cls(path.parent, create=False)
             if int(path.name) in found.manager.all_steps():
                 found.selected_step = int(path.name)
@@ -272,6 +274,13 @@ def step_dirs(directory: Path) -> list[int]:
     """The steps of the dirs in ``directory`` named by one, ascending (none if it is no dir):
     its checkpoints, complete or not."""
     return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit()) if directory.is_dir() else []
+
+
+def _holds_checkpoints(directory: Path) -> bool:
+    """Whether a dir of ``directory`` named by a step holds a checkpoint, whole or damaged: a
+    run's ``renders/`` (``renders/<step>/final.png``) is not a checkpoints dir."""
+    items = (*ARRAY_ITEMS, META_ITEM)
+    return any((directory / str(step) / item).exists() for step in step_dirs(directory) for item in items)
 
 
 def _unreadable_loss(directory: Path, steps: list[int]) -> int | None:

@@ -139,6 +139,17 @@ def test_no_checkpoint_there(tmp_path, make):
         RunCheckpointer.find(make(tmp_path))
 
 
+@pytest.mark.parametrize("given", ["renders", "renders/20"])
+def test_a_dir_of_renderings_is_no_checkpoint(tmp_path, given):
+    """A run's ``renders/<step>/`` was read as a checkpoints dir, and its renderings as a
+    damaged checkpoint ("a damaged checkpoint? ... it is the only one")."""
+    (tmp_path / "renders" / "20").mkdir(parents=True)
+    (tmp_path / "renders" / "20" / "final.png").write_bytes(b"png")
+    expected = rf"^{re.escape(str(tmp_path / given))}: no checkpoint here \(expected a run dir, its checkpoints/"
+    with pytest.raises(ConfigError, match=expected):
+        RunCheckpointer.find(tmp_path / given)
+
+
 def test_an_optimizer_of_another_kind_is_named_in_the_error(tmp_path):
     """It said "different model structure" of the optimizer's state."""
     import optax
