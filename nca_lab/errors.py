@@ -4,7 +4,7 @@ import difflib
 import numbers
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 
@@ -45,6 +45,15 @@ def require(condition: bool, message: str) -> None:
 def is_number(value) -> bool:
     """``value`` is a real number, Python's or NumPy's, and not a bool (``b1=true`` is no decay)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def numbers_of(value, setting: str, what: str) -> tuple[float, ...]:
+    """``value``, a list of numbers, as floats; else :class:`ConfigError` "``setting`` must be
+    ``what``": a number or a string where a list belongs (``task.damage_radius=10``) was
+    ``'int' object is not iterable``."""
+    items = list(value) if isinstance(value, Iterable) and not isinstance(value, str | bytes) else None
+    require(items is not None and all(map(is_number, items)), f"{setting} must be {what}, got {value!r}")
+    return tuple(map(float, items))
 
 
 def is_integer(value) -> bool:

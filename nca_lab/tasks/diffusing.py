@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nca_lab.data.images import load_target
-from nca_lab.errors import require
+from nca_lab.errors import numbers_of, require
 from nca_lab.nca import NCA, grow
 from nca_lab.render import rgba, tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Batch, Rendering, Task, psnr, rgba_mse
@@ -79,17 +79,19 @@ class DiffusingTask(Task):
             eval_levels: the fixed ``a`` at which evaluation reports PSNR.
             render_scale: pixels per cell in the rendered pictures.
         """
-        low_high = tuple(float(v) for v in noise_range)
-        levels = tuple(float(v) for v in eval_levels)
         super().__init__(num_channels, render_scale)
         require(noise in NOISES, f"task.noise must be one of {NOISES}, got {noise!r}")
+        what = "[low, high] with 0 <= low <= high <= 1"
+        low_high = numbers_of(noise_range, "task.noise_range", what)
         require(
             len(low_high) == 2 and 0.0 <= low_high[0] <= low_high[1] <= 1.0,
-            f"task.noise_range must be [low, high] with 0 <= low <= high <= 1, got {list(low_high)}",
+            f"task.noise_range must be {what}, got {list(low_high)}",
         )
+        what = "a list of noise levels in (0, 1]"
+        levels = numbers_of(eval_levels, "task.eval_levels", what)
         require(
             len(levels) > 0 and all(0.0 < a <= 1.0 for a in levels),
-            f"task.eval_levels must be noise levels in (0, 1], got {list(levels)}",
+            f"task.eval_levels must be {what}, got {list(levels)}",
         )
         #: Each level's metric names' suffix, in percent, half up: ``a25`` for 0.25, ``a13`` for 0.125.
         self.level_names = [f"a{Decimal(str(a)).scaleb(2).quantize(Decimal(1), ROUND_HALF_UP)}" for a in levels]

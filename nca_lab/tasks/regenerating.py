@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from nca_lab.alive import ALIVE_THRESHOLD
-from nca_lab.errors import require
+from nca_lab.errors import numbers_of, require
 from nca_lab.nca import NCA, grow
 from nca_lab.render import rgba, tile, to_rgb, to_uint8
 from nca_lab.tasks.base import Rendering
@@ -71,12 +71,12 @@ class RegeneratingTask(GrowingTask):
             alive_threshold=alive_threshold,
             render_scale=render_scale,
         )
-        radius = tuple(float(r) for r in damage_radius)
         require(int(pool_size) > 0, f"task.pool_size must be positive, got {pool_size}")
         require(int(damage_n) >= 0, f"task.damage_n must be non-negative, got {damage_n}")
+        what = "[low, high] with 0 < low <= high"
+        radius = numbers_of(damage_radius, "task.damage_radius", what)
         require(
-            len(radius) == 2 and 0.0 < radius[0] <= radius[1],
-            f"task.damage_radius must be [low, high] with 0 < low <= high, got {list(radius)}",
+            len(radius) == 2 and 0.0 < radius[0] <= radius[1], f"task.damage_radius must be {what}, got {list(radius)}"
         )
         require(int(damage_circles) > 0, f"task.damage_circles must be positive, got {damage_circles}")
         self.pool_size = int(pool_size)

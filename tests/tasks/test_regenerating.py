@@ -120,6 +120,8 @@ def test_render_shows_grow_damage_recover(task, tiny_nca):
         ({"damage_n": -1}, "damage_n"),
         ({"damage_radius": (0.4, 0.1)}, "damage_radius"),
         ({"damage_radius": (0.1,)}, "damage_radius"),
+        ({"damage_radius": 10}, r"^task\.damage_radius must be \[low, high\] with 0 < low <= high, got 10$"),
+        ({"damage_radius": [0.1, "x"]}, r"^task\.damage_radius must be \[low, high\] .+, got \[0\.1, 'x'\]$"),
         ({"damage_circles": 0}, "damage_circles"),
     ],
 )
