@@ -139,6 +139,11 @@ class NCA(nnx.Module):
         naming what is expected. A classic ``jax.random.PRNGKey`` (uint32 key data) is
         wrapped: the same random draws as the ``jax.random.key`` with that data.
         """
+        if not _is_array(state):  # else ``'Batch' object has no attribute 'ndim'``
+            of_batch = " (of a task's Batch, its .state)" if hasattr(state, "state") else ""
+            raise TypeError(f"state must be an array (..., H, W, C){of_batch}, got a {type(state).__name__}")
+        if not _is_array(key):
+            raise TypeError(f"key must be jax.random.key(seed) keys, one per grid, got {type(key).__name__}")
         if state.ndim < 3 or state.shape[-1] != self.num_channels:
             raise ValueError(f"state has shape {state.shape}; this model steps (..., H, W, {self.num_channels})")
         if jax.dtypes.canonicalize_dtype(state.dtype) != jnp.float32:
@@ -266,6 +271,11 @@ class NCA(nnx.Module):
 
         (final, _), frames = jax.lax.scan(chunk, carry, chunks)
         return to_grid(final), jnp.concatenate([keep(state)[None], frames])
+
+
+def _is_array(value) -> bool:
+    """An array of JAX or NumPy, or a tracer of one."""
+    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 @nnx.jit(static_argnames=("num_steps", "frame_every", "frame_fn", "unroll"), graph=False)

@@ -6,6 +6,7 @@ from flax import nnx
 
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
+from nca_lab.tasks.base import Batch
 from nca_lab.tasks.growing import seed_state
 from nca_lab.update.residual import ResidualUpdate
 
@@ -142,8 +143,20 @@ def test_a_classic_prng_key_draws_as_its_new_style_key(model, seeds):
         (lambda s: s[..., :4], lambda: jax.random.split(jax.random.key(0), 3), ValueError, r"\(\.\.\., H, W, 8\)"),
         (lambda s: s.astype(jnp.bfloat16), lambda: jax.random.split(jax.random.key(0), 3), TypeError, "steps float32"),
         (lambda s: s[0], lambda: jnp.zeros(2, jnp.int32), TypeError, r"jax\.random\.key"),
+        (
+            lambda s: Batch(s, s),
+            lambda: jax.random.split(jax.random.key(0), 3),
+            TypeError,
+            r"its \.state\), got a Batch",
+        ),
+        (
+            lambda s: s,
+            lambda: None,
+            TypeError,
+            r"^key must be jax\.random\.key\(seed\) keys, one per grid, got NoneType",
+        ),
     ],
-    ids=["one key for a batch", "channels", "bf16", "int key"],
+    ids=["one key for a batch", "channels", "bf16", "int key", "a task's batch", "no key"],
 )
 def test_bad_state_or_key_is_named_at_trace_time(model, seeds, method, state, key, error, message):
     run = model.step if method == "step" else lambda s, k: model.rollout(s, k, 2)
