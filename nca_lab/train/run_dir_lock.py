@@ -13,15 +13,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nca_lab.errors import ConfigError
+from nca_lab.errors import ConfigError, one_line
 
 LOCK_FILE = ".lock"
 
 
 @contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the block; :class:`ConfigError` if another process holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Hold ``run_dir``'s lock for the block; :class:`ConfigError` if another process holds it,
+    or if ``run_dir`` cannot be made (from Python: the command's Hydra makes it first)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write {one_line(err)}") from None
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -20,6 +20,17 @@ def test_a_held_run_dir_refuses_a_second_holder_until_released(tmp_path):
         pass
 
 
+@pytest.mark.parametrize("where", [".", "sub"])
+def test_a_run_dir_where_a_file_is_is_one_line(tmp_path, where):
+    """From Python, ``run(cfg, <a file>)`` raised ``FileExistsError: [Errno 17] File exists``."""
+    (tmp_path / "afile").write_text("mine")
+    run_dir = tmp_path / "afile" / where
+    reason = "a file, not a directory" if where == "." else "Not a directory"
+    with pytest.raises(ConfigError, match=rf"^cannot write {tmp_path}/afile[^ ]*: {reason}$"), run_dir_lock(run_dir):
+        pass
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_the_lock_of_a_killed_job_is_released(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from nca_lab.train.run_dir_lock import "
