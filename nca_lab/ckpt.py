@@ -181,12 +181,13 @@ class RunCheckpointer:
         with self._reading(step):
             return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
-    def restore_model(self, model: nnx.Module, step: int | None = None) -> None:
-        """Load the saved variables into ``model`` in place (a warm start, or inference)."""
+    def restore_model(self, model: nnx.Module, step: int | None = None, *, model_from: str = "this model") -> None:
+        """Load the saved variables into ``model`` in place (a warm start, or inference); a
+        mismatch is one line that calls ``model`` by ``model_from`` (``this config``)."""
         step = self._step(step)
         with self._reading(step):
             restored = self.manager.restore(step, args=ocp.args.Composite(**self._on_one_device(step, "model")))
-        _assign(model, restored["model"], f"{self.directory / str(step)}")
+        _assign(model, restored["model"], f"{self.directory / str(step)}", mine=model_from)
 
     def check_fits(self, model: nnx.Module, step: int | None = None) -> None:
         """Raise :class:`ConfigError` unless checkpoint ``step``'s model fits ``model``, reading
@@ -318,34 +319,37 @@ def _align(reference, restored):
     return aligned if len(aligned) == len(restored) else None
 
 
-def _assign(target: nnx.Module, restored: dict, where: str, what: str = "model structure") -> None:
-    """Copy a restored pure dict into ``target`` (``what`` it is), refusing any mismatch with one clear line."""
+def _assign(
+    target: nnx.Module, restored: dict, where: str, what: str = "model structure", mine: str = "this config"
+) -> None:
+    """Copy a restored pure dict into ``target`` (``what`` it is, made by ``mine``), refusing any
+    mismatch with one clear line."""
     state = nnx.state(target)
     current = nnx.to_pure_dict(state)
-    restored = _fitted(current, restored, where, what)
+    restored = _fitted(current, restored, where, what, mine)
     restored = jax.tree.map(lambda ref, new: jax.numpy.asarray(new, dtype=ref.dtype), current, restored)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(target, state)
 
 
-def _fitted(current: dict, restored, where: str, what: str = "model structure") -> dict:
-    """``restored`` keyed as ``current``; :class:`ConfigError` naming the first difference if
-    their structures (of ``what``) or shapes differ."""
+def _fitted(current: dict, restored, where: str, what: str = "model structure", mine: str = "this config") -> dict:
+    """``restored`` keyed as ``current`` (made by ``mine``); :class:`ConfigError` naming the
+    first difference if their structures (of ``what``) or shapes differ."""
     aligned = _align(current, restored)
     if aligned is None:
-        mine, theirs = _names(current), _names(restored)
+        ours, theirs = _names(current), _names(restored)
         only = [
             f"{min(names)} only in {side}"
-            for names, side in ((mine - theirs, "this config"), (theirs - mine, "the checkpoint"))
+            for names, side in ((ours - theirs, mine), (theirs - ours, "the checkpoint"))
             if names
         ]
-        raise ConfigError(f"{where} does not fit this config (different {what}: {'; '.join(only)})")
+        raise ConfigError(f"{where} does not fit {mine} (different {what}: {'; '.join(only)})")
     restored = aligned
     if _shapes(current) != _shapes(restored):
-        mine, theirs = _shapes(current), _shapes(restored)
-        first = sorted(set(mine.items()) ^ set(theirs.items()))[0][0]
+        ours, theirs = _shapes(current), _shapes(restored)
+        first = sorted(set(ours.items()) ^ set(theirs.items()))[0][0]
         raise ConfigError(
-            f"{where} does not fit this config (incompatible shapes, first at {first}: "
-            f"checkpoint {theirs.get(first)}, config {mine.get(first)})"
+            f"{where} does not fit {mine} (incompatible shapes, first at {first}: "
+            f"checkpoint {theirs.get(first)}, {mine} {ours.get(first)})"
         )
     return restored

@@ -118,6 +118,14 @@ def test_load_model_of_a_run_dir(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ConfigError, match=r"no checkpoint of step 7 \(there are \[2\]\)"):  # was a FileNotFoundError
         load_model(tmp_path, step=7)
+    other = OmegaConf.to_container(compose(*TINY, "update.hidden_sizes=[32]"), resolve=True)
+    RunCheckpointer(tmp_path / "checkpoints").save(
+        3, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 0.1, "config": other}
+    )
+    # Trainer.fit given the config= of another model: "does not fit this config" read as the user's
+    with pytest.raises(ConfigError, match=r"/3 does not fit the config saved with it \(incompatible shapes, .+"
+                       r"checkpoint \(128,\), the config saved with it \(32,\)\)$"):  # fmt: skip
+        load_model(tmp_path)
 
 
 def test_incompatible_config_is_one_clear_error(tmp_path):
@@ -129,7 +137,7 @@ def test_incompatible_config_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="incompatible shapes"):
         RunCheckpointer.find(tmp_path).restore_model(wider)
     _, deeper, _, _ = trained_state("update.hidden_sizes=[32,32]", steps=0)
-    with pytest.raises(ConfigError, match=r"different model structure: update\.hidden\.1\.bias only in this config\)"):
+    with pytest.raises(ConfigError, match=r"different model structure: update\.hidden\.1\.bias only in this model\)"):
         RunCheckpointer.find(tmp_path).restore_model(deeper)
 
 

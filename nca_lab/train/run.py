@@ -133,7 +133,8 @@ def load_model(path: str | Path, step: int | None = None):
     if jax.default_backend() != "gpu":
         config.kernel = "xla"
     model = build_model(config, alive_threshold=meta.get("alive_threshold"))
-    checkpointer.restore_model(model, step)
+    # a mismatch here: Trainer.fit was given the config= of another model
+    checkpointer.restore_model(model, step, model_from="the config saved with it")
     return model
 
 

@@ -223,7 +223,7 @@ class Trainer:
 
         Writes ``metrics.jsonl``, ``checkpoints/``, ``renders/``, ``rollout.gif``, ``final.png`` and, last,
         ``summary.json`` (its presence marks a completed run). ``config`` is stored in every
-        checkpoint. Returns the final metrics. With several processes, every one calls this
+        checkpoint: ``load_model`` rebuilds the model from it, so it must be ``model``'s. Returns the final metrics. With several processes, every one calls this
         and saves its share of each checkpoint; only process 0 writes the other files.
         """
         _require_json(config)
@@ -329,7 +329,7 @@ class Trainer:
 
         if source is None:
             if self.init_from:
-                RunCheckpointer.find(self.init_from).restore_model(model)
+                RunCheckpointer.find(self.init_from).restore_model(model, model_from="this config")
             return 0, fresh_pool(), train_key, {}
         trained_on = source.metadata().get("grid", grid)  # another task's grid (a notebook's) carried on silently
         require(
