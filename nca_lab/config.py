@@ -131,11 +131,17 @@ def quote_non_ascii(arg: str) -> str:
 
 def composition_error(err: Exception, overrides: list[str]) -> str:
     """One line for an error of composing the config from ``overrides``: Hydra's "Could not
-    override '<key>'" as :func:`mistyped_setting` words it, any other as its first line."""
+    override '<key>'" as :func:`mistyped_setting` words it, its "Could not find '<group>/<name>'"
+    with where a config of one's own goes, any other as its first line."""
     from nca_lab.errors import one_line
 
     mistyped = re.match(r"Could not override '([\w.]+)'", str(err))
-    return (mistyped and mistyped_setting(mistyped[1], overrides)) or one_line(err)
+    line = (mistyped and mistyped_setting(mistyped[1], overrides)) or one_line(err)
+    missing = re.search(r"Could not find '(\w+)/([^'/]+)' Available options", line)
+    if missing:
+        own = f"DIR/{missing[1]}/{missing[2]}.yaml"
+        line += f" (one of your own: {own}, with --config-dir DIR or compose(config_dirs=[DIR]))"
+    return line
 
 
 def mistyped_setting(key: str, overrides: list[str]) -> str | None:

@@ -273,7 +273,11 @@ BAD_INPUTS = [
     (["trainer.bogus=1"], "unknown setting trainer.bogus (the trainer settings: steps, batch_size, rollout_steps,"),
     (["trainer.step=3"], "unknown setting trainer.step (did you mean trainer.steps?)"),  # Hydra: "use +trainer.step"
     (["perceve=learned"], "unknown setting perceve (did you mean perceive?)"),
-    (["perceive=nope"], "error: In 'config': Could not find 'perceive/nope' Available options in 'perceive':"),
+    (
+        ["perceive=nope"],
+        "error: In 'config': Could not find 'perceive/nope' Available options in 'perceive': attention learned sobel "
+        "(one of your own: DIR/perceive/nope.yaml, with --config-dir DIR or compose(config_dirs=[DIR]))\n",
+    ),
     (["experiment=quick_grow"], "error: In 'config': Could not find 'experiment/quick_grow' Available options in"),
     (["task.target=a=b"], "mismatched input"),
     (["+name=foo"], "unknown setting name (did you mean run_name?)"),  # read by nothing: Hydra's own ${hydra:job.name}

@@ -18,3 +18,5 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     assert names["frames"].shape == (13, 72, 72, 16)
     assert int((np.asarray(names["final"])[..., 3] > 0.1).sum()) > 100  # the lizard grew
     assert names["summary"]["step"] == 10 and (tmp_path / "outputs" / "from_python" / "summary.json").is_file()
+    assert names["trained"].num_channels == 16 and (tmp_path / "outputs" / "from_python.json").is_file()
+    assert names["untrained"].perceive.out_features == 48

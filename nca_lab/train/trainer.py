@@ -223,8 +223,9 @@ class Trainer:
 
         Writes ``metrics.jsonl``, ``checkpoints/``, ``renders/``, ``rollout.gif``, ``final.png`` and, last,
         ``summary.json`` (its presence marks a completed run). ``config`` is stored in every
-        checkpoint: ``load_model`` rebuilds the model from it, so it must be ``model``'s. Returns the final metrics. With several processes, every one calls this
-        and saves its share of each checkpoint; only process 0 writes the other files.
+        checkpoint: ``load_model`` rebuilds the model from it, so it must be ``model``'s.
+        Returns the final metrics. With several processes, every one calls this and saves its
+        share of each checkpoint; only process 0 writes the other files.
         """
         _require_json(config)
         run_dir = Path(run_dir).resolve()
