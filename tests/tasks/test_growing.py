@@ -31,6 +31,8 @@ def test_the_seed_is_one_cell_with_alpha_and_hidden_channels_set():
     living = np.argwhere(seed.any(axis=-1))
     assert living.tolist() == [[2, 3]]
     np.testing.assert_array_equal(seed[2, 3], [0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"^grid_shape must be \(H, W\), got \(8, 5, 6\) \(a batch of n seeds: "):
+        seed_state((8, 5, 6), C)  # was "too many values to unpack"
 
 
 def test_samples_are_seeds_with_the_target(task):
