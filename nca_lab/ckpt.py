@@ -12,6 +12,7 @@ checkpoint loadable.
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,10 @@ CHECKPOINTS = "checkpoints"
 #: The items of a checkpoint, each a dir in its step dir: arrays, then the JSON metadata.
 ARRAY_ITEMS = ("model", "optimizer", "rng", "pool")
 META_ITEM = "meta"
+#: Where Orbax moves the checkpoints it drops (``keep_last``), one rename each, before nca_lab
+#: deletes them: deleted in place, a kill mid-way left a step dir of a few files that read as
+#: a damaged checkpoint, blocking a resume that fell back to it.
+TRASH = ".dropped"
 
 
 class _WithoutOcdbtNotes(logging.Filter):
@@ -80,6 +85,7 @@ class RunCheckpointer:
             best_mode="min",
             enable_async_checkpointing=False,
             create=create,
+            todelete_subdir=TRASH,
         )
         # Without OCDBT: Orbax finds OCDBT's per-process files with a glob of the step dir, so a
         # run dir named with ``[`` (a sweep job's ``trainer.rollout_steps=[16,24]``) saved
@@ -95,6 +101,8 @@ class RunCheckpointer:
                 raise
             raise _damaged(self.directory, damaged, steps, err) from err
         self.selected_step: int | None = None
+        if create:
+            self._empty_trash()
 
     @classmethod
     def find(cls, path: str | Path) -> "RunCheckpointer":
@@ -173,7 +181,14 @@ class RunCheckpointer:
             self.manager.wait_until_finished()
         except (OSError, ValueError) as err:  # TensorStore's write errors (a full disk) come as ValueError
             raise OSError(f"cannot write checkpoint {self.directory / str(step)}: {one_line(err)}") from err
+        self._empty_trash()
         return self.directory / str(step)
+
+    def _empty_trash(self) -> None:
+        """Delete the checkpoints Orbax dropped (on process 0, which drops them); a kill while
+        deleting leaves only part of :data:`TRASH`, which no reader takes for a checkpoint."""
+        if jax.process_index() == 0:
+            shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def metadata(self, step: int | None = None) -> dict:
         """The JSON metadata of checkpoint ``step`` (default: :meth:`default_step`)."""

@@ -83,6 +83,27 @@ def test_keeps_the_last_k_and_the_best_also_across_a_resume(tmp_path):
     assert sorted(resumed.manager.all_steps()) == [2, 5, 6]  # step 2's loss, 0.1, still the best
     save(resumed, 7, 0.05)
     assert sorted(resumed.manager.all_steps()) == [6, 7]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["6", "7"]  # the dropped ones deleted
+
+
+def test_a_kill_while_a_dropped_checkpoint_is_deleted_leaves_no_step_dir_behind(tmp_path, monkeypatch):
+    """Orbax deleted dropped checkpoints in place: a kill mid-way left ``checkpoints/56`` holding a
+    file or two, read as a damaged checkpoint that a resume would fall back to. Now it is moved
+    out of the step dirs first, in one rename, and deleted there."""
+    _, model, optimizer, _ = trained_state(steps=0)
+    checkpointer = RunCheckpointer(tmp_path, keep_last=1, keep_best=False)
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # killed before the delete ends
+    for step in (1, 2):
+        checkpointer.save(
+            step, model=model, optimizer=optimizer, pool=None, key=jax.random.key(step), metadata={"loss": 1.0}
+        )
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".dropped", "2"]
+    assert (tmp_path / ".dropped" / "1" / "model").is_dir()
+    found = RunCheckpointer.find(tmp_path)
+    assert found.manager.all_steps() == [2] and found.restore(model, optimizer, None)[0] == 2
+    monkeypatch.undo()
+    RunCheckpointer(tmp_path, keep_last=1, keep_best=False)  # the next writer deletes them
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["2"]
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path):
