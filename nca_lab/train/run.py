@@ -270,21 +270,28 @@ def _run(
         RunCheckpointer.find(trainer.init_from).check_fits(model)
     print(f"training in {run_dir}{start}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    logger, error = NullLogger(), None
-    if multihost.is_main_process():  # the run's files and W&B run: one per run, not per process
-        try:
-            _write_records(run_dir, config, hydra_records)
-            with config_errors("logger"):
-                logger = logger_factory(
-                    config={**config, "choices": choices} if choices else config,
-                    run_dir=run_dir,
-                    name=cfg.run_name or _run_name(run_dir, sweep_dir),
-                    run_id=run_id,
-                    **extra,
-                )
-        except (ConfigError, OSError) as err:
-            error = err
-    multihost.raise_together(error)
+    opened = {"logger": NullLogger()}
+
+    def open_run():
+        """The run's records and logger, once ``fit`` has read the checkpoint it resumes: a
+        damaged one stops the job with the run's records as they were and no new W&B run."""
+        error = None
+        if multihost.is_main_process():  # the run's files and W&B run: one per run, not per process
+            try:
+                _write_records(run_dir, config, hydra_records)
+                with config_errors("logger"):
+                    opened["logger"] = logger_factory(
+                        config={**config, "choices": choices} if choices else config,
+                        run_dir=run_dir,
+                        name=cfg.run_name or _run_name(run_dir, sweep_dir),
+                        run_id=run_id,
+                        **extra,
+                    )
+            except (ConfigError, OSError) as err:
+                error = err
+        multihost.raise_together(error)
+        return opened["logger"]
+
     remat = "" if model.uses_manual_vjp else ", or trainer.remat=true"
 
     def too_big(err: BaseException) -> OutOfMemory:
@@ -294,17 +301,17 @@ def _run(
         )
 
     try:
-        with out_of_memory_as(too_big), on_stop(lambda: logger.finish(preempted=True)):
+        with out_of_memory_as(too_big), on_stop(lambda: opened["logger"].finish(preempted=True)):
             summary = trainer.fit(
-                model, task, key=seed_keys(int(cfg.seed)).run, run_dir=run_dir, logger=logger, config=config
+                model, task, key=seed_keys(int(cfg.seed)).run, run_dir=run_dir, logger=open_run, config=config
             )
     except Preempted:
-        _finish_after_failure(logger, preempted=True)
+        _finish_after_failure(opened["logger"], preempted=True)
         raise
     except BaseException as err:
-        _finish_after_failure(logger, error=f"{type(err).__name__}: {one_line(err)}")
+        _finish_after_failure(opened["logger"], error=f"{type(err).__name__}: {one_line(err)}")
         raise
-    logger.finish(summary)
+    opened["logger"].finish(summary)
     return summary
 
 

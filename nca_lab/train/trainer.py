@@ -216,7 +216,7 @@ class Trainer:
         *,
         key: jax.Array,
         run_dir: Path,
-        logger: Logger | None = None,
+        logger: Logger | Callable[[], Logger] | None = None,
         config: dict | None = None,
     ) -> dict:
         """Train ``model`` in place, resuming if :meth:`resume_source` finds a checkpoint.
@@ -225,12 +225,13 @@ class Trainer:
         ``summary.json`` (its presence marks a completed run). ``config`` is stored in every
         checkpoint: ``load_model`` rebuilds the model from it, so it must be ``model``'s.
         Returns the final metrics. With several processes, every one calls this and saves its
-        share of each checkpoint; only process 0 writes the other files.
+        share of each checkpoint; only process 0 writes the other files. ``logger`` may be a
+        function that opens one: it is called once the checkpoint to resume from is read, so a
+        resume that stops there (a damaged checkpoint) has opened no logger run.
         """
         _require_json(config)
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        logger = logger or NullLogger()
         main = multihost.is_main_process()
         self.check(task)
         source = self.resume_source(run_dir)
@@ -239,6 +240,7 @@ class Trainer:
         pool_key, train_key, eval_key = jax.random.split(key, 3)
         grid = list(jax.eval_shape(lambda k: task.sample(k, 1), pool_key).state.shape[1:3])
         start, pool, train_key, last = self._restore_or_start(source, model, optimizer, task, grid, pool_key, train_key)
+        logger = (logger() if callable(logger) else logger) or NullLogger()
         checkpointer = RunCheckpointer(run_dir / CHECKPOINTS, keep_last=self.keep_last, keep_best=self.keep_best)
         mesh = parallel.data_mesh() if self.data_parallel else None
         if mesh is not None:

@@ -154,7 +154,8 @@ def test_a_failed_run_says_why_and_a_preempted_one_is_marked_so(tmp_path, monkey
     error = read_run(diverged)["summary"]["error"]
     assert error.startswith("TrainingDiverged: training diverged at step ")
 
-    def stopped(*args, **kwargs):
+    def stopped(*args, logger, **kwargs):
+        logger()  # fit opens the run once it has read what it resumes
         raise trainer_module.Preempted("stopped after step 1; checkpoint saved")
 
     monkeypatch.setattr(trainer_module.Trainer, "fit", stopped)
@@ -185,7 +186,8 @@ def test_a_signal_outside_the_training_steps_closes_the_run_as_preempted(tmp_pat
     def exit_now(status):
         raise Exited(status)
 
-    def final_evaluation_stopped(*args, **kwargs):
+    def final_evaluation_stopped(*args, logger, **kwargs):
+        logger()
         signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # the command's handler, as a signal runs it
 
     previous = stop_on_signals("stopped: outside the training steps")

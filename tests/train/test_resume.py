@@ -256,6 +256,17 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
     assert f"training in {tmp_path}, resuming {checkpoint}" in capsys.readouterr().err
 
 
+def test_a_damaged_checkpoint_to_resume_stops_the_job_before_it_touches_the_run(tmp_path):
+    """Its records were written again and its logger opened (a new, empty W&B run) first."""
+    run_app(tmp_path, "trainer.steps=2")
+    (tmp_path / "summary.json").unlink()  # as if it had stopped before its end
+    next((tmp_path / "checkpoints" / "2" / "model").glob("update.out.kernel/0*")).write_bytes(b"")
+    records = {name: (tmp_path / name).stat().st_mtime_ns for name in ("config_resolved.yaml", "manifest.json")}
+    with pytest.raises(ConfigError, match=r"/checkpoints/2: a damaged checkpoint\? It cannot be read"):
+        run_app(tmp_path, "trainer.steps=3")
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in records} == records
+
+
 def test_a_run_that_saved_no_checkpoint_is_started_again_only_under_its_own_settings(tmp_path):
     """It was trained over under others: its records, metrics and renderings replaced silently."""
     run_app(tmp_path, "trainer.steps=2")
