@@ -106,13 +106,16 @@ JOB_DIR_RESOLVER = "nca_lab.job_dir"
 
 
 def job_dir_name(override_dirname: str) -> str:
-    """A sweep job's dir name: Hydra's ``job.override_dirname`` without its backslashes.
+    """A sweep job's dir name: Hydra's ``job.override_dirname`` without its backslashes, and
+    with each ``/`` of a path-valued override as ``%2F``.
 
     Hydra escapes ``:``, spaces, braces and the like in it with ``\\`` (``run_name=a\\:b``), and
     Orbax's TensorStore reads a backslash as ``/``: the job's checkpoints were written to a
-    stray tree beside its dir, and the run said ``done`` with no weights in them.
+    stray tree beside its dir, and the run said ``done`` with no weights in them. A ``/``
+    (``-m trainer.init_from=runs/a,runs/b``) made nested dirs, the job's named by the rest of
+    the path and the other overrides.
     """
-    return override_dirname.replace("\\", "")
+    return override_dirname.replace("\\", "").replace("/", "%2F")
 
 
 def quote_non_ascii(arg: str) -> str:

@@ -7,6 +7,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from nca_lab.config import job_dir_name
 from nca_lab.train.run import load_model
 
 from nca_testing import REPO, TINY, run_cli
@@ -41,6 +42,12 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert second.returncode == 0
     assert second.stderr.count("already completed") == 2
     assert all(len(read_run(d)["runs"]) == 1 for d in job_dirs)  # no new W&B runs
+
+
+def test_a_job_dir_name_is_one_dir_without_backslashes():
+    """``-m trainer.init_from=runs/a,runs/b`` made nested dirs, named by the rest of the path."""
+    assert job_dir_name("logger.tags=[a\\:b],seed=0") == "logger.tags=[a:b],seed=0"
+    assert job_dir_name("seed=1,trainer.init_from=/tmp/runs/a") == "seed=1,trainer.init_from=%2Ftmp%2Fruns%2Fa"
 
 
 def test_no_distributed_setting_names_a_job_dir():
