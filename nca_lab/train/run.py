@@ -238,7 +238,7 @@ def _run(
     """:func:`run` once this process may train in ``run_dir``; ``config`` is ``cfg`` resolved."""
     completed = run_dir / SUMMARY
     if completed.is_file():
-        return completed_summary(run_dir, config)
+        return completed_summary(run_dir, config, lambda: _weights_fit(run_dir, build_model(cfg, alive_threshold=None)))
     group_by_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None  # a logger with group: null
     extra = {"group": _default_name(sweep_dir)} if group_by_sweep else {}
     logger_factory = checked_factory(cfg.logger, "logger", ("config", "run_dir", "name", "run_id", *extra))
@@ -249,10 +249,11 @@ def _run(
         saved = resumed.metadata()
         checkpoint = resumed.directory / str(resumed.default_step())
         changes = setting_changes(saved.get("config", {}), config)
+        warm_start = f", or train a new run dir from its weights with trainer.init_from={checkpoint}"
         require(
             not changes,
-            f"{checkpoint} was trained with other settings ({changes}): resume it with its own, "
-            f"or train a new run dir from its weights with trainer.init_from={checkpoint}",
+            f"{checkpoint} was trained with other settings ({changes}): resume it with its own"
+            + (warm_start if changes and _weights_fit(checkpoint, model) else ""),
         )
         if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
             run_id = saved.get("wandb_run_id")
@@ -313,6 +314,16 @@ def _run(
         raise
     opened["logger"].finish(summary)
     return summary
+
+
+def _weights_fit(checkpoint: Path, model: NCA) -> bool:
+    """Whether the weights at ``checkpoint`` fit ``model``: only then is
+    ``trainer.init_from=<checkpoint>`` advice (a warm start checks the same)."""
+    try:
+        RunCheckpointer.find(checkpoint).check_fits(model)
+    except ConfigError:
+        return False
+    return True
 
 
 def _finish_after_failure(logger, **how) -> None:

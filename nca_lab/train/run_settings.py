@@ -8,6 +8,7 @@ part of it, split off, so it reads configs too.
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -43,10 +44,12 @@ def setting_changes(saved: dict, config: dict) -> str:
     return "; ".join(changes[:3]) + more
 
 
-def completed_summary(run_dir: Path, config: dict) -> dict:
-    """The summary of the completed run in ``run_dir``, if ``config`` asks for that run (a line says it is skipped)."""
+def completed_summary(run_dir: Path, config: dict, weights_fit: Callable[[], bool]) -> dict:
+    """The summary of the completed run in ``run_dir``, if ``config`` asks for that run (a line
+    says it is skipped). ``weights_fit``: whether its checkpoints fit ``config``'s model, asked
+    only to advise ``trainer.init_from`` where ``config`` asks for another run."""
     changes = setting_changes(recorded_config(run_dir), config)
-    weights = bool(step_dirs(run_dir / CHECKPOINTS))
+    weights = not changes or (bool(step_dirs(run_dir / CHECKPOINTS)) and weights_fit())
     require(
         not changes,
         f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir"

@@ -232,6 +232,8 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
         f"update.fire_rate: 0.5 -> 0.25): give this one another run dir (trainer.init_from={tmp_path} starts from "
         "its weights)"
     )
+    with pytest.raises(ConfigError, match=r"\(num_channels: 16 -> 8\): give this one another run dir$"):
+        run_app(tmp_path, "num_channels=8")  # no advice to start from weights that do not fit
     assert run_app(tmp_path, "trainer.steps=3")["step"] == 2  # skipped, saying how to train on
     assert f"skipped {tmp_path}: already completed at step 2 (delete its summary.json to train on to step 3)\n" in (
         capsys.readouterr().err
@@ -248,6 +250,8 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
         "update.fire_rate: 0.5 -> 0.25): "
         f"resume it with its own, or train a new run dir from its weights with trainer.init_from={checkpoint}"
     )
+    with pytest.raises(ConfigError, match=r"\(num_channels: 16 -> 8\): resume it with its own$"):
+        run_app(tmp_path, "num_channels=8", "trainer.steps=3")
     assert (tmp_path / "config_resolved.yaml").read_text() == config_before  # the record still says what ran
     with pytest.raises(ConfigError, match=f"{checkpoint} is at step 2, past trainer.steps=1: set trainer.steps to"):
         run_app(tmp_path, "trainer.steps=1")
