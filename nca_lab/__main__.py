@@ -275,7 +275,7 @@ def cli() -> None:
         how_many = (
             f"{failed_here} of the sweep's {ran} jobs failed; the first:"
             if failed_here  # counted where the jobs ran in this process
-            else "the sweep's other jobs ran; the first that failed:"
+            else "every job of the sweep ran; the first that failed:"
         )
         print(f"error: {how_many} {failed}", file=sys.stderr)
         sys.exit(1)

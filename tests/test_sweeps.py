@@ -67,7 +67,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, launcher):
     assert "Error executing job" not in result.stderr  # Hydra's line: the job's error: line said it
     failed_dir = next(p for p in sweep_dir.iterdir() if "update.fire_rate=1.5" in p.name.split(","))
     how_many = (
-        "the sweep's other jobs ran; the first that failed:"  # submitit's jobs run in other processes: not counted
+        "every job of the sweep ran; the first that failed:"  # submitit's jobs run in other processes: not counted
         if launcher
         else "1 of the sweep's 2 jobs failed; the first:"
     )
