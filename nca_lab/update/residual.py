@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nca_lab.errors import is_integer, require
+from nca_lab.errors import is_integer, is_number, require
 from nca_lab.update.base import Update
 
 
@@ -64,7 +64,7 @@ class ResidualUpdate(Update):
         hidden_sizes = list(hidden_sizes)
         require(int(perception_size) > 0, f"perception_size must be positive, got {perception_size}")
         require(int(num_channels) > 0, f"num_channels must be positive, got {num_channels}")
-        require(0.0 < fire_rate <= 1.0, f"update.fire_rate must be in (0, 1], got {fire_rate}")
+        _check_fire_rate(fire_rate)
         self.fire_rate = float(fire_rate)
         require(
             math.isfinite(step_size) and step_size > 0,
@@ -104,6 +104,8 @@ class ResidualUpdate(Update):
         Returns:
             float32 ``(..., H, W, 1)``, shared by all channels of a cell.
         """
+        if is_number(self.fire_rate):  # an attribute a user may set: 0 changed nothing, without a word
+            _check_fire_rate(self.fire_rate)
         height_width = tuple(grid_shape[-2:])
         draws = jax.vmap(lambda k: jax.random.uniform(k, (*height_width, 1)))(jnp.reshape(key, (-1,)))
         return (draws.reshape(*grid_shape, 1) <= self.fire_rate).astype(jnp.float32)
@@ -153,3 +155,8 @@ class ResidualUpdate(Update):
             layer.kernel.set_value(kernel_grad)
             layer.bias.set_value(bias_grad)
         return nnx.state(zeros, nnx.Param)
+
+
+def _check_fire_rate(fire_rate: float) -> None:
+    """The fire rate is a probability of updating: 0 would be a rule that never changes a cell."""
+    require(0.0 < fire_rate <= 1.0, f"update.fire_rate must be in (0, 1], got {fire_rate}")

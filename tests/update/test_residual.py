@@ -55,6 +55,14 @@ def test_rejects_fire_rate_outside_unit_interval(fire_rate):
         ResidualUpdate(4, 4, fire_rate=fire_rate, rngs=nnx.Rngs(0))
 
 
+def test_a_fire_rate_set_after_construction_is_checked_when_a_mask_is_drawn():
+    """``update.fire_rate = 0`` gave a rollout that changed nothing, without a word."""
+    update = ResidualUpdate(4, 4, rngs=nnx.Rngs(0))
+    update.fire_rate = 0.0
+    with pytest.raises(ConfigError, match=r"^update\.fire_rate must be in \(0, 1\], got 0\.0$"):
+        update.fire_mask(jax.random.key(0), (3, 3))
+
+
 def test_rejects_non_positive_sizes():
     with pytest.raises(ConfigError, match="hidden_sizes"):
         ResidualUpdate(4, 4, hidden_sizes=[0], rngs=nnx.Rngs(0))
