@@ -115,11 +115,11 @@ class RunCheckpointer:
         path = Path(path).expanduser().resolve()
         require(path.exists(), f"{path}: no such checkpoint or run dir")
         for candidate in (path / CHECKPOINTS, path):
-            if _holds_checkpoints(candidate):
+            if step_dirs(candidate) if candidate.name == CHECKPOINTS else _holds_checkpoints(candidate):
                 found = cls(candidate, create=False)
                 if found.latest_step() is not None:
                     return found
-        if path.name.isdigit() and _holds_checkpoints(path.parent):
+        if path.name.isdigit() and (path.parent.name == CHECKPOINTS or _holds_checkpoints(path.parent)):
             found = cls(path.parent, create=False)
             if int(path.name) in found.manager.all_steps():
                 found.selected_step = int(path.name)
@@ -293,10 +293,12 @@ def step_dirs(directory: Path) -> list[int]:
 
 
 def _holds_checkpoints(directory: Path) -> bool:
-    """Whether a dir of ``directory`` named by a step holds a checkpoint, whole or damaged: a
-    run's ``renders/`` (``renders/<step>/final.png``) is not a checkpoints dir."""
-    items = (*ARRAY_ITEMS, META_ITEM)
-    return any((directory / str(step) / item).exists() for step in step_dirs(directory) for item in items)
+    """Whether a dir of ``directory`` named by a step holds a checkpoint, whole or damaged (an
+    item of nca_lab's, or a file of Orbax's own): a run's ``renders/``
+    (``renders/<step>/final.png``) is not a checkpoints dir. One named ``checkpoints`` is taken
+    for one without this test."""
+    names = (*ARRAY_ITEMS, META_ITEM, "_CHECKPOINT_METADATA", "commit_success.txt", "metrics")
+    return any((directory / str(step) / name).exists() for step in step_dirs(directory) for name in names)
 
 
 def _unreadable_loss(directory: Path, steps: list[int]) -> int | None:

@@ -215,6 +215,7 @@ DAMAGES = {  # what a full disk, a copy that broke off or a bad sector leaves in
     "an array cut short": lambda step: next((step / "model").glob("update.out.kernel/0*")).write_bytes(b""),
     "an item deleted": lambda step: shutil.rmtree(step / "optimizer"),
     "the metadata cut short": lambda step: (step / "meta" / "metadata").write_text("{"),
+    "every item deleted": lambda step: [shutil.rmtree(step / item) for item in ("model", "optimizer", "rng", "meta")],
 }
 
 
@@ -293,11 +294,14 @@ def test_a_restore_that_fails_otherwise_is_not_called_a_damaged_checkpoint(tmp_p
     assert caught.value is error
 
 
-def test_a_damaged_only_checkpoint_says_there_is_none_before_it(tmp_path):
+@pytest.mark.parametrize("where", [".", "checkpoints"])
+@pytest.mark.parametrize("damage", ["the metadata cut short", "every item deleted"])
+def test_a_damaged_only_checkpoint_says_there_is_none_before_it(tmp_path, damage, where):
+    """With every item gone (a delete cut short), find said "no checkpoint here"."""
     _, model, optimizer, _ = trained_state(steps=0)
-    RunCheckpointer(tmp_path).save(
+    RunCheckpointer(tmp_path / where).save(
         1, model=model, optimizer=optimizer, pool=None, key=jax.random.key(0), metadata={"loss": 1.0}
     )
-    (tmp_path / "1" / "meta" / "metadata").write_text("{")
+    DAMAGES[damage](tmp_path / where / "1")
     with pytest.raises(ConfigError, match=r"it is the only one in .+: without it there is none to read$"):
         RunCheckpointer.find(tmp_path).metadata()
