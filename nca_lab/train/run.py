@@ -8,6 +8,7 @@ values), and trains, resuming or skipping a run dir as :mod:`nca_lab.train.run_s
 
 import json
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
@@ -238,7 +239,9 @@ def _run(
     """:func:`run` once this process may train in ``run_dir``; ``config`` is ``cfg`` resolved."""
     completed = run_dir / SUMMARY
     if completed.is_file():
-        return completed_summary(run_dir, config, lambda: _weights_fit(run_dir, build_model(cfg, alive_threshold=None)))
+        return completed_summary(
+            run_dir, config, lambda: _weights_fit(run_dir, lambda: build_model(cfg, alive_threshold=None))
+        )
     group_by_sweep = sweep_dir is not None and cfg.logger.get("group", "") is None  # a logger with group: null
     extra = {"group": _default_name(sweep_dir)} if group_by_sweep else {}
     logger_factory = checked_factory(cfg.logger, "logger", ("config", "run_dir", "name", "run_id", *extra))
@@ -253,7 +256,7 @@ def _run(
         require(
             not changes,
             f"{checkpoint} was trained with other settings ({changes}): resume it with its own"
-            + (warm_start if changes and _weights_fit(checkpoint, model) else ""),
+            + (warm_start if changes and _weights_fit(resumed, lambda: model) else ""),
         )
         if resumed.directory == (run_dir / CHECKPOINTS).resolve():  # continuing itself: the same W&B run
             run_id = saved.get("wandb_run_id")
@@ -316,11 +319,13 @@ def _run(
     return summary
 
 
-def _weights_fit(checkpoint: Path, model: NCA) -> bool:
-    """Whether the weights at ``checkpoint`` fit ``model``: only then is
-    ``trainer.init_from=<checkpoint>`` advice (a warm start checks the same)."""
+def _weights_fit(checkpoints: RunCheckpointer | Path, model: Callable[[], NCA]) -> bool:
+    """Whether the weights of ``checkpoints`` (opened, or a path) fit the model that ``model``
+    builds: only then is ``trainer.init_from=<checkpoint>`` advice (a warm start checks the
+    same). A model that cannot be built is no fit: the refusal's own line is the one to show."""
     try:
-        RunCheckpointer.find(checkpoint).check_fits(model)
+        found = checkpoints if isinstance(checkpoints, RunCheckpointer) else RunCheckpointer.find(checkpoints)
+        found.check_fits(model())
     except ConfigError:
         return False
     return True

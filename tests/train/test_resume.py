@@ -234,6 +234,8 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
     )
     with pytest.raises(ConfigError, match=r"\(num_channels: 16 -> 8\): give this one another run dir$"):
         run_app(tmp_path, "num_channels=8")  # no advice to start from weights that do not fit
+    with pytest.raises(ConfigError, match=r"\(update\.fire_rate: 0\.5 -> 0\.0\): give this one another run dir$"):
+        run_app(tmp_path, "update.fire_rate=0.0")  # a model that cannot be built: no advice, the same line
     assert run_app(tmp_path, "trainer.steps=3")["step"] == 2  # skipped, saying how to train on
     assert f"skipped {tmp_path}: already completed at step 2 (delete its summary.json to train on to step 3)\n" in (
         capsys.readouterr().err
