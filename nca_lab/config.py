@@ -7,6 +7,7 @@ install and from an installed wheel.
 """
 
 import functools
+import hashlib
 import itertools
 import re
 from pathlib import Path
@@ -105,6 +106,10 @@ _OVERRIDE = re.compile(r"([~+]{0,2}[\w.@/-]+)=(.*)", re.DOTALL)
 JOB_DIR_RESOLVER = "nca_lab.job_dir"
 
 
+#: The longest file name (bytes) of common file systems (ext4, XFS, APFS, NTFS's 255 UTF-16 units).
+NAME_MAX = 255
+
+
 def job_dir_name(override_dirname: str) -> str:
     """A sweep job's dir name: Hydra's ``job.override_dirname`` without its backslashes, and
     with each ``/`` of a path-valued override as ``%2F``.
@@ -113,9 +118,15 @@ def job_dir_name(override_dirname: str) -> str:
     Orbax's TensorStore reads a backslash as ``/``: the job's checkpoints were written to a
     stray tree beside its dir, and the run said ``done`` with no weights in them. A ``/``
     (``-m trainer.init_from=runs/a,runs/b``) made nested dirs, the job's named by the rest of
-    the path and the other overrides.
+    the path and the other overrides. A name past the file system's 255 bytes (many overrides,
+    long paths) could not be made: its start is kept, with a hash of the whole.
     """
-    return override_dirname.replace("\\", "").replace("/", "%2F")
+    name = override_dirname.replace("\\", "").replace("/", "%2F")
+    encoded = name.encode()
+    if len(encoded) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    return encoded[: NAME_MAX - len(digest) - 1].decode(errors="ignore") + "~" + digest
 
 
 def quote_non_ascii(arg: str) -> str:

@@ -48,6 +48,11 @@ def test_a_job_dir_name_is_one_dir_without_backslashes():
     """``-m trainer.init_from=runs/a,runs/b`` made nested dirs, named by the rest of the path."""
     assert job_dir_name("logger.tags=[a\\:b],seed=0") == "logger.tags=[a:b],seed=0"
     assert job_dir_name("seed=1,trainer.init_from=/tmp/runs/a") == "seed=1,trainer.init_from=%2Ftmp%2Fruns%2Fa"
+    long = [job_dir_name(f"seed={seed},trainer.init_from={'/runs/ü' * 60}") for seed in (0, 1)]
+    assert all(len(name.encode()) == 255 for name in long) and long[0] != long[1]  # ENAMETOOLONG at 256
+    assert long[0].startswith("seed=0,trainer.init_from=%2Fruns%2F") and long[0] == job_dir_name(
+        f"seed=0,trainer.init_from={'/runs/ü' * 60}"
+    )
 
 
 def test_no_distributed_setting_names_a_job_dir():
