@@ -51,9 +51,15 @@ def numbers_of(value, setting: str, what: str) -> tuple[float, ...]:
     """``value``, a list of numbers, as floats; else :class:`ConfigError` "``setting`` must be
     ``what``": a number or a string where a list belongs (``task.damage_radius=10``) was
     ``'int' object is not iterable``."""
-    items = list(value) if isinstance(value, Iterable) and not isinstance(value, str | bytes) else None
+    listed = isinstance(value, Iterable) and not isinstance(value, str | bytes) and getattr(value, "ndim", 1) == 1
+    items = [_scalar(item) for item in value] if listed else None  # ndim: a 0-d array iterates to an error
     require(items is not None and all(map(is_number, items)), f"{setting} must be {what}, got {value!r}")
     return tuple(map(float, items))
+
+
+def _scalar(item):
+    """A NumPy or JAX 0-d array as its Python number (``jnp.linspace``'s items), else ``item``."""
+    return item.item() if getattr(item, "ndim", None) == 0 and hasattr(item, "item") else item
 
 
 def is_integer(value) -> bool:

@@ -168,6 +168,14 @@ def test_bad_settings_are_config_errors(option, message):
         DiffusingTask(6, target_size=8, padding=2, **option)
 
 
+def test_levels_and_ranges_may_be_arrays():
+    """From Python: ``jnp.linspace`` levels were floats to ``float()``, and must stay so."""
+    task = DiffusingTask(6, target_size=8, padding=2, noise_range=np.array([0.1, 0.9]), eval_levels=jnp.array([0.5, 1]))
+    assert task.level_names == ["a50", "a100"]
+    with pytest.raises(ConfigError, match=r"^task\.eval_levels must be a list of noise levels in \(0, 1\], got "):
+        DiffusingTask(6, target_size=8, padding=2, eval_levels=np.array(0.5))  # 0-d: not a list
+
+
 def test_levels_are_named_in_percent_rounded_half_up():
     assert DiffusingTask(6, target_size=8, padding=2, eval_levels=(0.125, 0.145, 0.285, 1.0)).level_names == [
         "a13",
