@@ -71,7 +71,8 @@ class RunCheckpointer:
     """
 
     def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_best: bool = True, create: bool = True):
-        """Open (and with ``create``, make) the checkpoint directory; paths are made absolute."""
+        """Open (and with ``create``, make) the checkpoint directory; paths are made absolute. A
+        writer (``create``) deletes what an earlier one left in :data:`TRASH`."""
         require(keep_last > 0, f"trainer.keep_last must be positive, got {keep_last}")
         self.directory = Path(directory).expanduser().resolve()
         check_checkpoint_path(self.directory)

@@ -24,8 +24,8 @@ SEED_ALPHA = 1.0
 def seed_state(grid_shape: tuple[int, int], num_channels: int) -> np.ndarray:
     """The standard seed: zeros, except the centre cell ``(H // 2, W // 2)`` whose channels 3.. are 1."""
     require(
-        len(grid_shape) == 2,
-        f"grid_shape must be (H, W), got {tuple(grid_shape)} (a batch of n seeds: np.stack([seed] * n))",
+        np.shape(grid_shape) == (2,),
+        f"grid_shape must be (H, W), got {grid_shape!r} (a batch of n seeds: np.stack([seed] * n))",
     )
     h, w = grid_shape
     seed = np.zeros((h, w, num_channels), np.float32)

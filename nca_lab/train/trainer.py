@@ -227,7 +227,8 @@ class Trainer:
         Returns the final metrics. With several processes, every one calls this and saves its
         share of each checkpoint; only process 0 writes the other files. ``logger`` may be a
         function that opens one: it is called once the checkpoint to resume from is read, so a
-        resume that stops there (a damaged checkpoint) has opened no logger run.
+        resume that stops there (a damaged checkpoint) has opened no logger run; it is called on
+        every process (open a run on process 0 only).
         """
         _require_json(config)
         run_dir = Path(run_dir).resolve()

@@ -33,6 +33,8 @@ def test_the_seed_is_one_cell_with_alpha_and_hidden_channels_set():
     np.testing.assert_array_equal(seed[2, 3], [0, 0, 0, 1, 1, 1])
     with pytest.raises(ValueError, match=r"^grid_shape must be \(H, W\), got \(8, 5, 6\) \(a batch of n seeds: "):
         seed_state((8, 5, 6), C)  # was "too many values to unpack"
+    with pytest.raises(ValueError, match=r"^grid_shape must be \(H, W\), got 64 "):
+        seed_state(64, C)  # was "object of type 'int' has no len()"
 
 
 def test_samples_are_seeds_with_the_target(task):
