@@ -25,6 +25,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
 from nca_lab.errors import ConfigError, one_line, out_of_memory, require
+from nca_lab.train import multihost
 
 CHECKPOINTS = "checkpoints"
 #: The items of a checkpoint, each a dir in its step dir: arrays, then the JSON metadata.
@@ -188,7 +189,7 @@ class RunCheckpointer:
     def _empty_trash(self) -> None:
         """Delete the checkpoints Orbax dropped (on process 0, which drops them); a kill while
         deleting leaves only part of :data:`TRASH`, which no reader takes for a checkpoint."""
-        if jax.process_index() == 0:
+        if multihost.is_main_process():
             shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def metadata(self, step: int | None = None) -> dict:
