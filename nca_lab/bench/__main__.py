@@ -197,9 +197,9 @@ def run_case(case, builders: dict, ours: dict[str, str], settings: dict, env: di
     built among them. ``ours`` maps nca_lab's labels to their kernels; ``settings`` are
     :func:`measure`'s."""
     workloads, failed = {}, {}
+    kernels = {label: nca_lab_impl.kernel_of(case, kernel) for label, kernel in ours.items()}  # those that run
     for label, build in builders.items():
-        if ours.get(label) == "pallas" and case.perceive != "sobel" and len(ours) > 1:
-            # nca_lab_impl.build would run XLA's step: the xla row already has it.
+        if label in ours and kernels[label] != ours[label] and len(ours) > 1:  # the xla row runs it already
             print(f"  {label}: not run (the fused kernels compute the sobel perceive only)")
             continue
         try:
@@ -212,7 +212,7 @@ def run_case(case, builders: dict, ours: dict[str, str], settings: dict, env: di
         print(f"  {label}: could not build: {reason}", file=sys.stderr)
         measured.append((label, "", Measurement([], math.nan, None, None, "not_built", reason)))
     return [
-        record(case, "nca_lab" if label in ours else label, note, measurement, {**env, "kernel": ours.get(label)})
+        record(case, "nca_lab" if label in ours else label, note, measurement, {**env, "kernel": kernels.get(label)})
         for label, note, measurement in measured
     ]
 

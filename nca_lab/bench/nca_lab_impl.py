@@ -48,6 +48,12 @@ def build_task(case: Case):
     )
 
 
+def kernel_of(case: Case, kernel: str) -> str:
+    """The step nca_lab runs ``case`` with when asked for ``kernel``: the fused kernels compute
+    the sobel perceive only, so any other runs XLA's."""
+    return kernel if case.perceive == "sobel" else "xla"
+
+
 def build(
     case: Case, seed: int = 0, kernel: str = "xla", unroll: int = 1, rollout_steps: tuple[int, int] | None = None
 ) -> Workload:
@@ -57,7 +63,7 @@ def build(
     does (``experiments/gpu/drawn_length.py``); by default it is the case's ``steps``.
     """
     task = build_task(case)
-    model = build_model(case, task.alive_threshold, seed, kernel if case.perceive == "sobel" else "xla")
+    model = build_model(case, task.alive_threshold, seed, kernel_of(case, kernel))
     path = ("Pallas fused rollout" if model.uses_fused_kernel else "XLA") + (f", unroll {unroll}" if unroll > 1 else "")
     if model.compacts(case.batch * case.grid * case.grid):
         path += ", active cells"

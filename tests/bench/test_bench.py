@@ -117,6 +117,15 @@ def test_cli_runs_each_kernel_against_the_same_peer_run_and_pallas_only_where_it
     assert "nca_lab (pallas): not run (the fused kernels compute the sobel perceive only)" in capsys.readouterr().out
 
 
+def test_a_record_names_the_kernel_that_ran(monkeypatch, tmp_path):
+    """``--kernel pallas`` alone on the attention suite runs XLA's step: its records said pallas."""
+    monkeypatch.setattr("nca_lab.bench.nca_lab_impl.build", lambda case, **kw: make_trivial_workload())
+    out = tmp_path / "b.json"
+    args = ["--suite", "attention", "--kernel", "pallas", "--steps", "1", "--repeats", "1", "--warmup", "1"]
+    assert bench_main([*args, "--json", str(out)]) == 0
+    assert {(r["impl"], r["kernel"]) for r in json.loads(out.read_text())} == {("nca_lab", "xla")}
+
+
 def test_the_throughput_keeps_three_significant_figures():
     row = {
         "suite": "attention", "case": "4x72x72", "impl": "nca_lab", "steps": 8, "repeats": 20, "status": "ok",
