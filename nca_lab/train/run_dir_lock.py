@@ -21,12 +21,13 @@ LOCK_FILE = ".lock"
 @contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the block; :class:`ConfigError` if another process holds it,
-    or if ``run_dir`` cannot be made (from Python: the command's Hydra makes it first)."""
+    or if ``run_dir`` cannot be made (from Python: the command's Hydra makes it first) or its
+    lock file written (a read-only dir): every process of a run stops with that line."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise ConfigError(f"cannot write {one_line(err)}") from None
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

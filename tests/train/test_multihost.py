@@ -128,6 +128,14 @@ def test_a_process_0_failure_to_start_stops_both(tmp_path):
     assert lines[1].startswith("error: process 0: ") and "manifest.json" in lines[1]
 
 
+def test_a_run_dir_process_0_cannot_lock_stops_both_with_its_line(tmp_path):
+    """The lock file's OSError reached only process 0; the other stopped on a lost process."""
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    results = _finish(_start(tmp_path / "run"))
+    line = f"error: process 0: cannot write {tmp_path / 'run' / '.lock'}: Is a directory"
+    assert [(status, err.strip().splitlines()[-1]) for status, err in results] == [(2, line), (2, line)], results
+
+
 def test_sigterm_outside_the_training_steps_still_stops_a_distributed_process():
     """JAX's preemption service took SIGTERM from the app's handler: a job stopped before or
     after its training steps ran on (to the end, exit 0)."""

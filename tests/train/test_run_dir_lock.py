@@ -31,6 +31,14 @@ def test_a_run_dir_where_a_file_is_is_one_line(tmp_path, where):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_a_lock_file_that_cannot_be_written_is_one_line(tmp_path):
+    """It was an OSError, which ``run`` did not pass on to the other processes of a run (each
+    stopped with a line about a lost process) and the command exited 1 for."""
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(ConfigError, match=rf"^cannot write {tmp_path}/.lock: Is a directory$"), run_dir_lock(tmp_path):
+        pass
+
+
 def test_the_lock_of_a_killed_job_is_released(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from nca_lab.train.run_dir_lock import "
