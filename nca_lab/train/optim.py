@@ -76,8 +76,8 @@ def step_decay(init_value: float, boundaries: list[int], factor: float = 0.1) ->
     merging with them. Updates count from 0 and the rate changes at update ``boundary``, after
     ``boundary`` updates; the authors' ``PiecewiseConstantDecay`` changes it one update later.
     """
-    require(init_value > 0, f"trainer.learning_rate.init_value must be positive, got {init_value}")
-    require(factor > 0, f"trainer.learning_rate.factor must be positive, got {factor}")
+    for name, value in (("init_value", init_value), ("factor", factor)):  # true was a rate of 1, or no decay
+        require(is_number(value) and value > 0, f"trainer.learning_rate.{name} must be positive, got {value!r}")
     steps = [] if isinstance(boundaries, str) else list(boundaries)
     require(
         steps and all(map(is_integer, steps)),

@@ -69,6 +69,17 @@ def test_step_decay_refuses_boundaries_that_are_not_a_list_of_steps(boundaries):
         step_decay(2e-3, boundaries)
 
 
+@pytest.mark.parametrize(("setting", "value"), [("init_value", True), ("init_value", "abc"), ("factor", True)])
+def test_step_decay_refuses_a_rate_or_factor_that_is_not_a_number(setting, value):
+    """``init_value=true`` trained at a rate of 1 (500x the paper's), ``factor=true`` never
+    decayed, ``abc`` was "'>' not supported between instances of 'str' and 'int'"."""
+    from nca_lab.errors import ConfigError
+    from nca_lab.train.optim import step_decay
+
+    with pytest.raises(ConfigError, match=rf"^trainer.learning_rate.{setting} must be positive, got "):
+        step_decay(**{"init_value": 2e-3, "boundaries": [2000], setting: value})
+
+
 def test_a_constant_rate_and_a_schedule_keep_the_same_state():
     """So a run trained on a schedule resumes with ``trainer.learning_rate=<value>`` (and back):
     the checkpoint's optimizer state fits either."""
