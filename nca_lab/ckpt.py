@@ -210,16 +210,21 @@ class RunCheckpointer:
         """Raise :class:`ConfigError` unless checkpoint ``step``'s model fits ``model``, reading
         only its metadata (a warm start is checked before the run dir is written)."""
         step = self._step(step)
-        saved = self._saved(step, "model")
+        saved = self._saved(step, "model")["model"]
         saved = getattr(saved, "tree", saved)  # Orbax's tree metadata holds the nested dict
         _fitted(_pure(model), saved, f"{self.directory / str(step)}")
 
-    def _saved(self, step: int, item: str):
-        """The arrays of ``item`` in checkpoint ``step``, as shapes and dtypes on this process's first device."""
+    def _saved(self, step: int, *items: str) -> dict:
+        """The arrays of each of ``items`` in checkpoint ``step``, as shapes and dtypes on this
+        process's first device (the metadata of every item, read once)."""
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        with self._reading(step):
-            saved = self.manager.item_metadata(step)[item]
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved)
+
+        def on_device(leaf):
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+
+        with self._reading(step):  # an item missing is a damaged checkpoint too
+            saved = self.manager.item_metadata(step)
+            return {item: jax.tree.map(on_device, saved[item]) for item in items}
 
     def _on_one_device(self, step: int, *items: str) -> dict:
         """Restore arguments that put every array of ``items`` on this process's first device.
@@ -227,7 +232,7 @@ class RunCheckpointer:
         Orbax otherwise restores the shardings it saved, which fails on another device count
         (a data-parallel run grown on a laptop); the trainer places the arrays afterwards.
         """
-        return {item: ocp.args.StandardRestore(self._saved(step, item)) for item in items}
+        return {item: ocp.args.StandardRestore(arrays) for item, arrays in self._saved(step, *items).items()}
 
     def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, pool: Any, step: int | None = None):
         """Restore a full training state in place; returns ``(step, pool, key, metadata)``.
