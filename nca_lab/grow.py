@@ -253,6 +253,16 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     return [gif, png, npy]
 
 
+def pinned(model_path: str) -> str:
+    """``model_path``, a run dir or checkpoints dir, as the step dir of the checkpoint it reads
+    now (its newest), so that every read of one grow (weights, grid, horizon, name, task) is of
+    that checkpoint while a run still training saves newer ones; a file or step dir as given."""
+    if not Path(model_path).is_dir():
+        return model_path
+    checkpoints = RunCheckpointer.find(model_path)
+    return str(checkpoints.directory / str(checkpoints.default_step()))
+
+
 def trained_setting(model_path: str) -> tuple[tuple[int, int], int, str]:
     """``(grid, steps, name)`` to grow ``model_path`` with by default.
 
@@ -353,9 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input is one ``error: <file>: ...`` line and exit status 2, nothing written."""
     args = parse_args(argv)
     try:
-        model = configure(read_model(args.model), args.model, fire_rate=args.fire_rate, angle=args.angle)
-        grid, steps, name = trained_setting(args.model)
-        start = args.start or default_start(args.model)
+        model_path = pinned(args.model)
+        model = configure(read_model(model_path), args.model, fire_rate=args.fire_rate, angle=args.angle)
+        grid, steps, name = trained_setting(model_path)
+        start = args.start or default_start(model_path)
         out = Path(args.out) if args.out else default_out(name, args)
         check_not_a_run(out)
         steps = args.steps or steps
@@ -367,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             # the growth's own draws are those of a seed start: the same --seed grows a growing run
             # alike from either start (its task's sample is the seed)
-            state = task_sample(args.model, jax.random.fold_in(key, TASK_SAMPLE_STREAM))
+            state = task_sample(model_path, jax.random.fold_in(key, TASK_SAMPLE_STREAM))
         else:
             state = seed_state(args.size or grid, model.num_channels)
         final, paths = grow_and_write(model, state, steps, key, args.damage, out, sized=start == "seed")

@@ -1,6 +1,7 @@
 """A model trained by nca_lab exports to webgl8 and grows from its run dir, checkpoints dir or step dir."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -71,6 +72,24 @@ def test_the_default_out_dir_names_the_run_and_step_so_grows_of_others_do_not_co
         f"{run_name}_step2_8x8_steps2",
         f"{run_name}_step2_8x8_steps2_damage",
     ]
+
+
+def test_a_grow_reads_one_checkpoint_while_its_run_saves_newer_ones(tiny_run, tmp_path, monkeypatch):
+    """Each read found the newest checkpoint anew: a save between them grew step 2's weights
+    into a dir named step 3 (and could take the grid or task from another checkpoint)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    read = grow_cli.read_model
+
+    def read_while_the_run_saves(path):
+        model = read(path)
+        shutil.copytree(run_dir / "checkpoints" / "2", run_dir / "checkpoints" / "3")  # its next checkpoint
+        return model
+
+    monkeypatch.setattr(grow_cli, "read_model", read_while_the_run_saves)
+    monkeypatch.chdir(tmp_path)
+    grow_cli.main([str(run_dir), "--steps", "2", "--size", "8"])
+    assert [p.name for p in (tmp_path / "outputs" / "grow").iterdir()] == [f"{tmp_path.name}_run_step2_8x8_steps2"]
 
 
 def test_a_model_that_grows_nothing_from_the_seed_says_so(tmp_path, capsys):
