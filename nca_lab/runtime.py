@@ -96,10 +96,9 @@ def on_stop(callback: Callable[[], None]):
         _AT_STOP.remove(callback)
 
 
-def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None) -> dict:
-    """Make SIGTERM and SIGINT print ``message`` (one line), run ``before_exit`` and what
-    :func:`on_stop` holds, and exit :data:`STOPPED` at once; return the handlers they had (for
-    ``signal.signal`` to restore).
+def stop_on_signals(message: str) -> dict:
+    """Make SIGTERM and SIGINT print ``message`` (one line), run what :func:`on_stop` holds, and
+    exit :data:`STOPPED` at once; return the handlers they had (for ``signal.signal`` to restore).
 
     Not by raising ``KeyboardInterrupt``: raised in an import it is a page of traceback,
     inside XLA's compiler it crashed the process (SIGSEGV), and in a garbage-collection
@@ -108,7 +107,7 @@ def stop_on_signals(message: str, before_exit: Callable[[], None] | None = None)
 
     def stop(signum, frame) -> None:
         del signum, frame
-        for callback in filter(None, (before_exit, *reversed(_AT_STOP))):
+        for callback in reversed(_AT_STOP):
             with contextlib.suppress(Exception):  # stopping must not turn into a traceback
                 callback()
         os.write(2, f"{message}\n".encode())

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nca_lab.runtime import STOPPED_BY_SIGNAL, stop_on_signals
+from nca_lab.runtime import STOPPED_BY_SIGNAL, on_stop, stop_on_signals
 
 if __name__ == "__main__":
     stop_on_signals(STOPPED_BY_SIGNAL)  # before JAX loads, which takes seconds
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 return
             print(f"\nwrote {len(records)} records to {args.json}", flush=True)
 
-    previous = stop_on_signals(STOPPED_BY_SIGNAL, before_exit=lambda: records and report())
+    previous = stop_on_signals(STOPPED_BY_SIGNAL)
     settings = {
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -173,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         "compile_repeats": args.compile_repeats,
     }
     try:
-        for case in selected:
-            print(f"{case.suite} {case.name}: {case.kind}, {case.steps} steps, C={case.channels}, hidden {case.hidden}")
-            case_records = run_case(case, builders, ours, settings, env)
-            records.extend(case_records)
-            if any(r["impl"] == "nca_lab" and r["status"] in ("failed", "not_built") for r in case_records):
-                nca_lab_failed.append(f"{case.suite} {case.name}")
+        with on_stop(lambda: records and report()):  # a signal prints and writes what was measured
+            for case in selected:
+                shape = f"{case.steps} steps, C={case.channels}, hidden {case.hidden}"
+                print(f"{case.suite} {case.name}: {case.kind}, {shape}")
+                case_records = run_case(case, builders, ours, settings, env)
+                records.extend(case_records)
+                if any(r["impl"] == "nca_lab" and r["status"] in ("failed", "not_built") for r in case_records):
+                    nca_lab_failed.append(f"{case.suite} {case.name}")
     finally:  # a caller from Python gets its own handlers back
         for sig, handler in previous.items():
             signal.signal(sig, handler)
