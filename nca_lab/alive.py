@@ -20,3 +20,10 @@ def alive_mask(state: jnp.ndarray, threshold: float = ALIVE_THRESHOLD) -> jnp.nd
     Padding never wins the max (it is ``-inf``), as in TensorFlow's SAME max-pool.
     """
     return max_pool3x3(state[..., ALPHA : ALPHA + 1], -jnp.inf) > threshold
+
+
+def keep_living(new: jnp.ndarray, alive_before: jnp.ndarray, threshold: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``new`` zeroed where a cell was not alive both before the step (``alive_before``) and
+    after it, and that mask: the paper's pre- and post-update masks, combined by AND."""
+    alive = alive_before & alive_mask(new, threshold)
+    return new * alive.astype(new.dtype), alive

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nca_lab.active_cells import MIN_CELLS
-from nca_lab.alive import ALIVE_THRESHOLD, alive_mask
+from nca_lab.alive import ALIVE_THRESHOLD, alive_mask, keep_living
 from nca_lab.errors import is_integer, require
 from nca_lab.kernels.fused_rollout import cannot_fuse, fused_rollout_parts
 from nca_lab.perceive.base import Perceive
@@ -174,8 +174,7 @@ class NCA(nnx.Module):
         new_state = self.update(state, self.perceive(state), key)
         if self.alive_threshold is None:
             return new_state
-        alive = alive_mask(state, self.alive_threshold) & alive_mask(new_state, self.alive_threshold)
-        return new_state * alive.astype(new_state.dtype)
+        return keep_living(new_state, alive_mask(state, self.alive_threshold), self.alive_threshold)[0]
 
     def rollout(
         self,

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nca_lab.active_cells import near_alive, on_cells
-from nca_lab.alive import alive_mask
+from nca_lab.alive import alive_mask, keep_living
 from nca_lab.perceive.base import Perceive
 from nca_lab.update.residual import ResidualUpdate
 
@@ -69,13 +69,13 @@ def residual_step(
             (delta,), _ = on_cells(
                 active.reshape(-1), lambda p: ((update.delta(p),), None), [perception.reshape(-1, perception.shape[-1])]
             )
-            new = x + delta.reshape(x.shape) * fire  # a subclass's fire mask may hold other values than 0 and 1
+            delta = delta.reshape(x.shape)
         else:
-            new = update.apply(x, perception, fire)
+            delta = update.delta(perception)
+        new = x + delta * fire  # ResidualUpdate.apply, which the updates stepped here keep (fire: 0/1 or a subclass's)
         if alive_threshold is None:
             return new, None
-        alive = alive_before & alive_mask(new, alive_threshold)
-        return new * alive.astype(new.dtype), alive
+        return keep_living(new, alive_before, alive_threshold)
 
     @jax.custom_vjp
     def step(perceive_params, update_params, x, fire):
