@@ -31,11 +31,14 @@ from nca_lab.kernels.sobel_mlp_step import (
     TN,
     FlatLayout,
     Launch,
+    backward_launch,
     dot,
     inside_grid,
     light_launch,
+    neighbour_tiles,
     pallas_call,
     perception,
+    program_cells,
     slots,
     sobel_taps,
     step_operands,
@@ -57,9 +60,7 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, masked, over_hidden, la
     grad_ref, w_ref, partials_in, base_ref, dgx_ref, dgy_ref, partials_ref = refs
     step = _step(step_ref, last)
     read, _, mask = slots(step, history=True)
-    b, j = pl.program_id(0), pl.program_id(1)
-    start = layout.margin + j * cells
-    here = pl.ds(start, cells)
+    b, j, start, here = program_cells(layout, cells)
     inside = inside_grid(layout, start, cells)[:, None]
 
     def accumulate(index, share):
@@ -67,7 +68,7 @@ def _grads_kernel(*refs, layout, cells, taps, step_size, masked, over_hidden, la
 
     @pl.when(step < count_ref[0])
     def _():
-        tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
+        tiles = neighbour_tiles(states_ref, read, b, start, layout, cells)
         # Cells outside the grid may read the undefined margins: zero their features, so that no
         # garbage enters the weight gradients through a product with their zero cotangent.
         features = [jnp.where(inside, f, 0.0) for f in perception(tiles, taps)]
@@ -108,24 +109,23 @@ def _stencil_transpose_kernel(
     of its output unchanged. ``out_ref`` is ``grad_ref``'s buffer (each program reads only the
     cells it writes): the backward loop then carries one cotangent buffer, where XLA copied
     the kernel's result into it every step (``experiments/gpu/aot.py``)."""
-    b, j = pl.program_id(0), pl.program_id(1)
-    start = layout.margin + j * cells
-    total = base_ref[b, pl.ds(start, cells), :]
+    b, _, start, here = program_cells(layout, cells)
+    total = base_ref[b, here, :]
     for off, (kx, ky) in zip(layout.offsets(), taps, strict=True):
         # x[m] feeds grad_x[m - off] with weight kx: read the neighbour at -off.
         if kx:
             total = total + kx * dgx_ref[b, pl.ds(start - off, cells), :]
         if ky:
             total = total + ky * dgy_ref[b, pl.ds(start - off, cells), :]
-    total = jnp.where(_step(step_ref, last) < count_ref[0], total, grad_ref[b, pl.ds(start, cells), :])
-    out_ref[b, pl.ds(start, cells), :] = jnp.where(inside_grid(layout, start, cells)[:, None], total, 0.0)
+    total = jnp.where(_step(step_ref, last) < count_ref[0], total, grad_ref[b, here, :])
+    out_ref[b, here, :] = jnp.where(inside_grid(layout, start, cells)[:, None], total, 0.0)
 
 
 def weight_partials(batch: int, layout: FlatLayout, packed: jnp.ndarray, launch: Launch | None = None) -> jnp.ndarray:
     """Zeroed partial sums of the weight gradients, one slot per program of :func:`backward_step`
     (its ``launch``): ``(batch, programs, *packed.shape)``. Their sum over the first two axes is
     the packed weights' gradient."""
-    programs = (launch or Launch(cells=layout.block)).programs(layout)
+    programs = (launch or backward_launch(layout)).programs(layout)
     return jnp.zeros((batch, programs, *packed.shape), packed.dtype)
 
 
@@ -167,7 +167,7 @@ def backward_step(
         grid; the margins are undefined, as in the forward pass).
     """
     batch = grad.shape[0]
-    launch = launch or Launch(cells=layout.block)
+    launch = launch or backward_launch(layout)
     if partials.shape[:2] != (batch, launch.programs(layout)):
         raise ValueError(f"partials have shape {partials.shape}; this launch needs weight_partials(..., launch)")
     taps = sobel_taps(angle)

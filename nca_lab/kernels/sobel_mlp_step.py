@@ -48,6 +48,7 @@ from jax.experimental import pallas as pl
 
 from nca_lab.alive import ALPHA
 from nca_lab.perceive.sobel import sobel_kernels
+from nca_lab.perceive.stencil import OFFSETS
 
 #: Cells the flat layout is padded to a multiple of: the most cells a program may take.
 BLOCK = 128
@@ -137,6 +138,11 @@ def forward_launch(layout: "FlatLayout", batch: int) -> Launch:
     return Launch(cells=layout.block, warps=8 if batch * layout.num_blocks <= FEW_PROGRAMS else 4)
 
 
+def backward_launch(layout: "FlatLayout") -> Launch:
+    """The gradient kernel's launch, and so its weight partials' shape: the layout's block, 8 warps."""
+    return Launch(cells=layout.block)
+
+
 def light_launch(layout: "FlatLayout") -> Launch:
     """The launch of the kernels that hold no hidden activations (alive mask, stencil
     transpose): the layout's block and 4 warps, as measured with them."""
@@ -173,7 +179,7 @@ class FlatLayout:
 
     def offsets(self) -> list[int]:
         """Flat offsets of the 3x3 neighbours, row-major as :data:`~nca_lab.perceive.stencil.OFFSETS`."""
-        return [dr * self.row + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+        return [dr * self.row + dc for dr, dc in OFFSETS]
 
     def to_flat(self, x: jnp.ndarray) -> jnp.ndarray:
         """``(B, H, W, C)`` -> ``(B, length, C)``."""
@@ -202,6 +208,20 @@ def inside_grid(layout: FlatLayout, start, cells: int) -> jnp.ndarray:
     return (r >= 1) & (r <= layout.height) & (c >= 1) & (c <= layout.width)
 
 
+def program_cells(layout: FlatLayout, cells: int) -> tuple:
+    """``(b, j, start, here)`` of the running program: its sample, its block, its first flat
+    cell and the ``pl.ds`` of its cells."""
+    b, j = pl.program_id(0), pl.program_id(1)
+    start = layout.margin + j * cells
+    return b, j, start, pl.ds(start, cells)
+
+
+def neighbour_tiles(states_ref, read, b, start, layout: FlatLayout, cells: int) -> list:
+    """The 9 ``(cells, C)`` neighbour tiles of a program's cells in state slot ``read``, in
+    :data:`OFFSETS` order."""
+    return [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
+
+
 def _alpha(tile: jnp.ndarray) -> jnp.ndarray:
     """Channel :data:`ALPHA` of a ``(block, C)`` tile (a masked sum: Triton cannot index a column)."""
     pick = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 1) == ALPHA
@@ -211,7 +231,7 @@ def _alpha(tile: jnp.ndarray) -> jnp.ndarray:
 def sobel_taps(angle: float) -> list[tuple[float, float]]:
     """``(grad_x, grad_y)`` weights of the 9 neighbours, in :meth:`FlatLayout.offsets` order."""
     _, grad_x, grad_y = sobel_kernels(angle)
-    return [(float(grad_x[dr + 1][dc + 1]), float(grad_y[dr + 1][dc + 1])) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    return [(float(grad_x[dr + 1][dc + 1]), float(grad_y[dr + 1][dc + 1])) for dr, dc in OFFSETS]
 
 
 def perception(tiles: list, taps: list[tuple[float, float]]) -> tuple:
@@ -222,7 +242,7 @@ def perception(tiles: list, taps: list[tuple[float, float]]) -> tuple:
             grad_x = kx * tile if grad_x is None else grad_x + kx * tile
         if ky:
             grad_y = ky * tile if grad_y is None else grad_y + ky * tile
-    return tiles[4], grad_x, grad_y
+    return tiles[OFFSETS.index((0, 0))], grad_x, grad_y
 
 
 def pack_weights(params: dict) -> jnp.ndarray:
@@ -320,13 +340,11 @@ def _update_kernel(
     """
     step = step_ref[0]
     read, write, _ = slots(step, history)
-    b, j = pl.program_id(0), pl.program_id(1)
-    start = layout.margin + j * cells
-    here = pl.ds(start, cells)
+    b, _, start, here = program_cells(layout, cells)
 
     @pl.when(step < count_ref[0])
     def _():
-        tiles = [states_ref[read, b, pl.ds(start + off, cells), :] for off in layout.offsets()]
+        tiles = neighbour_tiles(states_ref, read, b, start, layout, cells)
         if not in_place:  # first, so that the tiles die with the perception (offline: 76 -> 0 bytes spilled)
             pre_ref, alpha_ref = alive_refs
             pre_ref[b, here] = functools.reduce(jnp.maximum, [_alpha(tile) for tile in tiles])
@@ -367,9 +385,7 @@ def _alive_kernel(
     """``new * (alive(before) & alive(after))`` of one block into the states buffer, and that
     mask; zero outside the grid."""
     _, write, mask = slots(step_ref[0], history)
-    b, j = pl.program_id(0), pl.program_id(1)
-    start = layout.margin + j * cells
-    here = pl.ds(start, cells)
+    b, _, start, here = program_cells(layout, cells)
 
     @pl.when(step_ref[0] < count_ref[0])
     def _():
