@@ -291,7 +291,8 @@ def cli() -> None:
         print(f"error: {reason}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
-        if not (_jobs_here["ran"] or _raised_by_a_job(err)):
+        by_a_job = _jobs_here["ran"] or _raised_by_a_job(err)
+        if not by_a_job:
             remove_unused_sweep_dir()
         if full_report:
             raise
@@ -299,7 +300,7 @@ def cli() -> None:
             print(f"error: a job of the sweep ended without a result ({one_line(err)}); ", end="", file=sys.stderr)
             print("running the sweep again resumes it", file=sys.stderr)
             sys.exit(1)
-        if _jobs_here["ran"] or _raised_by_a_job(err):
+        if by_a_job:
             raise  # a job's: a bug, with its traceback
         # Hydra's, before any job: a flag it refuses (-m with --cfg), `experiment=null`, a search
         # path or launcher it cannot use, a log file it cannot open (a read-only run dir).
