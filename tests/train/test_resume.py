@@ -196,8 +196,8 @@ def test_the_metrics_lines_are_on_disk_before_each_checkpoint(tmp_path, monkeypa
     assert all(events[i - 1] == metrics for i in saves)
 
 
-def test_a_damaged_summary_is_one_line_saying_how_to_evaluate_again(tmp_path):
-    run_app(tmp_path, "trainer.steps=2")
+def test_a_damaged_summary_is_one_line_saying_how_to_evaluate_again(tmp_path, completed_run):
+    completed_run(tmp_path)
     (tmp_path / "summary.json").write_text('{"step": 2, "lo')
     with pytest.raises(ConfigError, match=r"summary\.json cannot be read \(.+\): delete it to evaluate the run again"):
         run_app(tmp_path, "trainer.steps=2")
@@ -220,8 +220,17 @@ def run_app(run_dir, *overrides):
     return run(compose(*SCHEDULE, *overrides), run_dir)
 
 
-def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_path, capsys):
-    run_app(tmp_path, "trainer.steps=2")
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory):
+    """``completed_run(run_dir)`` puts in ``run_dir`` a copy of one completed run of
+    ``run_app(..., "trainer.steps=2")``, trained once for the tests that damage it or run on it."""
+    trained = tmp_path_factory.mktemp("completed") / "run"
+    run_app(trained, "trainer.steps=2")
+    return lambda run_dir: shutil.copytree(trained, run_dir, dirs_exist_ok=True)
+
+
+def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_path, completed_run, capsys):
+    completed_run(tmp_path)
     config_before = (tmp_path / "config_resolved.yaml").read_text()
     checkpoint = tmp_path / "checkpoints" / "2"
     changed = ("perceive.angle=0.5", "task.target_size=7", "update.fire_rate=0.25")
@@ -262,9 +271,9 @@ def test_a_run_is_not_resumed_or_skipped_under_other_model_or_task_settings(tmp_
     assert f"training in {tmp_path}, resuming {checkpoint}" in capsys.readouterr().err
 
 
-def test_a_damaged_checkpoint_to_resume_stops_the_job_before_it_touches_the_run(tmp_path):
+def test_a_damaged_checkpoint_to_resume_stops_the_job_before_it_touches_the_run(tmp_path, completed_run):
     """Its records were written again and its logger opened (a new, empty W&B run) first."""
-    run_app(tmp_path, "trainer.steps=2")
+    completed_run(tmp_path)
     (tmp_path / "summary.json").unlink()  # as if it had stopped before its end
     next((tmp_path / "checkpoints" / "2" / "model").glob("update.out.kernel/0*")).write_bytes(b"")
     records = {name: (tmp_path / name).stat().st_mtime_ns for name in ("config_resolved.yaml", "manifest.json")}
@@ -273,9 +282,9 @@ def test_a_damaged_checkpoint_to_resume_stops_the_job_before_it_touches_the_run(
     assert {name: (tmp_path / name).stat().st_mtime_ns for name in records} == records
 
 
-def test_a_run_that_saved_no_checkpoint_is_started_again_only_under_its_own_settings(tmp_path):
+def test_a_run_that_saved_no_checkpoint_is_started_again_only_under_its_own_settings(tmp_path, completed_run):
     """It was trained over under others: its records, metrics and renderings replaced silently."""
-    run_app(tmp_path, "trainer.steps=2")
+    completed_run(tmp_path)
     shutil.rmtree(tmp_path / "checkpoints")  # as a job killed before its first checkpoint
     (tmp_path / "summary.json").unlink()
     records = (tmp_path / "config_resolved.yaml").read_text()
@@ -290,27 +299,27 @@ def test_a_run_that_saved_no_checkpoint_is_started_again_only_under_its_own_sett
 
 
 @pytest.mark.parametrize("cut_to", [0, 50, 63], ids=["empty", "parses_cut_short", "no_yaml"])
-def test_a_damaged_record_of_the_settings_is_one_line(tmp_path, cut_to):
+def test_a_damaged_record_of_the_settings_is_one_line(tmp_path, completed_run, cut_to):
     """Not YAML: a traceback; cut short but YAML: a false "other settings" refusal, or (empty)
     no check at all, the run skipped under any seed."""
-    run_app(tmp_path, "trainer.steps=2")
+    completed_run(tmp_path)
     record = tmp_path / "config_resolved.yaml"
     record.write_text(record.read_text()[:cut_to])
     with pytest.raises(ConfigError, match=r"config_resolved\.yaml cannot be read \(.+\): it records the run's"):
         run_app(tmp_path, "trainer.steps=2", "seed=1")
 
 
-def test_a_completed_run_without_checkpoints_is_not_offered_as_weights(tmp_path):
-    run_app(tmp_path, "trainer.steps=2")
+def test_a_completed_run_without_checkpoints_is_not_offered_as_weights(tmp_path, completed_run):
+    completed_run(tmp_path)
     shutil.rmtree(tmp_path / "checkpoints")
     with pytest.raises(ConfigError) as refused:
         run_app(tmp_path, "trainer.steps=2", "seed=1")
     assert str(refused.value).endswith("(seed: 0 -> 1): give this one another run dir")
 
 
-def test_a_run_that_logged_nothing_may_be_retried_with_other_settings(tmp_path):
+def test_a_run_that_logged_nothing_may_be_retried_with_other_settings(tmp_path, completed_run):
     """Out of memory before its first step, say: the advice is a smaller grid, in the same run dir."""
-    run_app(tmp_path, "trainer.steps=2")
+    completed_run(tmp_path)
     shutil.rmtree(tmp_path / "checkpoints")
     (tmp_path / "summary.json").unlink()
     (tmp_path / "metrics.jsonl").write_text("")
