@@ -49,12 +49,12 @@ def completed_summary(run_dir: Path, config: dict, weights_fit: Callable[[], boo
     says it is skipped). ``weights_fit``: whether its checkpoints fit ``config``'s model, asked
     only to advise ``trainer.init_from`` where ``config`` asks for another run."""
     changes = setting_changes(recorded_config(run_dir), config)
-    weights = not changes or (bool(step_dirs(run_dir / CHECKPOINTS)) and weights_fit())
-    require(
-        not changes,
-        f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir"
-        + (f" (trainer.init_from={run_dir} starts from its weights)" if weights else ""),
-    )
+    if changes:
+        weights = step_dirs(run_dir / CHECKPOINTS) and weights_fit()
+        raise ConfigError(
+            f"{run_dir} holds a completed run with other settings ({changes}): give this one another run dir"
+            + (f" (trainer.init_from={run_dir} starts from its weights)" if weights else "")
+        )
     completed = run_dir / SUMMARY
     try:
         summary = json.loads(completed.read_text(encoding="utf-8"))
