@@ -1,13 +1,13 @@
 """Orbax checkpoints of a training run: everything needed to continue it exactly.
 
-A checkpoint holds the model's variables, the optimizer state, the sample pool, the
-training PRNG key (as key data: typed keys do not serialise), the step, and JSON metadata:
-``step`` and ``has_pool`` (written here), and what :meth:`nca_lab.train.trainer.Trainer.fit`
-adds: ``config`` (resolved; :func:`nca_lab.train.run.load_model` rebuilds the model from it),
-``alive_threshold``, ``wandb_run_id``, ``grid``, ``horizon`` and ``pool_size`` (what ``grow``
-defaults to; older runs lack them) and ``loss``. Orbax writes each step to a temporary
-directory and renames it when complete, so a process killed mid-save leaves the previous
-checkpoint loadable.
+A checkpoint holds the model's variables, the optimizer state, the sample pool, the training
+PRNG key (as key data: typed keys do not serialise), the step, and JSON metadata: ``step`` and
+``has_pool`` (written here), and what :meth:`nca_lab.train.trainer.Trainer.fit` adds: ``config``
+(resolved; :func:`nca_lab.train.run.load_model` rebuilds the model from it),
+``alive_threshold``, ``fixed_channels``, ``wandb_run_id``, ``grid``, ``horizon`` and
+``pool_size`` (what ``grow`` defaults to; older runs lack them) and ``loss``. Orbax writes each
+step to a temporary directory and renames it when complete, so a process killed mid-save leaves
+the previous checkpoint loadable.
 """
 
 import json

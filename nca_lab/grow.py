@@ -166,12 +166,13 @@ def configure(model: NCA, source: str, *, fire_rate: float | None, angle: float 
     return model
 
 
-def cut_hole(state: np.ndarray, threshold: float = ALIVE_THRESHOLD) -> np.ndarray:
+def cut_hole(state: np.ndarray, threshold: float = ALIVE_THRESHOLD, fixed_channels: int = 0) -> np.ndarray:
     """Zero a disc in the middle of the living pattern of ``state (H, W, C)``.
 
     The disc is centred on the bounding box of the cells with alpha above ``threshold``, with
     a radius of a quarter of the box's shorter side, so it bites into the body whatever the
-    grid size; an empty grid is returned unchanged.
+    grid size; an empty grid is returned unchanged. The last ``fixed_channels``, the cells'
+    input (``NCA(fixed_channels=...)``), are left: the cells in the hole grow back from it.
     """
     rows, cols = np.nonzero(state[..., ALPHA] > threshold)
     if rows.size == 0:
@@ -180,7 +181,8 @@ def cut_hole(state: np.ndarray, threshold: float = ALIVE_THRESHOLD) -> np.ndarra
     radius = max(1.0, min(np.ptp(rows), np.ptp(cols)) / 4)
     rr, cc = np.mgrid[: state.shape[0], : state.shape[1]]
     hole = (rr - centre_r) ** 2 + (cc - centre_c) ** 2 <= radius**2
-    return np.where(hole[..., None], 0.0, state).astype(state.dtype)
+    erased = np.arange(state.shape[-1]) < state.shape[-1] - fixed_channels
+    return np.where(hole[..., None] & erased, 0.0, state).astype(state.dtype)
 
 
 def run_segment(model: NCA, state: np.ndarray, key: jax.Array, num_steps: int, every: int):
@@ -215,7 +217,7 @@ def grow_from(model: NCA, state: np.ndarray, steps: int, key: jax.Array, damage:
     threshold = living_threshold(model)
     for index, length in enumerate(lengths):
         if index:
-            state = cut_hole(state, threshold)
+            state = cut_hole(state, threshold, model.fixed_channels)
             frames.append(rgba(state))
         if length:
             state, segment = run_segment(model, state, keys[index], length, every)

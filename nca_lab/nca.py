@@ -25,11 +25,11 @@ from nca_lab.update.residual import ResidualUpdate
 class NCA(nnx.Module):
     """A cellular automaton whose rule is a perceive followed by an update.
 
-    States are channels-last ``(..., H, W, C)``: RGB (premultiplied by alpha) in 0-2, alpha
-    in 3, hidden channels after. Every method is pure (keys in, states out), so it composes
-    with ``jit``, ``vmap``, ``grad`` and ``remat`` (forward-mode ``jvp``/``jacfwd`` with
-    ``manual_vjp=False`` and ``kernel="xla"``: the manual step VJP and the fused kernels are
-    ``custom_vjp``s).
+    States are channels-last ``(..., H, W, C)``: RGB (premultiplied by alpha) in 0-2, alpha in
+    3, hidden channels after (and last, with ``fixed_channels``, the cell's input). Every method
+    is pure (keys in, states out), so it composes with ``jit``, ``vmap``, ``grad`` and ``remat``
+    (forward-mode ``jvp``/``jacfwd`` with ``manual_vjp=False`` and ``kernel="xla"``: the manual
+    step VJP and the fused kernels are ``custom_vjp``s).
     """
 
     def __init__(
@@ -41,6 +41,7 @@ class NCA(nnx.Module):
         manual_vjp: bool = True,
         kernel: str = "xla",
         compact_cells: bool | str = "auto",
+        fixed_channels: int = 0,
     ):
         """Combine a perceive and an update.
 
@@ -65,6 +66,10 @@ class NCA(nnx.Module):
                 VJP. ``"auto"``: on a CPU, for steps of at least
                 :data:`~nca_lab.active_cells.MIN_CELLS` cells, with a :class:`ResidualUpdate`
                 itself (see :meth:`compacts`); ``True`` or ``False`` force it.
+            fixed_channels: the last ``fixed_channels`` channels hold each cell's input, which
+                every step perceives and none changes: ViTCA's input channels (Tesfaldet et al.,
+                "Attention-based Neural Cellular Automata", NeurIPS 2022), so a denoiser keeps
+                seeing the corrupted picture it started from. ``0``: every channel updates.
         """
         if isinstance(update, ResidualUpdate):  # a hand-built pair that does not fit: one line, not dot_general's
             takes, makes = (update.hidden[0] if update.hidden else update.out).in_features, update.out.out_features
@@ -79,8 +84,16 @@ class NCA(nnx.Module):
         require(
             compact_cells in ("auto", True, False), f"compact_cells must be auto, true or false, got {compact_cells!r}"
         )
+        channels = perceive.num_channels
+        require(
+            is_integer(fixed_channels) and 0 <= fixed_channels <= channels - 4,
+            f"fixed_channels must be an integer from 0 to {channels - 4} (the channels after RGBA), "
+            f"got {fixed_channels!r}",
+        )
         if kernel == "pallas":
             missing = cannot_fuse(perceive, update, alive_threshold)
+            if missing is None and fixed_channels:
+                missing = f"every channel updated, not {fixed_channels} fixed input channels"
             require(missing is None, f"kernel=pallas needs {missing}")
         self.perceive = perceive
         self.update = update
@@ -88,6 +101,7 @@ class NCA(nnx.Module):
         self.manual_vjp = bool(manual_vjp)
         self.kernel = kernel
         self.compact_cells = compact_cells
+        self.fixed_channels = int(fixed_channels)
         require(
             compact_cells is not True or self.can_compact,
             "compact_cells=true needs kernel=xla and the residual update (its manual step VJP)",
@@ -169,12 +183,20 @@ class NCA(nnx.Module):
         if self.uses_manual_vjp:
             fire = self.update.fire_mask(key, state.shape[:-1])
             compact = self.compacts(math.prod(state.shape[:-1]))
-            return residual_step(self.perceive, self.update, self.alive_threshold, state, fire, compact=compact)
-        # Any other update: autodiff's reference path; residual_step computes the same formula.
-        new_state = self.update(state, self.perceive(state), key)
-        if self.alive_threshold is None:
+            new_state = residual_step(self.perceive, self.update, self.alive_threshold, state, fire, compact=compact)
+        else:  # any other update: autodiff's reference path; residual_step computes the same formula
+            new_state = self.update(state, self.perceive(state), key)
+            if self.alive_threshold is not None:
+                new_state = keep_living(new_state, alive_mask(state, self.alive_threshold), self.alive_threshold)[0]
+        return self._hold_input(new_state, state)
+
+    def _hold_input(self, new_state: jnp.ndarray, state: jnp.ndarray) -> jnp.ndarray:
+        """``new_state`` with the input channels of ``state`` (see ``fixed_channels``): the
+        step's change to them is dropped, and with it their share of the gradient."""
+        if not self.fixed_channels:
             return new_state
-        return keep_living(new_state, alive_mask(state, self.alive_threshold), self.alive_threshold)[0]
+        updated = self.num_channels - self.fixed_channels
+        return jnp.concatenate([new_state[..., :updated], state[..., updated:]], axis=-1)
 
     def rollout(
         self,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nca_lab.errors import ConfigError
 from nca_lab.nca import NCA
 from nca_lab.perceive.sobel import SobelPerceive
 from nca_lab.tasks.base import Batch
@@ -177,11 +178,43 @@ def test_a_bad_number_of_steps_is_one_line(model, seeds, num_steps):
 
 def test_a_hand_built_update_of_the_wrong_size_is_one_line():
     """It was a dot_general error 13 frames deep in flax, at the first step."""
-    from nca_lab.errors import ConfigError
-
     with pytest.raises(
         ConfigError, match=r"sized for perceptions of 32 features and 16 channels; the perceive gives 48"
     ):
         NCA(SobelPerceive(16), ResidualUpdate(32, 16, rngs=nnx.Rngs(0)))
     with pytest.raises(ConfigError, match=r"and 8 channels; the perceive gives 48 features of 16 channels"):
         NCA(SobelPerceive(16), ResidualUpdate(48, 8, rngs=nnx.Rngs(0)))
+
+
+def test_fixed_channels_are_perceived_and_never_changed():
+    """ViTCA's input channels: every step sees them, none changes them, and the output layer's
+    columns for them learn nothing (their change is dropped)."""
+    perceive = SobelPerceive(C)
+    update = ResidualUpdate(3 * C, C, hidden_sizes=[16], zero_init=False, rngs=nnx.Rngs(0))
+    held = NCA(perceive, update, alive_threshold=None, fixed_channels=2)
+    free = NCA(perceive, update, alive_threshold=None)
+    state = jax.random.uniform(jax.random.key(0), (2, 10, 10, C))
+    keys = jax.random.split(jax.random.key(1), 2)
+    final = held.rollout(state, keys, 6)[0]
+    np.testing.assert_array_equal(final[..., 6:], state[..., 6:])
+    assert not np.allclose(final[..., :6], state[..., :6])
+    np.testing.assert_array_equal(held.step(state, keys)[..., :6], free.step(state, keys)[..., :6])
+    other_input = held.rollout(state.at[..., 6:].set(0.0), keys, 6)[0]
+    assert not np.allclose(other_input[..., :6], final[..., :6])  # the input is perceived
+    grads = nnx.grad(lambda m: jnp.sum(m.rollout(state, keys, 6)[0] ** 2))(held)
+    out = np.asarray(grads["update"]["out"]["kernel"][...])
+    assert np.all(out[:, 6:] == 0.0) and np.all(np.any(out[:, :6] != 0.0, axis=0))
+
+
+@pytest.mark.parametrize("fixed", [-1, 5, 2.0, True])
+def test_fixed_channels_past_rgba_only(fixed):
+    update = ResidualUpdate(3 * C, C, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match=rf"^fixed_channels must be an integer from 0 to 4 .*got {fixed!r}$"):
+        NCA(SobelPerceive(C), update, fixed_channels=fixed)
+
+
+def test_the_fused_kernels_update_every_channel():
+    update = ResidualUpdate(48, 16, hidden_sizes=[32], rngs=nnx.Rngs(0))
+    assert NCA(SobelPerceive(16), update, kernel="pallas").uses_fused_kernel
+    with pytest.raises(ConfigError, match="^kernel=pallas needs every channel updated, not 4 fixed input channels$"):
+        NCA(SobelPerceive(16), update, kernel="pallas", fixed_channels=4)

@@ -100,6 +100,10 @@ def to_webgl8(model: NCA, source: str = "the model") -> list[dict]:
         f"{source}: the web demo masks cells at alpha {ALIVE_THRESHOLD}; this model "
         + ("has no alive masking" if model.alive_threshold is None else f"uses {model.alive_threshold}"),
     )
+    require(
+        not model.fixed_channels,
+        f"{source}: the web demo updates every channel; this model holds {model.fixed_channels} fixed (its input)",
+    )
     hidden, out = update.hidden[0], update.out
     w1, b1 = np.asarray(hidden.kernel[...], np.float32), np.asarray(hidden.bias[...], np.float32)
     step = np.float32(update.step_size)

@@ -29,8 +29,9 @@ ViTCA's zero-initialised output head; other default sizes (ViTCA's model class d
 head of width 32); no bias in the attention's output projection (ViTCA's has one); at the
 border, by default, a ring of cells of state ``padding`` (``padding="vitca"``: ViTCA's rule,
 zero keys and values off the grid, which stay in the softmax with score 0; only the cells on
-the border ring perceive differently). ViTCA also keeps the corrupted input in channels the
-update never changes; nca_lab's tasks write it into the updated state.
+the border ring perceive differently). ViTCA keeps the corrupted input in channels the update
+never changes: here ``task.fixed_input=true`` (diffusing, inpainting; ``NCA(fixed_channels=4)``),
+off by default; ViTCA's output channels start at 0.5 grey, nca_lab's at the corrupted input.
 """
 
 import math

@@ -40,6 +40,8 @@ class Task:
         num_channels: state channels ``C``.
         render_scale: pixels per cell in the rendered pictures.
         alive_threshold: alpha threshold of the alive mask, or ``None`` for no masking.
+        fixed_channels: the last channels, which hold the task's input and which the model
+            must never update (``NCA(fixed_channels=...)``; see :func:`with_input`).
         pool_size: states kept in a sample pool (0: every batch starts fresh).
         damage_n: pool samples damaged per batch (see :meth:`damage`).
     """
@@ -47,6 +49,7 @@ class Task:
     num_channels: int
     render_scale: int
     alive_threshold: float | None = ALIVE_THRESHOLD
+    fixed_channels: int = 0
     pool_size: int = 0
     damage_n: int = 0
 
@@ -80,6 +83,24 @@ class Task:
     def render(self, model: NCA, key: jax.Array, horizon: int) -> Rendering:
         """A rollout to show and a final picture, for a model trained on ``horizon`` steps."""
         raise NotImplementedError
+
+
+def input_channels(fixed_input: bool, num_channels: int) -> int:
+    """The fixed channels of a task whose ``fixed_input`` option keeps the corrupted RGBA in
+    each cell, as ViTCA does (Tesfaldet et al., NeurIPS 2022; :func:`with_input`): 4 or 0."""
+    require(
+        not fixed_input or int(num_channels) >= 8,
+        f"task.fixed_input needs num_channels of at least 8 (RGBA out, RGBA in), got {num_channels}",
+    )
+    return 4 if fixed_input else 0
+
+
+def with_input(state: jax.Array, fixed_channels: int) -> jax.Array:
+    """``state (..., H, W, C)`` whose last ``fixed_channels`` (4 or 0) channels are replaced by
+    a copy of its RGBA: the input the cell keeps, while its own RGBA starts from it too."""
+    if not fixed_channels:
+        return state
+    return jnp.concatenate([state[..., : state.shape[-1] - fixed_channels], state[..., :4]], axis=-1)
 
 
 def rgba_mse(state: jax.Array, target: jax.Array) -> jax.Array:

@@ -13,6 +13,11 @@ mix stays in [0, 1] without clipping), and ``noise="normal"`` gives unclipped st
 noise. CAX's example also trains another model another way (64 channels, hidden 256, 64-step
 rollouts, Adam 1e-3 with a linear decay, global-norm clipping, a target not premultiplied);
 here the model and trainer are nca_lab's defaults, those of the growing task.
+
+With ``fixed_input=True`` each cell also keeps the noised RGBA in its last 4 channels, which no
+step changes, as ViTCA keeps its input (Tesfaldet et al., "Attention-based Neural Cellular
+Automata", NeurIPS 2022); its output channels still start from the noised target (ViTCA's from
+0.5 grey).
 """
 
 from decimal import ROUND_HALF_UP, Decimal
@@ -26,7 +31,7 @@ from nca_lab.data.images import load_target
 from nca_lab.errors import numbers_of, require
 from nca_lab.nca import NCA, grow
 from nca_lab.render import rgba, tile, to_rgb, to_uint8
-from nca_lab.tasks.base import Batch, Rendering, Task, psnr, rgba_mse
+from nca_lab.tasks.base import Batch, Rendering, Task, input_channels, psnr, rgba_mse, with_input
 
 NOISES = ("uniform", "normal")
 
@@ -64,6 +69,7 @@ class DiffusingTask(Task):
         noise: str = "uniform",
         noise_range: tuple[float, float] = (0.0, 1.0),
         eval_levels: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+        fixed_input: bool = False,
         render_scale: int = 4,
     ):
         """Load the target and set the noise.
@@ -77,9 +83,12 @@ class DiffusingTask(Task):
                 ``"normal"`` (standard normal, as in diffusion models).
             noise_range: ``[low, high]``; each training sample draws ``a`` uniformly from it.
             eval_levels: the fixed ``a`` at which evaluation reports PSNR.
+            fixed_input: keep the noised RGBA in the last 4 channels too, unchanged by every
+                step (ViTCA's input channels; needs ``num_channels >= 8``).
             render_scale: pixels per cell in the rendered pictures.
         """
         super().__init__(num_channels, render_scale)
+        self.fixed_channels = input_channels(fixed_input, num_channels)
         require(noise in NOISES, f"task.noise must be one of {NOISES}, got {noise!r}")
         what = "[low, high] with 0 <= low <= high <= 1"
         low_high = numbers_of(noise_range, "task.noise_range", what)
@@ -105,8 +114,9 @@ class DiffusingTask(Task):
         self.eval_levels = levels
 
     def noisy_states(self, key: jax.Array, a: jax.Array) -> jax.Array:
-        """States ``(N, H, W, C)`` whose RGBA is the target corrupted at levels ``a (N,)``, hidden zero."""
-        return _noisy_states(key, self.target, a, self.num_channels, self.noise)
+        """States ``(N, H, W, C)`` whose RGBA is the target corrupted at levels ``a (N,)``, hidden
+        zero (with ``fixed_input``, but for the last 4 channels: the RGBA again)."""
+        return with_input(_noisy_states(key, self.target, a, self.num_channels, self.noise), self.fixed_channels)
 
     def sample(self, key: jax.Array, n: int) -> Batch:
         """``n`` noised targets, each at its own level ``a ~ U[noise_range]``."""

@@ -3,10 +3,11 @@
 Reference: after Tesfaldet et al., "Attention-based Neural Cellular Automata" (ViTCA),
 NeurIPS 2022, the MNIST denoising/inpainting experiments: a digit with a random pixel mask and
 optional square patches is written into the cells, which must reconstruct the hidden part;
-a sample pool (Mordvintsev et al., Distill 2020) keeps the reconstruction stable. Unlike
-ViTCA, the masked digit is written into the channels the NCA updates (ViTCA keeps it in
-input channels the update never changes), and the loss is the RGBA MSE of nca_lab's other
-tasks, not ViTCA's.
+a sample pool (Mordvintsev et al., Distill 2020) keeps the reconstruction stable. The masked
+digit is written into the channels the NCA updates; with ``fixed_input=True`` each cell also
+keeps it in its last 4 channels, which no step changes, as ViTCA keeps its input (ViTCA's
+output channels start from 0.5 grey, these from the masked digit). Unlike ViTCA, the loss is
+the RGBA MSE of nca_lab's other tasks.
 
 Channel layout (premultiplied RGBA, the convention of :mod:`nca_lab.render`): RGB hold the
 grey level of a visible pixel (the same value three times), alpha is 1 where the pixel is
@@ -29,7 +30,7 @@ from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
 from nca_lab.perceive.stencil import neighbours
 from nca_lab.render import rgba, tile, to_rgb, to_uint8
-from nca_lab.tasks.base import Batch, Rendering, Task, psnr, rgba_mse
+from nca_lab.tasks.base import Batch, Rendering, Task, input_channels, psnr, rgba_mse, with_input
 
 #: Background colour of pictures: where alpha is 0 (a hidden pixel), it shows through.
 HIDDEN_RGB = np.array([0.85, 0.1, 0.1], np.float32)
@@ -56,19 +57,21 @@ def inpainting_masks(
     return hidden
 
 
-@partial(jax.jit, static_argnames=("num_channels",))
-def masked_batch(images: jax.Array, hidden: jax.Array, num_channels: int) -> Batch:
+@partial(jax.jit, static_argnames=("num_channels", "fixed_channels"))
+def masked_batch(images: jax.Array, hidden: jax.Array, num_channels: int, fixed_channels: int = 0) -> Batch:
     """States and targets of digits ``images (N, H, W)`` in [0, 1] with ``hidden`` pixels removed.
 
     Targets are ``(N, H, W, 4)``: the grey level in RGB and alpha 1. States are
     ``(N, H, W, C)``: the target times the visibility (RGB premultiplied, alpha the
-    visibility), hidden channels zero.
+    visibility), hidden channels zero but for the last ``fixed_channels`` (4 or 0), which
+    hold that RGBA again (:func:`~nca_lab.tasks.base.with_input`).
     """
     grey = images[..., None]
     target = jnp.concatenate([grey, grey, grey, jnp.ones_like(grey)], axis=-1)
     visible = jnp.logical_not(hidden)[..., None].astype(target.dtype)
     hidden_channels = jnp.zeros((*images.shape, num_channels - 4), target.dtype)
-    return Batch(jnp.concatenate([target * visible, hidden_channels], axis=-1), target)
+    state = jnp.concatenate([target * visible, hidden_channels], axis=-1)
+    return Batch(with_input(state, fixed_channels), target)
 
 
 @jax.jit
@@ -110,6 +113,7 @@ class MnistInpaintingTask(Task):
         patch_size: int = 8,
         pool_size: int = 1024,
         eval_samples: int = 256,
+        fixed_input: bool = False,
         render_scale: int = 4,
     ):
         """Check the settings, then load both splits into host memory.
@@ -123,9 +127,12 @@ class MnistInpaintingTask(Task):
             patch_size: side of each patch in pixels.
             pool_size: states in the sample pool (0: every batch starts fresh).
             eval_samples: test digits evaluated (at most the test split's size).
+            fixed_input: keep the masked digit in the last 4 channels too, unchanged by every
+                step (ViTCA's input channels; needs ``num_channels >= 8``).
             render_scale: pixels per cell in the rendered pictures.
         """
         super().__init__(num_channels, render_scale)
+        self.fixed_channels = input_channels(fixed_input, num_channels)
         require(0.0 <= mask_ratio < 1.0, f"task.mask_ratio must be in [0, 1), got {mask_ratio}")
         require(int(patches) >= 0, f"task.patches must be non-negative, got {patches}")
         require(mask_ratio > 0.0 or int(patches) > 0, "nothing to inpaint: set task.mask_ratio > 0 or task.patches > 0")
@@ -169,7 +176,7 @@ class MnistInpaintingTask(Task):
         shape = jax.ShapeDtypeStruct((n, *self.grid_shape), jnp.uint8)
         images = jax.pure_callback(self._gather_train, shape, idx, vmap_method="expand_dims")  # any shape of idx
         images = images.astype(jnp.float32) / 255.0
-        return masked_batch(images, self.masks(mask_key, n), self.num_channels)
+        return masked_batch(images, self.masks(mask_key, n), self.num_channels, self.fixed_channels)
 
     def loss(self, state: jax.Array, target: jax.Array) -> jax.Array:
         """RGBA mean squared error per sample, over all pixels (visible ones must stay put)."""
@@ -179,7 +186,7 @@ class MnistInpaintingTask(Task):
         """The first ``n`` test digits (a fixed evaluation set), masks drawn with ``key``, their batch."""
         images = jnp.asarray(self._test[:n], jnp.float32) / 255.0
         hidden = self.masks(key, n)
-        return images, hidden, masked_batch(images, hidden, self.num_channels)
+        return images, hidden, masked_batch(images, hidden, self.num_channels, self.fixed_channels)
 
     def evaluate(self, model: NCA, key: jax.Array, horizon: int) -> dict[str, float]:
         """MSE and PSNR on the hidden pixels of the first ``eval_samples`` test digits, against two baselines.

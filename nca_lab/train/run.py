@@ -61,8 +61,9 @@ def seed_keys(seed: int) -> SeedKeys:
     return SeedKeys(update, run, jax.random.fold_in(update, PERCEIVE_STREAM))
 
 
-def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
-    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``, ``compact_cells``)."""
+def build_model(cfg: DictConfig, alive_threshold: float | None, fixed_channels: int = 0) -> NCA:
+    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``,
+    ``compact_cells``) for a task with ``alive_threshold`` and ``fixed_channels`` (its own)."""
     channels = cfg.num_channels
     seed = cfg.seed
     require(is_integer(seed) and seed in SEEDS, f"seed must be an integer from 0 to {SEEDS[-1]}, got {seed!r}")
@@ -78,7 +79,12 @@ def build_model(cfg: DictConfig, alive_threshold: float | None) -> NCA:
     )
     _check_next_state(update, channels, perception_size)
     return NCA(
-        perceive, update, alive_threshold=alive_threshold, kernel=str(cfg.kernel), compact_cells=cfg.compact_cells
+        perceive,
+        update,
+        alive_threshold=alive_threshold,
+        kernel=str(cfg.kernel),
+        compact_cells=cfg.compact_cells,
+        fixed_channels=fixed_channels,
     )
 
 
@@ -133,7 +139,7 @@ def load_model(path: str | Path, step: int | None = None):
     config = OmegaConf.merge(added_later, _saved_config(checkpointer, meta))
     if jax.default_backend() != "gpu":
         config.kernel = "xla"
-    model = build_model(config, alive_threshold=meta.get("alive_threshold"))
+    model = build_model(config, meta.get("alive_threshold"), meta.get("fixed_channels", 0))
     # a mismatch here: Trainer.fit was given the config= of another model
     checkpointer.restore_model(model, step, model_from="the config saved with it")
     return model
@@ -170,7 +176,7 @@ def build(cfg: DictConfig) -> tuple:
     with config_errors("trainer"):
         trainer = instantiate_plain(cfg.trainer)
     trainer.check(task)
-    model = build_model(cfg, task.alive_threshold)  # the model last: initialising it compiles
+    model = build_model(cfg, task.alive_threshold, task.fixed_channels)  # the model last: initialising it compiles
     if not model.uses_manual_vjp:
         print(
             f"note: {type(model.update).__name__} trains by autodiff of its step, on every cell; the manual "

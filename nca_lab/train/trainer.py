@@ -231,6 +231,11 @@ class Trainer:
         every process (open a run on process 0 only).
         """
         _require_json(config)
+        require(
+            model.fixed_channels == task.fixed_channels,
+            f"the task keeps its input in the last {task.fixed_channels} channels, unchanged, and the model holds "
+            f"{model.fixed_channels} fixed: build it with NCA(..., fixed_channels=task.fixed_channels)",
+        )
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         main = multihost.is_main_process()
@@ -260,6 +265,7 @@ class Trainer:
         metadata = {
             "config": config or {},
             "alive_threshold": model.alive_threshold,
+            "fixed_channels": model.fixed_channels,
             "wandb_run_id": logger.run_id,  # any logger's run id (the name of the first, kept for saved runs)
             "grid": grid,  # for grow
             "horizon": self.horizon,

@@ -102,6 +102,10 @@ def other_models() -> dict[str, tuple[NCA, str]]:
             NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=rngs), alive_threshold=None),
             "this model has no alive masking",
         ),
+        "fixed input": (
+            NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=rngs), fixed_channels=4),
+            "the web demo updates every channel; this model holds 4 fixed (its input)",
+        ),
     }
 
 

@@ -68,6 +68,17 @@ def test_random_length_remat_and_unroll():
     assert_same(fast, reference, start(), keys, steps=6, active_steps=jnp.int32(4), remat=True, unroll=2)
 
 
+@pytest.mark.parametrize("compact", [False, True], ids=["dense", "active_cells"])
+def test_fixed_input_channels(compact):
+    """``fixed_channels`` (ViTCA's input) holds on the fast paths as on the reference one."""
+    perceive = SobelPerceive(C)
+    update = ResidualUpdate(perceive.out_features, C, hidden_sizes=(16,), zero_init=False, rngs=nnx.Rngs(1))
+    fast = NCA(perceive, update, alive_threshold=None, fixed_channels=4, compact_cells=compact)
+    reference = NCA(perceive, update, alive_threshold=None, fixed_channels=4, manual_vjp=False)
+    assert fast.compacts(10 * 10) == compact
+    assert_same(fast, reference, start(), jax.random.split(jax.random.key(5), 3))
+
+
 @pytest.mark.parametrize(
     "perceive",
     [

@@ -91,7 +91,9 @@ def smoke_overrides(task: str, mnist_root: Path) -> list[str]:
     """Overrides for a 2-step run of ``task`` on a tiny grid."""
     if task == "mnist_inpainting":
         sizes = [o for o in TINY if not o.startswith("task.")]
-        return [*sizes, f"task.data_root={mnist_root}", "task.pool_size=4", "task.eval_samples=4"]
+        # ViTCA's input channels, trained end to end here (test_mnist_inpainting checks them)
+        data = [f"task.data_root={mnist_root}", "task.pool_size=4", "task.eval_samples=4"]
+        return [*sizes, *data, "task.fixed_input=true"]
     extra = ["task.pool_size=4", "task.damage_n=1"] if task == "regenerating" else []
     return [*tiny_for_task(task), *extra]
 

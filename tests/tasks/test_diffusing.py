@@ -161,11 +161,25 @@ def test_the_final_picture_shows_the_inputs_and_the_states_at_the_horizon(task, 
         ({"eval_levels": ()}, "eval_levels"),
         ({"eval_levels": (0.25, 0.251)}, r"must differ in percent"),  # both psnr_a25: one was lost
         ({"render_scale": 0}, "render_scale"),
+        ({"fixed_input": True}, r"^task\.fixed_input needs num_channels of at least 8 \(RGBA out, RGBA in\), got 6$"),
     ],
 )
 def test_bad_settings_are_config_errors(option, message):
     with pytest.raises(ConfigError, match=message):
         DiffusingTask(6, target_size=8, padding=2, **option)
+
+
+def test_fixed_input_keeps_the_noised_rgba_in_the_last_channels():
+    """ViTCA's input channels: the cells start from the noised target and keep it in channels 4-7
+    of 8 (the model holds them: ``NCA(fixed_channels=task.fixed_channels)``)."""
+    kept = DiffusingTask(8, target_size=8, padding=2, fixed_input=True)
+    plain = DiffusingTask(8, target_size=8, padding=2)
+    assert (kept.fixed_channels, plain.fixed_channels) == (4, 0)
+    key = jax.random.key(2)
+    states, plain_states = (np.asarray(t.sample(key, 3).state) for t in (kept, plain))
+    np.testing.assert_array_equal(states[..., :4], plain_states[..., :4])
+    np.testing.assert_array_equal(states[..., 4:], states[..., :4])
+    assert np.all(plain_states[..., 4:] == 0.0) and np.any(states[..., 4:] != 0.0)
 
 
 def test_levels_and_ranges_may_be_arrays():

@@ -18,7 +18,7 @@ from nca_lab.tasks.mnist_inpainting import (
     masked_mse,
     neighbour_fill,
 )
-from nca_lab.train.run import build
+from nca_lab.train.run import build, load_model
 
 from nca_testing import run_cli
 
@@ -42,10 +42,18 @@ def test_cli_smoke_run(smoke_runs):
 
 
 def test_grow_starts_an_inpainting_run_from_a_masked_digit(smoke_runs):
+    """The smoke run trains with ``task.fixed_input=true``: its model holds the masked digit in
+    channels 12-15, also when ``grow --damage`` cuts a hole into the others."""
     run_dir = smoke_runs(TASK).run_dir
     assert grow_cli.default_start(str(run_dir)) == "task"
     state = grow_cli.task_sample(str(run_dir), jax.random.key(0))
     assert state.shape == (12, 12, 16) and np.count_nonzero(state[..., 3]) > 1  # a digit, not the seed's one cell
+    np.testing.assert_array_equal(state[..., 12:], state[..., :4])
+    model = load_model(run_dir)
+    assert model.fixed_channels == 4
+    final, frames = grow_cli.grow_from(model, state, 4, jax.random.key(1), damage=True)
+    np.testing.assert_array_equal(final[..., 12:], state[..., 12:])
+    assert np.count_nonzero(frames[3][..., 3]) < np.count_nonzero(frames[2][..., 3])  # the hole: alpha cut
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.5, 0.9])
@@ -83,6 +91,9 @@ def test_channel_layout():
     assert np.all(state[..., 0] == state[..., 2]) and np.all(state[..., 4:] == 0)
     np.testing.assert_allclose(target[0, :, :, 1], np.asarray(images[0]))
     assert np.all(target[..., 3] == 1.0)
+    kept = np.asarray(masked_batch(images, hidden, 8, fixed_channels=4).state)
+    np.testing.assert_array_equal(kept[..., :4], state[..., :4])
+    np.testing.assert_array_equal(kept[..., 4:], kept[..., :4])  # the input, kept in the last 4
 
 
 def test_neighbour_fill_averages_visible_neighbours():

@@ -92,6 +92,17 @@ def test_checkpoints_keep_the_models_alive_threshold(tmp_path):
     assert RunCheckpointer(tmp_path / "checkpoints", create=False).metadata()["alive_threshold"] == 0.2
 
 
+def test_a_model_that_would_update_the_tasks_input_is_refused(tmp_path):
+    """A task with ``fixed_input`` keeps its input in the last channels; a model that updates
+    them (built by hand for it) would learn to overwrite what it is meant to keep seeing."""
+    task, model, trainer = tiny("task=diffusing", "task.fixed_input=true")
+    assert task.fixed_channels == model.fixed_channels == 4
+    model.fixed_channels = 0
+    with pytest.raises(ConfigError, match=r"keeps its input in the last 4 channels.*NCA\(\.\.\., fixed_channels="):
+        trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_seeds_streams_share_no_bits():
     """The update's and the perceive's weight keys and the training keys are all different."""
     keys = seed_keys(0)
