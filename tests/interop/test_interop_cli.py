@@ -118,6 +118,26 @@ def test_damage_cuts_a_hole_that_regrows():
     assert alive[1] < 0.85 * alive[0] and alive[2] > 0.95 * alive[0], alive
 
 
+def test_the_hole_is_cut_where_cells_live_at_the_models_threshold():
+    """``grow --damage`` bites into what lives by the model's alive threshold (the paper's 0.1
+    for a model without one), and leaves a model's fixed input channels."""
+    state = np.zeros((20, 20, 8), np.float32)
+    state[2:6, 2:6] = 0.5  # lives at 0.1 and at 0.3
+    state[10:18, 10:18] = 0.2  # lives at 0.1 only
+    high = read_model(WEBGL8)
+    high.alive_threshold = 0.3
+    low = read_model(WEBGL8)
+    low.alive_threshold = None
+    assert (grow_cli.living_threshold(high), grow_cli.living_threshold(low)) == (0.3, 0.1)
+    small = grow_cli.cut_hole(state, grow_cli.living_threshold(high))  # box 2-5: a disc of radius 1 at 3.5
+    assert np.all(small[3:5, 3:5] == 0.0) and np.all(small[10:18, 10:18] == 0.2) and small[2, 2, 0] == 0.5
+    large = grow_cli.cut_hole(state, grow_cli.living_threshold(low))  # box 2-17: radius 3.75 at 9.5
+    assert np.all(large[12, 10:13] == 0.0) and np.all(large[2:6, 2:6] == 0.5)
+    kept = grow_cli.cut_hole(state, 0.1, fixed_channels=2)
+    np.testing.assert_array_equal(kept[..., :6], large[..., :6])
+    np.testing.assert_array_equal(kept[..., 6:], state[..., 6:])
+
+
 def test_same_seed_same_result(tmp_path):
     finals = []
     for name in ("a", "b"):
