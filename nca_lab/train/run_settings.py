@@ -25,19 +25,25 @@ from nca_lab.run_files import RESOLVED_CONFIG, SUMMARY
 #: which only say where data is and how results are evaluated and shown.
 RUN_DEFINING = ("seed", "num_channels", "perceive", "update", "task")
 FREE_ON_RESUME = ("task.data_root", "task.download", "task.eval_samples", "task.eval_levels", "task.render_scale")
+#: Run-defining options added to nca_lab after runs were saved, with the value those runs trained
+#: with: a saved config without one is compared as if it held that value.
+ADDED_LATER = {("task", "fixed_input"): False}
 
 
 def setting_changes(saved: dict, config: dict) -> str:
     """The :data:`RUN_DEFINING` settings in which ``config`` differs from ``saved``, as text ("" if none).
 
     Settings only one of the two configs has (options added to nca_lab since ``saved`` was
-    written) are not compared.
+    written, or another task's) are not compared, but for :data:`ADDED_LATER`'s: a run saved
+    before ``task.fixed_input`` existed trained without it.
     """
+    saved = {k: saved[k] for k in RUN_DEFINING if k in saved}
+    for (group, name), value in ADDED_LATER.items():
+        if isinstance(saved.get(group), dict) and name in config.get(group, {}):
+            saved[group] = {name: value, **saved[group]}
     changes = [
         f"{key}: {old!r} -> {new!r}"
-        for key, old, new in _differences(
-            {k: saved[k] for k in RUN_DEFINING if k in saved}, {k: config[k] for k in RUN_DEFINING if k in config}
-        )
+        for key, old, new in _differences(saved, {k: config[k] for k in RUN_DEFINING if k in config})
         if key not in FREE_ON_RESUME
     ]
     more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""

@@ -341,11 +341,18 @@ class Trainer:
             if self.init_from:
                 RunCheckpointer.find(self.init_from).restore_model(model, model_from="this config")
             return 0, fresh_pool(), train_key, {}
-        trained_on = source.metadata().get("grid", grid)  # another task's grid (a notebook's) carried on silently
+        meta = source.metadata()
+        trained_on = meta.get("grid", grid)  # another task's grid (a notebook's) carried on silently
         require(
             trained_on == grid,
             f"{source.directory}: trained on a {trained_on[0]}x{trained_on[1]} grid, this task's is "
             f"{grid[0]}x{grid[1]}: resume it with its own task, or train a new run dir from its weights",
+        )
+        held = meta.get("fixed_channels", 0)  # runs saved before fixed_channels held none
+        require(
+            held == model.fixed_channels,
+            f"{source.directory}: trained holding {held} input channels fixed, this model holds "
+            f"{model.fixed_channels}: resume it with its own task, or train a new run dir from its weights",
         )
         # the saved pool replaces a fresh one, of which only the shapes are needed
         start, pool, train_key, saved = source.restore(model, optimizer, jax.eval_shape(fresh_pool))

@@ -22,3 +22,16 @@ def test_what_the_run_learns_may_not():
     assert setting_changes(saved, changed) == (
         "perceive.angle: 0.0 -> 0.5; seed: 0 -> 1; task.mask_ratio: 0.5 -> 0.25 and 1 more"
     )
+
+
+def test_a_run_saved_before_an_option_existed_trained_without_it():
+    """``task.fixed_input`` came later: a run saved before it is resumed or skipped only without it."""
+    saved = config_of()
+    del saved["task"]["fixed_input"]
+    assert setting_changes(saved, config_of("task.fixed_input=true")) == "task.fixed_input: False -> True"
+    assert setting_changes(saved, config_of()) == ""
+    added_elsewhere = config_of()
+    del added_elsewhere["num_channels"]  # one that came later without a value for older runs: not compared
+    assert setting_changes(added_elsewhere, config_of("num_channels=24")) == ""
+    growing = OmegaConf.to_container(compose("task=growing"), resolve=True)
+    assert "fixed_input" not in growing["task"] and setting_changes(growing, growing) == ""
