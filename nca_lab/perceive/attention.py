@@ -31,7 +31,8 @@ border, by default, a ring of cells of state ``padding`` (``padding="vitca"``: V
 zero keys and values off the grid, which stay in the softmax with score 0; only the cells on
 the border ring perceive differently). ViTCA keeps the corrupted input in channels the update
 never changes: here ``task.fixed_input=true`` (diffusing, inpainting; ``NCA(fixed_channels=4)``),
-off by default; ViTCA's output channels start at 0.5 grey, nca_lab's at the corrupted input.
+off by default; its output starts at the corrupted input, or at ViTCA's 0.5 grey with
+``task.output_init=grey``.
 """
 
 import math

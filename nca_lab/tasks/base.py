@@ -85,22 +85,42 @@ class Task:
         raise NotImplementedError
 
 
-def input_channels(fixed_input: bool, num_channels: int) -> int:
+#: What a task with ``fixed_input`` starts its cells' RGBA at (``task.output_init``).
+OUTPUT_INITS = ("input", "grey")
+
+
+def input_channels(fixed_input: bool, num_channels: int, output_init: str = "input") -> int:
     """The fixed channels of a task whose ``fixed_input`` option keeps the corrupted RGBA in
     each cell, as ViTCA does (Tesfaldet et al., NeurIPS 2022; :func:`with_input`): 4 or 0."""
     require(
         not fixed_input or int(num_channels) >= 8,
         f"task.fixed_input needs num_channels of at least 8 (RGBA out, RGBA in), got {num_channels}",
     )
+    require(output_init in OUTPUT_INITS, f"task.output_init must be one of {OUTPUT_INITS}, got {output_init!r}")
+    require(
+        fixed_input or output_init == "input",
+        f"task.output_init={output_init} needs task.fixed_input=true: else no cell would see its input",
+    )
     return 4 if fixed_input else 0
 
 
-def with_input(state: jax.Array, fixed_channels: int) -> jax.Array:
+def with_input(state: jax.Array, fixed_channels: int, output_init: str = "input") -> jax.Array:
     """``state (..., H, W, C)`` whose last ``fixed_channels`` (4 or 0) channels are replaced by
-    a copy of its RGBA: the input the cell keeps, while its own RGBA starts from it too."""
+    a copy of its RGBA, the input the cell keeps; its own RGBA starts from that input, or opaque
+    mid-grey (``output_init="grey"``: RGB 0.5, alpha 1; ViTCA's constant start, a 0.5 grey
+    image, so only the kept input tells the cells what they were given)."""
     if not fixed_channels:
         return state
-    return jnp.concatenate([state[..., : state.shape[-1] - fixed_channels], state[..., :4]], axis=-1)
+    rgba = state[..., :4]
+    grey = jnp.broadcast_to(jnp.asarray([0.5, 0.5, 0.5, 1.0], rgba.dtype), rgba.shape)
+    start = grey if output_init == "grey" else rgba
+    return jnp.concatenate([start, state[..., 4 : state.shape[-1] - fixed_channels], rgba], axis=-1)
+
+
+def input_of(state: jax.Array, fixed_channels: int) -> jax.Array:
+    """The RGBA the cells of states made by :func:`with_input` were given: what evaluation
+    compares against and pictures show as the input."""
+    return state[..., state.shape[-1] - fixed_channels :] if fixed_channels else state[..., :4]
 
 
 def rgba_mse(state: jax.Array, target: jax.Array) -> jax.Array:

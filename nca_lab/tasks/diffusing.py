@@ -16,8 +16,8 @@ here the model and trainer are nca_lab's defaults, those of the growing task.
 
 With ``fixed_input=True`` each cell also keeps the noised RGBA in its last 4 channels, which no
 step changes, as ViTCA keeps its input (Tesfaldet et al., "Attention-based Neural Cellular
-Automata", NeurIPS 2022); its output channels still start from the noised target (ViTCA's from
-0.5 grey).
+Automata", NeurIPS 2022); its RGBA starts from the noised target, or with ``output_init="grey"``
+at opaque mid-grey (RGB 0.5), ViTCA's constant start.
 """
 
 from decimal import ROUND_HALF_UP, Decimal
@@ -31,7 +31,7 @@ from nca_lab.data.images import load_target
 from nca_lab.errors import numbers_of, require
 from nca_lab.nca import NCA, grow
 from nca_lab.render import rgba, tile, to_rgb, to_uint8
-from nca_lab.tasks.base import Batch, Rendering, Task, input_channels, psnr, rgba_mse, with_input
+from nca_lab.tasks.base import Batch, Rendering, Task, input_channels, input_of, psnr, rgba_mse, with_input
 
 NOISES = ("uniform", "normal")
 
@@ -70,6 +70,7 @@ class DiffusingTask(Task):
         noise_range: tuple[float, float] = (0.0, 1.0),
         eval_levels: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
         fixed_input: bool = False,
+        output_init: str = "input",
         render_scale: int = 4,
     ):
         """Load the target and set the noise.
@@ -85,10 +86,13 @@ class DiffusingTask(Task):
             eval_levels: the fixed ``a`` at which evaluation reports PSNR.
             fixed_input: keep the noised RGBA in the last 4 channels too, unchanged by every
                 step (ViTCA's input channels; needs ``num_channels >= 8``).
+            output_init: with ``fixed_input``, what the RGBA starts at: ``"input"`` (the
+                noised target) or ``"grey"`` (opaque, RGB 0.5: ViTCA's constant start).
             render_scale: pixels per cell in the rendered pictures.
         """
         super().__init__(num_channels, render_scale)
-        self.fixed_channels = input_channels(fixed_input, num_channels)
+        self.fixed_channels = input_channels(fixed_input, num_channels, output_init)
+        self.output_init = output_init
         require(noise in NOISES, f"task.noise must be one of {NOISES}, got {noise!r}")
         what = "[low, high] with 0 <= low <= high <= 1"
         low_high = numbers_of(noise_range, "task.noise_range", what)
@@ -115,8 +119,10 @@ class DiffusingTask(Task):
 
     def noisy_states(self, key: jax.Array, a: jax.Array) -> jax.Array:
         """States ``(N, H, W, C)`` whose RGBA is the target corrupted at levels ``a (N,)``, hidden
-        zero (with ``fixed_input``, but for the last 4 channels: the RGBA again)."""
-        return with_input(_noisy_states(key, self.target, a, self.num_channels, self.noise), self.fixed_channels)
+        zero (with ``fixed_input``, but for the last 4 channels: the noised RGBA, kept; see
+        :func:`~nca_lab.tasks.base.with_input`)."""
+        noisy = _noisy_states(key, self.target, a, self.num_channels, self.noise)
+        return with_input(noisy, self.fixed_channels, self.output_init)
 
     def sample(self, key: jax.Array, n: int) -> Batch:
         """``n`` noised targets, each at its own level ``a ~ U[noise_range]``."""
@@ -147,7 +153,7 @@ class DiffusingTask(Task):
         a, noisy = self._levels(noise_key, n)
         restored, _ = grow(model, noisy, jax.random.split(rollout_key, a.shape[0]), horizon)
         target = np.asarray(self.target)
-        shown = {"psnr": np.asarray(restored)[..., :4], "psnr_input": np.asarray(noisy)[..., :4]}
+        shown = {"psnr": np.asarray(restored)[..., :4], "psnr_input": np.asarray(input_of(noisy, self.fixed_channels))}
         metrics = {}
         for i, name in enumerate(self.level_names):
             for prefix, states in shown.items():
@@ -169,6 +175,8 @@ class DiffusingTask(Task):
         frames = to_uint8(to_rgb(np.asarray(frames)), scale)
         gif = np.stack([tile(list(f)) for f in frames])
         target = to_uint8(to_rgb(np.asarray(self.target)), scale)
+        # the inputs: frame 0, unless it starts grey
+        inputs = to_uint8(to_rgb(np.asarray(input_of(noisy, self.fixed_channels))), scale)
         columns = len(self.eval_levels) + 1
-        final = tile([target, *frames[0], target, *frames[horizon]], columns=columns)
+        final = tile([target, *inputs, target, *frames[horizon]], columns=columns)
         return Rendering(frames=gif, final=final)

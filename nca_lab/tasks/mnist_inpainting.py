@@ -1,13 +1,13 @@
 """Inpainting MNIST digits: the NCA fills in the pixels a random mask hides.
 
-Reference: after Tesfaldet et al., "Attention-based Neural Cellular Automata" (ViTCA),
-NeurIPS 2022, the MNIST denoising/inpainting experiments: a digit with a random pixel mask and
-optional square patches is written into the cells, which must reconstruct the hidden part;
-a sample pool (Mordvintsev et al., Distill 2020) keeps the reconstruction stable. The masked
-digit is written into the channels the NCA updates; with ``fixed_input=True`` each cell also
-keeps it in its last 4 channels, which no step changes, as ViTCA keeps its input (ViTCA's
-output channels start from 0.5 grey, these from the masked digit). Unlike ViTCA, the loss is
-the RGBA MSE of nca_lab's other tasks.
+Reference: after Tesfaldet et al., "Attention-based Neural Cellular Automata" (ViTCA), NeurIPS
+2022, the MNIST denoising/inpainting experiments: a digit with a random pixel mask and optional
+square patches is written into the cells, which must reconstruct the hidden part; a sample pool
+(Mordvintsev et al., Distill 2020) keeps the reconstruction stable. The masked digit is written
+into the channels the NCA updates; with ``fixed_input=True`` each cell also keeps it in its last
+4 channels, which no step changes, as ViTCA keeps its input, and with ``output_init="grey"`` the
+updated RGBA starts at opaque mid-grey (RGB 0.5) instead (ViTCA's constant start). Unlike ViTCA,
+the loss is the RGBA MSE of nca_lab's other tasks.
 
 Channel layout (premultiplied RGBA, the convention of :mod:`nca_lab.render`): RGB hold the
 grey level of a visible pixel (the same value three times), alpha is 1 where the pixel is
@@ -30,7 +30,7 @@ from nca_lab.errors import require
 from nca_lab.nca import NCA, grow
 from nca_lab.perceive.stencil import neighbours
 from nca_lab.render import rgba, tile, to_rgb, to_uint8
-from nca_lab.tasks.base import Batch, Rendering, Task, input_channels, psnr, rgba_mse, with_input
+from nca_lab.tasks.base import Batch, Rendering, Task, input_channels, input_of, psnr, rgba_mse, with_input
 
 #: Background colour of pictures: where alpha is 0 (a hidden pixel), it shows through.
 HIDDEN_RGB = np.array([0.85, 0.1, 0.1], np.float32)
@@ -57,21 +57,23 @@ def inpainting_masks(
     return hidden
 
 
-@partial(jax.jit, static_argnames=("num_channels", "fixed_channels"))
-def masked_batch(images: jax.Array, hidden: jax.Array, num_channels: int, fixed_channels: int = 0) -> Batch:
+@partial(jax.jit, static_argnames=("num_channels", "fixed_channels", "output_init"))
+def masked_batch(
+    images: jax.Array, hidden: jax.Array, num_channels: int, fixed_channels: int = 0, output_init: str = "input"
+) -> Batch:
     """States and targets of digits ``images (N, H, W)`` in [0, 1] with ``hidden`` pixels removed.
 
     Targets are ``(N, H, W, 4)``: the grey level in RGB and alpha 1. States are
     ``(N, H, W, C)``: the target times the visibility (RGB premultiplied, alpha the
     visibility), hidden channels zero but for the last ``fixed_channels`` (4 or 0), which
-    hold that RGBA again (:func:`~nca_lab.tasks.base.with_input`).
+    hold that RGBA again, kept (:func:`~nca_lab.tasks.base.with_input`, as is ``output_init``).
     """
     grey = images[..., None]
     target = jnp.concatenate([grey, grey, grey, jnp.ones_like(grey)], axis=-1)
     visible = jnp.logical_not(hidden)[..., None].astype(target.dtype)
     hidden_channels = jnp.zeros((*images.shape, num_channels - 4), target.dtype)
     state = jnp.concatenate([target * visible, hidden_channels], axis=-1)
-    return Batch(with_input(state, fixed_channels), target)
+    return Batch(with_input(state, fixed_channels, output_init), target)
 
 
 @jax.jit
@@ -114,6 +116,7 @@ class MnistInpaintingTask(Task):
         pool_size: int = 1024,
         eval_samples: int = 256,
         fixed_input: bool = False,
+        output_init: str = "input",
         render_scale: int = 4,
     ):
         """Check the settings, then load both splits into host memory.
@@ -129,10 +132,13 @@ class MnistInpaintingTask(Task):
             eval_samples: test digits evaluated (at most the test split's size).
             fixed_input: keep the masked digit in the last 4 channels too, unchanged by every
                 step (ViTCA's input channels; needs ``num_channels >= 8``).
+            output_init: with ``fixed_input``, what the RGBA starts at: ``"input"`` (the
+                masked digit) or ``"grey"`` (opaque, RGB 0.5: ViTCA's constant start).
             render_scale: pixels per cell in the rendered pictures.
         """
         super().__init__(num_channels, render_scale)
-        self.fixed_channels = input_channels(fixed_input, num_channels)
+        self.fixed_channels = input_channels(fixed_input, num_channels, output_init)
+        self.output_init = output_init
         require(0.0 <= mask_ratio < 1.0, f"task.mask_ratio must be in [0, 1), got {mask_ratio}")
         require(int(patches) >= 0, f"task.patches must be non-negative, got {patches}")
         require(mask_ratio > 0.0 or int(patches) > 0, "nothing to inpaint: set task.mask_ratio > 0 or task.patches > 0")
@@ -176,7 +182,7 @@ class MnistInpaintingTask(Task):
         shape = jax.ShapeDtypeStruct((n, *self.grid_shape), jnp.uint8)
         images = jax.pure_callback(self._gather_train, shape, idx, vmap_method="expand_dims")  # any shape of idx
         images = images.astype(jnp.float32) / 255.0
-        return masked_batch(images, self.masks(mask_key, n), self.num_channels, self.fixed_channels)
+        return masked_batch(images, self.masks(mask_key, n), self.num_channels, self.fixed_channels, self.output_init)
 
     def loss(self, state: jax.Array, target: jax.Array) -> jax.Array:
         """RGBA mean squared error per sample, over all pixels (visible ones must stay put)."""
@@ -186,7 +192,7 @@ class MnistInpaintingTask(Task):
         """The first ``n`` test digits (a fixed evaluation set), masks drawn with ``key``, their batch."""
         images = jnp.asarray(self._test[:n], jnp.float32) / 255.0
         hidden = self.masks(key, n)
-        return images, hidden, masked_batch(images, hidden, self.num_channels, self.fixed_channels)
+        return images, hidden, masked_batch(images, hidden, self.num_channels, self.fixed_channels, self.output_init)
 
     def evaluate(self, model: NCA, key: jax.Array, horizon: int) -> dict[str, float]:
         """MSE and PSNR on the hidden pixels of the first ``eval_samples`` test digits, against two baselines.
@@ -201,7 +207,7 @@ class MnistInpaintingTask(Task):
         final, _ = grow(model, batch.state, jax.random.split(rollout_key, self.eval_samples), horizon)
         predictions = {
             "": read_out(final),
-            "_masked_input": read_out(batch.state),
+            "_masked_input": read_out(input_of(batch.state, self.fixed_channels)),
             "_neighbour_fill": neighbour_fill(images, hidden),
         }
         metrics = {}
@@ -225,5 +231,7 @@ class MnistInpaintingTask(Task):
         scale = self.render_scale
         frames = to_uint8(to_rgb(frames, HIDDEN_RGB), scale)
         target = to_uint8(to_rgb(batch.target, HIDDEN_RGB), scale)
+        # the inputs: frame 0, unless it starts grey
+        inputs = to_uint8(to_rgb(input_of(batch.state, self.fixed_channels), HIDDEN_RGB), scale)
         gif = np.stack([tile(list(f)) for f in frames])
-        return Rendering(frames=gif, final=tile([*frames[0], *frames[horizon], *target], columns=n))
+        return Rendering(frames=gif, final=tile([*inputs, *frames[horizon], *target], columns=n))

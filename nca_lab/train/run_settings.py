@@ -27,7 +27,7 @@ RUN_DEFINING = ("seed", "num_channels", "perceive", "update", "task")
 FREE_ON_RESUME = ("task.data_root", "task.download", "task.eval_samples", "task.eval_levels", "task.render_scale")
 #: Run-defining options added to nca_lab after runs were saved, with the value those runs trained
 #: with: a saved config without one is compared as if it held that value.
-ADDED_LATER = {("task", "fixed_input"): False}
+ADDED_LATER = {("task", "fixed_input"): False, ("task", "output_init"): "input"}
 
 
 def setting_changes(saved: dict, config: dict) -> str:

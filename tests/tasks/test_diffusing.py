@@ -162,6 +162,8 @@ def test_the_final_picture_shows_the_inputs_and_the_states_at_the_horizon(task, 
         ({"eval_levels": (0.25, 0.251)}, r"must differ in percent"),  # both psnr_a25: one was lost
         ({"render_scale": 0}, "render_scale"),
         ({"fixed_input": True}, r"^task\.fixed_input needs num_channels of at least 8 \(RGBA out, RGBA in\), got 6$"),
+        ({"output_init": "grey"}, r"^task\.output_init=grey needs task\.fixed_input=true: else no cell would see its"),
+        ({"output_init": "black"}, r"^task\.output_init must be one of \('input', 'grey'\)"),
     ],
 )
 def test_bad_settings_are_config_errors(option, message):
@@ -180,6 +182,27 @@ def test_fixed_input_keeps_the_noised_rgba_in_the_last_channels():
     np.testing.assert_array_equal(states[..., :4], plain_states[..., :4])
     np.testing.assert_array_equal(states[..., 4:], states[..., :4])
     assert np.all(plain_states[..., 4:] == 0.0) and np.any(states[..., 4:] != 0.0)
+
+
+def test_a_grey_start_is_scored_and_shown_against_the_kept_input(tiny_nca):
+    """ViTCA's constant start: the RGBA starts at 0.5, the noised target is only in the kept
+    channels; the do-nothing baseline and the pictures' input row are still the noised target."""
+    kept = DiffusingTask(8, target_size=8, padding=2, fixed_input=True)
+    grey = DiffusingTask(8, target_size=8, padding=2, fixed_input=True, output_init="grey")
+    key = jax.random.key(3)
+    states, grey_states = (np.asarray(t.sample(key, 2).state) for t in (kept, grey))
+    assert np.all(grey_states[..., :3] == 0.5) and np.all(grey_states[..., 3] == 1.0)  # opaque mid-grey
+    np.testing.assert_array_equal(grey_states[..., 4:], states[..., 4:])
+    model = tiny_nca(8, None)  # the identity
+    model.fixed_channels = 4
+    metrics, grey_metrics = (t.evaluate(model, key, horizon=2, n=2) for t in (kept, grey))
+    for level in LEVELS:
+        assert grey_metrics[f"psnr_input_{level}"] == metrics[f"psnr_input_{level}"]
+        assert grey_metrics[f"psnr_{level}"] != pytest.approx(metrics[f"psnr_{level}"], rel=1e-3)
+    pictures = [t.render(model, key, horizon=2).final for t in (kept, grey)]
+    top = 12 * kept.render_scale
+    np.testing.assert_array_equal(pictures[1][:top], pictures[0][:top])  # target and inputs
+    assert not np.array_equal(pictures[1][top:], pictures[0][top:])  # grey outputs
 
 
 def test_levels_and_ranges_may_be_arrays():

@@ -96,6 +96,27 @@ def test_channel_layout():
     np.testing.assert_array_equal(kept[..., 4:], kept[..., :4])  # the input, kept in the last 4
 
 
+def test_a_grey_start_keeps_the_masked_digit_as_the_input(mnist_root, tiny_nca):
+    """``output_init=grey`` (ViTCA's): the baselines and the pictures' input row still read the
+    masked digit, now only in the kept channels; the identity's output is the grey start."""
+    options = {"data_root": str(mnist_root), "pool_size": 8, "eval_samples": 8}
+    plain = MnistInpaintingTask(8, **options)
+    grey = MnistInpaintingTask(8, **options, fixed_input=True, output_init="grey")
+    key = jax.random.key(0)
+    state = np.asarray(grey.sample(key, 2).state)
+    assert np.all(state[..., :3] == 0.5) and np.all(state[..., 3] == 1.0)  # opaque mid-grey
+    np.testing.assert_array_equal(state[..., 4:], np.asarray(plain.sample(key, 2).state)[..., :4])
+    held = tiny_nca(8, None)  # the identity
+    held.fixed_channels = 4
+    metrics, grey_metrics = plain.evaluate(tiny_nca(8, None), key, 2), grey.evaluate(held, key, 2)
+    for name in ("mse_masked_input", "mse_neighbour_fill"):
+        assert grey_metrics[name] == metrics[name]
+    assert grey_metrics["mse"] != pytest.approx(metrics["mse"], rel=1e-3)
+    pictures = plain.render(tiny_nca(8, None), key, 2).final, grey.render(held, key, 2).final
+    top = 12 * plain.render_scale
+    np.testing.assert_array_equal(pictures[1][:top], pictures[0][:top])  # the masked inputs
+
+
 def test_neighbour_fill_averages_visible_neighbours():
     images = jnp.array([[[0.0, 0.3, 0.0], [0.6, 0.5, 0.9], [0.0, 0.0, 0.0]]])
     hidden = jnp.array([[[True, False, True], [False, True, False], [True, True, True]]])

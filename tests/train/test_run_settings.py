@@ -25,10 +25,14 @@ def test_what_the_run_learns_may_not():
 
 
 def test_a_run_saved_before_an_option_existed_trained_without_it():
-    """``task.fixed_input`` came later: a run saved before it is resumed or skipped only without it."""
+    """``task.fixed_input`` and ``output_init`` came later: a run saved before them is resumed or
+    skipped only without them."""
     saved = config_of()
-    del saved["task"]["fixed_input"]
+    del saved["task"]["fixed_input"], saved["task"]["output_init"]
     assert setting_changes(saved, config_of("task.fixed_input=true")) == "task.fixed_input: False -> True"
+    assert setting_changes(saved, config_of("task.fixed_input=true", "task.output_init=grey")) == (
+        "task.fixed_input: False -> True; task.output_init: 'input' -> 'grey'"
+    )
     assert setting_changes(saved, config_of()) == ""
     added_elsewhere = config_of()
     del added_elsewhere["num_channels"]  # one that came later without a value for older runs: not compared
