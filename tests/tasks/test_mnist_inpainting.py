@@ -106,13 +106,13 @@ def test_a_grey_start_keeps_the_masked_digit_as_the_input(mnist_root, tiny_nca):
     state = np.asarray(grey.sample(key, 2).state)
     assert np.all(state[..., :3] == 0.5) and np.all(state[..., 3] == 1.0)  # opaque mid-grey
     np.testing.assert_array_equal(state[..., 4:], np.asarray(plain.sample(key, 2).state)[..., :4])
-    held = tiny_nca(8, None)  # the identity
+    held = tiny_nca(8, None)  # the identity, also of the plain task's states (their last 4 channels are 0)
     held.fixed_channels = 4
-    metrics, grey_metrics = plain.evaluate(tiny_nca(8, None), key, 2), grey.evaluate(held, key, 2)
+    metrics, grey_metrics = (task.evaluate(held, key, 2) for task in (plain, grey))
     for name in ("mse_masked_input", "mse_neighbour_fill"):
         assert grey_metrics[name] == metrics[name]
     assert grey_metrics["mse"] != pytest.approx(metrics["mse"], rel=1e-3)
-    pictures = plain.render(tiny_nca(8, None), key, 2).final, grey.render(held, key, 2).final
+    pictures = [task.render(held, key, 2).final for task in (plain, grey)]
     top = 12 * plain.render_scale
     np.testing.assert_array_equal(pictures[1][:top], pictures[0][:top])  # the masked inputs
 
