@@ -348,11 +348,15 @@ class Trainer:
             f"{source.directory}: trained on a {trained_on[0]}x{trained_on[1]} grid, this task's is "
             f"{grid[0]}x{grid[1]}: resume it with its own task, or train a new run dir from its weights",
         )
-        held = meta.get("fixed_channels", 0)  # runs saved before fixed_channels held none
+        # How the model steps, besides its weights (a notebook's model may differ from the task's):
+        # runs saved before fixed_channels held none; a checkpoint saved outside fit may say neither.
+        trained = {"alive_threshold": meta.get("alive_threshold", model.alive_threshold)}
+        trained["fixed_channels"] = meta.get("fixed_channels", 0)
+        changed = [f"{k}: {v!r} -> {getattr(model, k)!r}" for k, v in trained.items() if v != getattr(model, k)]
         require(
-            held == model.fixed_channels,
-            f"{source.directory}: trained holding {held} input channels fixed, this model holds "
-            f"{model.fixed_channels}: resume it with its own task, or train a new run dir from its weights",
+            not changed,
+            f"{source.directory}: trained by a model that steps otherwise ({'; '.join(changed)}): resume it with "
+            "its own task and model, or train a new run dir from its weights",
         )
         # the saved pool replaces a fresh one, of which only the shapes are needed
         start, pool, train_key, saved = source.restore(model, optimizer, jax.eval_shape(fresh_pool))

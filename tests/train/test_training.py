@@ -103,13 +103,18 @@ def test_a_model_that_would_update_the_tasks_input_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_checkpoint_resumes_only_into_a_model_holding_its_input_channels(tmp_path):
+def test_a_checkpoint_resumes_only_into_a_model_that_steps_as_it_was_trained(tmp_path):
     """``fit`` itself (a notebook's, without the app's settings check): a run saved without fixed
-    input channels (as every run before them) is not continued by a model that holds 4."""
+    input channels (as every run before them) is not continued by a model that holds 4, nor one
+    trained without alive masking by a model with it."""
     task, model, trainer = tiny("task=diffusing", "trainer.steps=1", "trainer.render_every=0")
     trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
     task, model, trainer = tiny("task=diffusing", "task.fixed_input=true", "trainer.steps=2")
-    with pytest.raises(ConfigError, match=r"trained holding 0 input channels fixed, this model holds 4: resume it"):
+    with pytest.raises(ConfigError, match=r"steps otherwise \(fixed_channels: 0 -> 4\): resume it with its own task"):
+        trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    task, model, trainer = tiny("task=diffusing", "trainer.steps=2")
+    model.alive_threshold = 0.1  # a notebook's growing model on the denoiser's checkpoint
+    with pytest.raises(ConfigError, match=r"steps otherwise \(alive_threshold: None -> 0\.1\): resume it"):
         trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
 
 
