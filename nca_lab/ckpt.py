@@ -25,6 +25,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
 from nca_lab.errors import ConfigError, one_line, out_of_memory, require
+from nca_lab.runtime import quiet_checkpoint_io_callbacks
 from nca_lab.train import multihost
 
 CHECKPOINTS = "checkpoints"
@@ -73,8 +74,12 @@ class RunCheckpointer:
 
     def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_best: bool = True, create: bool = True):
         """Open (and with ``create``, make) the checkpoint directory; paths are made absolute. A
-        writer (``create``) deletes what an earlier one left in :data:`TRASH`."""
+        writer (``create``) deletes what an earlier one left in :data:`TRASH`. From then on, a
+        damaged checkpoint or a full disk is one error without pages of Orbax's reads and writes
+        failing again behind it (:func:`~nca_lab.runtime.quiet_checkpoint_io_callbacks`), in a
+        notebook as in the commands."""
         require(keep_last > 0, f"trainer.keep_last must be positive, got {keep_last}")
+        quiet_checkpoint_io_callbacks()  # before the first read: Orbax abandons them in its own thread
         self.directory = Path(directory).expanduser().resolve()
         check_checkpoint_path(self.directory)
         loss = lambda metrics: metrics["loss"]  # noqa: E731

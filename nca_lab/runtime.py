@@ -65,9 +65,12 @@ def quiet_checkpoint_io_callbacks() -> None:
     the closed loop, and the reads it had not awaited fail again as they are collected. Python
     prints each as an unraisable exception: pages of tracebacks under the one line that
     matters (seen in half the runs on a full 600 kB file system). Every other unraisable
-    exception still goes to the hook that was there.
+    exception still goes to the hook that was there. Called again, with the hook in place,
+    it does nothing (each :class:`~nca_lab.ckpt.RunCheckpointer` calls it: a notebook's, too).
     """
     previous = sys.unraisablehook
+    if getattr(previous, "drops_checkpoint_io_noise", False):
+        return
 
     def hook(unraisable) -> None:
         value = unraisable.exc_value
@@ -76,6 +79,7 @@ def quiet_checkpoint_io_callbacks() -> None:
         if not (closed_loop or abandoned_read):
             previous(unraisable)
 
+    hook.drops_checkpoint_io_noise = True
     sys.unraisablehook = hook
 
 
