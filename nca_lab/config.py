@@ -118,10 +118,13 @@ def job_dir_name(override_dirname: str) -> str:
     Orbax's TensorStore reads a backslash as ``/``: the job's checkpoints were written to a
     stray tree beside its dir, and the run said ``done`` with no weights in them. A ``/``
     (``-m trainer.init_from=runs/a,runs/b``) made nested dirs, the job's named by the rest of
-    the path and the other overrides. A name past the file system's 255 bytes (many overrides,
-    long paths) could not be made: its start is kept, with a hash of the whole.
+    the path and the other overrides. An interpolation (``task.target_size=${size}``), which
+    Hydra escapes as ``$\\{size\\}``, was live again without the backslashes: Hydra made the
+    job's dir with ``${size}`` in its name, then resolved the name to another dir, and the job
+    stopped there; its ``${`` is kept as ``$%7B``. A name past the file system's 255 bytes
+    (many overrides, long paths) could not be made: its start is kept, with a hash of the whole.
     """
-    name = override_dirname.replace("\\", "").replace("/", "%2F")
+    name = override_dirname.replace("\\", "").replace("/", "%2F").replace("${", "$%7B")
     encoded = name.encode()
     if len(encoded) <= NAME_MAX:
         return name

@@ -18,9 +18,10 @@ SWEEP = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "log
 
 def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     sweep_dir = tmp_path / "outputs" / "multirun" / "2026-11-30" / "10-00-00"  # as Hydra names it
-    # a value Hydra escapes in the dir name (logger.tags=[a\\:b]): Orbax took the backslash for
-    # a '/', and the checkpoints held no weights
-    args = ["-m", "seed=0,1", *SWEEP, "logger.tags=[a:b]", f"hydra.sweep.dir={sweep_dir}"]
+    # a value Hydra escapes in the dir name (+tag=a\\:b): Orbax took the backslash for a '/', and
+    # the checkpoints held no weights; an interpolation (escaped as $\\{tag\\}) was live again
+    # without it, and the job stopped in a dir Hydra had not made
+    args = ["-m", "seed=0,1", *SWEEP, "+tag=a:b", "logger.tags=[${tag}]", f"hydra.sweep.dir={sweep_dir}"]
     first = run_cli(*args, "distributed.process_id=0")  # a process's own settings do not name job dirs
     assert first.returncode == 0, first.stderr[-3000:]
     job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "summary.json").exists())
@@ -28,7 +29,7 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert not any("distributed" in d.name for d in job_dirs)
     assert "seed=0" in job_dirs[0].name.split(",")
     assert "seed=1" in job_dirs[1].name.split(",")
-    assert "logger.tags=[a:b]" in job_dirs[0].name.split(",")
+    assert {"+tag=a:b", "logger.tags=[$%7Btag}]"} <= set(job_dirs[0].name.split(","))
     assert load_model(job_dirs[0]).update.out.kernel[...].any()  # trained weights, read back
     runs = [read_run(d) for d in job_dirs]
     assert all(len(r["runs"]) == 1 for r in runs)
@@ -36,6 +37,7 @@ def test_two_job_sweep_then_rerun_skips_both(tmp_path):
     assert runs[0]["group"] == runs[1]["group"] == "multirun/2026-11-30/10-00-00"  # the sweep is the W&B group
     assert [r["name"] for r in runs] == [d.name for d in job_dirs]  # the overrides, without the group's path
     assert [r["config"]["seed"] for r in runs] == [0, 1]
+    assert runs[0]["config"]["logger"]["tags"] == ["a:b"]  # the interpolation, resolved
     assert runs[0]["summary"]["train/loss"] != runs[1]["summary"]["train/loss"]
 
     second = run_cli(*args, "distributed.process_id=1")
@@ -48,6 +50,7 @@ def test_a_job_dir_name_is_one_dir_without_backslashes():
     """``-m trainer.init_from=runs/a,runs/b`` made nested dirs, named by the rest of the path."""
     assert job_dir_name("logger.tags=[a\\:b],seed=0") == "logger.tags=[a:b],seed=0"
     assert job_dir_name("seed=1,trainer.init_from=/tmp/runs/a") == "seed=1,trainer.init_from=%2Ftmp%2Fruns%2Fa"
+    assert job_dir_name("task.target_size=$\\{size\\}") == "task.target_size=$%7Bsize}"  # no interpolation
     long = [job_dir_name(f"seed={seed},trainer.init_from={'/runs/ü' * 60}") for seed in (0, 1)]
     assert all(len(name.encode()) == 255 for name in long) and long[0] != long[1]  # ENAMETOOLONG at 256
     assert long[0].startswith("seed=0,trainer.init_from=%2Fruns%2F") and long[0] == job_dir_name(
