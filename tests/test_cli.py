@@ -17,7 +17,7 @@ from PIL import Image
 from nca_lab.config import compose
 from nca_lab.errors import ConfigError
 from nca_lab.perceive.base import Perceive
-from nca_lab.train.run import build
+from nca_lab.train.run import build, run
 from nca_lab.update.residual import ResidualUpdate
 
 from nca_testing import REPO, TINY, interrupted, run_cli
@@ -312,6 +312,15 @@ def test_a_value_of_ones_own_that_an_interpolation_reads_is_kept():
     compose(*TINY, "+label=a", "+steps_here=2", "+where=b", *read)  # in a resolver, nested, or by Hydra's settings
 
 
+def test_a_setting_that_cannot_be_resolved_is_the_runs_one_line_error(tmp_path):
+    """``trainer.steps=${nope}``: OmegaConf's error went past the job's own handling, so a sweep's
+    jobs printed no line of it, the sweep exited 2 naming none of them, and a refused run left its
+    dir (the command's test below)."""
+    with pytest.raises(ConfigError, match=r"^Interpolation key 'nope' not found \(in trainer\.steps\)$"):
+        run(compose(*TINY, "trainer.steps=${nope}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS)
 def test_bad_setting_is_a_one_line_config_error(overrides, message):
     with pytest.raises(ConfigError) as raised:
@@ -460,6 +469,9 @@ def test_a_refused_command_removes_the_run_dir_hydra_made_for_it(tmp_path):
     assert run_cli(*TINY, "trainer.steps=0", cwd=tmp_path).returncode == 2
     assert sorted((tmp_path / "outputs").rglob("*")) == [other.parent, other]
     assert run_cli(*TINY, "trainer.steps=0", "hydra.job.name=foo", cwd=tmp_path).returncode == 2  # log: foo.log
+    assert sorted((tmp_path / "outputs").rglob("*")) == [other.parent, other]
+    unresolved = run_cli(*TINY, "trainer.steps=${nope}", cwd=tmp_path)  # refused in the job, as the others
+    assert unresolved.stderr == "error: Interpolation key 'nope' not found (in trainer.steps)\n"
     assert sorted((tmp_path / "outputs").rglob("*")) == [other.parent, other]
     named = tmp_path / "mine"  # a run dir named by the user is theirs: kept
     named.mkdir()

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import yaml
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer, check_checkpoint_path
@@ -218,9 +219,12 @@ def run(
     run_dir, records = Path(run_dir), hydra_records or {}
     check_top_level(cfg, _hydra_overrides(records))
     check_checkpoint_path(run_dir.resolve())  # before anything is written there
+    try:  # a setting that cannot be resolved (`trainer.steps=${nope}`) is this run's error, one line
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(one_line(err)) from err
     with config_errors("distributed"):
         multihost.initialize(**cfg.distributed)
-    config = OmegaConf.to_container(cfg, resolve=True)
     own = {k: v for k, v in config["distributed"].items() if k != "process_id"}  # the one that differs
     multihost.check_same(run_dir=str(run_dir.resolve()), settings={**config, "distributed": own})
     with ExitStack() as stack:
