@@ -3,7 +3,8 @@
 A library class (the Flax ``train_and_evaluate`` pattern): it takes built objects, not a
 config, so a notebook can drive it as well as the Hydra app. Nothing is lost when a job
 dies: metrics are flushed line by line, checkpoints are atomic, SIGTERM/SIGINT save one
-last checkpoint, and a non-finite loss stops the run before anything poisoned is saved.
+last checkpoint, and a non-finite loss stops the run before anything poisoned is saved,
+evaluated or rendered.
 """
 
 import json
@@ -301,11 +302,15 @@ class Trainer:
                     previous = out
                     bar.update(1)
                     final = step == self.steps  # evaluated and rendered after the loop
+                    evaluating = _due(step, self.eval_every) and not final
+                    rendering = _due(step, self.render_every) and not final
                     if _due(step, self.log_every) or step in (1, self.steps):
                         metrics.fetch(step)
-                    if _due(step, self.eval_every) and not final:
+                    elif evaluating or rendering:  # a diverged model is neither: it stops here
+                        metrics.fetch(step, log=False)
+                    if evaluating:
                         self._evaluate(model, task, eval_key, step, metrics_file, logger)
-                    if _due(step, self.render_every) and not final:
+                    if rendering:
                         self._render(model, task, eval_key, run_dir, step, logger)
                     # Checkpoint after this step's evaluation, so a resumed run logs exactly what
                     # an uninterrupted one does; a stop between log steps writes no extra line.

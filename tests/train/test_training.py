@@ -62,10 +62,16 @@ def test_gradient_transforms_train(tmp_path, gradient):
 
 
 def test_a_non_finite_update_stops_before_anything_poisoned_is_saved(tmp_path):
-    task, model, trainer = tiny("trainer.steps=6", "trainer.checkpoint_every=2", "trainer.log_every=10")
+    """Also before it is evaluated or rendered: the NaN model's evaluation went into
+    ``metrics.jsonl`` and the logger (W&B), and its picture into ``renders/``, checked for
+    divergence only at the next log line or checkpoint after them."""
+    steps = ("trainer.steps=6", "trainer.checkpoint_every=2", "trainer.log_every=10")
+    task, model, trainer = tiny(*steps, "trainer.eval_every=4", "trainer.render_every=4")
     trainer.learning_rate = lambda count: jnp.where(count >= 3, jnp.nan, 1e-3)  # the 4th update is NaN
     with pytest.raises(TrainingDiverged, match="diverged at step 4"):
         trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    assert not [record for record in read_metrics(tmp_path) if record["step"] == 4]
+    assert not (tmp_path / "renders" / "4").exists()
     checkpoints = RunCheckpointer(tmp_path / "checkpoints", create=False)
     assert checkpoints.latest_step() == 2
     restored = build(compose(*TINY))[1]
