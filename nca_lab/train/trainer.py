@@ -290,6 +290,11 @@ class Trainer:
                 step, model=model, optimizer=optimizer, pool=pool, key=train_key, metadata=metadata_now
             )
 
+        if start == self.steps and checkpointer.latest_step() is None:
+            # ``resume``'s run, already at trainer.steps (evaluated again in a new run dir): no step
+            # saves, and the run dir, complete, held no weights to grow, export or resume from
+            save(start)
+
         try:
             with _stop_signals() as stop:
                 previous = None

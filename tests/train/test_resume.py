@@ -10,7 +10,9 @@ import time
 from contextlib import contextmanager
 
 import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from nca_lab.ckpt import RunCheckpointer
 from nca_lab.config import compose
@@ -154,6 +156,20 @@ def test_a_run_dir_resumes_its_own_checkpoints_before_trainer_resume(tmp_path, m
         fit(run_dir, f"trainer.resume={tmp_path / 'first'}")
     summary = fit(run_dir, f"trainer.resume={tmp_path / 'first'}")  # the requeued job: from step 6, not 4
     assert (summary, logged(run_dir)) == (reference_summary, logged(reference))
+
+
+def test_a_run_resumed_from_another_at_its_last_step_keeps_that_checkpoint(tmp_path):
+    """Evaluating a finished run again in a new run dir (``trainer.resume`` at its final step):
+    no step was left to save, and the new dir was completed without a checkpoint (``load_model``:
+    "no checkpoint here")."""
+    fit(tmp_path / "first", "trainer.steps=4")
+    summary = fit(tmp_path / "again", "trainer.steps=4", f"trainer.resume={tmp_path / 'first'}")
+    kept, saved = (RunCheckpointer.find(tmp_path / run) for run in ("again", "first"))
+    assert kept.latest_step() == 4 and kept.metadata()["loss"] == saved.metadata()["loss"] == summary["loss"]
+    first, again = (build(compose(*SCHEDULE))[1] for _ in range(2))
+    saved.restore_model(first)
+    kept.restore_model(again)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(first, nnx.Param), nnx.state(again, nnx.Param))
 
 
 def test_a_run_killed_after_its_last_checkpoint_reports_the_saved_loss_and_evaluates_once(tmp_path, uninterrupted):
