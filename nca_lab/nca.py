@@ -81,8 +81,9 @@ class NCA(nnx.Module):
                 "perceive.num_channels, ...)",
             )
         require(kernel in ("xla", "pallas"), f"kernel must be xla or pallas, got {kernel!r}")
-        require(
-            compact_cells in ("auto", True, False), f"compact_cells must be auto, true or false, got {compact_cells!r}"
+        require(  # not `in ("auto", True, False)`: 0 and 1 equal False and True there, and acted as auto
+            compact_cells == "auto" or isinstance(compact_cells, bool),
+            f"compact_cells must be auto, true or false, got {compact_cells!r}",
         )
         channels = perceive.num_channels
         require(
@@ -244,6 +245,8 @@ class NCA(nnx.Module):
         """
         if not is_integer(num_steps) or num_steps < 0:  # else a reshape's error, deep in JAX
             raise ValueError(f"num_steps must be a Python int >= 0 (static: the scan's length), got {num_steps!r}")
+        if not is_integer(min_active_steps) or min_active_steps < 0:  # -1 sliced from the end: skipped steps ran
+            raise ValueError(f"min_active_steps must be a Python int >= 0, got {min_active_steps!r}")
         key = self.grid_keys(state, key)
         batch_shape = state.shape[:-3]
         flat_keys = jnp.reshape(key, (-1,))

@@ -256,6 +256,7 @@ BAD_SETTINGS = [
     (["perceive=attention", "perceive.padding=true"], "perceive.padding must be a number, null or vitca, got True"),
     (["kernel=pallas", "perceive=learned"], "kernel=pallas needs the sobel perceive"),
     (["compact_cells=sometimes"], "compact_cells must be auto, true or false, got 'sometimes'"),
+    (["compact_cells=0"], "compact_cells must be auto, true or false, got 0"),  # it acted as auto
     (["compact_cells=true", "kernel=pallas"], "compact_cells=true needs kernel=xla"),
     (["perceive=learned", "perceive.features=48"], "perceive.features does not apply to mode=depthwise, got 48"),
     (["+seedd=3"], "unknown setting seedd (did you mean seed?)"),  # Hydra adds it; nothing would read it

@@ -176,6 +176,13 @@ def test_a_bad_number_of_steps_is_one_line(model, seeds, num_steps):
             model.rollout(seeds, keys, num_steps)
 
 
+def test_a_negative_least_number_of_active_steps_is_refused(model, seeds):
+    """``keys[:-1]``: all but the last step ran unconditionally, past ``active_steps``."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"min_active_steps must be a Python int >= 0, got -1"):
+        model.rollout(seeds, keys, 2, active_steps=0, min_active_steps=-1)
+
+
 def test_a_hand_built_update_of_the_wrong_size_is_one_line():
     """It was a dot_general error 13 frames deep in flax, at the first step."""
     with pytest.raises(

@@ -85,9 +85,10 @@ def test_auto_is_on_for_large_cpu_steps_only():
     assert not reference.compacts(MIN_CELLS)  # autodiff, the reference path, is always dense
 
 
-def test_bad_setting_is_refused():
+@pytest.mark.parametrize("setting", ["sometimes", 0, 1])  # 0 and 1 passed as False and True, and acted as auto
+def test_bad_setting_is_refused(setting):
     with pytest.raises(ConfigError, match="compact_cells must be auto, true or false"):
-        NCA(SobelPerceive(C), ResidualUpdate(3 * C, C, rngs=nnx.Rngs(0)), compact_cells="sometimes")
+        NCA(SobelPerceive(C), ResidualUpdate(3 * C, C, rngs=nnx.Rngs(0)), compact_cells=setting)
 
 
 def test_a_dead_cell_next_to_a_living_one_is_updated_as_it_keeps_that_one_alive():
