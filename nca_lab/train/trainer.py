@@ -389,9 +389,7 @@ class Trainer:
         paths["rollout"].parent.mkdir(parents=True, exist_ok=True)
         save_gif(rendering.frames, paths["rollout"])
         save_png(rendering.final, paths["final"])
-        for path in paths.values():
-            with atomic_path(run_dir / path.name) as tmp:
-                shutil.copyfile(path, tmp)
+        _show(run_dir, paths)
         logger.log_media(paths, step)
 
 
@@ -475,15 +473,32 @@ class _StepMetrics:
 def kept_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
     """The renderings :meth:`Trainer._render` kept up to step ``until``, by step:
     ``{"rollout": gif, "final": png}``. Later ones, of an attempt that died after the
-    checkpoint this run resumes (or before its first), are deleted: they are not this run's."""
-    renders = {}
+    checkpoint this run resumes (or before its first), are deleted: they are not this run's;
+    ``rollout.gif`` and ``final.png`` beside them, copies of the latest, are then the latest
+    kept one's again (none if none is kept)."""
+    renders, dropped = {}, False
     for kept in (run_dir / RENDERS).glob("*"):
         media = _rendering_files(kept)
         if kept.name.isdigit() and int(kept.name) <= until and all(p.is_file() for p in media.values()):
             renders[int(kept.name)] = media
         else:
             shutil.rmtree(kept, ignore_errors=True)
-    return dict(sorted(renders.items()))
+            dropped = True
+    renders = dict(sorted(renders.items()))
+    if dropped:  # the copies showed a dropped one until the next rendering
+        _show(run_dir, renders[max(renders)] if renders else None)
+    return renders
+
+
+def _show(run_dir: Path, media: dict[str, Path] | None) -> None:
+    """Make ``rollout.gif`` and ``final.png`` in ``run_dir`` copies of one rendering's ``media``
+    (:func:`_rendering_files`), each written whole; ``None``: remove them."""
+    for name, shown in _rendering_files(run_dir).items():
+        if media is None:
+            shown.unlink(missing_ok=True)
+            continue
+        with atomic_path(shown) as tmp:
+            shutil.copyfile(media[name], tmp)
 
 
 def _rendering_files(kept: Path) -> dict[str, Path]:

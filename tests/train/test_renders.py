@@ -6,6 +6,7 @@ import shutil
 from nca_lab.config import compose
 from nca_lab.log.base import Logger
 from nca_lab.train.run import run
+from nca_lab.train.trainer import kept_renders
 
 from nca_testing import TINY
 
@@ -46,3 +47,22 @@ def test_a_resumed_run_replays_its_own_renderings_once(tmp_path):
     shutil.copytree(tmp_path / "renders" / "4", tmp_path / "renders" / "6")  # as from another render_every
     assert train(tmp_path) == [("resume", [1, 2]), ("media", 3), ("media", 4)]
     assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == ["1", "2", "3", "4"]  # 6: not this run's
+
+
+def test_the_pictures_beside_the_renderings_are_the_latest_kept_ones(tmp_path):
+    """``rollout.gif`` and ``final.png`` showed a dropped attempt's rendering until the resumed
+    run rendered again (at its next ``render_every``), or for good if it stopped before that."""
+    for step in (1, 2):
+        (tmp_path / "renders" / str(step)).mkdir(parents=True)
+        for name in ("rollout.gif", "final.png"):
+            (tmp_path / "renders" / str(step) / name).write_text(f"{name} of step {step}")
+            shutil.copyfile(tmp_path / "renders" / str(step) / name, tmp_path / name)
+    assert sorted(kept_renders(tmp_path, until=2)) == [1, 2]  # nothing dropped: as they were
+    assert (tmp_path / "final.png").read_text() == "final.png of step 2"
+    assert sorted(kept_renders(tmp_path, until=1)) == [1]
+    assert [(tmp_path / name).read_text() for name in ("rollout.gif", "final.png")] == [
+        "rollout.gif of step 1",
+        "final.png of step 1",
+    ]
+    assert kept_renders(tmp_path, until=0) == {}
+    assert not (tmp_path / "rollout.gif").exists() and not (tmp_path / "final.png").exists()
