@@ -68,7 +68,7 @@ from nca_lab.config import (  # noqa: E402
 )
 from nca_lab.errors import ConfigError, one_line  # noqa: E402
 from nca_lab.run_files import RESOLVED_CONFIG  # noqa: E402
-from nca_lab.sweep_dir import remove_day_dir  # noqa: E402
+from nca_lab.sweep_dir import remove_if_unused  # noqa: E402
 from nca_lab.sweep_dir import remove_unused as remove_unused_sweep_dir  # noqa: E402
 from nca_lab.train.run_dir_lock import LOCK_FILE  # noqa: E402
 
@@ -196,14 +196,10 @@ def _remove_unused(run_dir: Path, log_name: str) -> None:
     """Delete the run dir Hydra made for a command that was refused (its log empty), and its
     day's dir if that is left empty, so that mistyped commands leave no trail of empty
     timestamped dirs under ``outputs/``."""
-    with contextlib.suppress(OSError):  # a dir already gone, or not removable: nothing to tidy
-        names = {path.name for path in run_dir.iterdir()}
-        log = run_dir / log_name  # Hydra's; with the run dir lock, all there is before nca_lab writes
-        if names <= {log_name, LOCK_FILE} and (not log.exists() or log.stat().st_size == 0):
-            for name in names:
-                (run_dir / name).unlink()
-            run_dir.rmdir()
-            remove_day_dir(run_dir.parent)
+    log = run_dir / log_name  # Hydra's; with the run dir lock, all there is before nca_lab writes
+    remove_if_unused(
+        run_dir, lambda names: names <= {log_name, LOCK_FILE} and (log_name not in names or log.stat().st_size == 0)
+    )
 
 
 def hydra_records(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:

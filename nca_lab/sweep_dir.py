@@ -5,11 +5,12 @@ first job's config, so a mistyped setting (``-m trainer.step=3,4``) left a times
 holding only that file under ``outputs/multirun/``. :class:`SweepDirCallback` (registered in
 ``conf/config.yaml``'s ``hydra.callbacks``) notes the dir when a sweep starts if it is new;
 the command calls :func:`remove_unused` when it refuses the sweep before any job ran.
-:func:`remove_day_dir` also tidies after a refused run (``nca_lab.__main__``).
+:func:`remove_if_unused` also tidies after a refused run (``nca_lab.__main__``).
 """
 
 import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -42,13 +43,20 @@ def remove_unused() -> None:
     """Delete the sweep dir this command made if it holds only ``multirun.yaml`` (no job ran),
     and its day's dir if that is left empty."""
     sweep_dir, SweepDirCallback.made_here = SweepDirCallback.made_here, None
-    if sweep_dir is None:
-        return
-    with contextlib.suppress(OSError):  # gone already, or not removable: nothing to tidy
-        if [path.name for path in sweep_dir.iterdir()] == [MULTIRUN_YAML]:
-            (sweep_dir / MULTIRUN_YAML).unlink()
-            sweep_dir.rmdir()
-            remove_day_dir(sweep_dir.parent)
+    if sweep_dir is not None:
+        remove_if_unused(sweep_dir, lambda names: names == {MULTIRUN_YAML})
+
+
+def remove_if_unused(directory: Path, unused: Callable[[set[str]], bool]) -> None:
+    """Delete ``directory`` and its files if ``unused`` says so of their names, and its day's
+    dir if that is left empty; one gone already, or not removable, is left as it is."""
+    with contextlib.suppress(OSError):
+        names = {path.name for path in directory.iterdir()}
+        if unused(names):
+            for name in names:
+                (directory / name).unlink()
+            directory.rmdir()
+            remove_day_dir(directory.parent)
 
 
 def remove_day_dir(directory: Path) -> None:
