@@ -59,3 +59,5 @@ def _read_json(path: Path):
         raise ConfigError(f"{path}: not a JSON file (not UTF-8 text)") from err
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}; truncated?)") from err
+    except (ValueError, RecursionError) as err:  # JSON, but past Python's limits: nesting, an integer's digits
+        raise ConfigError(f"{path}: JSON that cannot be read ({one_line(err)})") from err

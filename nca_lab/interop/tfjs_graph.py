@@ -5,8 +5,10 @@ every weight is a ``Const`` node (read through an ``Identity``) with its tensor 
 names carry Keras layer counters that differ between files, so the layers are found by op
 type and data flow: the ``Conv2D`` reading the ``DepthwiseConv2dNative`` perception is
 layer 1, its ``BiasAdd`` and ``Relu`` follow, the ``Conv2D`` reading that ``Relu`` is layer 2.
-The perception kernels and the alive threshold are checked against the graph too, so a
-graph of some other model is refused instead of silently run as a Growing NCA.
+The perception's 3x3 constants must be the identity and Sobel filters, and the alive mask
+a ``MaxPool`` then ``Greater``, so a graph of a clearly other model is refused; how the
+graph combines them (the filters' order, the update after layer 2) is taken to be the
+notebook's, not checked.
 
 Reference: google-research/self-organising-systems, ``notebooks/growing_ca.ipynb``
 (``CAModel``, ``export_model``); Mordvintsev et al., "Growing Neural Cellular Automata",
@@ -15,6 +17,7 @@ Distill 2020.
 
 import base64
 import binascii
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -180,6 +183,8 @@ class _Graph:
                 continue
             inputs = [self.resolve(name) for name in self.inputs(node)]
             if len(inputs) == 2 and inputs[0]["op"] == "MaxPool" and inputs[1]["op"] == "Const":
+                shape = self.tensor_header(inputs[1])[1]  # before reading: a value list splats to its shape
+                require(math.prod(shape) == 1, f"{self.source}: the alive threshold has shape {shape}, not one value")
                 thresholds.add(float(self.tensor(inputs[1], "alive threshold").reshape(-1)[0]))
         require(
             thresholds,

@@ -108,7 +108,12 @@ def to_webgl8(model: NCA, source: str = "the model") -> list[dict]:
     w1, b1 = np.asarray(hidden.kernel[...], np.float32), np.asarray(hidden.bias[...], np.float32)
     step = np.float32(update.step_size)
     w2, b2 = np.asarray(out.kernel[...], np.float32) * step, np.asarray(out.bias[...], np.float32) * step
-    require(all(np.isfinite(v).all() for v in (w1, b1, w2, b2)), f"{source}: the model's weights are not finite")
+    parts = (w1, b1, w2, b2)
+    require(all(np.isfinite(v).all() for v in parts), f"{source}: the model's weights are not finite")
+    require(  # else the scale is inf: the file is JSON with Infinity, which the demo's JSON.parse refuses
+        all(np.abs(v).max() <= np.finfo(np.float32).max / 2 for v in parts),
+        f"{source}: weights too large for the format (each layer's scale, 2 max|w|, is a float32)",
+    )
     return [_pack(tf_to_filter_major(w1), b1), _pack(w2, b2)]
 
 

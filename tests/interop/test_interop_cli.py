@@ -322,6 +322,9 @@ BAD_INPUTS = {
     "json list of numbers": ("[1, 2]", "neither a webgl8 model"),
     "not json": (b"\x89PNG\r\n\x1a\n\x00\x00", "not a JSON file"),
     "truncated json": (WEBGL8.read_text()[:5000], "not valid JSON"),
+    # JSON past Python's limits: a RecursionError, a ValueError, each a traceback
+    "json nested too deep": ("[" * 100_000 + "]" * 100_000, "JSON that cannot be read (maximum recursion depth"),
+    "json integer too long": ("[" + "1" * 5000 + "]", "JSON that cannot be read (Exceeds the limit (4300 digits)"),
     "truncated base64": (
         _edit_json(WEBGL8, _webgl8_layer(1, data_b64=lambda s: s[:1000])),
         "layer 2: data_b64 holds 750 bytes, expected (in_ch + 1) * out_ch = 2064 (truncated?)",
@@ -367,6 +370,10 @@ BAD_INPUTS = {
     "graph with another perception": (  # its Sobel-y filters (and their rotation) made identities
         _edit_json(TFJS_GRAPH, _graph_nodes(_set_constants(("mul_1/y", "mul_3/y"), tensorContent=_IDENTITY_CONTENT))),
         "the perception is not the identity + Sobel filters of a Growing NCA",
+    ),
+    "graph alive threshold of many values": (  # one value splatted to its shape: 36 TiB, a MemoryError
+        _edit_json(TFJS_GRAPH, _graph_nodes(_set_shape("Greater/y", [100_000, 100_000, 1000]))),
+        "the alive threshold has shape [100000, 100000, 1000], not one value",
     ),
     "graph without alive mask": (
         _edit_json(TFJS_GRAPH, _graph_nodes(_rename_op("MaxPool", "AvgPool"))),

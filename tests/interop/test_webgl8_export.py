@@ -93,6 +93,8 @@ class GatedUpdate(ResidualUpdate):
 def other_models() -> dict[str, tuple[NCA, str]]:
     rngs = nnx.Rngs(params=0)
     learned = LearnedPerceive(16, rngs=rngs)
+    huge = NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=rngs))
+    huge.update.hidden[0].kernel[0, 0] = 2e38  # finite; twice it, the layer's scale, is not
     return {
         "another update": (NCA(SobelPerceive(16), GatedUpdate(48, 16, rngs=rngs)), "this model has GatedUpdate"),
         "learned perceive": (NCA(learned, ResidualUpdate(48, 16, rngs=rngs)), "LearnedPerceive of 16 channels"),
@@ -102,6 +104,7 @@ def other_models() -> dict[str, tuple[NCA, str]]:
             NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=rngs), alive_threshold=None),
             "this model has no alive masking",
         ),
+        "weights past the scale": (huge, "weights too large for the format"),
         "fixed input": (
             NCA(SobelPerceive(16), ResidualUpdate(48, 16, rngs=rngs), fixed_channels=4),
             "the web demo updates every channel; this model holds 4 fixed (its input)",
