@@ -1,7 +1,8 @@
 #!/bin/bash
 # One device call: the fused kernels' GPU check, then a profiler trace of the XLA and the fused
 # (Pallas) path of the growing, diffusing, scaled and rollout-256 cases, summarised by kernel.
-# Needs the wheels in .whl/ (experiments/gpu/README.md); writes under $OUT.
+# Needs the wheels in .whl/ (experiments/gpu/README.md), git-ignored: call the device with carry
+# [".whl"]. Writes under $OUT.
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -108,16 +108,18 @@ def sweep(name, channels, hidden, batch, grid, steps, interpret, target=None):
     flat = layout.to_flat(x * (jax.random.uniform(keys[4], (batch, grid, grid, 1)) > 0.3))
     fire = (jax.random.uniform(keys[5], (steps, batch, grid, grid, 1)) < 0.5).astype(x.dtype)
     fire = layout.to_flat(fire.reshape(-1, grid, grid, 1))[..., 0].reshape(steps, batch, layout.length)
+    # the diffusing task has no alive mask: its training runs the unmasked kernels (registers.py too)
+    threshold = None if name == "diffusing" else 0.1
     common = {"angle": 0.0, "step_size": 1.0, "interpret": interpret}
     states = jnp.zeros((steps + 1, *flat.shape)).at[0].set(flat)
-    alive = jnp.zeros((steps, batch, layout.length))
+    alive = jnp.zeros((steps, batch, layout.length)) if threshold is not None else None
     if target is None:  # the alive masks of a real rollout, for the timed backward pass
         states, alive = jax.jit(
             lambda states, alive: jax.lax.fori_loop(
                 0,
                 steps,
                 lambda t, b: forward_step(
-                    *b, fire, packed, t, steps, layout, history=True, alive_threshold=0.1, **common
+                    *b, fire, packed, t, steps, layout, history=True, alive_threshold=threshold, **common
                 ),
                 (states, alive),
             )
@@ -130,7 +132,16 @@ def sweep(name, channels, hidden, batch, grid, steps, interpret, target=None):
         def forward(states, launch=launch):
             def body(t, buffers):
                 return forward_step(
-                    *buffers, fire, packed, t, steps, layout, history=True, alive_threshold=0.1, launch=launch, **common
+                    *buffers,
+                    fire,
+                    packed,
+                    t,
+                    steps,
+                    layout,
+                    history=True,
+                    alive_threshold=threshold,
+                    launch=launch,
+                    **common,
                 )
 
             return jax.lax.fori_loop(0, steps, body, (states, alive))[0]

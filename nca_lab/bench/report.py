@@ -15,11 +15,15 @@ from nca_lab.bench.suites import Case, suite_steps
 from nca_lab.log.manifest import package_version
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "nca_lab", "cax", "torch")
+#: JAX's GPU plugins (CUDA 12 or 13), recorded where installed: they hold the XLA:GPU that ran.
+GPU_PLUGINS = ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt")
 
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the packages that matter (``None`` if absent)."""
-    return {"python": platform.python_version(), **{name: package_version(name) for name in PACKAGES}}
+    installed = {name: package_version(name) for name in GPU_PLUGINS}
+    plugins = {name: version for name, version in installed.items() if version is not None}
+    return {"python": platform.python_version(), **{name: package_version(name) for name in PACKAGES}, **plugins}
 
 
 def device() -> str:

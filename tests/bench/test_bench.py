@@ -294,3 +294,15 @@ def test_ctrl_c_prints_and_writes_what_was_measured(tmp_path):
         ["rollout", "8x72x72", "nca_lab"]
     ]
     assert [(r["case"], r["status"]) for r in json.loads(out.read_text())] == [("8x72x72", "ok")]
+
+
+def test_the_records_name_jaxs_gpu_plugin_where_one_is_installed(monkeypatch):
+    """The XLA:GPU that ran is the plugin's (the H200 records had jax 0.11.2 and no word of
+    the CUDA 13 plugin); on a machine without one, no empty entries."""
+    from nca_lab.bench import report
+
+    installed = {"jax": "0.11.2", "jax-cuda13-plugin": "0.11.2"}
+    monkeypatch.setattr(report, "package_version", installed.get)
+    recorded = report.versions()
+    assert recorded["jax-cuda13-plugin"] == "0.11.2" and "jax-cuda12-plugin" not in recorded
+    assert recorded["torch"] is None  # PACKAGES are all recorded, None where absent
