@@ -21,8 +21,7 @@ GPU_PLUGINS = ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the packages that matter (``None`` if absent)."""
-    installed = {name: package_version(name) for name in GPU_PLUGINS}
-    plugins = {name: version for name, version in installed.items() if version is not None}
+    plugins = {name: version for name in GPU_PLUGINS if (version := package_version(name)) is not None}
     return {"python": platform.python_version(), **{name: package_version(name) for name in PACKAGES}, **plugins}
 
 
