@@ -61,7 +61,10 @@ def remove_if_unused(directory: Path, unused: Callable[[set[str]], bool]) -> Non
 
 def remove_day_dir(directory: Path) -> None:
     """Delete ``directory`` if it is a day's dir of ``config.yaml``'s ``hydra.run.dir`` or
-    ``hydra.sweep.dir`` (``2026-12-01``) and empty: the only run or sweep in it was removed."""
+    ``hydra.sweep.dir`` (``2026-12-01``) and empty: the only run or sweep in it was removed;
+    then ``outputs/multirun`` too, if that is left empty."""
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", directory.name):
         with contextlib.suppress(OSError):  # not empty: kept
             directory.rmdir()
+            if directory.parent.name == "multirun":
+                directory.parent.rmdir()

@@ -354,7 +354,7 @@ def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_dir(tmp_path):
     result = run_cli("-m", "trainer.stepz=2,3", *TINY, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == "error: unknown setting trainer.stepz (did you mean trainer.steps?)\n"
-    assert list((tmp_path / "outputs").rglob("*")) == [tmp_path / "outputs" / "multirun"]
+    assert list((tmp_path / "outputs").rglob("*")) == []
     mine = tmp_path / "mine"
     mine.mkdir()
     assert run_cli("-m", "trainer.stepz=2,3", *TINY, f"hydra.sweep.dir={mine}").returncode == 2
