@@ -232,6 +232,7 @@ class Trainer:
         every process (open a run on process 0 only).
         """
         _require_json(config)
+        _require_one_key(key)
         require(
             model.fixed_channels == task.fixed_channels,
             f"the task keeps its input in the last {task.fixed_channels} channels, unchanged, and the model holds "
@@ -402,6 +403,15 @@ def _require_json(config) -> None:
             f"config= must be plain JSON data, saved with each checkpoint (from a DictConfig: "
             f"OmegaConf.to_container(cfg, resolve=True)); {err}"
         ) from err
+
+
+def _require_one_key(key) -> None:
+    """``fit(key=0)`` was JAX's "invalid PRNG key data", a batch of keys its "split accepts a single key"."""
+    typed = hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    classic = hasattr(key, "dtype") and key.dtype == "uint32" and key.shape == (2,)
+    if not (typed and key.shape == () or classic):
+        got = f"shape {key.shape}, dtype {key.dtype}" if hasattr(key, "dtype") else type(key).__name__
+        raise TypeError(f"key must be one PRNG key, jax.random.key(seed); got {got}")
 
 
 def _check_task_shapes(task: Task, n: int = 2) -> None:

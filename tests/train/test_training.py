@@ -161,6 +161,17 @@ def test_a_config_that_is_not_json_is_refused_before_the_first_step(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
 
 
+def test_fit_takes_one_prng_key(tmp_path):
+    """``fit(key=0)`` and a batch of keys were JAX's errors from deep in ``fit``; a classic
+    ``PRNGKey`` trains as the typed key of its data."""
+    cfg = compose(*TINY)
+    task, model, trainer = build(cfg)
+    for key, got in ((0, "got int"), (jax.random.split(jax.random.key(0), 2), r"got shape \(2,\), dtype key<fry>")):
+        with pytest.raises(TypeError, match=rf"key must be one PRNG key, jax.random.key\(seed\); {got}"):
+            trainer.fit(model, task, key=key, run_dir=tmp_path)
+    assert trainer.fit(model, task, key=jax.random.PRNGKey(0), run_dir=tmp_path)["step"] == cfg.trainer.steps
+
+
 def test_numpy_integers_are_counts(tmp_path):
     """A notebook sweeps with ``np.arange``: its integers were refused as counts ("must be an
     integer >= 1, got np.int64(2)") and as a rollout's length."""
