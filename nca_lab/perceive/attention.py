@@ -26,7 +26,8 @@ Other differences from ViTCA's model, for comparing with its numbers: LayerNorm,
 before its output head); the feed-forward block (``x + FF(LN x)``, exact GELU) only with
 ``feed_forward=<width>``: by default the residual update's ReLU MLP stands in for it and for
 ViTCA's zero-initialised output head; other default sizes (ViTCA's model class defaults to one
-head of width 32); no bias in the attention's output projection (ViTCA's has one); at the
+head as wide as a cell's features, 32 when it embeds the cells first); no bias in the
+attention's output projection (ViTCA's has one, and with one head no projection at all); at the
 border, by default, a ring of cells of state ``padding`` (``padding="vitca"``: ViTCA's rule,
 zero keys and values off the grid, which stay in the softmax with score 0; only the cells on
 the border ring perceive differently). ViTCA keeps the corrupted input in channels the update

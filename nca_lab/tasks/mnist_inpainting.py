@@ -6,8 +6,19 @@ square patches is written into the cells, which must reconstruct the hidden part
 (Mordvintsev et al., Distill 2020) keeps the reconstruction stable. The masked digit is written
 into the channels the NCA updates; with ``fixed_input=True`` each cell also keeps it in its last
 4 channels, which no step changes, as ViTCA keeps its input, and with ``output_init="grey"`` the
-updated RGBA starts at opaque mid-grey (RGB 0.5) instead (ViTCA's constant start). Unlike ViTCA,
-the loss is the RGBA MSE of nca_lab's other tasks.
+updated RGBA starts at opaque mid-grey (RGB 0.5) instead (ViTCA's constant start).
+
+Unlike ViTCA, so its numbers do not compare with ViTCA's:
+
+* the mask: each pixel is hidden on its own (``mask_ratio``), plus ``patches`` squares at any
+  position, and a hidden pixel is 0. ViTCA tiles the image into s x s patches and drops each
+  with probability p (p in {0.25, 0.5, 0.75}, s growing over training), filling them with
+  noise or zeros;
+* the model is told which pixels are hidden (alpha 0, below); ViTCA's input carries no such
+  indicator, so its model must also find the corrupted pixels: an easier task here;
+* the loss is the RGBA MSE of nca_lab's other tasks (ViTCA's: L1 and an overflow term), and
+  the metrics are over the hidden pixels only (ViTCA reports PSNR, SSIM and LPIPS of the
+  whole image).
 
 Channel layout (premultiplied RGBA, the convention of :mod:`nca_lab.render`): RGB hold the
 grey level of a visible pixel (the same value three times), alpha is 1 where the pixel is
