@@ -28,7 +28,7 @@ configure_jax_environment()
 
 from nca_lab.atomic import write_text_atomically  # noqa: E402
 from nca_lab.cli_args import ArgumentParser, command_name  # noqa: E402
-from nca_lab.errors import ConfigError, one_line  # noqa: E402
+from nca_lab.errors import ConfigError, one_line, require  # noqa: E402
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.interop.original import FIRE_RATE  # noqa: E402
 from nca_lab.interop.webgl8 import to_webgl8  # noqa: E402
@@ -56,6 +56,7 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "webgl8") -> list
     Raises:
         ConfigError: the model cannot be read or does not fit the format.
     """
+    require(fmt in FORMATS, f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
     model = read_model(checkpoint)
     document = FORMATS[fmt](model, str(checkpoint))

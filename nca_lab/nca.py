@@ -86,6 +86,7 @@ class NCA(nnx.Module):
             f"compact_cells must be auto, true or false, got {compact_cells!r}",
         )
         channels = perceive.num_channels
+        require(channels >= 4, f"the state needs at least 4 channels (RGBA), the perceive has {channels}")
         require(
             is_integer(fixed_channels) and 0 <= fixed_channels <= channels - 4,
             f"fixed_channels must be an integer from 0 to {channels - 4} (the channels after RGBA), "
@@ -164,8 +165,8 @@ class NCA(nnx.Module):
         if jax.dtypes.canonicalize_dtype(state.dtype) != jnp.float32:
             raise TypeError(f"state has dtype {state.dtype}; this model steps float32 states")
         if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            if key.dtype != jnp.uint32:
-                raise TypeError(f"key has dtype {key.dtype}; give jax.random.key(seed) keys")
+            if key.dtype != jnp.uint32 or key.shape[-1:] != (2,):
+                raise TypeError(f"key has dtype {key.dtype}, shape {key.shape}; give jax.random.key(seed) keys")
             key = jax.random.wrap_key_data(key)
         if key.shape != state.shape[:-3]:
             raise ValueError(

@@ -144,6 +144,7 @@ def test_a_classic_prng_key_draws_as_its_new_style_key(model, seeds):
         (lambda s: s[..., :4], lambda: jax.random.split(jax.random.key(0), 3), ValueError, r"\(\.\.\., H, W, 8\)"),
         (lambda s: s.astype(jnp.bfloat16), lambda: jax.random.split(jax.random.key(0), 3), TypeError, "steps float32"),
         (lambda s: s[0], lambda: jnp.zeros(2, jnp.int32), TypeError, r"jax\.random\.key"),
+        (lambda s: s[0], lambda: np.uint32(0), TypeError, r"key has dtype uint32, shape \(\); give jax\.random\.key"),
         (
             lambda s: Batch(s, s),
             lambda: jax.random.split(jax.random.key(0), 3),
@@ -157,7 +158,7 @@ def test_a_classic_prng_key_draws_as_its_new_style_key(model, seeds):
             r"^key must be jax\.random\.key\(seed\) keys, one per grid, got NoneType",
         ),
     ],
-    ids=["one key for a batch", "channels", "bf16", "int key", "a task's batch", "no key"],
+    ids=["one key for a batch", "channels", "bf16", "int key", "uint32 scalar", "a task's batch", "no key"],
 )
 def test_bad_state_or_key_is_named_at_trace_time(model, seeds, method, state, key, error, message):
     run = model.step if method == "step" else lambda s, k: model.rollout(s, k, 2)
@@ -211,6 +212,12 @@ def test_fixed_channels_are_perceived_and_never_changed():
     grads = nnx.grad(lambda m: jnp.sum(m.rollout(state, keys, 6)[0] ** 2))(held)
     out = np.asarray(grads["update"]["out"]["kernel"][...])
     assert np.all(out[:, 6:] == 0.0) and np.all(np.any(out[:, :6] != 0.0, axis=0))
+
+
+def test_fewer_channels_than_rgba_are_one_line():
+    """It was "fixed_channels must be an integer from 0 to -1", of a setting never given."""
+    with pytest.raises(ConfigError, match=r"^the state needs at least 4 channels \(RGBA\), the perceive has 3$"):
+        NCA(SobelPerceive(3), ResidualUpdate(9, 3, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize("fixed", [-1, 5, 2.0, True])

@@ -27,6 +27,7 @@ def seed_state(grid_shape: tuple[int, int], num_channels: int) -> np.ndarray:
         np.shape(grid_shape) == (2,),
         f"grid_shape must be (H, W), got {grid_shape!r} (a batch of n seeds: np.stack([seed] * n))",
     )
+    require(num_channels >= 4, f"num_channels must be at least 4 (RGBA), got {num_channels}")
     h, w = grid_shape
     seed = np.zeros((h, w, num_channels), np.float32)
     seed[h // 2, w // 2, 3:] = SEED_ALPHA

@@ -441,6 +441,9 @@ def test_export_from_python_takes_paths_as_strings(tmp_path):
     out = tmp_path / "sub" / "lizard.json"
     assert export_cli.export(str(WEBGL8), str(out)) == []
     assert json.loads(out.read_text()) == json.loads(WEBGL8.read_text())  # the released file, byte-equal in JSON
+    with pytest.raises(ConfigError, match=r"^format must be one of webgl8, got 'onnx'$"):  # was KeyError: 'onnx'
+        export_cli.export(str(WEBGL8), str(tmp_path / "other.json"), fmt="onnx")
+    assert not (tmp_path / "other.json").exists()
 
 
 def test_a_damaged_checkpoint_is_one_line_from_grow_and_export(tmp_path):

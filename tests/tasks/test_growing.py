@@ -35,6 +35,8 @@ def test_the_seed_is_one_cell_with_alpha_and_hidden_channels_set():
         seed_state((8, 5, 6), C)  # was "too many values to unpack"
     with pytest.raises(ValueError, match=r"^grid_shape must be \(H, W\), got 64 "):
         seed_state(64, C)  # was "object of type 'int' has no len()"
+    with pytest.raises(ValueError, match=r"^num_channels must be at least 4 \(RGBA\), got 3$"):
+        seed_state((5, 6), 3)  # was a seed with nothing alive
 
 
 def test_samples_are_seeds_with_the_target(task):
