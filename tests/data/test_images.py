@@ -130,10 +130,20 @@ def test_a_fully_transparent_image_is_refused(tmp_path):
         load_target(str(path), size=8)
 
 
-@pytest.mark.parametrize("source", [None, 7, ""])
-def test_a_target_that_is_no_text_is_refused(source):
-    with pytest.raises(ConfigError, match="task.target must be an emoji character or an image path"):
+@pytest.mark.parametrize(
+    ("source", "got"), [(None, "None"), (7, "7"), ("", "''"), (np.zeros((8, 8, 4)), r"an array of shape \(8, 8, 4\)")]
+)
+def test_a_target_that_is_no_text_is_refused(source, got):
+    """An array was refused with its whole repr, and no word of the PIL image that is taken."""
+    message = rf"^task.target must be an emoji character, an image path or a PIL image, got {got} \(PIL.Image.fromarray"
+    with pytest.raises(ConfigError, match=message):
         load_target(source)
+
+
+def test_a_target_path_may_be_a_path(tmp_path):
+    path = tmp_path / "dot.png"
+    Image.new("RGBA", (8, 8), (200, 0, 0, 255)).save(path)
+    np.testing.assert_array_equal(load_target(path, size=8), load_target(str(path), size=8))
 
 
 def test_an_emoji_with_spaces_around_is_that_emoji():
@@ -155,3 +165,7 @@ def test_a_picture_without_alpha_says_its_background_is_grown_too(mode, tmp_path
     Image.new("RGBA", (8, 8), (200, 0, 0, 255)).save(path)
     load_target(str(path), size=8, padding=0)
     assert capsys.readouterr().err == ""
+    load_target(Image.new(mode, (8, 8), 200), size=8, padding=0)  # from Python: it said nothing
+    assert capsys.readouterr().err == (
+        "note: the given image has no alpha channel: all of it, its background too, is the pattern to grow\n"
+    )
