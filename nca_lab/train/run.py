@@ -146,6 +146,33 @@ def load_model(path: str | Path, step: int | None = None):
     return model
 
 
+def check_config_builds(model: NCA, config: dict) -> None:
+    """Refuse a ``config`` (``Trainer.fit(config=...)``) that does not build ``model``'s perceive
+    and update, the parts :func:`load_model` rebuilds from it: a hand-built model saved with
+    another model's config loaded as that other one (another fire rate, another angle) without
+    a word, or failed to load only after training."""
+    how_it_steps = {"kernel": model.kernel, "compact_cells": model.compact_cells}  # not what load_model rebuilds
+    try:
+        config = OmegaConf.merge(config, how_it_steps)
+        built = nnx.eval_shape(lambda: build_model(config, model.alive_threshold, model.fixed_channels))
+    except (ConfigError, OmegaConfBaseException) as err:
+        raise ConfigError(
+            f"config= does not build a model ({one_line(err)}): give the one the model was built from"
+        ) from err
+    for part in ("perceive", "update"):
+        ours, theirs = getattr(model, part), getattr(built, part)
+        if nnx.graphdef(ours) != nnx.graphdef(theirs) or _shapes(ours) != _shapes(theirs):
+            raise ConfigError(
+                f"config= builds a {part} ({type(theirs).__name__}) of other settings or sizes than the model's "
+                f"({type(ours).__name__}): load_model, grow and export rebuild the model from it; give the config "
+                "the model was built from"
+            )
+
+
+def _shapes(module: nnx.Module):
+    return jax.tree.map(lambda x: (x.shape, x.dtype), nnx.state(module))
+
+
 def load_task(path: str | Path, step: int | None = None):
     """The task a run dir (checkpoints dir, step dir) trained on, rebuilt from the config saved
     with its checkpoint. Its paths (``task.target=dot.png``, ``task.data_root``) are read as

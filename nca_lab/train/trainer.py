@@ -233,6 +233,10 @@ class Trainer:
         """
         _require_json(config)
         _require_one_key(key)
+        if config is not None:
+            from nca_lab.train.run import check_config_builds  # the composition root reads configs (and imports this)
+
+            check_config_builds(model, config)
         require(
             model.fixed_channels == task.fixed_channels,
             f"the task keeps its input in the last {task.fixed_channels} channels, unchanged, and the model holds "

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from omegaconf import OmegaConf
 
 from nca_lab.ckpt import RunCheckpointer, step_dirs
 from nca_lab.config import compose
@@ -15,7 +16,7 @@ from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.tasks.growing import GrowingTask
 from nca_lab.train import trainer as trainer_module
-from nca_lab.train.run import build, build_model, seed_keys
+from nca_lab.train.run import build, build_model, load_model, seed_keys
 from nca_lab.train.trainer import TrainingDiverged
 
 from nca_testing import TINY
@@ -170,6 +171,25 @@ def test_fit_takes_one_prng_key(tmp_path):
         with pytest.raises(TypeError, match=rf"key must be one PRNG key, jax.random.key\(seed\); {got}"):
             trainer.fit(model, task, key=key, run_dir=tmp_path)
     assert trainer.fit(model, task, key=jax.random.PRNGKey(0), run_dir=tmp_path)["step"] == cfg.trainer.steps
+
+
+def test_a_config_that_builds_another_model_is_refused_before_the_first_step(tmp_path):
+    """``load_model`` rebuilds the model from ``config=``: a hand-built model saved with another
+    model's config loaded as that one (here, another fire rate) without a word."""
+    cfg = compose(*TINY)
+    task, model, trainer = build(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for change, part in (("update.fire_rate=0.9", "update"), ("perceive.angle=0.5", "perceive")):
+        other = build_model(compose(*TINY, change), task.alive_threshold)
+        message = rf"^config= builds a {part} \(\w+\) of other settings or sizes than the model's \(\w+\): load_model"
+        with pytest.raises(ConfigError, match=message):
+            trainer.fit(other, task, key=jax.random.key(0), run_dir=tmp_path, config=config)
+    with pytest.raises(ConfigError, match=r"^config= does not build a model \(.*num_channels"):
+        trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path, config={"seed": 0})
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    reseeded = build_model(compose(*TINY, "seed=1"), task.alive_threshold)  # other weights, the same model
+    trainer.fit(reseeded, task, key=jax.random.key(0), run_dir=tmp_path, config=config)
+    np.testing.assert_array_equal(load_model(tmp_path).update.out.kernel[...], reseeded.update.out.kernel[...])
 
 
 def test_numpy_integers_are_counts(tmp_path):
