@@ -17,7 +17,8 @@ from nca_lab.nca import NCA
 
 
 class Batch(NamedTuple):
-    """Initial states ``(N, H, W, C)`` and their targets ``(N, H, W, K)``."""
+    """Initial states ``(N, H, W, C)`` and their targets: ``(N, H, W, K)``, or any pytree of arrays
+    with one target per sample along the first axis (what the task's ``loss`` takes)."""
 
     state: jax.Array
     target: jax.Array

@@ -17,7 +17,8 @@ from nca_lab.tasks.base import Batch, Task
 
 
 class Pool(NamedTuple):
-    """States ``(P, H, W, C)`` and their targets ``(P, H, W, K)``, kept on device."""
+    """States ``(P, H, W, C)`` and their targets (``(P, H, W, K)``, or any pytree of arrays with
+    one target per sample along the first axis), kept on device."""
 
     state: jax.Array
     target: jax.Array
@@ -31,7 +32,7 @@ def init_pool(task: Task, key: jax.Array, size: int) -> Pool:
 def draw(pool: Pool, key: jax.Array, n: int) -> tuple[jax.Array, Batch]:
     """``n`` distinct pool indices (without replacement) and their samples."""
     idx = jax.random.permutation(key, pool.state.shape[0])[:n]
-    return idx, Batch(pool.state[idx], pool.target[idx])
+    return idx, Batch(pool.state[idx], _rows(pool.target, idx))
 
 
 def check_damage(damage_n: int, batch_size: int) -> None:
@@ -54,9 +55,10 @@ def prepare(task: Task, idx: jax.Array, batch: Batch, key: jax.Array, damage_n: 
     check_damage(damage_n, batch.state.shape[0])
     reseed_key, damage_key = jax.random.split(key)
     order = jnp.argsort(-task.loss(batch.state, batch.target))
-    idx, state, target = idx[order], batch.state[order], batch.target[order]
+    idx, state, target = idx[order], batch.state[order], _rows(batch.target, order)
     fresh = task.sample(reseed_key, 1)
-    state, target = state.at[:1].set(fresh.state), target.at[:1].set(fresh.target)
+    state = state.at[:1].set(fresh.state)
+    target = jax.tree.map(lambda old, new: old.at[:1].set(new), target, fresh.target)
     if damage_n > 0:
         state = state.at[-damage_n:].set(task.damage(state[-damage_n:], damage_key))
     return idx, Batch(state, target)
@@ -64,4 +66,10 @@ def prepare(task: Task, idx: jax.Array, batch: Batch, key: jax.Array, damage_n: 
 
 def write_back(pool: Pool, idx: jax.Array, batch: Batch) -> Pool:
     """Store trained states (and their targets) at ``idx``."""
-    return Pool(pool.state.at[idx].set(batch.state), pool.target.at[idx].set(batch.target))
+    target = jax.tree.map(lambda kept, trained: kept.at[idx].set(trained), pool.target, batch.target)
+    return Pool(pool.state.at[idx].set(batch.state), target)
+
+
+def _rows(tree, idx: jax.Array):
+    """The rows ``idx`` of every array in ``tree``: a task's targets may be any pytree."""
+    return jax.tree.map(lambda leaf: leaf[idx], tree)

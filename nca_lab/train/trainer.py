@@ -163,6 +163,8 @@ class Trainer:
                 task.pool_size >= self.batch_size,
                 f"task.pool_size ({task.pool_size}) must be at least trainer.batch_size ({self.batch_size})",
             )
+        else:  # damage is of pool samples, grown before: a fresh sample has nothing to regenerate
+            require(task.damage_n == 0, f"task.damage_n ({task.damage_n}) needs a sample pool: task.pool_size > 0")
         check_damage(task.damage_n, self.batch_size)
         require(
             self.data_parallel or jax.process_count() == 1,

@@ -11,10 +11,12 @@ from nca_lab.tasks.damage import damage_circles
 from nca_lab.train.pool import Pool, draw, init_pool, prepare, write_back
 
 FRESH = -1.0
+FRESH_TARGET = -2.0
 
 
 class ValueTask(Task):
-    """Every cell of a state holds the sample's loss; fresh samples hold ``FRESH``."""
+    """Every cell of a state holds the sample's loss; fresh samples hold ``FRESH``, their
+    targets ``FRESH_TARGET``, which the loss ignores."""
 
     grid_shape = (8, 8)
 
@@ -23,10 +25,11 @@ class ValueTask(Task):
 
     def sample(self, key, n):
         del key
-        return Batch(jnp.full((n, 8, 8, 4), FRESH), jnp.zeros((n, 8, 8, 4)))
+        return Batch(jnp.full((n, 8, 8, 4), FRESH), jnp.full((n, 8, 8, 4), FRESH_TARGET))
 
     def loss(self, state, target):
-        return jnp.mean(state - target, axis=(1, 2, 3))
+        del target
+        return jnp.mean(state, axis=(1, 2, 3))
 
     def damage(self, state, key):
         return damage_circles(state, key, radius=(0.5, 0.8))
@@ -34,9 +37,10 @@ class ValueTask(Task):
 
 @pytest.fixture(scope="module")
 def pool():
-    """16 states whose (distinct, positive) losses are a shuffled 1..16."""
+    """16 states whose (distinct, positive) losses are a shuffled 1..16; sample i's target holds i."""
     values = np.random.default_rng(0).permutation(16).astype(np.float32) + 1.0
-    return Pool(jnp.broadcast_to(values[:, None, None, None], (16, 8, 8, 4)), jnp.zeros((16, 8, 8, 4)))
+    targets = jnp.broadcast_to(jnp.arange(16.0)[:, None, None, None], (16, 8, 8, 4))
+    return Pool(jnp.broadcast_to(values[:, None, None, None], (16, 8, 8, 4)), targets)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +84,9 @@ def test_prepare_sorts_by_descending_loss_and_reseeds_the_worst(pool, draw_and_p
     pool_values = np.asarray(pool.state)[np.asarray(new_idx), 0, 0, 0]
     assert np.all(np.diff(pool_values) < 0)
     np.testing.assert_array_equal(state[1:5], np.asarray(pool.state)[np.asarray(new_idx)[1:5]])
+    target = np.asarray(prepared.target)
+    assert np.all(target[0] == FRESH_TARGET)  # the fresh sample comes with its own target ...
+    np.testing.assert_array_equal(target[1:], np.asarray(pool.target)[np.asarray(new_idx)[1:]])  # ... the rest theirs
 
 
 def test_damage_changes_only_damaged_cells_of_the_best_samples(pool, draw_and_prepare):
@@ -109,6 +116,25 @@ def test_write_back_stores_at_the_indices_only(pool):
     assert np.all(state[[3, 0, 7]] == 99.0) and np.all(np.asarray(new.target)[[3, 0, 7]] == 1.0)
     others = np.setdiff1d(np.arange(16), [3, 0, 7])
     np.testing.assert_array_equal(state[others], np.asarray(pool.state)[others])
+
+
+def test_targets_may_be_any_pytree(pool):
+    """The trainer takes a task's targets as any pytree (``_check_task_shapes``); the pool
+    indexed them as one array: ``TypeError: unhashable type`` at the first step."""
+
+    class TreeTask(ValueTask):
+        def sample(self, key, n):
+            batch = super().sample(key, n)
+            return Batch(batch.state, {"image": batch.target, "label": jnp.full((n,), 7)})
+
+    tree_pool = Pool(pool.state, {"image": pool.target, "label": jnp.arange(16)})
+    idx, batch = draw(tree_pool, jax.random.key(0), 8)
+    new_idx, prepared = prepare(TreeTask(), idx, batch, jax.random.key(1), 3)
+    labels = np.asarray(prepared.target["label"])
+    assert labels[0] == 7 and np.all(labels[1:] == np.asarray(new_idx)[1:])
+    np.testing.assert_array_equal(np.asarray(prepared.target["image"])[1:, 0, 0, 0], labels[1:])
+    written = write_back(tree_pool, new_idx, prepared)
+    np.testing.assert_array_equal(np.asarray(written.target["label"])[np.asarray(new_idx)], labels)
 
 
 def test_damaging_the_whole_batch_is_refused(pool):

@@ -162,6 +162,14 @@ def test_a_config_that_is_not_json_is_refused_before_the_first_step(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
 
 
+def test_damage_without_a_pool_is_refused():
+    """Only pool samples are damaged: a task's damage_n without a pool was ignored without a word."""
+    task, _, trainer = tiny()
+    task.damage_n = 1
+    with pytest.raises(ConfigError, match=r"^task.damage_n \(1\) needs a sample pool: task.pool_size > 0$"):
+        trainer.check(task)
+
+
 def test_fit_takes_one_prng_key(tmp_path):
     """``fit(key=0)`` and a batch of keys were JAX's errors from deep in ``fit``; a classic
     ``PRNGKey`` trains as the typed key of its data."""
