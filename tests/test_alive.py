@@ -15,5 +15,8 @@ def test_alive_is_max_pooled_alpha_above_threshold():
 
 
 def test_negative_alpha_everywhere_is_dead():
+    """Whatever the threshold: off-grid padding never wins the max-pool (a zero padding would
+    bring the border to life under a negative threshold)."""
     state = -np.ones((1, 5, 5, 4), np.float32)
     assert not np.asarray(alive_mask(jnp.asarray(state))).any()
+    assert not np.asarray(alive_mask(jnp.asarray(state), threshold=-0.5)).any()

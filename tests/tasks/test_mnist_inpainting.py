@@ -17,6 +17,7 @@ from nca_lab.tasks.mnist_inpainting import (
     masked_batch,
     masked_mse,
     neighbour_fill,
+    read_out,
 )
 from nca_lab.train.run import build, load_model
 
@@ -226,3 +227,10 @@ def test_quick_preset_builds(mnist_root):
     task, model, trainer = build(compose("experiment=quick_mnist_inpainting", f"task.data_root={mnist_root}"))
     assert isinstance(task, MnistInpaintingTask)
     assert model.alive_threshold is None and task.pool_size >= trainer.batch_size
+
+
+def test_the_read_out_is_clipped_to_grey_levels():
+    """A state whose RGB overshoots reads as white or black, as a digit's pixels are: the
+    metrics compare grey levels in [0, 1]."""
+    state = jnp.zeros((1, 2, 1, 4)).at[0, 0, 0, :3].set(2.0).at[0, 1, 0, :3].set(-1.0)
+    np.testing.assert_array_equal(read_out(state), [[[1.0], [0.0]]])

@@ -55,6 +55,15 @@ def test_circle_masks_have_the_requested_radius():
     assert abs(rows.mean() - 31.5) <= 17 and abs(cols.mean() - 31.5) <= 17  # centre within the middle half
 
 
+def test_damage_lands_anywhere_in_the_middle_of_the_grid_alike():
+    """Centres uniform in [-0.5, 0.5]^2 (the notebook's): each half of the grid, left and right,
+    top and bottom, takes the same share of the damage; on a grid that is not square too."""
+    masks = np.asarray(circle_masks(jax.random.key(0), 2000, (32, 48)))[..., 0]
+    assert masks.shape == (2000, 32, 48)
+    for first, second in ((masks[:, :16], masks[:, 16:]), (masks[:, :, :24], masks[:, :, 24:])):
+        assert abs(first.mean() - second.mean()) < 0.2 * masks.mean()
+
+
 def test_more_circles_damage_more():
     one = np.asarray(circle_masks(jax.random.key(0), 256, (32, 32), circles=1)).mean()
     three = np.asarray(circle_masks(jax.random.key(0), 256, (32, 32), circles=3)).mean()

@@ -1,6 +1,7 @@
 """The optimizer is the authors': Adam with Keras' defaults after per-parameter normalisation."""
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from nca_lab.config import compose
@@ -47,9 +48,10 @@ def test_normalize_divides_each_parameter_by_its_norm():
     from nca_lab.train.optim import normalize_per_parameter
 
     transform = normalize_per_parameter()
-    grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 0.0, 2.0])}
+    grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 0.0, 2.0]), "kernel": jnp.array([[3.0, 0.0], [0.0, 4.0]])}
     updates, _ = transform.update(grads, transform.init(grads))
     assert updates["a"].tolist() == pytest.approx([0.6, 0.8]) and updates["b"].tolist() == pytest.approx([0, 0, 1])
+    np.testing.assert_allclose(updates["kernel"], [[0.6, 0.0], [0.0, 0.8]])  # the whole variable's norm, not a row's
 
 
 def test_step_decay_changes_the_rate_after_boundary_updates():

@@ -27,7 +27,9 @@ def test_rollouts_run_each_length_of_the_range_and_the_pool_keeps_their_final_st
     step = make_train_step(task, batch_size=2, rollout_steps=(2, 4), donate_pool=False)
     lengths = []
     for i in range(40):
-        pool, _ = step(model, optimizer, init_pool(task, jax.random.key(0), 2), jax.random.key(i))
+        pool, metrics = step(model, optimizer, init_pool(task, jax.random.key(0), 2), jax.random.key(i))
+        if i == 0:  # the logged loss is the batch's mean, not its sum
+            np.testing.assert_allclose(metrics["loss"], np.mean(task.loss(pool.state, pool.target)), rtol=1e-6)
         corners = np.asarray(pool.state[:, 0, 0, 3]) / DRIFT  # the batch is the whole pool, seeds before the step
         assert corners[0] == corners[1] and corners[0] == round(corners[0])
         lengths.append(int(corners[0]))

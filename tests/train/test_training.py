@@ -170,6 +170,26 @@ def test_damage_without_a_pool_is_refused():
         trainer.check(task)
 
 
+def test_each_step_draws_from_a_key_of_its_own(tmp_path, monkeypatch):
+    """One key for every step drew the same batch, rollout length and fire masks each time;
+    training still went down, and resumed runs still matched uninterrupted ones."""
+    keys, make = [], trainer_module.make_train_step
+
+    def recording(*args, **kwargs):
+        step = make(*args, **kwargs)
+
+        def recorded(model, optimizer, pool, key):
+            keys.append(tuple(np.asarray(jax.random.key_data(key)).tolist()))
+            return step(model, optimizer, pool, key)
+
+        return recorded
+
+    monkeypatch.setattr(trainer_module, "make_train_step", recording)
+    task, model, trainer = tiny("trainer.steps=3")
+    trainer.fit(model, task, key=jax.random.key(0), run_dir=tmp_path)
+    assert len(keys) == 3 and len(set(keys)) == 3
+
+
 def test_fit_takes_one_prng_key(tmp_path):
     """``fit(key=0)`` and a batch of keys were JAX's errors from deep in ``fit``; a classic
     ``PRNGKey`` trains as the typed key of its data."""
