@@ -23,6 +23,7 @@ Sublinear Memory Cost" (2016), applied per CA step.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from nca_lab.active_cells import near_alive, on_cells
@@ -57,12 +58,14 @@ def residual_step(
     perceive_graph, perceive_params, perceive_rest = nnx.split(perceive, nnx.Param, ...)
     update_graph, update_params, update_rest = nnx.split(update, nnx.Param, ...)
 
-    def perceive_fn(params, x):
-        return nnx.merge(perceive_graph, params, perceive_rest)(x)
+    def perceive_fn(params, rest, x):
+        return nnx.merge(perceive_graph, params, rest)(x)
 
-    def forward(perceive_params, update_params, x, fire):
+    # The modules' other variables (a buffer, an nnx.Variable of a subclass) are arguments, not
+    # closed over: a custom_vjp cannot close over the tracers they are inside a jitted rollout.
+    def forward(perceive_params, perceive_rest, update_params, update_rest, x, fire):
         update = nnx.merge(update_graph, update_params, update_rest)
-        perception = perceive_fn(perceive_params, x)
+        perception = perceive_fn(perceive_params, perceive_rest, x)
         alive_before = None if alive_threshold is None else alive_mask(x, alive_threshold)
         if compact:
             active = fire > 0 if alive_before is None else (fire > 0) & near_alive(alive_before)
@@ -78,22 +81,46 @@ def residual_step(
         return keep_living(new, alive_before, alive_threshold)
 
     @jax.custom_vjp
-    def step(perceive_params, update_params, x, fire):
-        return forward(perceive_params, update_params, x, fire)[0]
+    def step(perceive_params, perceive_rest, update_params, update_rest, x, fire):
+        return forward(perceive_params, perceive_rest, update_params, update_rest, x, fire)[0]
 
-    def step_fwd(perceive_params, update_params, x, fire):
-        out, alive = forward(perceive_params, update_params, x, fire)
-        return out, (perceive_params, update_params, x, fire, alive)
+    def step_fwd(perceive_params, perceive_rest, update_params, update_rest, x, fire):
+        out, alive = forward(perceive_params, perceive_rest, update_params, update_rest, x, fire)
+        return out, (perceive_params, perceive_rest, update_params, update_rest, x, fire, alive)
 
     def step_bwd(residuals, grad_out):
-        perceive_params, update_params, x, fire, alive = residuals
-        grads = step_backward(
-            perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out, compact
+        perceive_params, perceive_rest, update_params, update_rest, x, fire, alive = residuals
+        perceive_grads, update_grads, grad_x = step_backward(
+            lambda params, x: perceive_fn(params, perceive_rest, x),
+            update_graph,
+            update_rest,
+            perceive_params,
+            update_params,
+            x,
+            fire,
+            alive,
+            grad_out,
+            compact,
         )
-        return *grads, jnp.zeros_like(fire)
+        return (
+            perceive_grads,
+            _no_gradient(perceive_rest),
+            update_grads,
+            _no_gradient(update_rest),
+            grad_x,
+            jnp.zeros_like(fire),
+        )
 
     step.defvjp(step_fwd, step_bwd)
-    return step(perceive_params, update_params, state, fire)
+    return step(perceive_params, perceive_rest, update_params, update_rest, state, fire)
+
+
+def _no_gradient(tree):
+    """Zero cotangents for the variables that are not trained (``float0`` for integer ones)."""
+    return jax.tree.map(
+        lambda v: jnp.zeros_like(v) if jnp.issubdtype(v.dtype, jnp.inexact) else np.zeros(v.shape, jax.dtypes.float0),
+        tree,
+    )
 
 
 def step_backward(

@@ -152,6 +152,40 @@ def test_a_subclass_that_keeps_the_step_keeps_the_fast_paths(kind, compact):
     assert_rollouts_agree(got, want)
 
 
+class BufferedUpdate(ResidualUpdate):
+    """A subclass with a variable that is not trained (a buffer)."""
+
+    def __init__(self, perception_size, num_channels, **options):
+        super().__init__(perception_size, num_channels, **options)
+        self.scale = nnx.Variable(jnp.full((num_channels,), 0.5))
+
+    def delta(self, perception):
+        return super().delta(perception) * self.scale[...]
+
+
+class BufferedPerceive(SobelPerceive):
+    """A perceive with a variable that is not trained."""
+
+    def __init__(self, num_channels, **options):
+        super().__init__(num_channels, **options)
+        self.gain = nnx.Variable(jnp.array(2.0))
+
+    def __call__(self, state):
+        return super().__call__(state) * self.gain[...]
+
+
+def test_variables_that_are_not_trained_under_jit():
+    """Inside a jitted rollout they are tracers, which the step's custom VJP closed over:
+    "No constant handler for type: DynamicJaxprTracer" at the first train step."""
+    perceive = BufferedPerceive(C)
+    update = BufferedUpdate(perceive.out_features, C, hidden_sizes=(16,), zero_init=False, rngs=nnx.Rngs(1))
+    fast = NCA(perceive, update, alive_threshold=0.1)
+    reference = NCA(perceive, update, alive_threshold=0.1, manual_vjp=False)
+    state, keys = start(), jax.random.split(jax.random.key(6), 3)
+    jitted = nnx.jit(lambda model, state: rollout_value_and_grads(model, state, keys, 4))
+    assert_rollouts_agree(jitted(fast, state), jitted(reference, state))
+
+
 def test_delta_vjp_equals_autodiff():
     update = ResidualUpdate(6, 5, hidden_sizes=[8, 7], step_size=0.7, zero_init=False, rngs=nnx.Rngs(0))
     perception = jax.random.normal(jax.random.key(0), (2, 4, 4, 6))
