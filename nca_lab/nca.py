@@ -71,7 +71,9 @@ class NCA(nnx.Module):
                 "Attention-based Neural Cellular Automata", NeurIPS 2022), so a denoiser keeps
                 seeing the corrupted picture it started from. ``0``: every channel updates.
         """
-        if isinstance(update, ResidualUpdate):  # a hand-built pair that does not fit: one line, not dot_general's
+        # a hand-built pair that does not fit: one line, not dot_general's (a subclass with a
+        # delta of its own may size its layers otherwise: building from a config checks its next state)
+        if isinstance(update, ResidualUpdate) and type(update).delta is ResidualUpdate.delta:
             takes, makes = (update.hidden[0] if update.hidden else update.out).in_features, update.out.out_features
             gives, channels = perceive.out_features, perceive.num_channels
             require(

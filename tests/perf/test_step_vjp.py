@@ -133,7 +133,23 @@ class SoftFireUpdate(ResidualUpdate):
         return 0.5 * super().fire_mask(key, grid_shape)
 
 
-@pytest.mark.parametrize("kind", [GatedUpdate, LearnedStepUpdate, SoftFireUpdate])
+class TwoHeadUpdate(ResidualUpdate):
+    """A subclass whose output layer gives twice the channels, a gate and a value per channel
+    (``NCA`` refused it as sized for other channels)."""
+
+    def __init__(self, perception_size, num_channels, **options):
+        super().__init__(perception_size, num_channels, **options)
+        self.out = nnx.Linear(self.out.in_features, 2 * num_channels, rngs=nnx.Rngs(4))
+
+    def delta(self, perception):
+        hidden = perception
+        for layer in self.hidden:
+            hidden = jax.nn.relu(layer(hidden))
+        gate, value = jnp.split(self.out(hidden), 2, axis=-1)
+        return jax.nn.sigmoid(gate) * value
+
+
+@pytest.mark.parametrize("kind", [GatedUpdate, LearnedStepUpdate, SoftFireUpdate, TwoHeadUpdate])
 @pytest.mark.parametrize("compact", [False, True])
 def test_a_subclass_that_keeps_the_step_keeps_the_fast_paths(kind, compact):
     """A gated update trained by autodiff, about 5x slower on a CPU, though only ``delta``
