@@ -155,8 +155,25 @@ def _located(path, group: str):
 
 
 def _signature(target) -> inspect.Signature:
-    """The constructor's own signature (nnx's metaclass shows ``*args, **kwargs``)."""
-    return inspect.signature(target.__init__ if inspect.isclass(target) else target)
+    """The constructor's own signature (nnx's metaclass shows ``*args, **kwargs``). A class whose
+    constructor takes ``**options`` passes them on to its base class's (a researcher's subclass
+    of ``ResidualUpdate``): the base's parameters join, keyword-only, so its options are checked
+    (``update.zero_init=no`` trained as true)."""
+    if not inspect.isclass(target):
+        return inspect.signature(target)
+    signature = inspect.signature(target.__init__)
+    parameters = dict(signature.parameters)
+    for base in target.__mro__[1:]:
+        forwards = [n for n, p in parameters.items() if p.kind is p.VAR_KEYWORD]
+        if not forwards or "__init__" not in vars(base) or base is object:
+            continue
+        del parameters[forwards[0]]
+        for name, parameter in inspect.signature(base.__init__).parameters.items():
+            if name not in parameters and parameter.kind is not parameter.VAR_POSITIONAL:
+                keyword = parameter.kind is parameter.VAR_KEYWORD
+                parameters[name] = parameter if keyword else parameter.replace(kind=parameter.KEYWORD_ONLY)
+    ordered = sorted(parameters.values(), key=lambda p: p.kind)  # a valid order: keyword-only after the others
+    return signature.replace(parameters=ordered)
 
 
 def _without_none(kind) -> tuple[object, bool]:

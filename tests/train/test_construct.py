@@ -45,3 +45,23 @@ def test_a_nodes_own_convert_setting_is_kept():
     """``_convert_: none`` in a config of one's own: the module asked for OmegaConf's nodes."""
     node = compose("logger=none", "+logger.sizes=[1,2]", "+logger._convert_=none").logger
     assert type(checked_factory(node, "logger", ("config",)).keywords["sizes"]).__name__ == "ListConfig"
+
+
+def test_a_subclass_passing_its_options_on_has_them_checked(tmp_path, monkeypatch):
+    """``**options`` passed on to ``ResidualUpdate``: its options went unchecked (``zero_init=no``
+    trained as true) and a typo was Python's "unexpected keyword argument"."""
+    (tmp_path / "bounded_update.py").write_text(
+        "from nca_lab.update.residual import ResidualUpdate\n\n\n"
+        "class BoundedUpdate(ResidualUpdate):\n"
+        "    def __init__(self, perception_size, num_channels, bound: float = 1.0, **options):\n"
+        "        super().__init__(perception_size, num_channels, **options)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = "update._target_=bounded_update.BoundedUpdate"
+    supplied = ("perception_size", "num_channels", "rngs")
+    factory = checked_factory(compose(target, "+update.bound=2.0")["update"], "update", supplied)
+    assert factory.keywords["bound"] == 2.0 and factory.keywords["hidden_sizes"] == [128]
+    with pytest.raises(ConfigError, match=r"^update.zero_init must be true or false, got 'no'$"):
+        checked_factory(compose(target, "update.zero_init=no")["update"], "update", supplied)
+    with pytest.raises(ConfigError, match=r"^unknown setting update.bond \(did you mean update.bound\?\)$"):
+        checked_factory(compose(target, "+update.bond=1")["update"], "update", supplied)
