@@ -105,6 +105,29 @@ def test_every_perceive_config(name):
     assert compacted.compacts(state.size // C)
     got = rollout_value_and_grads(compacted, state, keys, 2)
     assert_rollouts_agree(got, rollout_value_and_grads(reference, state, keys, 2))
+    assert_jitted_same(fast, reference, state, keys)
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "conf" / "update").glob("*.yaml")))
+def test_every_update_config(name):
+    """Each yaml in ``conf/update/`` as configured, on the path it trains by (the manual step VJP
+    where it keeps the residual step, else autodiff), equals autodiff inside ``jit``, as the
+    train step runs it."""
+    perceive = SobelPerceive(C)
+    options = {"perception_size": perceive.out_features, "num_channels": C, "rngs": nnx.Rngs(1)}
+    update = construct(compose(f"update={name}")["update"], "update", **options)
+    params = nnx.state(update, nnx.Param)  # moved off a zero initialisation, so every parameter gets a gradient
+    noise = jax.tree.map(lambda p: 0.1 * jax.random.normal(jax.random.key(p.size), p.shape), params)
+    nnx.update(update, jax.tree.map(jnp.add, params, noise))
+    fast = NCA(perceive, update, alive_threshold=0.1)
+    reference = NCA(perceive, update, alive_threshold=0.1, manual_vjp=False)
+    assert_jitted_same(fast, reference, start(batch=(2,), grid=6), jax.random.split(jax.random.key(5), 2))
+
+
+def assert_jitted_same(fast, reference, state, keys):
+    """A rollout's value and gradients under ``nnx.jit`` (where a module's variables are tracers)."""
+    jitted = nnx.jit(lambda model, state: rollout_value_and_grads(model, state, keys, 2))
+    assert_rollouts_agree(jitted(fast, state), jitted(reference, state))
 
 
 class GatedUpdate(ResidualUpdate):
