@@ -37,6 +37,13 @@ class Task:
     The app constructs a task from ``conf/task/<name>.yaml``: its keys as keyword arguments,
     plus ``num_channels``, which the app supplies.
 
+    With ``pool_size > 0`` the trainer keeps a sample pool (:mod:`nca_lab.train.pool`, Growing
+    NCA experiments 2 and 3): it fills it with ``sample(key, pool_size)``, draws each batch from
+    it without replacement, sorts the batch by descending ``loss``, replaces the worst with
+    ``sample(key, 1)``, passes the ``damage_n`` best through :meth:`damage` and writes the
+    trained states back. Without a pool every batch is ``sample(key, batch_size)`` and
+    ``damage_n`` must be 0.
+
     Attributes:
         num_channels: state channels ``C``.
         render_scale: pixels per cell in the rendered pictures.
