@@ -53,12 +53,19 @@ def package_version(name: str) -> str | None:
 
 
 def git_state() -> dict:
-    """``git_sha`` and ``git_dirty`` (uncommitted changes to tracked files) of the checkout
-    nca_lab runs from; both ``None`` for an installed wheel."""
+    """``git_sha``, ``git_dirty`` (uncommitted changes to tracked files) and ``git_untracked``
+    (files of the package and its configs that git does not track: a new task module and its
+    yaml, which the run used but the commit lacks) of the checkout nca_lab runs from; all
+    ``None`` for an installed wheel."""
     root = checkout()
     sha = _git("rev-parse", "HEAD", cwd=root) if root else None
     status = _git("status", "--porcelain", "--untracked-files=no", cwd=root) if sha else None
-    return {"git_sha": sha, "git_dirty": bool(status) if status is not None else None}
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", "nca_lab", "conf", cwd=root) if sha else None
+    return {
+        "git_sha": sha,
+        "git_dirty": bool(status) if status is not None else None,
+        "git_untracked": untracked.splitlines() if untracked is not None else None,
+    }
 
 
 def manifest(seed: int) -> dict:

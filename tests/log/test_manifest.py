@@ -44,6 +44,11 @@ def test_git_dirty_says_whether_tracked_files_changed(tmp_path, monkeypatch):
     git("commit", "-q", "-m", "a")
     monkeypatch.setattr(manifest_module, "checkout", lambda: tmp_path)
     (tmp_path / "untracked.txt").write_text("not part of the code")
-    assert git_state()["git_dirty"] is False
+    assert git_state()["git_dirty"] is False and git_state()["git_untracked"] == []
     (tmp_path / "a.py").write_text("x = 2\n")
     assert git_state()["git_dirty"] is True
+    (tmp_path / "nca_lab" / "tasks").mkdir(parents=True)
+    (tmp_path / "nca_lab" / "tasks" / "mine.py").write_text("class Mine: ...\n")  # the run used it, the commit lacks it
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mine.yaml").write_text("_target_: nca_lab.tasks.mine.Mine\n")
+    assert git_state()["git_untracked"] == ["conf/mine.yaml", "nca_lab/tasks/mine.py"]
