@@ -226,7 +226,8 @@ class Trainer:
 
         Writes ``metrics.jsonl``, ``checkpoints/``, ``renders/``, ``rollout.gif``, ``final.png`` and, last,
         ``summary.json`` (its presence marks a completed run). ``config`` is stored in every
-        checkpoint: ``load_model`` rebuilds the model from it, so it must be ``model``'s.
+        checkpoint: ``load_model`` rebuilds the model from it, so it must be ``model``'s (checked).
+        A resume compares the task's grid, not its targets: one run dir per task.
         Returns the final metrics. With several processes, every one calls this and saves its
         share of each checkpoint; only process 0 writes the other files. ``logger`` may be a
         function that opens one: it is called once the checkpoint to resume from is read, so a
