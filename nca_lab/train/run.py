@@ -193,8 +193,10 @@ def _saved_config(checkpointer: RunCheckpointer, meta: dict) -> dict:
     return meta["config"]
 
 
-def build(cfg: DictConfig) -> tuple:
-    """Build ``(task, model, trainer)`` from a composed config; bad settings raise :class:`ConfigError`."""
+def build(cfg: DictConfig | dict) -> tuple:
+    """Build ``(task, model, trainer)`` from a composed config (or the plain dict ``fit`` saves,
+    ``OmegaConf.to_container(cfg, resolve=True)``); bad settings raise :class:`ConfigError`."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     require(
         is_integer(cfg.num_channels) and cfg.num_channels >= 4,
         f"num_channels must be an integer >= 4 (RGBA), got {cfg.num_channels!r}",

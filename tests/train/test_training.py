@@ -153,6 +153,13 @@ def test_a_perceive_ablation_starts_every_update_from_the_same_weights():
     assert not np.array_equal(seed_1.update.hidden[0].kernel[...], updates[0]["hidden"][0]["kernel"][...])
 
 
+def test_build_takes_the_plain_config_fit_saves():
+    """``build(OmegaConf.to_container(cfg))`` was "'dict' object has no attribute 'num_channels'"."""
+    cfg = compose(*TINY)
+    task, model, _ = build(OmegaConf.to_container(cfg, resolve=True))
+    assert task.grid_shape == build(cfg)[0].grid_shape and model.num_channels == cfg.num_channels
+
+
 def test_a_config_that_is_not_json_is_refused_before_the_first_step(tmp_path):
     """A DictConfig from compose() trained, then failed at the first checkpoint save, inside Orbax's threads."""
     cfg = compose(*TINY)
