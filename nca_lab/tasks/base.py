@@ -52,6 +52,11 @@ class Task:
             must never update (``NCA(fixed_channels=...)``; see :func:`with_input`).
         pool_size: states kept in a sample pool (0: every batch starts fresh).
         damage_n: pool samples damaged per batch (see :meth:`damage`).
+        free_on_resume: options that only say where data is or how results are evaluated and
+            shown: a run may resume under other values of them (any other change of the task's
+            settings is refused, :mod:`nca_lab.train.run_settings`).
+        added_later: options added to the task after runs were saved, with the value those runs
+            trained with: a saved config without one is compared as if it held that value.
     """
 
     num_channels: int
@@ -60,6 +65,8 @@ class Task:
     fixed_channels: int = 0
     pool_size: int = 0
     damage_n: int = 0
+    free_on_resume: tuple[str, ...] = ("render_scale",)
+    added_later: dict = {}
 
     def __init__(self, num_channels: int, render_scale: int):
         """Check and keep the settings every task has."""

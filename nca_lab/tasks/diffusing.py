@@ -58,6 +58,8 @@ class DiffusingTask(Task):
     """Restore ``target`` (an emoji or an image path) from ``(1 - a) * target + a * noise``."""
 
     alive_threshold = None
+    free_on_resume = ("eval_levels", "render_scale")
+    added_later = {"fixed_input": False, "output_init": "input"}
 
     def __init__(
         self,

@@ -114,6 +114,8 @@ class MnistInpaintingTask(Task):
     """Fill in the hidden pixels of MNIST digits; trained on the train split, evaluated on test."""
 
     alive_threshold = None
+    free_on_resume = ("data_root", "download", "eval_samples", "render_scale")
+    added_later = {"fixed_input": False, "output_init": "input"}
 
     def __init__(
         self,

@@ -121,8 +121,14 @@ def settable_names(parameters) -> list[str]:
 
 def option_names(node: DictConfig) -> list[str] | None:
     """What a node with a ``_target_`` may set (None if its target does not import)."""
+    target = target_of(node)
+    return None if target is None else settable_names(_signature(target).parameters)
+
+
+def target_of(node: DictConfig | dict):
+    """What a node's ``_target_`` names (None if it does not import)."""
     try:
-        return settable_names(_signature(_located(node.get("_target_"), "")).parameters)
+        return _located(node.get("_target_"), "")
     except ConfigError:
         return None
 

@@ -18,33 +18,33 @@ from omegaconf.errors import OmegaConfBaseException
 from nca_lab.ckpt import CHECKPOINTS, step_dirs
 from nca_lab.errors import ConfigError, is_integer, one_line, require
 from nca_lab.run_files import RESOLVED_CONFIG, SUMMARY
+from nca_lab.train.construct import target_of
 
 #: The settings that say what a checkpoint is a run of. Resuming under others would continue
 #: that run while the run dir's config says something else; trainer, logger and execution
-#: settings (steps, learning rate, kernel) may change on resume, as may these task settings,
-#: which only say where data is and how results are evaluated and shown.
+#: settings (steps, learning rate, kernel) may change on resume, as may the task settings its
+#: class lists in ``free_on_resume``, which only say where data is and how results are
+#: evaluated and shown (:class:`~nca_lab.tasks.base.Task`).
 RUN_DEFINING = ("seed", "num_channels", "perceive", "update", "task")
-FREE_ON_RESUME = ("task.data_root", "task.download", "task.eval_samples", "task.eval_levels", "task.render_scale")
-#: Run-defining options added to nca_lab after runs were saved, with the value those runs trained
-#: with: a saved config without one is compared as if it held that value.
-ADDED_LATER = {("task", "fixed_input"): False, ("task", "output_init"): "input"}
 
 
 def setting_changes(saved: dict, config: dict) -> str:
     """The :data:`RUN_DEFINING` settings in which ``config`` differs from ``saved``, as text ("" if none).
 
     Settings only one of the two configs has (options added to nca_lab since ``saved`` was
-    written, or another task's) are not compared, but for :data:`ADDED_LATER`'s: a run saved
-    before ``task.fixed_input`` existed trained without it.
+    written, or another task's) are not compared, but for those ``config``'s task class lists
+    in ``added_later``: a run saved before ``task.fixed_input`` existed trained without it.
     """
+    task = target_of(config.get("task", {}))
+    free = {f"task.{name}" for name in getattr(task, "free_on_resume", ())}
     saved = {k: saved[k] for k in RUN_DEFINING if k in saved}
-    for (group, name), value in ADDED_LATER.items():
-        if isinstance(saved.get(group), dict) and name in config.get(group, {}):
-            saved[group] = {name: value, **saved[group]}
+    for name, value in getattr(task, "added_later", {}).items():
+        if isinstance(saved.get("task"), dict) and name in config["task"]:
+            saved["task"] = {name: value, **saved["task"]}
     changes = [
         f"{key}: {old!r} -> {new!r}"
         for key, old, new in _differences(saved, {k: config[k] for k in RUN_DEFINING if k in config})
-        if key not in FREE_ON_RESUME
+        if key not in free
     ]
     more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
     return "; ".join(changes[:3]) + more

@@ -39,3 +39,25 @@ def test_a_run_saved_before_an_option_existed_trained_without_it():
     assert setting_changes(added_elsewhere, config_of("num_channels=24")) == ""
     growing = OmegaConf.to_container(compose("task=growing"), resolve=True)
     assert "fixed_input" not in growing["task"] and setting_changes(growing, growing) == ""
+
+
+def test_a_task_class_says_which_of_its_options_are_free_and_which_came_later(tmp_path, monkeypatch):
+    """A new task's display option was refused on resume, and one added to it later compared as
+    a change, unless nca_lab's own lists were edited: the task class declares them."""
+    (tmp_path / "texture_task.py").write_text(
+        "from nca_lab.tasks.growing import GrowingTask\n\n\n"
+        "class TextureTask(GrowingTask):\n"
+        "    free_on_resume = ('render_scale', 'render_samples')\n"
+        "    added_later = {'period': 8}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def config(**task):
+        return {"seed": 0, "task": {"_target_": "texture_task.TextureTask", "period": 8, "render_samples": 4, **task}}
+
+    assert setting_changes(config(), config(render_samples=2, render_scale=3)) == ""
+    older = config()
+    del older["task"]["period"]
+    assert setting_changes(older, config()) == ""
+    assert setting_changes(older, config(period=4)) == "task.period: 8 -> 4"
+    assert setting_changes(config(), config(render_samples=2, period=4)) == "task.period: 8 -> 4"
