@@ -54,9 +54,11 @@ class Task:
         damage_n: pool samples damaged per batch (see :meth:`damage`).
         free_on_resume: options that only say where data is or how results are evaluated and
             shown: a run may resume under other values of them (any other change of the task's
-            settings is refused, :mod:`nca_lab.train.run_settings`).
+            settings is refused, :mod:`nca_lab.train.run_settings`). A subclass lists its own;
+            its base classes' count too.
         added_later: options added to the task after runs were saved, with the value those runs
-            trained with: a saved config without one is compared as if it held that value.
+            trained with: a saved config without one is compared as if it held that value
+            (a subclass's, with its base classes').
     """
 
     num_channels: int

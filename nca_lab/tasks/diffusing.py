@@ -58,7 +58,7 @@ class DiffusingTask(Task):
     """Restore ``target`` (an emoji or an image path) from ``(1 - a) * target + a * noise``."""
 
     alive_threshold = None
-    free_on_resume = ("eval_levels", "render_scale")
+    free_on_resume = ("eval_levels",)
     added_later = {"fixed_input": False, "output_init": "input"}
 
     def __init__(

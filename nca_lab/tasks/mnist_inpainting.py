@@ -114,7 +114,7 @@ class MnistInpaintingTask(Task):
     """Fill in the hidden pixels of MNIST digits; trained on the train split, evaluated on test."""
 
     alive_threshold = None
-    free_on_resume = ("data_root", "download", "eval_samples", "render_scale")
+    free_on_resume = ("data_root", "download", "eval_samples")
     added_later = {"fixed_input": False, "output_init": "input"}
 
     def __init__(

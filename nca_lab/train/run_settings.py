@@ -35,10 +35,11 @@ def setting_changes(saved: dict, config: dict) -> str:
     written, or another task's) are not compared, but for those ``config``'s task class lists
     in ``added_later``: a run saved before ``task.fixed_input`` existed trained without it.
     """
-    task = target_of(config.get("task", {}))
-    free = {f"task.{name}" for name in getattr(task, "free_on_resume", ())}
+    classes = getattr(target_of(config.get("task", {})), "__mro__", ())  # each class lists its own
+    free = {f"task.{name}" for kind in classes for name in vars(kind).get("free_on_resume", ())}
+    added_later = {name: old for kind in reversed(classes) for name, old in vars(kind).get("added_later", {}).items()}
     saved = {k: saved[k] for k in RUN_DEFINING if k in saved}
-    for name, value in getattr(task, "added_later", {}).items():
+    for name, value in added_later.items():
         if isinstance(saved.get("task"), dict) and name in config["task"]:
             saved["task"] = {name: value, **saved["task"]}
     changes = [
