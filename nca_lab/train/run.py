@@ -1,9 +1,10 @@
 """The composition root: the one place that turns a config into objects and runs them.
 
 Each config group names its class with ``_target_`` (``_partial_`` where only code knows a
-size); this module supplies those sizes, builds task, model, trainer and logger (through
-:mod:`nca_lab.train.construct`, which checks their options; the trainer checks its own
-values), and trains, resuming or skipping a run dir as :mod:`nca_lab.train.run_settings` allows.
+size); this module supplies those sizes, builds task, model (:mod:`nca_lab.train.model_config`),
+trainer and logger (through :mod:`nca_lab.train.construct`, which checks their options; the
+trainer checks its own values), and trains, resuming or skipping a run dir as
+:mod:`nca_lab.train.run_settings` allows.
 """
 
 import json
@@ -11,119 +12,28 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import yaml
-from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nca_lab.atomic import write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer, check_checkpoint_path
 from nca_lab.config import check_top_level
-from nca_lab.errors import SEEDS, ConfigError, is_integer, one_line, out_of_memory_as, require
+from nca_lab.errors import ConfigError, is_integer, one_line, out_of_memory_as, require
 from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.log.metrics_file import METRICS, read_metrics
 from nca_lab.nca import NCA
-from nca_lab.perceive.base import Perceive
 from nca_lab.run_files import MANIFEST, RESOLVED_CONFIG, SUMMARY
 from nca_lab.runtime import on_stop
 from nca_lab.train import multihost
 from nca_lab.train.construct import check_names, checked_factory, config_errors, construct, instantiate_plain
+from nca_lab.train.model_config import build_model, seed_keys
 from nca_lab.train.run_dir_lock import run_dir_lock
 from nca_lab.train.run_settings import completed_summary, recorded_config, setting_changes
 from nca_lab.train.trainer import OutOfMemory, Preempted
-from nca_lab.update.base import Update
-
-
-class SeedKeys(NamedTuple):
-    """The independent PRNG streams of a seed."""
-
-    update: jax.Array  #: the update's initial weights
-    run: jax.Array  #: the pool, the training steps and the evaluation
-    perceive: jax.Array  #: the perceive's initial weights (attention, learned ``init=random``)
-
-
-#: Where the perceive's stream branches off the update's: ``nnx.Rngs`` draws ``fold_in(key, 0)``,
-#: ``fold_in(key, 1)``, ... and never gets this far.
-PERCEIVE_STREAM = 2**32 - 1
-
-
-def seed_keys(seed: int) -> SeedKeys:
-    """Split ``seed`` into independent streams: ``nnx.Rngs(params=key)`` folds in 0, 1, ...,
-    as ``split(key, n)`` does, so a shared key would draw the first weights from the very
-    bits of the pool and training keys. The perceive has a stream of its own, so that a
-    perceive ablation (``-m perceive=sobel,learned,attention``) starts every update from the
-    same weights: drawn after a perceive's, they differed with the perceive."""
-    update, run = jax.random.split(jax.random.key(seed))
-    return SeedKeys(update, run, jax.random.fold_in(update, PERCEIVE_STREAM))
-
-
-def build_model(cfg: DictConfig, alive_threshold: float | None, fixed_channels: int = 0) -> NCA:
-    """The NCA of ``cfg`` (perceive and update groups, ``num_channels``, ``seed``, ``kernel``,
-    ``compact_cells``) for a task with ``alive_threshold`` and ``fixed_channels`` (its own)."""
-    channels = cfg.num_channels
-    seed = cfg.seed
-    require(is_integer(seed) and seed in SEEDS, f"seed must be an integer from 0 to {SEEDS[-1]}, got {seed!r}")
-    keys = seed_keys(seed)
-    perceive = construct(cfg.perceive, "perceive", num_channels=channels, rngs=nnx.Rngs(params=keys.perceive))
-    perception_size = _perception_size(perceive, channels)
-    update = construct(
-        cfg["update"],
-        "update",
-        perception_size=perception_size,
-        num_channels=channels,
-        rngs=nnx.Rngs(params=keys.update),
-    )
-    _check_next_state(update, channels, perception_size)
-    return NCA(
-        perceive,
-        update,
-        alive_threshold=alive_threshold,
-        kernel=str(cfg.kernel),
-        compact_cells=cfg.compact_cells,
-        fixed_channels=fixed_channels,
-    )
-
-
-def _perception_size(perceive, channels: int) -> int:
-    """The perceive's declared ``out_features``, checked against what it computes (a new
-    perceive that gets it wrong stops here with one line, not deep inside the update's matmul)."""
-    name = type(perceive).__name__
-    declared = getattr(perceive, "out_features", None)
-    require(declared is not None, f"{name} must set out_features (see nca_lab.perceive.base.Perceive)")
-    hint = f" (is its out_features, {declared}, right?)"
-    computed = _traced(perceive, hint, jax.ShapeDtypeStruct((1, 3, 3, channels), jnp.float32)).shape[-1]
-    require(computed == declared, f"{name}.out_features is {declared}, but its perception has {computed} features")
-    return declared
-
-
-def _check_next_state(update, channels: int, perception_size: int) -> None:
-    """A new update must return a state of the state's shape and dtype: one line here, not a
-    traceback from inside the rollout's scan once training has started."""
-    state = jax.ShapeDtypeStruct((1, 3, 3, channels), jnp.float32)
-    perception = jax.ShapeDtypeStruct((1, 3, 3, perception_size), jnp.float32)
-    out = _traced(update, "", state, perception, jax.random.split(jax.random.key(0), 1))
-    require(
-        (out.shape, out.dtype) == (state.shape, state.dtype),
-        f"{type(update).__name__} returns {out.dtype}{list(out.shape)} for a state float32{list(state.shape)}: "
-        "the next state must have the state's shape and dtype",
-    )
-
-
-def _traced(module, hint: str, *inputs) -> jax.ShapeDtypeStruct:
-    """What ``module(*inputs)`` returns, traced (on an abstract copy: a module that updates its
-    own state as it runs is left as it was); a module that fails on them is one line naming it."""
-    name = type(module).__name__
-    require(type(module).__call__ not in (Perceive.__call__, Update.__call__), f"{name} must implement __call__")
-    try:
-        return nnx.eval_shape(lambda module, *inputs: module(*inputs), module, *inputs)
-    except (TypeError, ValueError) as err:
-        shapes = ", ".join(str(list(x.shape)) for x in inputs)
-        raise ConfigError(f"{name} fails on inputs of shape {shapes}: {one_line(err)}{hint}") from err
 
 
 def load_model(path: str | Path, step: int | None = None):
@@ -144,33 +54,6 @@ def load_model(path: str | Path, step: int | None = None):
     # a mismatch here: Trainer.fit was given the config= of another model
     checkpointer.restore_model(model, step, model_from="the config saved with it")
     return model
-
-
-def check_config_builds(model: NCA, config: dict) -> None:
-    """Refuse a ``config`` (``Trainer.fit(config=...)``) that does not build ``model``'s perceive
-    and update, the parts :func:`load_model` rebuilds from it: a hand-built model saved with
-    another model's config loaded as that other one (another fire rate, another angle) without
-    a word, or failed to load only after training."""
-    how_it_steps = {"kernel": model.kernel, "compact_cells": model.compact_cells}  # not what load_model rebuilds
-    try:
-        config = OmegaConf.merge(config, how_it_steps)
-        built = nnx.eval_shape(lambda: build_model(config, model.alive_threshold, model.fixed_channels))
-    except (ConfigError, OmegaConfBaseException) as err:
-        raise ConfigError(
-            f"config= does not build a model ({one_line(err)}): give the one the model was built from"
-        ) from err
-    for part in ("perceive", "update"):
-        ours, theirs = getattr(model, part), getattr(built, part)
-        if nnx.graphdef(ours) != nnx.graphdef(theirs) or _shapes(ours) != _shapes(theirs):
-            raise ConfigError(
-                f"config= builds a {part} ({type(theirs).__name__}) of other settings or sizes than the model's "
-                f"({type(ours).__name__}): load_model, grow and export rebuild the model from it; give the config "
-                "the model was built from"
-            )
-
-
-def _shapes(module: nnx.Module):
-    return jax.tree.map(lambda x: (x.shape, x.dtype), nnx.state(module))
 
 
 def load_task(path: str | Path, step: int | None = None):

@@ -1,7 +1,8 @@
 """The training loop: steps, logging, evaluation, checkpoints and the pictures of a run.
 
 A library class (the Flax ``train_and_evaluate`` pattern): it takes built objects, not a
-config, so a notebook can drive it as well as the Hydra app. Nothing is lost when a job
+config (one to save with the checkpoints, checked to build the model), so a notebook can drive
+it as well as the Hydra app. Nothing is lost when a job
 dies: metrics are flushed line by line, checkpoints are atomic, SIGTERM/SIGINT save one
 last checkpoint, and a non-finite loss stops the run before anything poisoned is saved,
 evaluated or rendered.
@@ -32,6 +33,7 @@ from nca_lab.render import RENDERS, save_gif, save_png
 from nca_lab.run_files import SUMMARY
 from nca_lab.tasks.base import Task
 from nca_lab.train import multihost, parallel
+from nca_lab.train.model_config import check_config_builds
 from nca_lab.train.pool import check_damage, init_pool
 from nca_lab.train.step import make_train_step
 
@@ -237,8 +239,6 @@ class Trainer:
         _require_json(config)
         _require_one_key(key)
         if config is not None:
-            from nca_lab.train.run import check_config_builds  # the composition root reads configs (and imports this)
-
             check_config_builds(model, config)
         require(
             model.fixed_channels == task.fixed_channels,

@@ -16,7 +16,8 @@ from nca_lab.errors import ConfigError
 from nca_lab.log.metrics_file import read_metrics
 from nca_lab.tasks.growing import GrowingTask
 from nca_lab.train import trainer as trainer_module
-from nca_lab.train.run import build, build_model, load_model, seed_keys
+from nca_lab.train.model_config import build_model, seed_keys
+from nca_lab.train.run import build, load_model
 from nca_lab.train.trainer import TrainingDiverged
 
 from nca_testing import TINY
