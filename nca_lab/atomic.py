@@ -1,6 +1,7 @@
 """Files that appear whole or not at all: a killed job never leaves a half-written result."""
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     but empty. If the block raises, the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: several may write a file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: several may write a file (LEFTOVER)
     try:
         yield tmp
         _sync_to_disk(tmp)
@@ -26,6 +27,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: The name of :func:`atomic_path`'s temporary file: what a killed process leaves behind.
+LEFTOVER = re.compile(r"\..+\.\d+\.tmp")
+
+
+def remove_leftovers(*directories: Path) -> None:
+    """Delete the temporary files killed processes left in ``directories``: only where no
+    process writes now (a run dir, while its job holds it)."""
+    for directory in directories:
+        for tmp in directory.glob(".*.tmp"):
+            if LEFTOVER.fullmatch(tmp.name) and tmp.is_file():
+                tmp.unlink(missing_ok=True)
 
 
 def _sync_to_disk(path: Path) -> None:

@@ -36,6 +36,8 @@ META_ITEM = "meta"
 #: deletes them: deleted in place, a kill mid-way left a step dir of a few files that read as
 #: a damaged checkpoint, blocking a resume that fell back to it.
 TRASH = ".dropped"
+#: What names the temporary dir of a save Orbax has not finished: ``<step>.orbax-checkpoint-tmp``.
+UNFINISHED_SAVE = ".orbax-checkpoint-tmp"
 
 
 class _WithoutOcdbtNotes(logging.Filter):
@@ -74,7 +76,8 @@ class RunCheckpointer:
 
     def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_best: bool = True, create: bool = True):
         """Open (and with ``create``, make) the checkpoint directory; paths are made absolute. A
-        writer (``create``) deletes what an earlier one left in :data:`TRASH`. From then on, a
+        writer (``create``) deletes what an earlier one left in :data:`TRASH` and the temporary
+        dir of a save a kill cut short. From then on, a
         damaged checkpoint or a full disk is one error without pages of Orbax's reads and writes
         failing again behind it (:func:`~nca_lab.runtime.quiet_checkpoint_io_callbacks`), in a
         notebook as in the commands."""
@@ -110,6 +113,7 @@ class RunCheckpointer:
         self.selected_step: int | None = None
         if create:
             self._empty_trash()
+            self._remove_unfinished_saves()
 
     @classmethod
     def find(cls, path: str | Path) -> "RunCheckpointer":
@@ -196,6 +200,14 @@ class RunCheckpointer:
         deleting leaves only part of :data:`TRASH`, which no reader takes for a checkpoint."""
         if multihost.is_main_process():
             shutil.rmtree(self.directory / TRASH, ignore_errors=True)
+
+    def _remove_unfinished_saves(self) -> None:
+        """Delete the temporary dirs of saves a kill cut short (``17.orbax-checkpoint-tmp``): a
+        step that is not saved again kept its dir for good. A writer's, at its start, when no save
+        of its run is under way (Orbax's own option does it in a thread a short command outlives)."""
+        if multihost.is_main_process():
+            for unfinished in self.directory.glob(f"*{UNFINISHED_SAVE}*"):
+                shutil.rmtree(unfinished, ignore_errors=True)
 
     def metadata(self, step: int | None = None) -> dict:
         """The JSON metadata of checkpoint ``step`` (default: :meth:`default_step`)."""

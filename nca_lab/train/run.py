@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nca_lab.atomic import write_text_atomically
+from nca_lab.atomic import remove_leftovers, write_text_atomically
 from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer, check_checkpoint_path
 from nca_lab.config import check_top_level
 from nca_lab.errors import ConfigError, is_integer, one_line, out_of_memory_as, require
@@ -26,6 +26,7 @@ from nca_lab.log.base import NullLogger
 from nca_lab.log.manifest import manifest
 from nca_lab.log.metrics_file import METRICS, read_metrics
 from nca_lab.nca import NCA
+from nca_lab.render import RENDERS
 from nca_lab.run_files import MANIFEST, RESOLVED_CONFIG, SUMMARY
 from nca_lab.runtime import on_stop
 from nca_lab.train import multihost
@@ -196,6 +197,8 @@ def _run(
         RunCheckpointer.find(trainer.init_from).check_fits(model)
     print(f"training in {run_dir}{start}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if multihost.is_main_process():  # the one writer of these files, holding the run dir
+        remove_leftovers(run_dir, *run_dir.glob(f"{RENDERS}/*"))
     opened = {"logger": NullLogger()}
 
     def open_run():

@@ -70,11 +70,21 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     process.kill()  # SIGKILL: no chance to save; the last periodic checkpoint must do
     process.communicate(timeout=60)
     assert not (run_dir / "summary.json").exists()
+    # what a SIGKILL mid-write leaves (kept for good before): a file's temporary sibling, and
+    # the temporary dir of a save of a step not saved again
+    leftovers = [run_dir / ".summary.json.4242.tmp", run_dir / ".rollout.gif.4242.tmp"]
+    unfinished = run_dir / "checkpoints" / "7.orbax-checkpoint-tmp-1764670000"
+    unfinished.mkdir()
+    (unfinished / "part").write_text("cut short")
+    for path in [*leftovers, run_dir / ".mine.tmp"]:
+        path.write_text("cut short")
 
     finished = run_cli(*RUN, f"hydra.run.dir={run_dir}")
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert losses(run_dir) == losses(reference)
     assert sorted(losses(run_dir)) == list(range(1, 31))
+    assert not any(path.exists() for path in [*leftovers, unfinished])
+    assert (run_dir / ".mine.tmp").exists()  # not a name nca_lab writes: not its to delete
 
 
 # In-process: SIGTERM arrives during chosen train steps, through the handler fit installs;
