@@ -19,7 +19,6 @@ Example::
 """
 
 import argparse
-import importlib
 import math
 import sys
 from pathlib import Path
@@ -300,11 +299,9 @@ def default_start(model_path: str) -> str:
 
 def start_of_task(task_target: str) -> str:
     """:func:`default_start` of a run of the task class named ``task_target`` (a ``_target_``)."""
-    module, _, name = task_target.rpartition(".")
-    try:
-        task_class = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return "seed"
+    from nca_lab.train.construct import target_of  # Hydra: only for a run
+
+    task_class = target_of({"_target_": task_target})  # None if it does not import
     return "task" if isinstance(task_class, type) and not issubclass(task_class, GrowingTask) else "seed"
 
 

@@ -124,7 +124,7 @@ def _no_gradient(tree):
 
 
 def step_backward(
-    perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out, compact=False
+    perceive_fn, update_graph, update_rest, perceive_params, update_params, x, fire, alive, grad_out, compact
 ):
     """The backward pass of one residual step, recomputing perception and hidden activations.
 

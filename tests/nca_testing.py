@@ -1,6 +1,7 @@
 """Test helpers shared by every test file: tiny overrides, the real CLI,
 and the comparison of a fast rollout path with its reference."""
 
+import gzip
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from nca_lab.data.mnist import IDX_TYPES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,3 +139,18 @@ def assert_rollouts_agree(got, want, *, rtol: float = 1e-5, exact_states: bool =
     np.testing.assert_allclose(v_got, v_want, rtol=1e-6)
     assert_gradients_agree(g_got, g_want, rtol=rtol)
     assert_close(s_got, s_want, rtol=rtol)
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write ``array`` as an IDX file, gzip-compressed if ``path`` ends in ``.gz``: MNIST's format, for
+    data the tests make (the package only reads it)."""
+    array = np.asarray(array)
+    codes = {dtype.newbyteorder("="): code for code, dtype in IDX_TYPES.items()}
+    assert array.dtype in codes and 0 < array.ndim < 256, (array.dtype, array.shape)
+    code = codes[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    data = header + np.ascontiguousarray(array, IDX_TYPES[code]).tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path

@@ -65,21 +65,6 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def write_idx(path: str | Path, array: np.ndarray) -> Path:
-    """Write ``array`` as an IDX file, gzip-compressed if ``path`` ends in ``.gz``."""
-    array = np.asarray(array)
-    codes = {dtype.newbyteorder("="): code for code, dtype in IDX_TYPES.items()}
-    require(array.dtype in codes, f"IDX cannot store dtype {array.dtype}")
-    require(0 < array.ndim < 256, f"IDX needs 1 to 255 dimensions, got {array.ndim}")
-    code = codes[array.dtype]
-    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    data = header + np.ascontiguousarray(array, IDX_TYPES[code]).tobytes()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-    return path
-
-
 def raw_dir(root: str | Path) -> Path:
     """Where torchvision keeps MNIST's IDX files under ``root``."""
     return Path(root).expanduser() / "MNIST" / "raw"

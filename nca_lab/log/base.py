@@ -1,4 +1,4 @@
-"""The logger interface the trainer writes to; the base class itself logs nothing (``logger=none``)."""
+"""The logger interface the trainer writes to, and :class:`NullLogger` (``logger=none``), which logs nothing."""
 
 from pathlib import Path
 

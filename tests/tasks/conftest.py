@@ -37,7 +37,9 @@ def smooth_digits(n: int, seed: int, size: int = DIGIT_SIZE) -> np.ndarray:
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     """A ``data_root`` in torchvision's layout: 16 train digits (plain IDX), 8 test digits (gzip)."""
-    from nca_lab.data.mnist import raw_dir, write_idx
+    from nca_lab.data.mnist import raw_dir
+
+    from nca_testing import write_idx
 
     root = tmp_path_factory.mktemp("mnist")
     write_idx(raw_dir(root) / "train-images-idx3-ubyte", smooth_digits(16, seed=0))

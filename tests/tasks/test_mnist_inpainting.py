@@ -9,7 +9,7 @@ import pytest
 
 from nca_lab import grow as grow_cli
 from nca_lab.config import compose
-from nca_lab.data.mnist import load_mnist_images, raw_dir, write_idx
+from nca_lab.data.mnist import load_mnist_images, raw_dir
 from nca_lab.errors import ConfigError
 from nca_lab.tasks.mnist_inpainting import (
     MnistInpaintingTask,
@@ -21,7 +21,7 @@ from nca_lab.tasks.mnist_inpainting import (
 )
 from nca_lab.train.run import build, load_model
 
-from nca_testing import run_cli
+from nca_testing import run_cli, write_idx
 
 TASK = "mnist_inpainting"
 EVAL_KEYS = {f"{m}{s}" for m in ("mse", "psnr") for s in ("", "_masked_input", "_neighbour_fill")}
