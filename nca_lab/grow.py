@@ -47,7 +47,7 @@ from nca_lab.errors import SEEDS, ConfigError, one_line, out_of_memory_as, requi
 from nca_lab.interop.detect import read_model  # noqa: E402
 from nca_lab.log.metrics_file import METRICS  # noqa: E402
 from nca_lab.nca import NCA, grow  # noqa: E402
-from nca_lab.render import RENDERS, rgba, save_gif, save_png, to_rgb, to_uint8  # noqa: E402
+from nca_lab.render import RENDERS, rendering_files, rgba, save_gif, save_png, to_rgb, to_uint8  # noqa: E402
 from nca_lab.tasks.growing import GrowingTask, seed_state  # noqa: E402
 
 #: The article's grid and steps, for models that do not say what they were trained on.
@@ -243,10 +243,10 @@ def write_outputs(out: Path, final: np.ndarray, frames: np.ndarray) -> list[Path
     except OSError as err:
         raise ConfigError(f"{out}: cannot create the output dir ({one_line(err)})") from err
     scale = max(1, PICTURE_PIXELS // max(final.shape[:2]))
-    npy = out / "final_state.npy"
+    npy, paths = out / "final_state.npy", rendering_files(out)
     try:
-        gif = save_gif(to_uint8(to_rgb(frames), scale), out / "rollout.gif")
-        png = save_png(to_uint8(to_rgb(final), scale), out / "final.png")
+        gif = save_gif(to_uint8(to_rgb(frames), scale), paths["rollout"])
+        png = save_png(to_uint8(to_rgb(final), scale), paths["final"])
         with atomic_path(npy) as tmp, open(tmp, "wb") as file:
             np.save(file, final.astype(np.float32))
     except OSError as err:  # a read-only dir, a full disk: each file is written whole or not at all

@@ -17,6 +17,12 @@ from nca_lab.atomic import atomic_path
 RENDERS = "renders"
 
 
+def rendering_files(directory: Path) -> dict[str, Path]:
+    """The files of one rendering in ``directory`` (a run dir, a kept rendering, ``grow``'s output),
+    by the name a logger shows them under."""
+    return {"rollout": directory / "rollout.gif", "final": directory / "final.png"}
+
+
 def rgba(state):
     """The RGBA channels of ``state (..., H, W, C)``: all a picture shows (a rollout's ``frame_fn``)."""
     return state[..., :4]

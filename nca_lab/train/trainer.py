@@ -29,7 +29,7 @@ from nca_lab.errors import ConfigError, is_integer, is_number, require
 from nca_lab.log.base import Logger, NullLogger
 from nca_lab.log.metrics_file import MetricsFile
 from nca_lab.nca import NCA
-from nca_lab.render import RENDERS, save_gif, save_png
+from nca_lab.render import RENDERS, rendering_files, save_gif, save_png
 from nca_lab.run_files import SUMMARY
 from nca_lab.tasks.base import Task
 from nca_lab.train import multihost, parallel
@@ -393,7 +393,7 @@ class Trainer:
         rendering = task.render(model, key, self.horizon)  # on every process: the model's arrays may span them
         if not multihost.is_main_process():
             return
-        paths = _rendering_files(run_dir / RENDERS / str(step))
+        paths = rendering_files(run_dir / RENDERS / str(step))
         paths["rollout"].parent.mkdir(parents=True, exist_ok=True)
         save_gif(rendering.frames, paths["rollout"])
         save_png(rendering.final, paths["final"])
@@ -495,7 +495,7 @@ def kept_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
     kept one's again (none if none is kept)."""
     renders, dropped = {}, False
     for kept in (run_dir / RENDERS).glob("*"):
-        media = _rendering_files(kept)
+        media = rendering_files(kept)
         if kept.name.isdigit() and int(kept.name) <= until and all(p.is_file() for p in media.values()):
             renders[int(kept.name)] = media
         else:
@@ -509,18 +509,13 @@ def kept_renders(run_dir: Path, until: int) -> dict[int, dict[str, Path]]:
 
 def _show(run_dir: Path, media: dict[str, Path] | None) -> None:
     """Make ``rollout.gif`` and ``final.png`` in ``run_dir`` copies of one rendering's ``media``
-    (:func:`_rendering_files`), each written whole; ``None``: remove them."""
-    for name, shown in _rendering_files(run_dir).items():
+    (:func:`rendering_files`), each written whole; ``None``: remove them."""
+    for name, shown in rendering_files(run_dir).items():
         if media is None:
             shown.unlink(missing_ok=True)
             continue
         with atomic_path(shown) as tmp:
             shutil.copyfile(media[name], tmp)
-
-
-def _rendering_files(kept: Path) -> dict[str, Path]:
-    """The files of one rendering in ``kept``, by the name the logger shows them under."""
-    return {"rollout": kept / "rollout.gif", "final": kept / "final.png"}
 
 
 @contextmanager
