@@ -16,7 +16,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     but empty. If the block raises, the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: several may write a file (LEFTOVER)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: several may write a file
     try:
         yield tmp
         _sync_to_disk(tmp)
