@@ -78,7 +78,8 @@ def tiny_task_overrides(tmp_path_factory) -> dict:
     """
     import numpy as np
 
-    from nca_lab.data.mnist import raw_dir, write_idx
+    from nca_lab.data.mnist import raw_dir
+    from nca_testing import write_idx
 
     root = tmp_path_factory.mktemp("mnist_tiny")
     digits = np.random.default_rng(0).integers(0, 256, (4, 12, 12), dtype=np.uint8)
