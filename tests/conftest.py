@@ -79,6 +79,7 @@ def tiny_task_overrides(tmp_path_factory) -> dict:
     import numpy as np
 
     from nca_lab.data.mnist import raw_dir
+
     from nca_testing import write_idx
 
     root = tmp_path_factory.mktemp("mnist_tiny")
