@@ -103,9 +103,9 @@ def test_every_perceive_config(name):
     # active cells: `compact_cells="auto"` leaves a grid this small dense, so it is asked for
     compacted = NCA(perceive, fast.update, alive_threshold=0.1, compact_cells=True)
     assert compacted.compacts(state.size // C)
-    got = rollout_value_and_grads(compacted, state, keys, 2)
-    assert_rollouts_agree(got, rollout_value_and_grads(reference, state, keys, 2))
-    assert_jitted_same(fast, reference, state, keys)
+    want = rollout_value_and_grads(reference, state, keys, 2)
+    assert_rollouts_agree(rollout_value_and_grads(compacted, state, keys, 2), want)
+    assert_jitted_agrees(fast, want, state, keys)
 
 
 @pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "conf" / "update").glob("*.yaml")))
@@ -121,13 +121,15 @@ def test_every_update_config(name):
     nnx.update(update, jax.tree.map(jnp.add, params, noise))
     fast = NCA(perceive, update, alive_threshold=0.1)
     reference = NCA(perceive, update, alive_threshold=0.1, manual_vjp=False)
-    assert_jitted_same(fast, reference, start(batch=(2,), grid=6), jax.random.split(jax.random.key(5), 2))
+    state, keys = start(batch=(2,), grid=6), jax.random.split(jax.random.key(5), 2)
+    assert_jitted_agrees(fast, rollout_value_and_grads(reference, state, keys, 2), state, keys)
 
 
-def assert_jitted_same(fast, reference, state, keys):
-    """A rollout's value and gradients under ``nnx.jit`` (where a module's variables are tracers)."""
+def assert_jitted_agrees(model, want, state, keys):
+    """``model``'s rollout value and gradients under ``nnx.jit`` (where a module's variables are
+    tracers, as in the train step) agree with the eager reference's ``want``."""
     jitted = nnx.jit(lambda model, state: rollout_value_and_grads(model, state, keys, 2))
-    assert_rollouts_agree(jitted(fast, state), jitted(reference, state))
+    assert_rollouts_agree(jitted(model, state), want)
 
 
 class GatedUpdate(ResidualUpdate):
