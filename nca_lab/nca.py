@@ -166,10 +166,7 @@ class NCA(nnx.Module):
             raise ValueError(f"state has shape {state.shape}; this model steps (..., H, W, {self.num_channels})")
         if jax.dtypes.canonicalize_dtype(state.dtype) != jnp.float32:
             raise TypeError(f"state has dtype {state.dtype}; this model steps float32 states")
-        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            if key.dtype != jnp.uint32 or key.shape[-1:] != (2,):
-                raise TypeError(f"key has dtype {key.dtype}, shape {key.shape}; give jax.random.key(seed) keys")
-            key = jax.random.wrap_key_data(key)
+        key = typed_keys(key)
         if key.shape != state.shape[:-3]:
             raise ValueError(
                 f"key has shape {key.shape}; give one key per grid, shape {state.shape[:-3]} "
@@ -298,6 +295,17 @@ class NCA(nnx.Module):
 
         (final, _), frames = jax.lax.scan(chunk, carry, chunks)
         return to_grid(final), jnp.concatenate([keep(state)[None], frames])
+
+
+def typed_keys(key: jax.Array) -> jax.Array:
+    """``key`` (an array) as new-style keys: a classic ``jax.random.PRNGKey`` (uint32 key data,
+    last axis 2) is wrapped, the same random draws as the ``jax.random.key`` with that data;
+    anything else is a ``TypeError``."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype != jnp.uint32 or key.shape[-1:] != (2,):
+        raise TypeError(f"key has dtype {key.dtype}, shape {key.shape}; give jax.random.key(seed) keys")
+    return jax.random.wrap_key_data(key)
 
 
 def _is_array(value) -> bool:

@@ -28,7 +28,7 @@ from nca_lab.ckpt import CHECKPOINTS, RunCheckpointer
 from nca_lab.errors import ConfigError, is_integer, is_number, require
 from nca_lab.log.base import Logger, NullLogger
 from nca_lab.log.metrics_file import MetricsFile
-from nca_lab.nca import NCA
+from nca_lab.nca import NCA, typed_keys
 from nca_lab.render import RENDERS, rendering_files, save_gif, save_png
 from nca_lab.run_files import SUMMARY
 from nca_lab.tasks.base import Task
@@ -414,10 +414,13 @@ def _require_json(config) -> None:
 
 def _require_one_key(key) -> None:
     """``fit(key=0)`` was JAX's "invalid PRNG key data", a batch of keys its "split accepts a single key"."""
-    typed = hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    classic = hasattr(key, "dtype") and key.dtype == "uint32" and key.shape == (2,)
-    if not (typed and key.shape == () or classic):
-        got = f"shape {key.shape}, dtype {key.dtype}" if hasattr(key, "dtype") else type(key).__name__
+    is_array = hasattr(key, "dtype")
+    try:
+        one = is_array and typed_keys(key).shape == ()
+    except TypeError:
+        one = False
+    if not one:
+        got = f"shape {key.shape}, dtype {key.dtype}" if is_array else type(key).__name__
         raise TypeError(f"key must be one PRNG key, jax.random.key(seed); got {got}")
 
 
